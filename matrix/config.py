@@ -1,0 +1,121 @@
+"""Plain data that describes what is tested: axes, components, runners, models, constraints.
+
+Loaded from ``matrix/axes.yaml`` by :mod:`matrix.loader`; every other module takes these
+frozen dataclasses and never reads YAML itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+AXES: tuple[str, ...] = ("engine", "tokenizer", "template", "client")
+"""The four axes, in the order they appear in cell ids."""
+
+
+@dataclass(frozen=True)
+class VersionRule:
+    """Which releases of a component's primary package make its version set.
+
+    Either ``explicit`` (exact versions, kept in the given order) or a discovery rule:
+    the newest ``latest`` releases (one per ``per`` group: ``release``, ``minor`` or
+    ``major``), not older than ``floor``, older than ``below``, pre-releases only when
+    ``prereleases`` is true. Yanked releases are never selected by a rule.
+    """
+
+    explicit: tuple[str, ...] | None = None
+    latest: int | None = None
+    floor: str | None = None
+    below: str | None = None
+    prereleases: bool = False
+    per: str = "release"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One thing on an axis. Its version is the version of ``packages[0]`` (the primary)."""
+
+    axis: str
+    name: str
+    packages: tuple[str, ...]
+    versions: VersionRule
+    extras: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    """Further fixed requirements installed with it (PEP 508 strings), e.g. ``accelerate``."""
+    needs: frozenset[str] = frozenset({"cpu"})
+    """What a runner must provide: cpu, gpu, docker, node, compile."""
+    repo: str | None = None
+    """Upstream GitHub repository ``owner/name``, for compare links and issues."""
+    tag_format: str = "v{version}"
+    default: bool = True
+    """Part of the default local matrix; heavy components are opt-in (``default: false``)."""
+
+    @property
+    def primary(self) -> str:
+        return self.packages[0]
+
+    def requirement(self, version: str) -> str:
+        """The pinned PEP 508 requirement of the primary package at ``version``."""
+        extras = f"[{','.join(self.extras)}]" if self.extras else ""
+        return f"{self.primary}{extras}=={version}"
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Where cells run: GitHub Actions labels, what it provides, pins every cell on it gets."""
+
+    name: str
+    labels: tuple[str, ...]
+    provides: frozenset[str]
+    pins: tuple[str, ...] = ()
+    """Overrides applied to every resolution on this runner, e.g. ``torch==2.13.0+cpu``."""
+    python: str = "3.11"
+    default: bool = True
+
+
+@dataclass(frozen=True)
+class Model:
+    """The model every cell names: the project's own tiny model, or a hub id for networked runners."""
+
+    name: str
+    kind: str  # "tiny" | "hub"
+    arch: str | None = None
+    hub_id: str | None = None
+    needs: frozenset[str] = frozenset()
+    default: bool = True
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Matches a component on one axis, optionally only at versions in ``specifier``."""
+
+    axis: str
+    component: str
+    specifier: str = ""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A combination that must not be planned: every condition matching means excluded."""
+
+    conditions: tuple[Condition, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """The whole of ``axes.yaml``."""
+
+    source: str
+    axes: dict[str, tuple[Component, ...]]
+    runners: tuple[Runner, ...]
+    models: tuple[Model, ...]
+    constraints: tuple[Constraint, ...] = ()
+    reference: dict[str, str] = field(default_factory=dict)
+    """Pinned versions of the reference path that produces goldens (package -> version)."""
+    suite_version: str = "1"
+
+    def component(self, axis: str, name: str) -> Component:
+        for c in self.axes.get(axis, ()):
+            if c.name == name:
+                return c
+        raise KeyError(f"{axis}/{name}")
