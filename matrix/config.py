@@ -113,6 +113,15 @@ class Matrix:
     reference: dict[str, str] = field(default_factory=dict)
     """Pinned versions of the reference path that produces goldens (package -> version)."""
     suite_version: str = "1"
+    lines: dict[str, int] = field(default_factory=dict, compare=False)
+    """Line of each field path in ``source`` (``axes.engine.transformers.versions``), for errors."""
+
+    def error(self, field_path: str, value: object, message: str) -> "ConfigError":
+        """A :class:`ConfigError` pointing at ``field_path`` in this matrix's file."""
+        from matrix.errors import ConfigError
+
+        line = self.lines.get(field_path)
+        return ConfigError(self.source, field_path, value, message, line=line)
 
     def component(self, axis: str, name: str) -> Component:
         for c in self.axes.get(axis, ()):
