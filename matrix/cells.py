@@ -48,9 +48,26 @@ class Cell:
 
     @property
     def id(self) -> str:
-        """Readable, stable id used for nox session names and result files."""
-        parts = [self.runner, self.model] + [f"{c.component}-{c.version}" for _, c in self.choices]
-        return _SAFE.sub("_", "--".join(parts))
+        """Readable, stable, parseable id: ``runner/model/engine@v/tokenizer@v/template@v/client@v``.
+
+        Used in nox session names (``nox -s "cell(<id>)"``) and reproduction commands.
+        """
+        parts = [self.runner, self.model] + [f"{c.component}@{c.version}" for _, c in self.choices]
+        return "/".join(_SAFE.sub("_", p) for p in parts)
+
+    @classmethod
+    def parse(cls, cell_id: str) -> "Cell":
+        """The inverse of :attr:`id`; raises ValueError naming the bad part."""
+        parts = cell_id.split("/")
+        if len(parts) != 2 + len(AXES):
+            raise ValueError(f"cell id {cell_id!r}: expected runner/model/{'/'.join(a + '@version' for a in AXES)}")
+        choices = {}
+        for axis, part in zip(AXES, parts[2:]):
+            name, sep, version = part.rpartition("@")
+            if not sep or not name or not version:
+                raise ValueError(f"cell id {cell_id!r}: {axis} part {part!r} is not component@version")
+            choices[axis] = Choice(name, version)
+        return cls.make(parts[0], parts[1], choices)
 
     def to_json(self) -> dict:
         return {
@@ -67,4 +84,4 @@ class Cell:
         return cls.make(data["runner"], data["model"], choices, data.get("reasons", ()))
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+_SAFE = re.compile(r"[^A-Za-z0-9._+@-]")

@@ -48,6 +48,11 @@ class Component:
     tag_format: str = "v{version}"
     default: bool = True
     """Part of the default local matrix; heavy components are opt-in (``default: false``)."""
+    probe: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """What the probe exercises through it, e.g. ``(("renderers", ("jinja2",)),)``."""
+
+    def probe_roles(self, role: str) -> tuple[str, ...]:
+        return dict(self.probe).get(role, ())
 
     @property
     def primary(self) -> str:
