@@ -1,0 +1,143 @@
+"""Command line: ``llmcompat run|cell|plan|gha-matrix|goldens|report``.
+
+The nox sessions call these same functions; the CLI exists so that every result can be
+reproduced from one printed command, with or without nox. Errors of llmcompat itself
+(bad input, missing goldens) exit 2 with one line naming the file, field and value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from matrix.errors import LlmcompatError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--axes", type=Path, help="the matrix file (default: matrix/axes.yaml)")
+    p.add_argument("--offline", action="store_true", help="use the cached package index only")
+    p.add_argument("--with", dest="with_components", action="append", default=[], metavar="AXIS/NAME",
+                   help="add an opt-in component, e.g. engine/llama-cpp-python (repeatable)")
+    p.add_argument("--runner", dest="runners", action="append", default=[], help="plan for this runner (repeatable)")
+    p.add_argument("--model", dest="models", action="append", default=[], help="plan for this model (repeatable)")
+
+
+def _options(args):
+    from matrix.job import Options
+
+    return Options(
+        axes_file=args.axes, offline=args.offline, with_components=tuple(args.with_components),
+        runners=tuple(args.runners), models=tuple(args.models),
+        cells=tuple(getattr(args, "cells", ()) or ()), jobs=getattr(args, "jobs", 2),
+        force=getattr(args, "force", False), page=not getattr(args, "no_page", False),
+    )
+
+
+def cmd_run(args) -> int:
+    from matrix.job import main_job
+
+    return main_job(_options(args))
+
+
+def cmd_plan(args) -> int:
+    from matrix.job import discover, load_matrix, package_index, selected_components
+    from matrix.plan import coverage_report, plan
+
+    opts = _options(args)
+    matrix = load_matrix(opts)
+    components = selected_components(matrix, opts.with_components)
+    versions, _ = discover(matrix, components, package_index(opts.offline))
+    cells = plan(matrix, versions, components=components, runners=opts.runners or None, models=opts.models or None)
+    if args.json:
+        print(json.dumps([c.to_json() for c in cells], indent=1))
+    else:
+        for (axis, name), vs in sorted(versions.items()):
+            print(f"{axis}/{name}: {', '.join(vs)}")
+        for c in cells:
+            print(f"{c.id}    [{', '.join(c.reasons)}]")
+    report = coverage_report(matrix, versions, cells, components=components,
+                             runners=opts.runners or None, models=opts.models or None)
+    missing = report.get("missing") or []
+    print(f"{len(cells)} cells; pairs covered {report.get('covered')}/{report.get('allowed')}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_gha_matrix(args) -> int:
+    from matrix.job import discover, load_matrix, package_index, selected_components
+    from matrix.plan import github_matrix, plan
+
+    opts = _options(args)
+    matrix = load_matrix(opts)
+    components = selected_components(matrix, opts.with_components)
+    versions, _ = discover(matrix, components, package_index(opts.offline))
+    cells = plan(matrix, versions, components=components, runners=opts.runners or None, models=opts.models or None)
+    print(json.dumps(github_matrix(cells, matrix, max_jobs=args.max_jobs), separators=(",", ":")))
+    return 0
+
+
+def cmd_goldens(args) -> int:
+    from matrix.goldens import regenerate
+
+    return regenerate(_options(args), check=args.check)
+
+
+def cmd_report(args) -> int:
+    from matrix import paths
+    from reports import page
+    from reports.store import Store
+
+    with Store(paths.store_path()) as store:
+        site = page.publish(store, args.site or paths.site_dir())
+    print(site / "index.html")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmcompat", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the planned matrix (or --cell ids), ingest, publish the page")
+    _common(p)
+    p.add_argument("--cell", dest="cells", action="append", default=[], help="run this cell id only (repeatable)")
+    p.add_argument("--jobs", type=int, default=2, help="cells run at once (default 2)")
+    p.add_argument("--force", action="store_true", help="run cells even when their key has a result")
+    p.add_argument("--no-page", action="store_true", help="do not publish the page")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plan", help="print the planned cells and check pair coverage")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("gha-matrix", help="print GitHub Actions matrices (JSON) for the plan")
+    _common(p)
+    p.add_argument("--max-jobs", type=int, default=256)
+    p.set_defaults(func=cmd_gha_matrix)
+
+    p = sub.add_parser("goldens", help="regenerate goldens with the reference path and print the diff")
+    _common(p)
+    p.add_argument("--check", action="store_true", help="fail (exit 1) when goldens would change")
+    p.set_defaults(func=cmd_goldens)
+
+    p = sub.add_parser("report", help="publish the page from the store")
+    p.add_argument("--site", type=Path)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LlmcompatError as exc:
+        print(f"llmcompat: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("llmcompat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The main job: discover versions, plan, run every cell, aggregate, publish.
+
+This is the shell around the pure core: it wires the index, uv, the models, the probe,
+the store and the page together, shows progress, and prints a summary. Cells that fail
+are results, not errors: the exit code is non-zero only for errors of llmcompat itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matrix import paths
+from matrix.cells import Cell
+from matrix.config import Matrix
+from matrix.errors import ConfigError, LlmcompatError
+from matrix.outcome import Outcome
+from matrix.run import CellReport, CellRunner, ModelRef, SuiteRef, now_iso
+
+
+@dataclass
+class Options:
+    """What the user asked for on the command line (all optional)."""
+
+    axes_file: Path | None = None
+    offline: bool = False
+    with_components: tuple[str, ...] = ()
+    """Opt-in components as ``axis/name`` (e.g. ``engine/llama-cpp-python``)."""
+    runners: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    cells: tuple[str, ...] = ()
+    """Run exactly these cell ids instead of the plan."""
+    jobs: int = 2
+    force: bool = False
+    suite: str = "core"
+    page: bool = True
+
+
+@dataclass
+class Prepared:
+    """Everything loaded once per process before cells run."""
+
+    matrix: Matrix
+    versions: dict
+    releases: list
+    cells: list[Cell]
+    suites: dict[str, SuiteRef]
+    models: dict[str, ModelRef]
+    seen: dict = field(default_factory=dict)
+
+
+def load_matrix(opts: Options) -> Matrix:
+    from matrix import loader
+
+    return loader.load(opts.axes_file) if opts.axes_file else loader.load_default()
+
+
+def package_index(offline: bool):
+    from matrix.index import PackageIndex
+
+    return PackageIndex(paths.cache_dir() / "index", offline=offline)
+
+
+def selected_components(matrix: Matrix, with_components) -> set[tuple[str, str]]:
+    """Default components plus the opt-in ones; unknown names are errors naming the value."""
+    chosen = {(axis, c.name) for axis, comps in matrix.axes.items() for c in comps if c.default}
+    for item in with_components:
+        axis, sep, name = item.partition("/")
+        if not sep or axis not in matrix.axes:
+            raise ConfigError("--with", "component", item, f"expected axis/name with axis in {sorted(matrix.axes)}")
+        if name not in {c.name for c in matrix.axes[axis]}:
+            known = ", ".join(c.name for c in matrix.axes[axis])
+            raise ConfigError(matrix.source, f"axes.{axis}", name, f"unknown component (known: {known})")
+        chosen.add((axis, name))
+    return chosen
+
+
+def discover(matrix: Matrix, components, index, python: str = "3.11"):
+    """Version sets of the chosen components, from the index (cached) and their rules."""
+    from matrix.versions import EmptyVersionSet, UnknownVersion, select
+
+    projects = sorted({matrix.component(a, n).primary for a, n in components})
+    fetched = index.releases_many(projects)
+    versions, releases = {}, []
+    for axis, name in sorted(components):
+        comp = matrix.component(axis, name)
+        rels = fetched[comp.primary]
+        field_path = f"axes.{axis}.{name}.versions"
+        try:
+            versions[(axis, name)] = select(rels, comp.versions, python)
+        except UnknownVersion as exc:
+            raise matrix.error(field_path + ".explicit", exc.args[0] if exc.args else str(exc), str(exc)) from None
+        except EmptyVersionSet as exc:
+            raise matrix.error(field_path, name, str(exc)) from None
+        wanted = set(versions[(axis, name)])
+        releases += [(comp.primary, r.version, r.upload_time.isoformat() if r.upload_time else None)
+                     for r in rels if r.version in wanted]
+    return versions, releases
+
+
+def build_model(matrix: Matrix, name: str) -> ModelRef:
+    from matrix import tinymodel
+
+    model = next((m for m in matrix.models if m.name == name), None)
+    if model is None:
+        raise ConfigError(matrix.source, "models", name, "unknown model")
+    if model.kind != "tiny":
+        built = tinymodel.ensure_hub(model.hub_id)
+    else:
+        built = tinymodel.ensure(arch=model.arch, parts=("tokenizer",), reference=matrix.reference)
+    return ModelRef(name, Path(built.path), built.model_hash)
+
+
+def suite_for(suite_name: str, model: ModelRef):
+    from matrix import suites
+
+    suite = suites.load(suite_name)
+    goldens = suites.load_goldens(suite, model.name)
+    if goldens is None or goldens.model_hash != model.hash:
+        what = "missing" if goldens is None else f"made for model hash {goldens.model_hash[:12]}"
+        raise LlmcompatError(
+            f"goldens for suite {suite.name!r} and model {model.name!r} are {what}, the model is "
+            f"{model.hash[:12]}: run `nox -s goldens` and review its diff"
+        )
+    cases = suites.cases_with_goldens(suite, goldens)
+    return SuiteRef(suite.name, suites.suite_digest(suite, goldens), tuple(cases))
+
+
+def prepare(opts: Options, store=None) -> Prepared:
+    """Load, discover and plan; build the models the cells need; check goldens."""
+    from matrix.plan import plan
+
+    matrix = load_matrix(opts)
+    components = selected_components(matrix, opts.with_components)
+    seen = store.seen_versions() if store is not None else {}
+    if opts.cells:
+        cells = [_parse_cell(matrix, c) for c in opts.cells]
+        components |= {(a, c.component) for cell in cells for a, c in cell.choices}
+        versions, releases = {}, []
+    else:
+        versions, releases = discover(matrix, components, package_index(opts.offline))
+        cells = plan(matrix, versions, components=components, runners=opts.runners or None,
+                     models=opts.models or None, seen=seen)
+    models = {name: build_model(matrix, name) for name in sorted({c.model for c in cells})}
+    suites = {name: suite_for(opts.suite, m) for name, m in models.items()}
+    return Prepared(matrix, versions, releases, cells, suites, models, seen)
+
+
+def _parse_cell(matrix: Matrix, cell_id: str) -> Cell:
+    try:
+        cell = Cell.parse(cell_id)
+    except ValueError as exc:
+        raise ConfigError("--cell", "cell", cell_id, str(exc)) from None
+    for axis, choice in cell.choices:
+        try:
+            matrix.component(axis, choice.component)
+        except KeyError:
+            raise ConfigError(matrix.source, f"axes.{axis}", choice.component, "unknown component") from None
+    if cell.runner not in {r.name for r in matrix.runners}:
+        raise ConfigError(matrix.source, "runners", cell.runner, "unknown runner")
+    return cell
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    reports: list[CellReport]
+    seconds: float
+
+    @property
+    def counts(self) -> Counter:
+        c = Counter(r.outcome.value for r in self.reports if not r.reused)
+        c["reused"] = sum(r.reused for r in self.reports)
+        c["executed"] = sum(1 for r in self.reports if not r.reused and r.outcome is not Outcome.UNRESOLVABLE)
+        return c
+
+
+def run_cells(prep: Prepared, opts: Options, store, console=None) -> RunSummary:
+    """Resolve and run every cell with progress, then ingest the run in one transaction."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from reports.aggregate import ingest
+
+    started_at, started = now_iso(), time.perf_counter()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    runner = CellRunner(prep.matrix, prep.suites, prep.models, known_keys=store.keys())
+    reports: list[CellReport] = []
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[current]}"), console=console,
+                  transient=False) as progress:
+        task = progress.add_task("cells", total=len(prep.cells), current="")
+        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+            futures = {pool.submit(_one, runner, cell, opts.force): cell for cell in prep.cells}
+            for fut in as_completed(futures):
+                report = fut.result()
+                reports.append(report)
+                tag = "reused" if report.reused else report.outcome.value
+                progress.update(task, advance=1, current=f"{tag:>12}  {report.cell.id}")
+    reports.sort(key=lambda r: r.cell.id)
+    new_files = [r.path for r in reports if r.path is not None and not r.reused]
+    reused = [r.key for r in reports if r.reused and r.key in runner.known_keys]
+    reused_files = [r.path for r in reports if r.reused and r.key not in runner.known_keys and r.path]
+    run = {"id": run_id, "started": started_at, "finished": now_iso(), "kind": "matrix",
+           "meta": {"cells": len(prep.cells), "offline": opts.offline}}
+    ingest(store, run, new_files + reused_files, reused, prep.releases)
+    return RunSummary(run_id, reports, time.perf_counter() - started)
+
+
+def _one(runner: CellRunner, cell: Cell, force: bool) -> CellReport:
+    report = runner.execute(cell, force=force)
+    if report.outcome is Outcome.INFRA and not report.reused:  # infra is retried once, never filed
+        report = runner.execute(cell, force=True)
+    return report
+
+
+def print_summary(summary: RunSummary, console, site: Path | None) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"run {summary.run_id}", show_lines=False)
+    for col in ("cell", "outcome", "template", "tokenize", "seconds"):
+        table.add_column(col)
+    for r in summary.reports:
+        outcome = "reused:" + r.outcome.value if r.reused else r.outcome.value
+        stages = r.stages or {}
+        table.add_row(r.cell.id, outcome, stages.get("template", {}).get("outcome", "-"),
+                      stages.get("tokenize", {}).get("outcome", "-"), f"{r.seconds:.1f}")
+    console.print(table)
+    c = summary.counts
+    console.print(
+        f"[bold]summary[/]: {len(summary.reports)} cells in {summary.seconds:.1f}s: "
+        + ", ".join(f"{k} {c.get(k, 0)}" for k in ("pass", "fail", "unresolvable", "infra", "flaky", "skipped"))
+        + f", reused {c['reused']}, executed {c['executed']}"
+    )
+    for r in summary.reports:
+        if r.outcome in (Outcome.UNRESOLVABLE, Outcome.INFRA) and not r.reused and r.reason:
+            console.print(f"  {r.outcome.value}: {r.cell.id}: {r.reason.splitlines()[-1][:300]}", markup=False)
+    if site:
+        console.print(f"page: {site / 'index.html'}")
+
+
+def main_job(opts: Options, console=None) -> int:
+    """The README's first command ends here: run the default matrix and publish the page."""
+    from rich.console import Console
+
+    from reports import page
+    from reports.store import Store
+
+    console = console or Console(stderr=False)
+    with Store(paths.store_path()) as store:
+        prep = prepare(opts, store)
+        console.print(f"planned {len(prep.cells)} cells over "
+                      f"{len({c.runner for c in prep.cells})} runner(s) and {len(prep.models)} model(s)")
+        summary = run_cells(prep, opts, store, console)
+        site = page.publish(store, paths.site_dir()) if opts.page else None
+    print_summary(summary, console, site)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        Path(os.environ["GITHUB_STEP_SUMMARY"]).open("a").write(
+            json.dumps(dict(summary.counts), sort_keys=True) + "\n")
+    return 0

@@ -1,0 +1,238 @@
+"""Running cells: resolve, key, reuse or build the environment, run the probe, write a result.
+
+A cell's worker writes exactly one result file, named by its key, atomically. It never
+touches the store: the aggregator is the single writer. A cell whose key already has a
+result is reused and never run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from matrix import envs, paths
+from matrix.cells import Cell
+from matrix.config import AXES, Matrix
+from matrix.key import cell_key, digest
+from matrix.outcome import Outcome
+
+PROBE_DIR = Path(__file__).resolve().parent / "probe"
+PROBE_TIMEOUT = 900
+# Only these reach a cell's probe: no tokens or other secrets of the caller's environment.
+PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def harness_digest() -> str:
+    """The probe's own source: a changed harness can change results, so it is in the key."""
+    files = sorted(PROBE_DIR.glob("*.py"))
+    return digest(*(f.name + "\n" + f.read_text(encoding="utf-8") for f in files))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A built model: its directory and content hash."""
+
+    name: str
+    path: Path
+    hash: str
+
+
+@dataclass(frozen=True)
+class SuiteRef:
+    """The suite as a cell sees it: cases with goldens merged, and their digest."""
+
+    name: str
+    digest: str
+    cases: tuple[dict, ...]
+
+
+@dataclass
+class CellReport:
+    """What happened to one cell in this run (the summary table and the run record use it)."""
+
+    cell: Cell
+    outcome: Outcome
+    key: str = ""
+    reused: bool = False
+    path: Path | None = None
+    seconds: float = 0.0
+    env_seconds: float = 0.0
+    reason: str = ""
+    stages: dict = field(default_factory=dict)
+
+
+def requirements(matrix: Matrix, cell: Cell) -> list[str]:
+    """The pinned requirements of a cell: each axis's primary package plus its fixed extras."""
+    reqs: list[str] = []
+    for axis, choice in cell.choices:
+        comp = matrix.component(axis, choice.component)
+        reqs.append(comp.requirement(choice.version))
+        reqs.extend(comp.requires)
+    return reqs
+
+
+def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode: str = "check") -> dict:
+    """The probe's job: which renderers and tokenizers this cell's components bring."""
+    roles: dict[str, list[str]] = {"renderers": [], "tokenizers": []}
+    report = []
+    for axis, choice in cell.choices:
+        comp = matrix.component(axis, choice.component)
+        report.extend(comp.packages)
+        for role in roles:
+            roles[role] += [r for r in comp.probe_roles(role) if r not in roles[role]]
+    return {
+        "mode": mode,
+        "model_dir": str(model.path),
+        "stages": ["template", "tokenize"],
+        "renderers": roles["renderers"] or ["jinja2"],
+        "tokenizers": roles["tokenizers"] or ["tokenizers"],
+        "cases": list(suite.cases),
+        "limits": {"render_seconds": 5, "render_chars": 1_000_000},
+        "report_versions": sorted(set(report)),
+    }
+
+
+def repro_command(cell: Cell) -> str:
+    return f'nox -s "cell({cell.id})"'
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_probe(python: Path, job: dict, timeout: float = PROBE_TIMEOUT) -> tuple[dict | None, str]:
+    """Run the probe in a cell's interpreter; (result, log). None when the probe itself died."""
+    with tempfile.TemporaryDirectory(prefix="llmcompat-probe-") as tmp:
+        job_path, out_path = Path(tmp, "job.json"), Path(tmp, "result.json")
+        job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
+        env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+        env.update(OFFLINE_ENV)
+        env["HF_HOME"] = str(Path(tmp, "hf"))
+        try:
+            proc = subprocess.run(
+                [str(python), "-I", str(PROBE_DIR / "probe.py"), str(job_path), str(out_path)],
+                capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp,
+            )
+        except subprocess.TimeoutExpired as exc:
+            return None, f"probe timed out after {timeout:.0f}s\n{exc.stderr or ''}"
+        log = (proc.stdout + proc.stderr)[-20000:]
+        if proc.returncode != 0 or not out_path.is_file():
+            return None, f"probe exited {proc.returncode}\n{log}"
+        return json.loads(out_path.read_text(encoding="utf-8")), log
+
+
+def overall(stages: dict) -> Outcome:
+    """A cell's outcome: the worst of its stages (fail > infra > flaky > pass > skipped)."""
+    order = [Outcome.FAIL, Outcome.INFRA, Outcome.FLAKY, Outcome.PASS, Outcome.XFAIL, Outcome.SKIPPED]
+    got = {Outcome(s["outcome"]) for s in stages.values()}
+    return next((o for o in order if o in got), Outcome.SKIPPED)
+
+
+class CellRunner:
+    """Runs cells of one matrix against one suite and its models. Thread-safe per cell."""
+
+    def __init__(self, matrix: Matrix, suites: dict[str, SuiteRef], models: dict[str, ModelRef],
+                 results_dir: Path | None = None, known_keys: set[str] | None = None):
+        self.matrix = matrix
+        self.suites = suites
+        self.models = models
+        self.results_dir = results_dir or paths.results_dir()
+        self.known_keys = known_keys if known_keys is not None else set()
+        self.harness = harness_digest()
+
+    def runner(self, name: str):
+        return next(r for r in self.matrix.runners if r.name == name)
+
+    def resolve(self, cell: Cell) -> envs.Lock | envs.Unresolvable:
+        runner = self.runner(cell.runner)
+        return envs.resolve(requirements(self.matrix, cell), python=runner.python, overrides=list(runner.pins))
+
+    def key(self, cell: Cell, lock: envs.Lock) -> str:
+        return cell_key(pins=dict(lock.pins), python=lock.python, suite=self.suites[cell.model].digest,
+                        model_hash=self.models[cell.model].hash, runner=cell.runner, harness=self.harness)
+
+    def result_path(self, key: str) -> Path:
+        return self.results_dir / f"{key}.json"
+
+    def execute(self, cell: Cell, resolved=None, *, force: bool = False) -> CellReport:
+        """Run one cell (or reuse its result). Never raises for a cell's own failure."""
+        started = time.perf_counter()
+        try:
+            resolved = resolved or self.resolve(cell)
+        except envs.ResolveError as exc:
+            return CellReport(cell, Outcome.INFRA, reason=f"resolution failed: {exc}"[:4000],
+                              seconds=time.perf_counter() - started)
+        if isinstance(resolved, envs.Unresolvable):
+            key = digest("unresolvable", *resolved.requirements, cell.runner)
+            return self._finish(cell, key, Outcome.UNRESOLVABLE, {}, started, reason=resolved.reason)
+        key = self.key(cell, resolved)
+        path = self.result_path(key)
+        if not force and (key in self.known_keys or path.is_file()):
+            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            return CellReport(cell, Outcome(data.get("outcome", "pass")), key, reused=True,
+                              path=path if path.is_file() else None, stages=data.get("stages", {}),
+                              seconds=time.perf_counter() - started)
+        try:
+            env = envs.ensure(resolved)
+        except envs.ResolveError as exc:
+            return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
+                                reason=f"environment build failed: {exc}"[:4000])
+        job = probe_job(self.matrix, cell, self.models[cell.model], self.suites[cell.model])
+        result, log = run_probe(env.python, job)
+        if result is None:
+            report = self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=log[-4000:])
+        else:
+            report = self._finish(cell, key, overall(result["stages"]), result["stages"], started,
+                                  lock=resolved, probe=result, log=log)
+        report.env_seconds = env.seconds
+        return report
+
+    def _finish(self, cell, key, outcome, stages, started, *, lock=None, reason="", probe=None, log="") -> CellReport:
+        seconds = time.perf_counter() - started
+        model = self.models[cell.model]
+        data = {
+            "schema": 1,
+            "key": key,
+            "cell": cell.to_json(),
+            "outcome": outcome.value,
+            "reason": reason,
+            "stages": stages,
+            "records": (probe or {}).get("records", []),
+            "facts": (probe or {}).get("facts", {}),
+            "versions": (probe or {}).get("versions", {}),
+            "lock": lock.to_json() if lock else {},
+            "model_hash": model.hash,
+            "suite": {"name": self.suites[cell.model].name, "digest": self.suites[cell.model].digest},
+            "harness": self.harness,
+            "duration_s": round(seconds, 3),
+            "finished": now_iso(),
+            "repro": repro_command(cell),
+            "log": log[-8000:],
+        }
+        path = self.result_path(key)
+        write_json_atomic(path, data)
+        return CellReport(cell, outcome, key, path=path, seconds=seconds, reason=reason, stages=stages)
+
+
+def axes_of(cell: Cell) -> dict[str, str]:
+    return {a: str(c) for a, c in cell.choices if a in AXES}

@@ -1,0 +1,139 @@
+# /// script
+# requires-python = ">=3.11"
+# dependencies = [
+#   "nox>=2025.2.9",
+#   "packaging>=24",
+#   "pyyaml>=6",
+#   "jsonschema>=4.20",
+#   "requests>=2.31",
+#   "pypi-simple>=1.6",
+#   "rich>=13",
+#   "jinja2>=3.1",
+#   "uv>=0.5",
+# ]
+# ///
+"""The front door: the main job, one session per planned cell, goldens, tests and benchmarks.
+
+Nox reads the script block above and, where this interpreter lacks those packages, makes
+its own environment with them first, so a bare ``pip install nox`` is enough to start.
+
+    nox -s matrix            # the default local matrix (CPU, tiny model): results + page
+    nox -s tests             # the project's own tests
+    nox -l                   # every session, one per planned cell: cell(<runner/model/...>)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["matrix"]
+
+PLAN_TTL = 6 * 3600
+
+
+def _llmcompat(session: nox.Session, *args: str) -> None:
+    """Run the llmcompat CLI in-process (it needs nothing beyond the script block's packages)."""
+    from matrix.cli import main
+
+    code = main(list(args))
+    if code:
+        session.error(f"llmcompat {' '.join(args)} exited {code}")
+
+
+def _planned_cell_ids() -> list[str]:
+    """Cell ids for ``cell(...)`` sessions: a cached plan, re-planned when axes.yaml changes.
+
+    Start-up stays cheap: the plan is read from ``.llmcompat/plan.json`` while it is fresh;
+    only a stale or missing plan asks the (cached) package index.
+    """
+    from matrix import paths
+    from matrix.key import digest
+
+    axes = ROOT / "matrix" / "axes.yaml"
+    stamp = digest(axes.read_bytes())
+    cache = paths.state_dir() / "plan.json"
+    try:
+        data = json.loads(cache.read_text())
+        if data["axes"] == stamp and time.time() - data["time"] < PLAN_TTL:
+            return data["cells"]
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        from matrix.job import Options, discover, load_matrix, package_index, selected_components
+        from matrix.plan import plan
+
+        opts = Options()
+        matrix = load_matrix(opts)
+        components = selected_components(matrix, ())
+        versions, _ = discover(matrix, components, package_index(offline=False))
+        ids = [c.id for c in plan(matrix, versions, components=components)]
+    except Exception as exc:  # noqa: BLE001 - listing sessions must not die with the index
+        print(f"nox: no cell sessions: planning failed: {exc}", file=sys.stderr)
+        return []
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"axes": stamp, "time": time.time(), "cells": ids}))
+    os.replace(tmp, cache)
+    return ids
+
+
+@nox.session(python=False)
+def matrix(session: nox.Session) -> None:
+    """The main job: plan the default matrix, run its cells (reusing known keys), publish the page."""
+    _llmcompat(session, "run", *session.posargs)
+
+
+@nox.session(python=False)
+@nox.parametrize("cell", [nox.param(cid, id=cid) for cid in _planned_cell_ids()])
+def cell(session: nox.Session, cell: str) -> None:
+    """One planned cell: resolve, build its uv environment by key, run the probe, ingest."""
+    _llmcompat(session, "run", "--cell", cell, *session.posargs)
+
+
+@nox.session(python=False)
+def plan(session: nox.Session) -> None:
+    """Print the plan with the reason for each cell, and prove pair coverage."""
+    _llmcompat(session, "plan", *session.posargs)
+
+
+@nox.session(name="gha-matrix", python=False)
+def gha_matrix(session: nox.Session) -> None:
+    """GitHub Actions matrices (JSON, at most 256 jobs each) with runner labels."""
+    _llmcompat(session, "gha-matrix", *session.posargs)
+
+
+@nox.session(python=False)
+def goldens(session: nox.Session) -> None:
+    """Regenerate goldens with the reference path; prints the diff to review and commit."""
+    _llmcompat(session, "goldens", *session.posargs)
+
+
+@nox.session(python=False)
+def report(session: nox.Session) -> None:
+    """Publish the page from the store."""
+    _llmcompat(session, "report", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The project's own tests, in a fresh uv environment with the project installed."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["-q"]), env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: print figures and ratios (speed goals live here, not in timed tests)."""
+    session.install("-e", ".[test]", "virtualenv")
+    session.run("python", "-m", "tests.bench", *session.posargs)

@@ -1,0 +1,71 @@
+"""The static compatibility page and its JSON export, derived from the store only.
+
+Everything shown came from models, templates or servers and is untrusted: Jinja2's
+autoescape escapes it all; nothing is marked safe. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from matrix.outcome import STAGES
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def page_data(export: dict) -> dict:
+    """Pure: the latest result of every cell, with its stage dots and failing checks."""
+    latest: dict[str, dict] = {}
+    for cell in export["cells"]:
+        prev = latest.get(cell["cell_id"])
+        if prev is None or cell["finished"] >= prev["finished"]:
+            latest[cell["cell_id"]] = cell
+    rows = []
+    for cell_id in sorted(latest):
+        cell = latest[cell_id]
+        failures = [r for r in cell.get("results", []) if r["outcome"] == "fail"]
+        rows.append({
+            "id": cell_id,
+            "runner": cell["runner"],
+            "model": cell["model"],
+            "axes": [(a, cell[a], cell[f"{a}_version"]) for a in ("engine", "tokenizer", "template", "client")],
+            "outcome": cell["outcome"],
+            "stages": [(s.value, cell.get("stages", {}).get(s.value, "skipped")) for s in STAGES],
+            "failures": failures[:20],
+            "more_failures": max(0, len(failures) - 20),
+            "reason": (cell.get("reason") or "")[-2000:],
+            "repro": cell.get("repro", ""),
+            "finished": cell["finished"],
+        })
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
+    runs = export.get("runs", [])
+    return {"rows": rows, "counts": counts, "last_run": runs[-1] if runs else None, "stages": [s.value for s in STAGES]}
+
+
+def render(data: dict) -> str:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("index.html").render(**data)
+
+
+def _write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def publish(store, site: Path) -> Path:
+    """Write ``index.html`` and ``results.json`` under ``site``; returns ``site``."""
+    site.mkdir(parents=True, exist_ok=True)
+    export = store.export()
+    _write(site / "results.json", json.dumps(export, indent=1, sort_keys=True, ensure_ascii=False))
+    _write(site / "index.html", render(page_data(export)))
+    return site
