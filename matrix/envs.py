@@ -54,15 +54,13 @@ class Unresolvable:
     reason: str
 
 
-@dataclass(frozen=True)
 class ResolveError(Exception):
     """uv failed for another reason than an unsatisfiable set (index down, timeout): infra."""
 
-    requirements: tuple[str, ...]
-    reason: str
-
-    def __str__(self) -> str:
-        return self.reason
+    def __init__(self, requirements: tuple[str, ...], reason: str):
+        super().__init__(reason)
+        self.requirements = requirements
+        self.reason = reason
 
 
 def uv_bin() -> str:
@@ -91,7 +89,7 @@ def _uv_env() -> dict[str, str]:
 def _index_args() -> list[str]:
     from matrix.index import uv_index_args
 
-    return [*uv_index_args(), "--index-strategy", "unsafe-best-match"]
+    return uv_index_args()
 
 
 def python_version(python: str) -> str:
