@@ -244,22 +244,29 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
         console.print(f"page: {site / 'index.html'}")
 
 
+def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
+    """Plan, run, ingest and publish; returns the run's summary and the page's directory."""
+    from reports import page
+    from reports.store import Store
+
+    with Store(paths.store_path()) as store:
+        prep = prepare(opts, store)
+        if console is not None:
+            console.print(f"planned {len(prep.cells)} cells over "
+                          f"{len({c.runner for c in prep.cells})} runner(s) and {len(prep.models)} model(s)")
+        summary = run_cells(prep, opts, store, console)
+        site = page.publish(store, paths.site_dir()) if opts.page else None
+    return summary, site
+
+
 def main_job(opts: Options, console=None) -> int:
     """The README's first command ends here: run the default matrix and publish the page."""
     from rich.console import Console
 
-    from reports import page
-    from reports.store import Store
-
-    console = console or Console(stderr=False)
-    with Store(paths.store_path()) as store:
-        prep = prepare(opts, store)
-        console.print(f"planned {len(prep.cells)} cells over "
-                      f"{len({c.runner for c in prep.cells})} runner(s) and {len(prep.models)} model(s)")
-        summary = run_cells(prep, opts, store, console)
-        site = page.publish(store, paths.site_dir()) if opts.page else None
+    console = console or Console()
+    summary, site = run_job(opts, console)
     print_summary(summary, console, site)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
-        Path(os.environ["GITHUB_STEP_SUMMARY"]).open("a").write(
-            json.dumps(dict(summary.counts), sort_keys=True) + "\n")
+        with Path(os.environ["GITHUB_STEP_SUMMARY"]).open("a") as f:
+            f.write(json.dumps(dict(summary.counts), sort_keys=True) + "\n")
     return 0

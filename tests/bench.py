@@ -1,0 +1,120 @@
+"""Benchmarks (``nox -s bench``): figures and ratios against baselines, never timed tests.
+
+Each benchmark prints what it measured and the goal it is held to; the exit code is 1 when a
+goal is missed, so a scheduled run can notice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS: list[tuple[str, bool, str]] = []
+
+
+def report(name: str, ok: bool, text: str) -> None:
+    RESULTS.append((name, ok, text))
+    print(f"[{'ok' if ok else 'MISSED'}] {name}: {text}", flush=True)
+
+
+def default_lock():
+    """The lock of the first default cell: the same pins for uv and for the baseline."""
+    from matrix import envs
+    from matrix.job import Options, discover, load_matrix, package_index, selected_components
+    from matrix.plan import plan
+    from matrix.run import requirements
+
+    matrix = load_matrix(Options())
+    comps = selected_components(matrix, ())
+    versions, _ = discover(matrix, comps, package_index(False))
+    cell = plan(matrix, versions, components=comps)[0]
+    runner = next(r for r in matrix.runners if r.name == cell.runner)
+    lock = envs.resolve(requirements(matrix, cell), python=runner.python, overrides=list(runner.pins))
+    assert isinstance(lock, envs.Lock), lock
+    return cell, lock
+
+
+def bench_env_creation(repeat: int = 3) -> None:
+    """A cell environment with warm caches, uv vs nox's default backend (virtualenv + pip)."""
+    from matrix import envs
+
+    cell, lock = default_lock()
+    with tempfile.TemporaryDirectory(prefix="llmcompat-bench-") as tmp:
+        envs.ensure(lock, root=Path(tmp, "warm"))  # warms uv's cache
+        uv_times = []
+        for i in range(repeat):
+            t = time.perf_counter()
+            envs.ensure(lock, root=Path(tmp, f"uv{i}"))
+            uv_times.append(time.perf_counter() - t)
+        req = Path(tmp, "lock.txt")
+        req.write_text(lock.text)
+        pip_times = []
+        for i in range(2):  # the first run warms pip's cache; the second is measured
+            venv = Path(tmp, f"pip{i}")
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "virtualenv", "-q", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "-r", str(req)],
+                           check=True, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+            pip_times.append(time.perf_counter() - t)
+    uv_best, pip_warm = min(uv_times), pip_times[-1]
+    ratio = pip_warm / uv_best
+    report("env creation", ratio >= 25 and uv_best < 1.0,
+           f"{len(lock.pins)} packages ({cell.id}): uv {uv_best:.2f}s (best of {repeat}), "
+           f"virtualenv+pip {pip_warm:.2f}s warm -> {ratio:.0f}x faster (goal >= 25x and < 1 s)")
+
+
+def bench_second_run() -> None:
+    """Run the default matrix twice with nothing new: the second run executes 0 cells."""
+    from matrix.job import Options, run_job
+
+    with tempfile.TemporaryDirectory(prefix="llmcompat-bench-home-") as home:
+        os.environ["LLMCOMPAT_HOME"] = home
+        t = time.perf_counter()
+        first, _ = run_job(Options())
+        t1 = time.perf_counter() - t
+        t = time.perf_counter()
+        second, _ = run_job(Options())
+        t2 = time.perf_counter() - t
+    c1, c2 = first.counts, second.counts
+    report("second run", c2["executed"] == 0,
+           f"first run {len(first.reports)} cells, executed {c1['executed']} in {t1:.1f}s; "
+           f"second run executed {c2['executed']}, reused {c2['reused']} in {t2:.1f}s (goal: 0 executed)")
+
+
+def bench_pairwise() -> None:
+    from matrix.covering import bench
+
+    r = bench((5, 4, 4, 3))
+    report("pairwise 5x4x4x3", r["ratio"] <= 1.1 and r["coverage"] == 1.0,
+           f"{r['rows']} rows, lower bound {r['lower_bound']}, ratio {r['ratio']:.2f} "
+           f"(goal <= 1.1), coverage {r['coverage']:.0%}, {r['seconds'] * 1000:.1f} ms")
+
+
+BENCHES = {"env": bench_env_creation, "rerun": bench_second_run, "pairwise": bench_pairwise}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("only", nargs="*", help=f"run only these of {', '.join(BENCHES)}")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.only if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHES)}")
+    for name in args.only or BENCHES:
+        BENCHES[name]()
+    missed = [n for n, ok, _ in RESULTS if not ok]
+    print(f"\n{len(RESULTS) - len(missed)} of {len(RESULTS)} benchmark goals met" +
+          (f"; missed: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
