@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -73,7 +74,36 @@ def cmd_gha_matrix(args) -> int:
     components = selected_components(matrix, opts.with_components)
     versions, _ = discover(matrix, components, package_index(opts.offline))
     cells = plan(matrix, versions, components=components, runners=opts.runners or None, models=opts.models or None)
-    print(json.dumps(github_matrix(cells, matrix, max_jobs=args.max_jobs), separators=(",", ":")))
+    matrices = github_matrix(cells, matrix, max_jobs=args.max_jobs)
+    if len(matrices) > args.shards:
+        raise LlmcompatError(f"the plan needs {len(matrices)} matrices of at most {args.max_jobs} jobs; "
+                             f"the workflow has {args.shards} shard jobs: raise --shards and add jobs")
+    print(json.dumps(matrices, separators=(",", ":")))
+    output = os.environ.get("GITHUB_OUTPUT")
+    if output:  # one output per shard job; empty shards are skipped by the workflow
+        with open(output, "a", encoding="utf-8") as f:
+            for i in range(args.shards):
+                m = matrices[i] if i < len(matrices) else {"include": []}
+                f.write(f"shard-{i}={json.dumps(m, separators=(',', ':'))}\n")
+            f.write(f"shards={len(matrices)}\n")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    """Ingest result files made elsewhere (GitHub Actions shard jobs) as one run."""
+    from matrix import paths
+    from matrix.run import now_iso
+    from reports.aggregate import ingest
+    from reports.store import Store
+
+    files = sorted(p for d in args.dirs for p in Path(d).rglob("*.json"))
+    run = {"id": args.run_id or now_iso(), "started": now_iso(), "finished": now_iso(), "kind": "ingest",
+           "meta": {"files": len(files)}}
+    with Store(paths.store_path()) as store:
+        known = store.keys()
+        new = [f for f in files if f.stem not in known]
+        n = ingest(store, run, new, [f.stem for f in files if f.stem in known])
+    print(f"ingested {n} new cell results ({len(files) - len(new)} already known) as run {run['id']}")
     return 0
 
 
@@ -114,7 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gha-matrix", help="print GitHub Actions matrices (JSON) for the plan")
     _common(p)
     p.add_argument("--max-jobs", type=int, default=256)
+    p.add_argument("--shards", type=int, default=4, help="shard jobs in the workflow (default 4)")
     p.set_defaults(func=cmd_gha_matrix)
+
+    p = sub.add_parser("ingest", help="ingest result files (from shard jobs) into the store as one run")
+    p.add_argument("dirs", nargs="+", type=Path)
+    p.add_argument("--run-id")
+    p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("goldens", help="regenerate goldens with the reference path and print the diff")
     _common(p)
