@@ -83,7 +83,7 @@ def selected_components(matrix: Matrix, with_components) -> set[tuple[str, str]]
 
 def discover(matrix: Matrix, components, index, python: str = "3.11"):
     """Version sets of the chosen components, from the index (cached) and their rules."""
-    from matrix.versions import EmptyVersionSet, UnknownVersion, select
+    from matrix.versions import EmptyVersionSet, InvalidRule, UnknownVersion, select
 
     projects = sorted({matrix.component(a, n).primary for a, n in components})
     fetched = index.releases_many(projects)
@@ -95,8 +95,8 @@ def discover(matrix: Matrix, components, index, python: str = "3.11"):
         try:
             versions[(axis, name)] = select(rels, comp.versions, python)
         except UnknownVersion as exc:
-            raise matrix.error(field_path + ".explicit", exc.args[0] if exc.args else str(exc), str(exc)) from None
-        except EmptyVersionSet as exc:
+            raise matrix.error(field_path + ".explicit", exc.version, str(exc)) from None
+        except (EmptyVersionSet, InvalidRule) as exc:
             raise matrix.error(field_path, name, str(exc)) from None
         wanted = set(versions[(axis, name)])
         releases += [(comp.primary, r.version, r.upload_time.isoformat() if r.upload_time else None)

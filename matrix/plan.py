@@ -111,13 +111,13 @@ def _compile_constraints(matrix: Matrix, values: Sequence[Sequence[Choice]]) -> 
     for ci, constraint in enumerate(matrix.constraints):
         conds: list[tuple[int, frozenset[Choice]]] = []
         for di, cond in enumerate(constraint.conditions):
-            where = f"constraints[{ci}].conditions[{di}]"
+            where = f"constraints.{ci}.exclude.{cond.axis}"
             if cond.axis not in AXES:
-                raise matrix.error(f"{where}.axis", cond.axis, f"no such axis (axes are {', '.join(AXES)})")
+                raise matrix.error(where, cond.axis, f"no such axis (axes are {', '.join(AXES)})")
             try:
                 spec = SpecifierSet(cond.specifier) if cond.specifier else None
             except InvalidSpecifier:
-                raise matrix.error(f"{where}.specifier", cond.specifier, "not a version specifier") from None
+                raise matrix.error(where, cond.specifier, "not a version specifier") from None
             ai = AXES.index(cond.axis)
             conds.append((ai, frozenset(ch for ch in values[ai] if _matches(ch, cond.component, spec))))
         compiled.append(conds)
@@ -208,7 +208,7 @@ def _no_cell_error(matrix: Matrix, runner: Runner, model: Model, factors: Sequen
         without = _compile_constraints(_with_constraints(matrix, rest), factors)
         if covering.complete(factors, {}, without) is not None:
             value = ", ".join(f"{c.axis}={c.component}{c.specifier}" for c in constraint.conditions)
-            return matrix.error(f"constraints[{ci}]", value, f"excludes every remaining cell {where}")
+            return matrix.error(f"constraints.{ci}", value, f"excludes every remaining cell {where}")
     return matrix.error("constraints", len(matrix.constraints), f"together exclude every cell {where}")
 
 

@@ -31,7 +31,7 @@ def make_matrix(constraints=(), runners=(CPU, GPU), models=(TINY, HUB), **axes):
         "client": (comp("client", "openai"), comp("client", "litellm")),
     }
     base.update(axes)
-    lines = {"axes.engine": 10, "constraints[0]": 40}
+    lines = {"axes.engine": 10, "constraints.0": 40}
     return Matrix("axes.yaml", base, tuple(runners), tuple(models), tuple(constraints), lines=lines)
 
 
@@ -147,13 +147,13 @@ def test_constraints_that_leave_no_cell_name_the_constraint():
     only = Constraint((Condition("tokenizer", "tokenizers"),), "no tokenizer at all")
     with pytest.raises(ConfigError) as err:
         plan(make_matrix(constraints=(only,)), VERSIONS)
-    assert err.value.field == "constraints[0]"
+    assert err.value.field == "constraints.0"
     assert err.value.line == 40
     assert "tokenizers" in str(err.value.value)
     bad = Constraint((Condition("engine", "transformers", ">=9,<"),), "x")
     with pytest.raises(ConfigError) as err:
         plan(make_matrix(constraints=(bad,)), VERSIONS)
-    assert err.value.field == "constraints[0].conditions[0].specifier"
+    assert err.value.field == "constraints.0.exclude.engine"
 
 
 # ---------------------------------------------------------------------------------------------
