@@ -132,13 +132,27 @@ def suite_for(suite_name: str, model: ModelRef):
     return SuiteRef(suite.name, suites.suite_digest(suite, goldens), tuple(cases))
 
 
-def prepare(opts: Options, store=None) -> Prepared:
-    """Load, discover and plan; build the models the cells need; check goldens."""
+def seen_versions() -> dict:
+    """Versions earlier runs covered, read without creating or migrating a store."""
+    from reports.store import Store
+
+    path = paths.store_path()
+    if not path.is_file():
+        return {}
+    with Store(path, readonly=True) as store:
+        return store.seen_versions()
+
+
+def prepare(opts: Options) -> Prepared:
+    """Load, discover and plan; build the models the cells need; check goldens.
+
+    Writes nothing of the run's state: bad input stops here with nothing written.
+    """
     from matrix.plan import plan
 
     matrix = load_matrix(opts)
     components = selected_components(matrix, opts.with_components)
-    seen = store.seen_versions() if store is not None else {}
+    seen = seen_versions()
     if opts.cells:
         cells = [_parse_cell(matrix, c) for c in opts.cells]
         components |= {(a, c.component) for cell in cells for a, c in cell.choices}
@@ -249,11 +263,11 @@ def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
     from reports import page
     from reports.store import Store
 
+    prep = prepare(opts)
+    if console is not None:
+        console.print(f"planned {len(prep.cells)} cells over "
+                      f"{len({c.runner for c in prep.cells})} runner(s) and {len(prep.models)} model(s)")
     with Store(paths.store_path()) as store:
-        prep = prepare(opts, store)
-        if console is not None:
-            console.print(f"planned {len(prep.cells)} cells over "
-                          f"{len({c.runner for c in prep.cells})} runner(s) and {len(prep.models)} model(s)")
         summary = run_cells(prep, opts, store, console)
         site = page.publish(store, paths.site_dir()) if opts.page else None
     return summary, site
