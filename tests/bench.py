@@ -98,7 +98,33 @@ def bench_pairwise() -> None:
            f"(goal <= 1.1), coverage {r['coverage']:.0%}, {r['seconds'] * 1000:.1f} ms")
 
 
-BENCHES = {"env": bench_env_creation, "rerun": bench_second_run, "pairwise": bench_pairwise}
+def bench_bisect_probes(n: int = 40) -> None:
+    """Probes per bisection over n releases, for every change point, against ceil(log2 n) + 2."""
+    from bot.search import bench_probe_counts, probe_bound
+
+    counts = bench_probe_counts(n)
+    bound = probe_bound(n)
+    report(f"bisect probes, n={n}", max(counts) <= bound,
+           f"max {max(counts)}, mean {sum(counts) / len(counts):.2f} over {len(counts)} change points; "
+           f"bound ceil(log2 n)+2 = {bound} (max/bound {max(counts) / bound:.2f})")
+
+
+def bench_noise(seeds: int = 5) -> None:
+    """10% random failures over 500 cells, several seeds: confirmation must leave 0 findings."""
+    from bot.confirm import simulate
+
+    runs = [simulate(500, 0.10, seed=s) for s in range(seeds)]
+    findings = sum(r["findings"] for r in runs)
+    cands = sum(r["candidates"] for r in runs)
+    r0 = runs[0]
+    report("injected noise", findings == 0,
+           f"{seeds} x 500 cells at 10% random failure: {cands} candidates, {findings} findings (goal 0); "
+           f"re-run plan {r0['need']}-of-{r0['of']}, expected false findings per sweep "
+           f"{r0['expected_false_findings']:.4f} vs {r0['expected_false_findings_2_of_3']:.2f} with plain 2-of-3")
+
+
+BENCHES = {"env": bench_env_creation, "rerun": bench_second_run, "pairwise": bench_pairwise,
+           "bisect": bench_bisect_probes, "noise": bench_noise}
 
 
 def main(argv=None) -> int:
