@@ -70,6 +70,64 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (package, version)
     );
     """,
+    # 2: the bot's state: findings (by fingerprint), bisections, filed issues, time-to-fix
+    #    events, quarantined cells/cases.
+    """
+    CREATE TABLE findings (
+        fingerprint TEXT PRIMARY KEY,
+        case_id TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        component TEXT NOT NULL,
+        axis TEXT NOT NULL,
+        last_good TEXT,
+        first_bad TEXT,
+        good_key TEXT NOT NULL DEFAULT '',
+        bad_key TEXT NOT NULL DEFAULT '',
+        compare_url TEXT NOT NULL DEFAULT '',
+        repro TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'fixed')),
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        fixed_in TEXT
+    );
+    CREATE TABLE bisections (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        fingerprint TEXT REFERENCES findings(fingerprint),
+        component TEXT NOT NULL,
+        versions TEXT NOT NULL DEFAULT '[]',
+        probes TEXT NOT NULL DEFAULT '[]',
+        last_good TEXT,
+        first_bad TEXT,
+        status TEXT NOT NULL,
+        started TEXT NOT NULL,
+        finished TEXT
+    );
+    CREATE INDEX bisections_by_finding ON bisections(fingerprint);
+    CREATE TABLE issues (
+        fingerprint TEXT NOT NULL REFERENCES findings(fingerprint),
+        repo TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        url TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL DEFAULT 'open',
+        created TEXT NOT NULL,
+        closed TEXT,
+        PRIMARY KEY (repo, number)
+    );
+    CREATE INDEX issues_by_finding ON issues(fingerprint);
+    CREATE TABLE ttf_events (
+        fingerprint TEXT NOT NULL REFERENCES findings(fingerprint),
+        event TEXT NOT NULL CHECK (event IN
+            ('introduced', 'released', 'detected', 'filed', 'fixed', 'fix-released')),
+        time TEXT NOT NULL,
+        version TEXT,
+        PRIMARY KEY (fingerprint, event)
+    );
+    CREATE TABLE quarantine (
+        subject TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        until TEXT NOT NULL
+    );
+    """,
 ]
 
 CELL_COLUMNS = (
@@ -205,6 +263,177 @@ class Store:
                 "INSERT OR REPLACE INTO releases (package, version, upload_time) VALUES (?, ?, ?)",
                 list(releases),
             )
+
+    # ---- the bot's state (migration 2) -----------------------------------------------------
+    def case_rows(self, run_id: str | None = None) -> list[dict]:
+        """One row per (run, cell, case, stage, check): the cell's axes, the run's time, the check's
+        outcome and detail; a cell without per-case results gives one row with ``case_id`` NULL."""
+        sql = (
+            "SELECT run_cells.run_id, runs.started AS run_started, runs.finished AS run_finished,"
+            " run_cells.reused, cells.key, cells.cell_id, cells.runner, cells.model,"
+            " cells.engine, cells.engine_version, cells.tokenizer, cells.tokenizer_version,"
+            " cells.template, cells.template_version, cells.client, cells.client_version,"
+            " cells.outcome AS cell_outcome, cells.reason, cells.finished,"
+            " results.case_id, results.stage, results.check_name, results.outcome, results.detail"
+            " FROM run_cells JOIN runs ON runs.id = run_cells.run_id JOIN cells USING (key)"
+            " LEFT JOIN results ON results.key = cells.key"
+        )
+        params: tuple = ()
+        if run_id is not None:
+            sql += " WHERE run_cells.run_id = ?"
+            params = (run_id,)
+        sql += " ORDER BY runs.started, cells.cell_id, results.case_id, results.stage, results.check_name"
+        return [dict(r) for r in self.db.execute(sql, params)]
+
+    def release_time(self, package: str, version: str) -> str | None:
+        row = self.db.execute("SELECT upload_time FROM releases WHERE package = ? AND version = ?",
+                              (package, version)).fetchone()
+        return row[0] if row else None
+
+    def finding(self, fingerprint: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM findings WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return dict(row) if row else None
+
+    def findings(self, status: str | None = None) -> list[dict]:
+        if status is None:
+            rows = self.db.execute("SELECT * FROM findings ORDER BY first_seen, fingerprint")
+        else:
+            rows = self.db.execute("SELECT * FROM findings WHERE status = ? ORDER BY first_seen, fingerprint",
+                                   (status,))
+        return [dict(r) for r in rows]
+
+    def bisections(self, fingerprint: str | None = None) -> list[dict]:
+        if fingerprint is None:
+            rows = self.db.execute("SELECT * FROM bisections ORDER BY id")
+        else:
+            rows = self.db.execute("SELECT * FROM bisections WHERE fingerprint = ? ORDER BY id", (fingerprint,))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["versions"] = json.loads(d["versions"])
+            d["probes"] = json.loads(d["probes"])
+            out.append(d)
+        return out
+
+    def issues(self, fingerprint: str | None = None) -> list[dict]:
+        if fingerprint is None:
+            rows = self.db.execute("SELECT * FROM issues ORDER BY created, repo, number")
+        else:
+            rows = self.db.execute("SELECT * FROM issues WHERE fingerprint = ? ORDER BY created", (fingerprint,))
+        return [dict(r) for r in rows]
+
+    def ttf_events(self, fingerprint: str | None = None) -> list[dict]:
+        if fingerprint is None:
+            rows = self.db.execute("SELECT * FROM ttf_events ORDER BY fingerprint, time")
+        else:
+            rows = self.db.execute("SELECT * FROM ttf_events WHERE fingerprint = ? ORDER BY time", (fingerprint,))
+        return [dict(r) for r in rows]
+
+    def quarantine(self, now: str | None = None) -> dict[str, dict]:
+        """Quarantine entries by subject; with ``now``, only those still in force (``until`` > now)."""
+        rows = [dict(r) for r in self.db.execute("SELECT * FROM quarantine ORDER BY subject")]
+        if now is not None:
+            from datetime import datetime, timezone
+
+            def _dt(t: str) -> datetime:
+                d = datetime.fromisoformat(t)
+                return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+            rows = [r for r in rows if _dt(r["until"]) > _dt(now)]
+        return {r["subject"]: r for r in rows}
+
+    def save_finding(self, finding: dict, bisection: dict | None = None, events: Iterable[dict] = ()) -> None:
+        """Upsert a finding (first_seen kept, last_seen and the range updated, reopened if it was
+        fixed), with its bisection and time-to-fix events (the first of each kind is kept), in one
+        transaction."""
+        with self.transaction() as db:
+            _upsert_finding(db, finding)
+            if bisection is not None:
+                _insert_bisection(db, finding["fingerprint"], bisection)
+            _insert_events(db, finding["fingerprint"], events)
+
+    def save_regressions(self, items: Iterable[tuple[dict, dict | None, list[dict]]],
+                         quarantine: Iterable[dict] = ()) -> None:
+        """Several (finding, bisection, events) and quarantine entries, all in one transaction."""
+        with self.transaction() as db:
+            for finding, bisection, events in items:
+                _upsert_finding(db, finding)
+                if bisection is not None:
+                    _insert_bisection(db, finding["fingerprint"], bisection)
+                _insert_events(db, finding["fingerprint"], events)
+            for q in quarantine:
+                db.execute("INSERT OR REPLACE INTO quarantine (subject, reason, until) VALUES (?, ?, ?)",
+                           (q["subject"], q["reason"], q["until"]))
+
+    def mark_fixed(self, fingerprint: str, fixed_in: str, time: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE findings SET status = 'fixed', fixed_in = ?, last_seen = ? WHERE fingerprint = ?",
+                       (fixed_in, time, fingerprint))
+            _insert_events(db, fingerprint, [{"event": "fixed", "time": time, "version": fixed_in}])
+
+    def add_issue(self, fingerprint: str, repo: str, number: int, url: str, created: str,
+                  state: str = "open") -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO issues (fingerprint, repo, number, url, state, created, closed)"
+                " VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (fingerprint, repo, number, url, state, created),
+            )
+            _insert_events(db, fingerprint, [{"event": "filed", "time": created}])
+
+    def close_issue(self, repo: str, number: int, closed: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE issues SET state = 'closed', closed = ? WHERE repo = ? AND number = ?",
+                       (closed, repo, number))
+
+    def add_ttf_event(self, fingerprint: str, event: str, time: str, version: str | None = None) -> None:
+        with self.transaction() as db:
+            _insert_events(db, fingerprint, [{"event": event, "time": time, "version": version}])
+
+    def set_quarantine(self, subject: str, reason: str, until: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO quarantine (subject, reason, until) VALUES (?, ?, ?)",
+                       (subject, reason, until))
+
+
+FINDING_COLUMNS = (
+    "fingerprint", "case_id", "stage", "component", "axis", "last_good", "first_bad", "good_key", "bad_key",
+    "compare_url", "repro", "status", "first_seen", "last_seen", "fixed_in",
+)
+
+
+def _upsert_finding(db: sqlite3.Connection, finding: dict) -> None:
+    row = {c: finding.get(c) for c in FINDING_COLUMNS}
+    row["status"] = row["status"] or "open"
+    row["last_seen"] = row["last_seen"] or row["first_seen"]
+    for c in ("good_key", "bad_key", "compare_url", "repro"):
+        row[c] = row[c] or ""
+    db.execute(
+        f"INSERT INTO findings ({', '.join(FINDING_COLUMNS)}) VALUES ({', '.join('?' for _ in FINDING_COLUMNS)})"
+        " ON CONFLICT (fingerprint) DO UPDATE SET last_seen = excluded.last_seen,"
+        " last_good = excluded.last_good, first_bad = excluded.first_bad, good_key = excluded.good_key,"
+        " bad_key = excluded.bad_key, compare_url = excluded.compare_url, repro = excluded.repro,"
+        " status = excluded.status, fixed_in = excluded.fixed_in",
+        [row[c] for c in FINDING_COLUMNS],
+    )
+
+
+def _insert_bisection(db: sqlite3.Connection, fingerprint: str, b: dict) -> None:
+    db.execute(
+        "INSERT INTO bisections (fingerprint, component, versions, probes, last_good, first_bad, status,"
+        " started, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (fingerprint, b["component"], json.dumps(list(b.get("versions", []))),
+         json.dumps([list(p) for p in b.get("probes", [])]), b.get("last_good"), b.get("first_bad"),
+         b["status"], b["started"], b.get("finished")),
+    )
+
+
+def _insert_events(db: sqlite3.Connection, fingerprint: str, events: Iterable[dict]) -> None:
+    db.executemany(
+        "INSERT INTO ttf_events (fingerprint, event, time, version) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (fingerprint, event) DO NOTHING",
+        [(fingerprint, e["event"], e["time"], e.get("version")) for e in events],
+    )
 
 
 def _insert_cell(db: sqlite3.Connection, result: dict) -> None:

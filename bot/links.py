@@ -1,0 +1,66 @@
+"""Pure link and command builders: compare URLs for a bisected range, one-line reproductions.
+
+No I/O. The host of compare links is GitHub's web UI (the repository's ``owner/name`` comes from
+:attr:`matrix.config.Component.repo`, the tag from its ``tag_format``).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Iterable
+
+GITHUB = "https://github.com"
+
+
+def tag(tag_format: str, version: str) -> str:
+    """The upstream tag of ``version``: ``tag_format`` with ``{version}`` filled in (``v{version}``)."""
+    if "{version}" not in tag_format:
+        raise ValueError(f"tag format {tag_format!r} has no {{version}} placeholder")
+    return tag_format.replace("{version}", str(version))
+
+
+def compare_url(repo: str, tag_format: str, good: str, bad: str) -> str:
+    """``https://github.com/{repo}/compare/{tag(good)}...{tag(bad)}``: what changed in the range."""
+    repo = repo.strip().strip("/")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ValueError(f"repository {repo!r} is not owner/name")
+    return f"{GITHUB}/{repo}/compare/{tag(tag_format, good)}...{tag(tag_format, bad)}"
+
+
+def repro_command(
+    package: str,
+    versions: str | Iterable[str],
+    script: str,
+    *,
+    extra_requirements: Iterable[str] = (),
+    python: str | None = None,
+    good: str | None = None,
+    bad: str | None = None,
+    repo: str | None = None,
+    tag_format: str | None = None,
+) -> str:
+    """The one ``llmcompat bisect`` command line that reproduces a bisection (shell-quoted).
+
+    ``versions`` is a PEP 440 range (``>=20,<24``) or an explicit list of versions (joined with
+    commas, ``20.0,21.3,22.0``, which the command reads back as a list).
+    """
+    rng = versions if isinstance(versions, str) else ",".join(versions)
+    argv = ["llmcompat", "bisect", package, rng, script]
+    for req in extra_requirements:
+        argv += ["--with", req]
+    if python:
+        argv += ["--python", python]
+    if good:
+        argv += ["--good", good]
+    if bad:
+        argv += ["--bad", bad]
+    if repo:
+        argv += ["--repo", repo]
+    if tag_format:
+        argv += ["--tag-format", tag_format]
+    return shlex.join(argv)
+
+
+def cell_repro(cell_id: str) -> str:
+    """Re-run one cell: the same command :func:`matrix.run.repro_command` prints."""
+    return f'nox -s "cell({cell_id})"'

@@ -1,0 +1,381 @@
+"""The regression pipeline over the store: history -> candidates -> confirmation -> bisection -> findings.
+
+Everything that runs a cell is a callable handed in, so tests drive the pipeline with real cells or
+with plain functions:
+
+- ``rerun(cell_id) -> outcomes``: run one cell once more. ``outcomes`` is a mapping
+  ``(case, stage) -> outcome`` or one outcome string for the whole cell (an ``infra`` or
+  ``unresolvable`` cell that produced no per-case results). In production
+  :func:`cell_rerunner` wraps ``CellRunner.execute(cell, force=True)`` writing into a temporary
+  results directory, never the store's.
+- ``probe(cell_id) -> outcomes``: run one cell for the bisection (default: ``rerun``).
+- ``releases(axis, component) -> versions``: the known releases of a component (strings or
+  :class:`matrix.versions.Release`); in production :func:`index_releases`.
+
+Steps (:func:`regress`):
+
+1. history: every (run, cell, case, stage) in the store (:func:`history_records`, the worst check
+   of a case/stage wins); current: the cells the run actually ran (not reused ones).
+2. :func:`bot.detect.detect`: pass -> fail candidates; current ``infra`` is requeued.
+3. quarantined cells/cases are skipped; each remaining candidate's bad and good cells are re-run
+   (``of`` counted runs each, shared between candidates of the same cell; infra re-runs are
+   repeated up to ``max_runs``) and judged by :func:`bot.confirm.confirm`. ``flaky`` quarantines
+   the case on that cell, ``not-reproduced`` is dropped, ``infra`` is requeued.
+4. a confirmed candidate with several changed axes is narrowed by :func:`bot.search.isolate_axis`;
+   the guilty axis is bisected over its component's releases between last good and first bad,
+   every other axis held at the good cell's version; a probe's verdict is the case/stage outcome
+   (pass GOOD, fail BAD, anything else UNKNOWN). Known cells (the confirmed ends) are not re-run.
+5. the finding gets :func:`bot.fingerprint.fingerprint`, a compare URL, a reproduction command and
+   time-to-fix events (``released`` = the first bad release's upload time when known, ``detected``
+   = now); all findings, bisections, events and new quarantine entries are saved in ONE
+   transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from packaging.version import InvalidVersion, Version
+
+from bot import links
+from bot.confirm import Confirmation, confirm
+from bot.detect import Candidate, detect
+from bot.fingerprint import fingerprint
+from bot.search import BisectResult, Verdict, bisect, isolate_axis
+from matrix.cells import Cell, Choice
+from matrix.config import AXES
+from matrix.outcome import Outcome
+from matrix.versions import Release
+
+Outcomes = Mapping[tuple[str, str], str] | str
+Rerun = Callable[[str], Outcomes]
+
+WORST_FIRST = ("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable")
+"""How the checks of one (case, stage) combine: the first of these present wins."""
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def history_records(rows: Iterable[Mapping]) -> list[dict]:
+    """:meth:`reports.store.Store.case_rows` rows -> :mod:`bot.detect` records, one per
+    (run, cell, case, stage); the worst check outcome wins, failing details are kept in ``detail``.
+    A cell without per-case results gives one record with case and stage ``""``."""
+    grouped: dict[tuple, dict] = {}
+    for row in rows:
+        case = row.get("case_id")
+        k = (row["run_id"], row["cell_id"], case or "", row.get("stage") or "")
+        rec = grouped.get(k)
+        if rec is None:
+            rec = grouped[k] = {
+                "cell": row["cell_id"],
+                "key": row["key"],
+                "axes": {a: [row[a], row[f"{a}_version"]] for a in AXES},
+                "runner": row["runner"],
+                "model": row["model"],
+                "case": case or "",
+                "stage": row.get("stage") or "",
+                "run": row["run_id"],
+                "time": row.get("run_started") or row.get("finished"),
+                "reused": bool(row.get("reused")),
+                "_outcomes": [],
+                "_details": [],
+            }
+        outcome = row["outcome"] if case is not None else row["cell_outcome"]
+        rec["_outcomes"].append(outcome)
+        if outcome != "pass" and row.get("detail"):
+            rec["_details"].append(str(row["detail"]))
+        elif case is None and row.get("reason"):
+            rec["_details"].append(str(row["reason"]))
+    out = []
+    for rec in grouped.values():
+        outs = rec.pop("_outcomes")
+        rec["outcome"] = next((o for o in WORST_FIRST if o in outs), outs[0])
+        rec["detail"] = "\n".join(dict.fromkeys(rec.pop("_details")))
+        out.append(rec)
+    return out
+
+
+def outcomes_from_records(records: Iterable[Mapping]) -> dict[tuple[str, str], str]:
+    """Probe result records (``{"case", "stage", "check", "outcome"}``) -> (case, stage) -> worst outcome."""
+    seen: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in records:
+        seen[(str(r["case"]), str(r["stage"]))].append(str(r["outcome"]))
+    return {k: next((o for o in WORST_FIRST if o in v), v[0]) for k, v in seen.items()}
+
+
+def outcome_of(outcomes: Outcomes, case: str, stage: str) -> str:
+    """One case/stage outcome from a re-run; a missing case says nothing about the code (infra)."""
+    if isinstance(outcomes, str):
+        return outcomes
+    return str(outcomes.get((case, stage), Outcome.INFRA.value))
+
+
+def verdict_of(outcome: str) -> Verdict:
+    return {"pass": Verdict.GOOD, "fail": Verdict.BAD}.get(str(outcome), Verdict.UNKNOWN)
+
+
+def with_version(cell_id: str, axis: str, version: str) -> str:
+    cell = Cell.parse(cell_id)
+    choices = cell.as_dict
+    choices[axis] = Choice(choices[axis].component, version)
+    return Cell.make(cell.runner, cell.model, choices).id
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclass
+class RegressReport:
+    findings: list[dict] = field(default_factory=list)
+    bisections: list[dict] = field(default_factory=list)
+    confirmations: list[tuple[Candidate, Confirmation]] = field(default_factory=list)
+    flaky: list[Candidate] = field(default_factory=list)
+    not_reproduced: list[Candidate] = field(default_factory=list)
+    quarantined: list[Candidate] = field(default_factory=list)
+    """Candidates skipped because their cell or case is in quarantine."""
+    requeue: list[str] = field(default_factory=list)
+    """Cell ids to run again: current infra results and candidates whose re-runs stayed infra."""
+    new_quarantine: list[dict] = field(default_factory=list)
+    reruns: int = 0
+    probes: int = 0
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def regress(
+    store,
+    run_id: str,
+    *,
+    rerun: Rerun,
+    releases: Callable[[str, str], Sequence[str | Release]],
+    probe: Rerun | None = None,
+    repos: Mapping[str, tuple[str, str]] | None = None,
+    need: int = 2,
+    of: int = 3,
+    max_runs: int | None = None,
+    now: str | datetime | None = None,
+    quarantine_days: float = 14,
+) -> RegressReport:
+    """Run the pipeline for ``run_id`` (see the module docstring) and save its findings.
+
+    ``repos`` maps a component name to ``(owner/name, tag_format)`` for compare links.
+    ``max_runs``: re-runs of one cell at most (default ``2 * of``) before giving up as infra.
+    """
+    now_dt = _now(now)
+    now_s = now_dt.isoformat(timespec="seconds")
+    records = history_records(store.case_rows())
+    current = [r for r in records if r["run"] == run_id and not r["reused"]]
+    detection = detect(records, current)
+    report = RegressReport()
+    report.requeue = list(dict.fromkeys(str(r["cell"]) for r in detection.requeue))
+    by_cell_case = _latest_records(records)
+    quarantined = store.quarantine(now_s)
+    max_runs = max_runs or 2 * of
+    probe = probe or rerun
+
+    runs: dict[str, list[Outcomes]] = defaultdict(list)
+
+    def rerun_cell(cell_id: str, times: int) -> None:
+        for _ in range(times):
+            if len(runs[cell_id]) >= max_runs:
+                return
+            runs[cell_id].append(rerun(cell_id))
+            report.reruns += 1
+
+    saved: list[tuple[dict, dict | None, list[dict]]] = []
+    for cand in detection.candidates:
+        if cand.kind != "regression":
+            continue
+        subjects = _subjects(cand)
+        if any(s in quarantined for s in subjects):
+            report.quarantined.append(cand)
+            continue
+        # --- confirmation
+        rerun_cell(cand.bad_cell, of - len(runs[cand.bad_cell]))
+        rerun_cell(cand.good_cell, of - len(runs[cand.good_cell]))
+        while True:
+            bad = [outcome_of(o, cand.case, cand.stage) for o in runs[cand.bad_cell]]
+            good = [outcome_of(o, cand.case, cand.stage) for o in runs[cand.good_cell]]
+            conf = confirm(bad, good, need=need, of=of)
+            if conf.verdict != "infra":
+                break
+            before = len(runs[cand.bad_cell]) + len(runs[cand.good_cell])
+            rerun_cell(cand.bad_cell, conf.rerun_bad)
+            rerun_cell(cand.good_cell, conf.rerun_good)
+            if len(runs[cand.bad_cell]) + len(runs[cand.good_cell]) == before:
+                break  # max_runs reached on the side that needs more
+        report.confirmations.append((cand, conf))
+        if conf.verdict == "flaky":
+            report.flaky.append(cand)
+            entry = {"subject": subjects[0], "until": (now_dt + timedelta(days=quarantine_days)).isoformat(),
+                     "reason": f"flaky: bad cell failed {conf.bad_failures}/{conf.bad_runs}, good cell failed "
+                               f"{conf.good_failures}/{conf.good_runs} re-runs"}
+            report.new_quarantine.append(entry)
+            quarantined[entry["subject"]] = entry
+            continue
+        if conf.verdict == "not-reproduced":
+            report.not_reproduced.append(cand)
+            continue
+        if conf.verdict == "infra":
+            report.requeue += [c for c in (cand.bad_cell, cand.good_cell) if c not in report.requeue]
+            continue
+        # --- bisection
+        finding, bisection = _bisect_candidate(cand, probe, releases, repos or {}, by_cell_case, report, now_s)
+        events = [{"event": "detected", "time": now_s, "version": finding["first_bad"]}]
+        released = _upload_time(releases, finding["axis"], finding["component"], finding["first_bad"])
+        if released:
+            events.append({"event": "released", "time": released, "version": finding["first_bad"]})
+        report.findings.append(finding)
+        report.bisections.append(bisection)
+        saved.append((finding, bisection, events))
+
+    if saved or report.new_quarantine:
+        store.save_regressions(saved, report.new_quarantine)
+    return report
+
+
+def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_case, report: RegressReport,
+                      now_s: str) -> tuple[dict, dict]:
+    case, stage = cand.case, cand.stage
+    verdicts: dict[str, Verdict] = {cand.good_cell: Verdict.GOOD, cand.bad_cell: Verdict.BAD}
+
+    def cell_verdict(cell_id: str) -> Verdict:
+        if cell_id not in verdicts:
+            verdicts[cell_id] = verdict_of(outcome_of(probe(cell_id), case, stage))
+            report.probes += 1
+        return verdicts[cell_id]
+
+    def mixed(values: Mapping[str, str]) -> str:
+        cell_id = cand.good_cell
+        for axis, version in values.items():
+            cell_id = with_version(cell_id, axis, version)
+        return cell_id
+
+    guilty = isolate_axis(cand.changed, lambda values: cell_verdict(mixed(values)))
+    axis = guilty[0]
+    component = cand.components[axis]
+    good_v, bad_v = cand.changed[axis]
+    # Other guilty axes (a failure that needs several together) are held at their bad versions.
+    base = mixed({a: cand.changed[a][1] for a in guilty[1:]})
+    versions = _between([_version_str(r) for r in releases(axis, component)], good_v, bad_v)
+    started = now_s
+    result: BisectResult = bisect(versions, lambda v: cell_verdict(with_version(base, axis, v)),
+                                  good=0, bad=len(versions) - 1)
+    if result.found:
+        last_good, first_bad = result.last_good, result.first_bad
+    else:  # the range stays as detected; the bisection's status says why
+        last_good, first_bad = good_v, bad_v
+    good_rec = by_cell_case.get((cand.good_cell, case, stage), {})
+    bad_rec = by_cell_case.get((cand.bad_cell, case, stage), {})
+    fp = fingerprint(component, stage, case, bad_rec.get("detail", ""),
+                     versions=(good_v, bad_v, last_good, first_bad))
+    repo = repos.get(component)
+    first_bad_cell = with_version(base, axis, first_bad)
+    finding = {
+        "fingerprint": fp, "case_id": case, "stage": stage, "component": component, "axis": axis,
+        "last_good": last_good, "first_bad": first_bad,
+        "good_key": good_rec.get("key", ""), "bad_key": bad_rec.get("key", ""),
+        "compare_url": links.compare_url(repo[0], repo[1], last_good, first_bad) if repo else "",
+        "repro": links.cell_repro(first_bad_cell), "status": "open",
+        "first_seen": now_s, "last_seen": now_s, "fixed_in": None,
+        "guilty_axes": guilty, "first_bad_cell": first_bad_cell,
+    }
+    bisection = {
+        "component": component, "versions": versions,
+        "probes": [(v, verdict.value) for v, verdict in result.probes],
+        "last_good": result.last_good, "first_bad": result.first_bad, "status": result.status,
+        "started": started, "finished": _now(None).isoformat(timespec="seconds"),
+    }
+    return finding, bisection
+
+
+def _subjects(cand: Candidate) -> list[str]:
+    """Quarantine subjects that cover a candidate, most specific first."""
+    return [f"{cand.bad_cell}#{cand.case}/{cand.stage}", cand.bad_cell, f"{cand.case}/{cand.stage}", cand.case]
+
+
+def _latest_records(records: Iterable[dict]) -> dict[tuple[str, str, str], dict]:
+    latest: dict[tuple[str, str, str], dict] = {}
+    for r in sorted(records, key=lambda r: str(r["time"])):
+        latest[(r["cell"], r["case"], r["stage"])] = r
+    return latest
+
+
+def _version_str(r: str | Release) -> str:
+    return r.version if isinstance(r, Release) else str(r)
+
+
+def _between(versions: Iterable[str], good: str, bad: str) -> list[str]:
+    """Known versions from ``good`` to ``bad`` inclusive, ascending (PEP 440); both ends always in."""
+    g, b = Version(good), Version(bad)
+    picked: dict[Version, str] = {g: good, b: bad}
+    for s in versions:
+        try:
+            v = Version(s)
+        except InvalidVersion:
+            continue
+        if g < v < b and not v.is_prerelease:
+            picked.setdefault(v, s)
+    return [picked[v] for v in sorted(picked)]
+
+
+def _upload_time(releases, axis: str, component: str, version: str) -> str | None:
+    for r in releases(axis, component):
+        if isinstance(r, Release) and r.version == version and r.upload_time is not None:
+            return r.upload_time.isoformat()
+    return None
+
+
+def _now(now: str | datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(timezone.utc)
+    t = now if isinstance(now, datetime) else datetime.fromisoformat(now)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+# ----------------------------------------------------------------------------- production adapters
+
+
+def cell_rerunner(runner, results_dir: Path | None = None) -> Rerun:
+    """``rerun(cell_id)`` for a :class:`matrix.run.CellRunner`: ``execute(cell, force=True)`` with a
+    runner writing into a temporary results directory (never the store's), read back as outcomes."""
+    from matrix.run import CellRunner
+
+    scratch = CellRunner(runner.matrix, runner.suites, runner.models,
+                         results_dir=results_dir or Path(tempfile.mkdtemp(prefix="llmcompat-rerun-")))
+
+    def rerun(cell_id: str) -> Outcomes:
+        report = scratch.execute(Cell.parse(cell_id), force=True)
+        records = []
+        if report.path is not None and Path(report.path).is_file():
+            data = json.loads(Path(report.path).read_text(encoding="utf-8"))
+            records = data.get("records", [])
+            Path(report.path).unlink(missing_ok=True)  # the next re-run of the same key must really run
+        return outcomes_from_records(records) if records else report.outcome.value
+
+    rerun.results_dir = scratch.results_dir  # type: ignore[attr-defined]
+    rerun.cleanup = lambda: shutil.rmtree(scratch.results_dir, ignore_errors=True)  # type: ignore[attr-defined]
+    return rerun
+
+
+def index_releases(matrix, index) -> Callable[[str, str], list[Release]]:
+    """``releases(axis, component)`` from the package index: the component's primary package."""
+
+    def releases(axis: str, component: str) -> list[Release]:
+        return index.releases(matrix.component(axis, component).primary)
+
+    return releases
+
+
+def repo_links(matrix) -> dict[str, tuple[str, str]]:
+    """Component name -> (repo, tag_format) for every component that names its repository."""
+    return {c.name: (c.repo, c.tag_format) for comps in matrix.axes.values() for c in comps if c.repo}
