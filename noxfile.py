@@ -120,6 +120,18 @@ def goldens(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def bisect(session: nox.Session) -> None:
+    """Bisect any package's releases with a check script: nox -s bisect -- PKG ">=1,<2" check.py"""
+    _llmcompat(session, "bisect", *session.posargs)
+
+
+@nox.session(python=False)
+def aa(session: nox.Session) -> None:
+    """A/A: run the planned cells twice to measure the spurious rate used by confirmation."""
+    _llmcompat(session, "aa", *session.posargs)
+
+
+@nox.session(python=False)
 def report(session: nox.Session) -> None:
     """Publish the page from the store."""
     _llmcompat(session, "report", *session.posargs)

@@ -1,4 +1,4 @@
-"""Command line: ``llmcompat run|cell|plan|gha-matrix|goldens|report``.
+"""Command line: ``llmcompat run|aa|bisect|plan|gha-matrix|ingest|goldens|report``.
 
 The nox sessions call these same functions; the CLI exists so that every result can be
 reproduced from one printed command, with or without nox. Errors of llmcompat itself
@@ -33,6 +33,7 @@ def _options(args):
         runners=tuple(args.runners), models=tuple(args.models),
         cells=tuple(getattr(args, "cells", ()) or ()), jobs=getattr(args, "jobs", 2),
         force=getattr(args, "force", False), page=not getattr(args, "no_page", False),
+        regress=not getattr(args, "no_regress", False),
     )
 
 
@@ -40,6 +41,14 @@ def cmd_run(args) -> int:
     from matrix.job import main_job
 
     return main_job(_options(args))
+
+
+def cmd_aa(args) -> int:
+    from matrix.job import aa_run
+
+    meta = aa_run(_options(args))
+    print(f"A/A over {meta['cells']} cells: {meta['samples']} (case, stage) pairs, spurious rate {meta['aa_rate']:.4f}")
+    return 0
 
 
 def cmd_plan(args) -> int:
@@ -134,7 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="cells run at once (default 2)")
     p.add_argument("--force", action="store_true", help="run cells even when their key has a result")
     p.add_argument("--no-page", action="store_true", help="do not publish the page")
+    p.add_argument("--no-regress", action="store_true", help="do not look for regressions after the run")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("aa", help="A/A: run the planned cells twice to measure the spurious rate")
+    _common(p)
+    p.set_defaults(func=cmd_aa)
+
+    p = sub.add_parser("bisect", help="bisect a package's releases with a check script (exit 0 good, 1 bad, 125 skip)")
+    from bot.bisect_cmd import build_parser as bisect_parser, cmd_bisect
+
+    bisect_parser(p)
+    p.set_defaults(func=cmd_bisect)
 
     p = sub.add_parser("plan", help="print the planned cells and check pair coverage")
     _common(p)

@@ -40,6 +40,8 @@ class Options:
     force: bool = False
     suite: str = "core"
     page: bool = True
+    regress: bool = True
+    """After ingesting, look for regressions against history, confirm and bisect them."""
 
 
 @dataclass
@@ -186,6 +188,8 @@ class RunSummary:
     run_id: str
     reports: list[CellReport]
     seconds: float
+    regressions: object = None
+    """The :class:`bot.regress.RegressReport` of this run, when it had candidates."""
 
     @property
     def counts(self) -> Counter:
@@ -254,6 +258,13 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
     for r in summary.reports:
         if r.outcome in (Outcome.UNRESOLVABLE, Outcome.INFRA) and not r.reused and r.reason:
             console.print(f"  {r.outcome.value}: {r.cell.id}: {r.reason.splitlines()[-1][:300]}", markup=False)
+    reg = summary.regressions
+    if reg is not None:
+        console.print(f"regressions: {len(reg.findings)} finding(s), {len(reg.flaky)} flaky (quarantined), "
+                      f"{len(reg.not_reproduced)} not reproduced, {len(reg.requeue)} requeued (infra)")
+        for f in reg.findings:
+            console.print(f"  finding {f['fingerprint']}: {f['component']} {f['last_good']} -> {f['first_bad']} "
+                          f"({f['stage']}, case {f['case_id']}) {f.get('compare_url') or ''}", markup=False)
     if site:
         console.print(f"page: {site / 'index.html'}")
 
@@ -269,8 +280,65 @@ def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
                       f"{len({c.runner for c in prep.cells})} runner(s) and {len(prep.models)} model(s)")
     with Store(paths.store_path()) as store:
         summary = run_cells(prep, opts, store, console)
+        if opts.regress:
+            summary.regressions = find_regressions(prep, opts, store, summary.run_id)
         site = page.publish(store, paths.site_dir()) if opts.page else None
     return summary, site
+
+
+def rerun_plan(store, candidates: int) -> tuple[int, int]:
+    """(need, of) for confirmation: 2 of 3, raised when the last A/A run measured noise."""
+    from bot.confirm import noise_from_aa, plan_reruns
+
+    aa = store.db.execute("SELECT meta FROM runs WHERE kind = 'aa' ORDER BY started DESC LIMIT 1").fetchone()
+    if aa is None or candidates == 0:
+        return 2, 3
+    meta = json.loads(aa[0])
+    noise = noise_from_aa(meta.get("aa_rate", 0.0), meta.get("samples", 0))
+    return plan_reruns(noise, candidates)
+
+
+def find_regressions(prep: Prepared, opts: Options, store, run_id: str):
+    """Detection against history, confirmation by re-runs, bisection: findings into the store."""
+    from bot.detect import detect
+    from bot.regress import cell_rerunner, history_records, index_releases, regress, repo_links
+
+    records = history_records(store.case_rows())
+    current = [r for r in records if r["run"] == run_id and not r["reused"]]
+    candidates = [c for c in detect(records, current).candidates if c.kind == "regression"]
+    if not candidates:
+        return None
+    need, of = rerun_plan(store, len(candidates))
+    rerun = cell_rerunner(CellRunner(prep.matrix, prep.suites, prep.models))
+    try:
+        return regress(store, run_id, rerun=rerun, releases=index_releases(prep.matrix, package_index(opts.offline)),
+                       repos=repo_links(prep.matrix), need=need, of=of)
+    finally:
+        rerun.cleanup()
+
+
+def aa_run(opts: Options, console=None) -> dict:
+    """A/A: run every planned cell twice, fresh; the spurious rate is stored for confirmation."""
+    from bot.confirm import aa_spurious_rate
+    from bot.regress import cell_rerunner
+    from reports.store import Store
+
+    prep = prepare(opts)
+    rerun = cell_rerunner(CellRunner(prep.matrix, prep.suites, prep.models))
+    pairs = []
+    try:
+        for cell in prep.cells:
+            a, b = rerun(cell.id), rerun(cell.id)
+            if isinstance(a, dict) and isinstance(b, dict):
+                pairs.append((a, b))
+    finally:
+        rerun.cleanup()
+    samples = sum(len(a.keys() & b.keys()) for a, b in pairs)
+    meta = {"aa_rate": aa_spurious_rate(pairs), "samples": samples, "cells": len(prep.cells)}
+    run_id = "aa-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    with Store(paths.store_path()) as store:
+        store.ingest_run({"id": run_id, "started": now_iso(), "finished": now_iso(), "kind": "aa", "meta": meta}, [], [])
+    return meta
 
 
 def main_job(opts: Options, console=None) -> int:
