@@ -241,8 +241,9 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
     from rich.table import Table
 
     table = Table(title=f"run {summary.run_id}", show_lines=False)
-    for col in ("cell", "outcome", "template", "tokenize", "seconds"):
-        table.add_column(col)
+    table.add_column("cell", overflow="fold")
+    for col in ("outcome", "template", "tokenize", "seconds"):
+        table.add_column(col, no_wrap=True)
     for r in summary.reports:
         outcome = "reused:" + r.outcome.value if r.reused else r.outcome.value
         stages = r.stages or {}

@@ -134,6 +134,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "sandbox-violation", f"{name}: {exc}"
     if isinstance(exc, (OverflowError, MemoryError)):  # e.g. the sandbox's range() cap
         return "sandbox-limit", f"{name}: {exc}"
+    if isinstance(exc, ImportError):  # installable together, yet refuses at run time
+        return "undeclared-requirement", f"{name}: {exc}"
     if name == "TemplateError" or "Template" in name:
         return "template-error", f"{name}: {exc}"
     return "crash", f"{name}: {exc}"
