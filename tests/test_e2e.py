@@ -1,0 +1,97 @@
+"""End to end, for real: uv environments with two jinja2 versions, the probe, the store, the page."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from matrix.cells import Cell, Choice
+from matrix.job import Options, build_model, load_matrix, suite_for
+from matrix.outcome import Outcome
+from matrix.run import CellRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+PINS = {"engine": Choice("transformers", "5.24.0"), "tokenizer": Choice("tokenizers", "0.23.3"),
+        "client": Choice("openai", "3.57.0")}
+
+
+def cell(jinja2: str) -> Cell:
+    return Cell.make("cpu", "tiny-qwen2", {**PINS, "template": Choice("hf-jinja2", jinja2)})
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    matrix = load_matrix(Options())
+    model = build_model(matrix, "tiny-qwen2")
+    return CellRunner(matrix, {"tiny-qwen2": suite_for("core", model)}, {"tiny-qwen2": model},
+                      results_dir=tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture(scope="module")
+def reports(runner):
+    return {v: runner.execute(cell(v)) for v in ("3.1.5", "3.1.6")}
+
+
+def result(report) -> dict:
+    return json.loads(Path(report.path).read_text())
+
+
+def test_each_jinja2_version_gets_its_own_environment(reports):
+    new, old = result(reports["3.1.6"]), result(reports["3.1.5"])
+    assert new["lock"]["pins"]["jinja2"] == "3.1.6" and old["lock"]["pins"]["jinja2"] == "3.1.5"
+    assert new["versions"]["jinja2"] == "3.1.6" and old["versions"]["jinja2"] == "3.1.5"  # seen by the probe
+    assert reports["3.1.6"].key != reports["3.1.5"].key
+
+
+def test_reference_versions_pass_every_stage_that_ran(reports):
+    r = result(reports["3.1.6"])
+    assert r["outcome"] == "pass"
+    assert r["stages"]["template"]["outcome"] == "pass" and r["stages"]["tokenize"]["outcome"] == "pass"
+    assert r["stages"]["inference"]["outcome"] == "skipped"
+    checks = {(x["check"], x["outcome"]) for x in r["records"]}
+    assert ("jinja2", "pass") in checks and ("transformers", "pass") in checks and ("tokenizers", "pass") in checks
+    assert r["facts"]["tokenizer_fingerprint"]["tokenizers"] == r["facts"]["tokenizer_fingerprint"]["transformers"]
+
+
+def test_older_jinja2_is_installable_but_transformers_refuses_it(reports):
+    """A real integration finding: the resolver allows jinja2 3.1.5 with transformers 5.24.0,
+    whose apply_chat_template then refuses to run. jinja2 itself still renders the goldens."""
+    r = result(reports["3.1.5"])
+    assert r["outcome"] == "fail" and r["stages"]["template"]["outcome"] == "fail"
+    by_check = {}
+    for x in r["records"]:
+        if x["stage"] == "template":
+            by_check.setdefault(x["check"], set()).add((x["outcome"], x.get("klass", "")))
+    assert by_check["jinja2"] == {("pass", "")}
+    assert by_check["transformers"] == {("fail", "undeclared-requirement")}
+    assert r["repro"] == f'nox -s "cell({cell("3.1.5").id})"'
+
+
+def test_same_key_is_reused_not_run(runner, reports):
+    again = runner.execute(cell("3.1.6"))
+    assert again.reused and again.key == reports["3.1.6"].key and again.outcome is Outcome.PASS
+
+
+def llmcompat(home, *args, timeout=900):
+    env = dict(os.environ, LLMCOMPAT_HOME=str(home), PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "matrix.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=home, timeout=timeout)
+
+
+def test_command_line_runs_ingests_publishes_and_reuses(tmp_path):
+    ids = [cell("3.1.5").id, cell("3.1.6").id]
+    args = ["run", "--cell", ids[0], "--cell", ids[1]]
+    first = llmcompat(tmp_path, *args)
+    assert first.returncode == 0, first.stderr  # failing cells are results, not errors
+    assert "pass 1, fail 1" in " ".join(first.stdout.split())
+    site = tmp_path / "site"
+    export = json.loads((site / "results.json").read_text())
+    assert sorted(c["cell_id"] for c in export["cells"]) == sorted(ids)
+    html = (site / "index.html").read_text()
+    assert html.count('class="cell"') == 2 and "undeclared-requirement" in html
+    second = llmcompat(tmp_path, *args)
+    assert second.returncode == 0, second.stderr
+    assert "reused 2, executed 0" in " ".join(second.stdout.split())
