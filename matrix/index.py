@@ -135,8 +135,13 @@ def redact(url: str) -> str:
 def _pip_items_in_process() -> dict[str, str]:
     from pip._internal.configuration import Configuration  # noqa: PLC0415 - optional, private API
 
-    conf = Configuration(isolated=False)
-    conf.load()
+    pip_log = logging.getLogger("pip")  # pip logs every file it tries at debug level: not ours to show
+    level, pip_log.level = pip_log.level, logging.WARNING
+    try:
+        conf = Configuration(isolated=False)
+        conf.load()
+    finally:
+        pip_log.setLevel(level)
     return {k: str(v) for k, v in conf.items()}
 
 

@@ -23,10 +23,11 @@ def test_nox_lists_a_session_per_planned_cell(tmp_path):
         assert f" {name} -> " in listing.stdout
     proc = run(tmp_path, "-m", "nox", "-l", "--json", "-k", "cell")
     assert proc.returncode == 0, proc.stderr
-    cells = [s for s in json.loads(proc.stdout) if s["session"] == "cell"]
+    cells = [s for s in json.loads(proc.stdout) if s["name"] == "cell"]
     assert len(cells) >= 4  # pairwise over the default axes
     for s in cells:
-        cell_id = s["name"][len("cell("):-1]
+        cell_id = s["call_spec"]["cell"]
+        assert s["session"] == f"cell({cell_id})"
         parsed = Cell.parse(cell_id)
         assert parsed.runner == "cpu" and parsed.model == "tiny-qwen2"
     assert (tmp_path / "plan.json").is_file()  # the next listing reads the cached plan
