@@ -50,6 +50,9 @@ class Component:
     """Part of the default local matrix; heavy components are opt-in (``default: false``)."""
     probe: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """What the probe exercises through it, e.g. ``(("renderers", ("jinja2",)),)``."""
+    ecosystem: str = "pypi"
+    """Where its packages come from: ``pypi`` (installed into the cell's Python environment) or
+    ``npm`` (one npm package, installed by :func:`matrix.npm.ensure_package` and run by Node)."""
 
     def probe_roles(self, role: str) -> tuple[str, ...]:
         return dict(self.probe).get(role, ())

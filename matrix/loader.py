@@ -432,6 +432,9 @@ class _Builder:
         except (KeyError, IndexError, ValueError) as exc:
             raise self.error(f"{base}.tag_format", tag_format,
                              f"tag_format may only use the {{version}} placeholder ({exc!r})") from None
+        ecosystem = c.get("ecosystem", "pypi")
+        if ecosystem == "npm":
+            self.npm_component(base, c)
         return Component(
             axis=axis,
             name=name,
@@ -444,7 +447,22 @@ class _Builder:
             tag_format=tag_format,
             default=c.get("default", True),
             probe=tuple((role, tuple(names)) for role, names in c.get("probe", {}).items()),
+            ecosystem=ecosystem,
         )
+
+    def npm_component(self, base: str, c: dict) -> None:
+        """An npm component: one npm package, run by Node (so a runner must provide ``node``)."""
+        if len(c["packages"]) != 1:
+            raise self.error(f"{base}.packages", c["packages"],
+                             "an npm component names exactly one npm package (its dependencies come from npm)")
+        for key in ("extras", "requires"):
+            if key in c:
+                raise self.error(f"{base}.{key}", c[key], f"{key} applies to pypi components only")
+        needs = c.get("needs", ["cpu"])
+        if "node" not in needs:
+            field = f"{base}.needs" if "needs" in c else f"{base}.ecosystem"
+            raise self.error(field, needs if "needs" in c else "npm",
+                             "an npm component is run by Node: its needs must include node")
 
     def version_rule(self, base: str, v: dict) -> VersionRule:
         if "explicit" in v and "latest" in v:
