@@ -87,8 +87,13 @@ def discover(matrix: Matrix, components, index, python: str = "3.11"):
     """Version sets of the chosen components, from the index (cached) and their rules."""
     from matrix.versions import EmptyVersionSet, InvalidRule, UnknownVersion, select
 
-    projects = sorted({matrix.component(a, n).primary for a, n in components})
-    fetched = index.releases_many(projects)
+    from matrix import npm
+
+    comps = [matrix.component(a, n) for a, n in components]
+    fetched = index.releases_many(sorted({c.primary for c in comps if c.ecosystem == "pypi"}))
+    for c in comps:
+        if c.ecosystem == "npm":
+            fetched[c.primary] = npm.releases(c.primary, paths.cache_dir(), ttl=index.ttl, offline=index.offline)
     versions, releases = {}, []
     for axis, name in sorted(components):
         comp = matrix.component(axis, name)

@@ -32,7 +32,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISAB
 
 def harness_digest() -> str:
     """The probe's own source: a changed harness can change results, so it is in the key."""
-    files = sorted(PROBE_DIR.glob("*.py"))
+    files = sorted([*PROBE_DIR.glob("*.py"), *PROBE_DIR.glob("*.mjs"), *PROBE_DIR.glob("*.json")])
     return digest(*(f.name + "\n" + f.read_text(encoding="utf-8") for f in files))
 
 
@@ -70,22 +70,41 @@ class CellReport:
 
 
 def requirements(matrix: Matrix, cell: Cell) -> list[str]:
-    """The pinned requirements of a cell: each axis's primary package plus its fixed extras."""
+    """The pinned Python requirements of a cell: each pypi component's primary plus its extras."""
     reqs: list[str] = []
     for axis, choice in cell.choices:
         comp = matrix.component(axis, choice.component)
-        reqs.append(comp.requirement(choice.version))
-        reqs.extend(comp.requires)
+        if comp.ecosystem == "pypi":
+            reqs.append(comp.requirement(choice.version))
+            reqs.extend(comp.requires)
     return reqs
 
 
-def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode: str = "check") -> dict:
+def npm_pins(matrix: Matrix, cell: Cell) -> dict[str, str]:
+    """npm packages of a cell (package -> exact version); they live beside the uv env."""
+    return {matrix.component(a, c.component).primary: c.version for a, c in cell.choices
+            if matrix.component(a, c.component).ecosystem == "npm"}
+
+
+def node_version() -> str:
+    """``node --version`` (part of the key of cells that run Node), or "" without Node."""
+    import shutil
+
+    node = shutil.which("node")
+    if not node:
+        return ""
+    return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode: str = "check",
+              node_modules: dict[str, str] | None = None) -> dict:
     """The probe's job: which renderers and tokenizers this cell's components bring."""
     roles: dict[str, list[str]] = {"renderers": [], "tokenizers": []}
     report = []
     for axis, choice in cell.choices:
         comp = matrix.component(axis, choice.component)
-        report.extend(comp.packages)
+        if comp.ecosystem == "pypi":  # importlib.metadata sees only Python distributions
+            report.extend(comp.packages)
         for role in roles:
             roles[role] += [r for r in comp.probe_roles(role) if r not in roles[role]]
     return {
@@ -97,6 +116,7 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
         "cases": list(suite.cases),
         "limits": {"render_seconds": 5, "render_chars": 1_000_000},
         "report_versions": sorted(set(report)),
+        "node_modules": node_modules or {},
     }
 
 
@@ -168,7 +188,12 @@ class CellRunner:
         return envs.resolve(requirements(self.matrix, cell), python=runner.python, overrides=list(runner.pins))
 
     def key(self, cell: Cell, lock: envs.Lock) -> str:
-        return cell_key(pins=dict(lock.pins), python=lock.python, suite=self.suites[cell.model].digest,
+        pins = dict(lock.pins)
+        npm = npm_pins(self.matrix, cell)
+        if npm:
+            pins |= {f"npm:{p}": v for p, v in npm.items()}
+            pins["node"] = node_version()
+        return cell_key(pins=pins, python=lock.python, suite=self.suites[cell.model].digest,
                         model_hash=self.models[cell.model].hash, runner=cell.runner, harness=self.harness)
 
     def result_path(self, key: str) -> Path:
@@ -197,7 +222,13 @@ class CellRunner:
         except envs.ResolveError as exc:
             return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
                                 reason=f"environment build failed: {exc}"[:4000])
-        job = probe_job(self.matrix, cell, self.models[cell.model], self.suites[cell.model])
+        try:
+            node_modules = self.npm_packages(cell)
+        except Exception as exc:  # noqa: BLE001 - npm down or a failed install is infra
+            return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
+                                reason=f"npm install failed: {exc}"[:4000])
+        job = probe_job(self.matrix, cell, self.models[cell.model], self.suites[cell.model],
+                        node_modules=node_modules)
         result, log = run_probe(env.python, job)
         if result is None:
             report = self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=log[-4000:])
@@ -206,6 +237,12 @@ class CellRunner:
                                   lock=resolved, probe=result, log=log)
         report.env_seconds = env.seconds
         return report
+
+    def npm_packages(self, cell: Cell) -> dict[str, str]:
+        from matrix import npm
+
+        return {pkg: str(npm.ensure_package(pkg, version, paths.cache_dir()))
+                for pkg, version in npm_pins(self.matrix, cell).items()}
 
     def _finish(self, cell, key, outcome, stages, started, *, lock=None, reason="", probe=None, log="") -> CellReport:
         seconds = time.perf_counter() - started
