@@ -6,6 +6,8 @@ No I/O. The host of compare links is GitHub's web UI (the repository's ``owner/n
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import shlex
 from typing import Iterable
 
@@ -24,7 +26,9 @@ def compare_url(repo: str, tag_format: str, good: str, bad: str) -> str:
     repo = repo.strip().strip("/")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise ValueError(f"repository {repo!r} is not owner/name")
-    return f"{GITHUB}/{repo}/compare/{tag(tag_format, good)}...{tag(tag_format, bad)}"
+    # tags such as "@huggingface/jinja@0.5.11" hold '@' and '/': encode them as path segments
+    good_tag, bad_tag = (quote(tag(tag_format, v), safe="") for v in (good, bad))
+    return f"{GITHUB}/{repo}/compare/{good_tag}...{bad_tag}"
 
 
 def repro_command(

@@ -189,3 +189,10 @@ def test_exit_128_aborts(index, env_root, tmp_path):
     with pytest.raises(BisectAborted) as err:
         run_bisection(versions, PackageProbe("packaging", str(script), env_root=env_root))
     assert err.value.code == 130 and err.value.version == "21.3"
+
+
+def test_compare_url_encodes_scoped_npm_tags():
+    from bot.links import compare_url
+
+    url = compare_url("huggingface/huggingface.js", "@huggingface/jinja@{version}", "0.5.10", "0.5.11")
+    assert url.endswith("/compare/%40huggingface%2Fjinja%400.5.10...%40huggingface%2Fjinja%400.5.11")
