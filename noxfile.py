@@ -10,6 +10,7 @@
 #   "rich>=13",
 #   "jinja2>=3.1",
 #   "uv>=0.5",
+#   "pip>=23",
 # ]
 # ///
 """The front door: the main job, one session per planned cell, goldens, tests and benchmarks.
