@@ -142,7 +142,13 @@ def _pip_items_in_process() -> dict[str, str]:
         conf.load()
     finally:
         pip_log.setLevel(level)
-    return {k: str(v) for k, v in conf.items()}
+    items: dict[str, str] = {}
+    for key, value in conf.items():
+        if isinstance(value, dict):  # pip >= 25: (file, {key: value}), in load order (later wins)
+            items.update((k, str(v)) for k, v in value.items())
+        else:  # older pip: (key, value)
+            items[key] = str(value)
+    return items
 
 
 def _pip_items_subprocess() -> dict[str, str]:
