@@ -44,7 +44,17 @@ def page_data(export: dict) -> dict:
     for row in rows:
         counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
     runs = export.get("runs", [])
-    return {"rows": rows, "counts": counts, "last_run": runs[-1] if runs else None, "stages": [s.value for s in STAGES]}
+    findings = [
+        {**f, "compare_url": f.get("compare_url") if _safe_link(f.get("compare_url")) else ""}
+        for f in sorted(export.get("findings", []), key=lambda f: (f.get("status", ""), f.get("first_seen", "")))
+    ]
+    return {"rows": rows, "counts": counts, "last_run": runs[-1] if runs else None,
+            "stages": [s.value for s in STAGES], "findings": findings}
+
+
+def _safe_link(url) -> bool:
+    """Only links to GitHub compare pages become hrefs; anything else stays text."""
+    return isinstance(url, str) and url.startswith("https://github.com/") and '"' not in url
 
 
 def render(data: dict) -> str:

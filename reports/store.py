@@ -241,7 +241,10 @@ class Store:
             cell["stages"] = self.stage_outcomes(cell["key"])
             cell["results"] = self.results(cell["key"])
             cells.append(cell)
-        return {"schema_version": self.version, "runs": self.runs(), "cells": cells}
+        return {"schema_version": self.version, "runs": self.runs(), "cells": cells,
+                "findings": self.findings(), "bisections": self.bisections(),
+                "issues": self.issues(), "ttf_events": self.ttf_events(),
+                "quarantine": list(self.quarantine().values())}
 
     # ---- the single writer ---------------------------------------------------------------
     def ingest_run(self, run: dict, results: Iterable[dict], reused: Iterable[str], releases=()) -> None:

@@ -62,3 +62,16 @@ def test_page_in_a_real_browser(tmp_path):
     subprocess.run([*cmd[:-2], f"--screenshot={shot}", "--window-size=1200,600", (site / "index.html").as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 5000
+
+
+def test_findings_are_listed_and_only_github_links_are_hrefs():
+    export = {"cells": [], "runs": [], "findings": [
+        {"fingerprint": "f1", "status": "open", "component": "transformers", "last_good": "5.22.1",
+         "first_bad": "5.22.2", "stage": "template", "case_id": "single-user", "repro": "nox -s x",
+         "compare_url": "https://github.com/huggingface/transformers/compare/v5.22.1...v5.22.2"},
+        {"fingerprint": "f2", "status": "open", "component": "evil", "last_good": "1", "first_bad": "2",
+         "stage": "template", "case_id": "<b>x</b>", "repro": "", "compare_url": "javascript:alert(1)"},
+    ]}
+    html = page.render(page.page_data(export))
+    assert 'href="https://github.com/huggingface/transformers/compare/v5.22.1...v5.22.2"' in html
+    assert "javascript:" not in html and "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
