@@ -23,10 +23,12 @@ def reference_env(matrix) -> envs.Environment:
     return envs.ensure(lock)
 
 
-def _job(model: ModelRef, cases, mode: str) -> dict:
+def _job(model: ModelRef, cases, mode: str, tricky: dict | None = None) -> dict:
     return {
         "mode": mode, "model_dir": str(model.path), "stages": ["template", "tokenize"],
-        "renderers": ["jinja2", "transformers"], "tokenizers": ["tokenizers", "transformers"],
+        "renderers": ["jinja2", "transformers"],
+        "tokenizers": ["tokenizers", "transformers", "transformers-slow", "sentencepiece", "tiktoken"],
+        "tricky": tricky or {},
         "golden_renderer": "jinja2", "golden_tokenizer": "tokenizers", "cases": list(cases),
         "limits": {"render_seconds": 10, "render_chars": 1_000_000},
     }
@@ -40,8 +42,9 @@ def produce(matrix, model: ModelRef, suite: suites.Suite) -> dict:
     if result is None:
         raise LlmcompatError(f"the reference probe failed:\n{log}")
     produced = result["produced"]
-    fake = suites.Goldens(model.name, model.hash, {}, produced, suites.goldens_path(suite, model.name))
-    check, log = run_probe(env.python, _job(model, suites.cases_with_goldens(suite, fake), "check"))
+    cases, tricky = suites.split_tricky(produced)
+    fake = suites.Goldens(model.name, model.hash, {}, cases, suites.goldens_path(suite, model.name), tricky)
+    check, log = run_probe(env.python, _job(model, suites.cases_with_goldens(suite, fake), "check", tricky))
     if check is None:
         raise LlmcompatError(f"the reference self-check failed:\n{log}")
     bad = [r for r in check["records"] if r["outcome"] == "fail"]
@@ -65,7 +68,9 @@ def regenerate(opts, check: bool = False) -> int:
         old = path.read_text(encoding="utf-8") if path.is_file() else None
         if check:
             current = suites.load_goldens(suite, name)
-            same = current is not None and current.model_hash == model.hash and current.cases == produced
+            cases, tricky = suites.split_tricky(produced)
+            same = (current is not None and current.model_hash == model.hash and current.cases == cases
+                    and current.tricky == tricky)
             print(f"{name}: goldens {'up to date' if same else 'WOULD CHANGE'}")
             changed |= not same
             continue

@@ -136,7 +136,7 @@ def suite_for(suite_name: str, model: ModelRef):
             f"{model.hash[:12]}: run `nox -s goldens` and review its diff"
         )
     cases = suites.cases_with_goldens(suite, goldens)
-    return SuiteRef(suite.name, suites.suite_digest(suite, goldens), tuple(cases))
+    return SuiteRef(suite.name, suites.suite_digest(suite, goldens), tuple(cases), dict(goldens.tricky))
 
 
 def seen_versions() -> dict:

@@ -52,6 +52,8 @@ class SuiteRef:
     name: str
     digest: str
     cases: tuple[dict, ...]
+    tricky: dict = field(default_factory=dict)
+    """Goldens of the tokenize stage's tricky texts, by name."""
 
 
 @dataclass
@@ -114,6 +116,7 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
         "renderers": roles["renderers"] or ["jinja2"],
         "tokenizers": roles["tokenizers"] or ["tokenizers"],
         "cases": list(suite.cases),
+        "tricky": dict(suite.tricky),
         "limits": {"render_seconds": 5, "render_chars": 1_000_000},
         "report_versions": sorted(set(report)),
         "node_modules": node_modules or {},

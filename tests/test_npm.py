@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import yaml
+
+from matrix import suites
 
 from matrix import loader, npm
 from matrix.config import VersionRule
@@ -28,7 +29,7 @@ PROBE_DIR = ROOT / "matrix" / "probe"
 PACKAGE = "@huggingface/jinja"
 TEMPLATE = (ROOT / "matrix" / "tinymodel" / "chat_template.jinja").read_text(encoding="utf-8")
 SPECIAL = {"eos_token": "<|im_end|>"}
-CASES = yaml.safe_load((ROOT / "matrix" / "suites" / "core" / "cases.yaml").read_text(encoding="utf-8"))["cases"]
+CASES = list(suites.load("core").cases)
 
 if str(PROBE_DIR) not in sys.path:
     sys.path.insert(0, str(PROBE_DIR))
@@ -259,6 +260,11 @@ def outcome(render, case):
 
 
 @needs_node
+def aliases_reasoning(case) -> bool:
+    return any(isinstance(m, dict) and ("reasoning" in m or "thinking" in m) and "reasoning_content" not in m
+               for m in case["messages"])
+
+
 def test_renders_like_jinja2_with_both_versions(installs):
     prefixes, _ = installs
     reference = stage_template.jinja2_renderer(TEMPLATE, SPECIAL, {})
@@ -271,7 +277,11 @@ def test_renders_like_jinja2_with_both_versions(installs):
         for case in CASES:
             want = outcome(reference, case)
             got = outcome(render, case)
-            if want[0] == "text":
+            if aliases_reasoning(case):
+                # transformers copies `reasoning`/`thinking` into `reasoning_content`; a
+                # transformers.js caller does not: a real difference the matrix reports
+                assert got != want, (version, case["id"])
+            elif want[0] == "text":
                 assert got == want, (version, case["id"])
             else:  # both refuse, with the template's own message
                 assert got[0] == "template-error", (version, case["id"], got)

@@ -179,11 +179,19 @@ def _node_binary(job: dict) -> tuple[str, str]:
 
 
 def _payload(case: dict) -> dict:
+    """What node renders for a case: messages as a transformers.js caller passes them (no
+    reasoning alias), with ``continue_final_message`` marked as transformers marks it."""
+    from stage_template import default_generation_prompt, prepare_messages
+
+    try:
+        messages, _ = prepare_messages(case, alias_reasoning=False)
+    except ValueError:
+        messages = case["messages"]  # the stage reports the caller-side error for its renderer
     return {
         "id": str(case["id"]),
-        "messages": case["messages"],
+        "messages": messages,
         "tools": case.get("tools"),
-        "add_generation_prompt": case.get("add_generation_prompt", True),
+        "add_generation_prompt": default_generation_prompt(case),
         "template_kwargs": case.get("template_kwargs", {}),
     }
 
@@ -351,6 +359,11 @@ def node_renderer(template_src: str, special: dict, limits: dict, job: dict | No
         if answer is None:
             answer = batch.run([payload])[payload["id"]]
         if "text" in answer:
+            if case.get("continue_final_message"):
+                from stage_template import cut_continued, prepare_messages
+
+                _, final = prepare_messages(case, alias_reasoning=False)
+                return cut_continued(answer["text"], final)
             return answer["text"]
         raise _error(answer.get("kind", "crash"), answer.get("error", "unknown error"), answer.get("name", ""))
 

@@ -1,4 +1,18 @@
-"""Template stage: render every case with every renderer of the cell, compare with goldens.
+"""Template stage: render every case from every template source with every renderer of the cell.
+
+Sources (``job["template_sources"]``, default ``["hf"]``): ``hf`` (tokenizer_config.json's
+``chat_template``), ``gguf`` (``tokenizer.chat_template`` of the model's GGUF, read by
+``gguf_meta``) and ``override`` (the file ``job["template_override"]``). A source the model or
+job does not provide is one ``skipped`` record (case ``*``, check = the source) with the reason.
+
+Checks per (source, renderer), named ``jinja2`` / ``transformers`` for ``hf`` and
+``gguf/jinja2`` etc. for the others: the render against the golden (or the expected error);
+``<check>:needles`` (class ``capability``) where a case names needles that must survive into
+the render (a template that silently drops the system prompt, tools, tool calls, typed content
+or reasoning fails it); ``<check>:roundtrip`` where a case's assistant turns carry tool calls:
+parsed back out of the render (``toolcalls``), names and arguments must equal the case's.
+Goldens (golden mode) come from the ``hf`` source and the golden renderer only; needles and
+round trips are checked in both modes. ``facts["capabilities"]`` maps check -> capability -> bool.
 
 Templates are untrusted: jinja2 renders in an immutable sandbox, under a wall-clock limit
 (SIGALRM, the probe runs in its own process's main thread) and an output-size limit (the
@@ -42,10 +56,17 @@ def load_template(model_dir: str) -> tuple[str, dict]:
     with open(os.path.join(model_dir, "tokenizer_config.json"), encoding="utf-8") as f:
         config = json.load(f)
     template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
     if template is None:
         jinja = os.path.join(model_dir, "chat_template.jinja")
         with open(jinja, encoding="utf-8") as f:
             template = f.read()
+    return template, hf_special_tokens(config)
+
+
+def hf_special_tokens(config: dict) -> dict:
     special = {}
     for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
         tok = config.get(name)
@@ -53,15 +74,126 @@ def load_template(model_dir: str) -> tuple[str, dict]:
             tok = tok.get("content")
         if tok is not None:
             special[name] = tok
-    return template, special
+    return special
 
 
-def jinja2_renderer(template_src: str, special: dict, limits: dict):
-    """A renderer that runs jinja2 the way transformers does (sandbox, globals, filters)."""
+class SourceUnavailable(Exception):
+    """A template source this model or job does not provide: its checks are ``skipped``."""
+
+
+def load_source(source: str, job: dict) -> tuple[str, dict]:
+    """(template, special tokens) of one template source of the cell's model.
+
+    ``hf``: ``tokenizer_config.json``'s ``chat_template`` (else ``chat_template.jinja`` beside it);
+    ``gguf``: ``tokenizer.chat_template`` of ``job["gguf_path"]`` (default ``model_dir/model.gguf``),
+    special tokens from the GGUF vocabulary; ``override``: the file ``job["template_override"]``,
+    with the HF special tokens.
+    """
+    model_dir = job["model_dir"]
+    if source == "hf":
+        try:
+            return load_template(model_dir)
+        except FileNotFoundError:
+            raise SourceUnavailable("the model has neither a chat_template in tokenizer_config.json "
+                                    "nor a chat_template.jinja") from None
+    if source == "gguf":
+        import gguf_meta
+
+        path = job.get("gguf_path") or os.path.join(model_dir, "model.gguf")
+        if not os.path.isfile(path):
+            raise SourceUnavailable(f"the model has no GGUF file ({path})")
+        meta = gguf_meta.read_metadata(path)
+        if meta.chat_template is None:
+            raise SourceUnavailable(f"{path} has no tokenizer.chat_template")
+        return meta.chat_template, gguf_meta.special_tokens(meta)
+    if source == "override":
+        path = job.get("template_override")
+        if not path:
+            raise SourceUnavailable("the job names no template override (job['template_override'])")
+        if not os.path.isfile(path):
+            raise SourceUnavailable(f"the template override {path} does not exist")
+        with open(path, encoding="utf-8") as f:
+            template = f.read()
+        try:
+            with open(os.path.join(model_dir, "tokenizer_config.json"), encoding="utf-8") as f:
+                special = hf_special_tokens(json.load(f))
+        except FileNotFoundError:
+            special = {}
+        return template, special
+    raise SourceUnavailable(f"unknown template source {source!r} (hf, gguf, override)")
+
+
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
+def _plain(value):
+    """A fresh copy of JSON-shaped data (the template sees copies, never the case)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def prepare_messages(case: dict, alias_reasoning: bool = True) -> tuple[list, str | None]:
+    """The messages as transformers hands them to a template: keys whose value is None dropped,
+    reasoning aliased (``reasoning``/``thinking`` -> ``reasoning_content`` and ``thinking``; a
+    caller that does not alias, like transformers.js, passes ``alias_reasoning=False``), and
+    with ``continue_final_message`` the final content marked with transformers' tag. Returns the
+    messages and the final text being continued (None when not continuing)."""
+    messages = []
+    for m in case["messages"]:
+        m = {k: _plain(v) for k, v in m.items() if v is not None} if isinstance(m, dict) else _plain(m)
+        if isinstance(m, dict) and alias_reasoning:
+            reasoning = next((m[k] for k in _REASONING_FIELDS if m.get(k) is not None), None)
+            if reasoning is not None:
+                m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
+        messages.append(m)
+    if not case.get("continue_final_message"):
+        return messages, None
+    if case.get("add_generation_prompt", False):
+        raise ValueError("continue_final_message and add_generation_prompt are not compatible")
+    if not messages:
+        raise ValueError("continue_final_message is set but the conversation is empty!")
+    final = messages[-1].get("content")
+    if final is None:
+        raise ValueError('continue_final_message is set but the final message has no "content" to continue!')
+    if isinstance(final, list):
+        for block in reversed(final):
+            if isinstance(block, dict) and "text" in block:
+                final, block["text"] = block["text"], block["text"] + CONTINUE_TAG
+                break
+        else:
+            raise ValueError("continue_final_message is set but we could not find any text to continue in the final message!")
+    else:
+        messages[-1]["content"] = final + CONTINUE_TAG
+    return messages, final
+
+
+def cut_continued(rendered: str, final: str) -> str:
+    """transformers' cut after the continued final message (the tag marks where it ends)."""
+    tag = CONTINUE_TAG
+    if final.strip() not in rendered or tag.strip() not in rendered:
+        raise ValueError("continue_final_message is set but the final message does not appear in the chat "
+                         "after applying the chat template!")
+    loc = rendered.rindex(tag.strip())
+    if rendered[loc: loc + len(tag)] == tag:
+        return rendered[:loc]
+    return rendered[:loc].rstrip()
+
+
+def default_generation_prompt(case: dict) -> bool:
+    return case.get("add_generation_prompt", not case.get("continue_final_message", False))
+
+
+def jinja2_renderer(template_src: str, special: dict, limits: dict, job: dict | None = None):
+    """A renderer that runs jinja2 the way transformers does (sandbox, globals, filters, the
+    ``{% generation %}`` tag, message normalization and ``continue_final_message``)."""
     from datetime import datetime
 
     import jinja2
-    from jinja2.ext import loopcontrols
+    from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
@@ -73,7 +205,20 @@ def jinja2_renderer(template_src: str, special: dict, limits: dict):
     def strftime_now(fmt):
         return datetime.now().strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    class Generation(Extension):
+        """``{% generation %}...{% endgeneration %}`` renders its body (transformers tracks it)."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
@@ -81,46 +226,82 @@ def jinja2_renderer(template_src: str, special: dict, limits: dict):
     max_chars = int(limits.get("render_chars", 1_000_000))
 
     def render(case: dict) -> str:
+        messages, final = prepare_messages(case)
         ctx = dict(special)
-        ctx.update(
-            messages=case["messages"],
-            tools=case.get("tools"),
-            add_generation_prompt=case.get("add_generation_prompt", True),
-        )
-        ctx.update(case.get("template_kwargs", {}))
+        ctx.update(case.get("template_kwargs", {}))  # kwargs overwrite special tokens
+        ctx.update(messages=messages, tools=_plain(case.get("tools")), documents=None,
+                   add_generation_prompt=default_generation_prompt(case))
         out, size = [], 0
         for chunk in template.generate(**ctx):
             size += len(chunk)
             if size > max_chars:
                 raise OutputTooLarge(f"rendered output exceeds {max_chars} characters")
             out.append(chunk)
-        return "".join(out)
+        text = "".join(out)
+        return cut_continued(text, final) if final is not None else text
 
     return render
 
 
-def transformers_renderer(model_dir: str, limits: dict):
-    """transformers' own ``apply_chat_template`` of the cell's version."""
+_TOKENIZERS: dict = {}
+
+
+def transformers_renderer(model_dir: str, limits: dict, template_src: str | None = None):
+    """transformers' own ``apply_chat_template`` of the cell's version; ``template_src`` renders
+    another source's template with it (``chat_template=``), None the tokenizer's own."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = _TOKENIZERS.get(model_dir)
+    if tok is None:
+        tok = _TOKENIZERS[model_dir] = AutoTokenizer.from_pretrained(model_dir)
 
     def render(case: dict) -> str:
         kwargs = dict(case.get("template_kwargs", {}))
         if case.get("continue_final_message"):
             kwargs["continue_final_message"] = True
+        if template_src is not None:
+            kwargs["chat_template"] = template_src
         return tok.apply_chat_template(
             case["messages"],
             tools=case.get("tools"),
             tokenize=False,
-            add_generation_prompt=case.get("add_generation_prompt", True),
+            add_generation_prompt=default_generation_prompt(case),
             **kwargs,
         )
 
     return render
 
 
-RENDERERS = {"jinja2": ("jinja2", jinja2_renderer), "transformers": ("transformers", transformers_renderer)}
+def node_renderer(template_src: str, special: dict, limits: dict, job: dict | None = None):
+    """``@huggingface/jinja`` in Node (``render_node.py``), imported only when a job names it."""
+    try:
+        import render_node
+    except ImportError:
+        from matrix.probe import render_node
+    return render_node.node_renderer(template_src, special, limits, job)
+
+
+RENDERERS = {
+    "jinja2": ("jinja2", jinja2_renderer),
+    "transformers": ("transformers", transformers_renderer),
+    "hf-jinja-js": ("@huggingface/jinja", node_renderer),
+}
+MODEL_RENDERERS = {"transformers"}
+"""Renderers built from the model directory (they load the tokenizer); the others from the template text."""
+SOURCES = ("hf", "gguf", "override")
+
+
+def check_name(source: str, renderer: str) -> str:
+    """``jinja2`` for the HF template (the original check names), ``gguf/jinja2`` for the others."""
+    return renderer if source == "hf" else f"{source}/{renderer}"
+
+
+def make_renderer(renderer_name: str, source: str, template_src: str, special: dict, job: dict):
+    _, factory = RENDERERS[renderer_name]
+    limits = job.get("limits", {})
+    if renderer_name in MODEL_RENDERERS:
+        return factory(job["model_dir"], limits, None if source == "hf" else template_src)
+    return factory(template_src, special, limits, job)
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -141,44 +322,89 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "crash", f"{name}: {exc}"
 
 
+def check_needles(case: dict, text: str) -> tuple[str, str]:
+    """(outcome, detail) of a case's capability needles: each must survive into the render."""
+    capability = case.get("capability") or case["id"]
+    missing = [n for n in case["needles"] if n not in text]
+    if missing:
+        return "fail", (f"capability {capability}: needle {missing[0]!r} is not in the render "
+                        f"({len(missing)} of {len(case['needles'])} missing)")
+    return "pass", f"capability {capability}: {len(case['needles'])} needle(s) survive"
+
+
+def has_tool_calls(case: dict) -> bool:
+    return any(isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls")
+               for m in case["messages"])
+
+
 def run(job: dict, rec) -> None:
-    model_dir = job["model_dir"]
+    import toolcalls
+
     limits = job.get("limits", {})
     seconds = float(limits.get("render_seconds", 5))
-    template_src, special = load_template(model_dir)
     golden_mode = rec.mode == "golden"
-    for renderer_name in job.get("renderers", ["jinja2"]):
-        package, factory = RENDERERS[renderer_name]
+    golden_renderer = job.get("golden_renderer", "jinja2")
+    fmt = job.get("toolcall_format") or toolcalls.CHATML
+    cases = [c for c in job["cases"] if "template" in c.get("stages", ["template"])]
+    capabilities = rec.facts.setdefault("capabilities", {}) if any(c.get("needles") for c in cases) else None
+    for source in job.get("template_sources", ["hf"]):
         try:
-            render = factory(template_src, special, limits) if renderer_name == "jinja2" else factory(model_dir, limits)
-        except ImportError as exc:
-            rec.add("*", "template", renderer_name, "skipped", f"{package} is not installed in this cell: {exc}")
+            template_src, special = load_source(source, job)
+        except SourceUnavailable as exc:
+            rec.add("*", "template", source, "skipped", f"template source {source}: {exc}")
             continue
-        for case in job["cases"]:
-            if "template" not in case.get("stages", ["template"]):
+        except (ValueError, OSError) as exc:  # e.g. gguf_meta.GGUFError: the model's own file is broken
+            rec.add("*", "template", source, "fail", f"template source {source}: {type(exc).__name__}: {exc}",
+                    klass="template-source")
+            continue
+        for renderer_name in job.get("renderers", ["jinja2"]):
+            check = check_name(source, renderer_name)
+            if renderer_name not in RENDERERS:
+                rec.add("*", "template", check, "skipped", f"unknown renderer {renderer_name!r}")
                 continue
-            expect = case.get("expect", {})
+            package = RENDERERS[renderer_name][0]
             try:
-                with time_limit(seconds):
-                    text = render(case)
-            except BaseException as exc:  # noqa: BLE001 - any render failure is a result
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
-                klass, detail = classify(exc)
-                want = expect.get("error")
-                if want and want in detail:
-                    rec.add(case["id"], "template", renderer_name, "pass", f"raised as expected: {detail}")
-                else:
-                    rec.add(case["id"], "template", renderer_name, "fail", detail, klass=klass)
+                render = make_renderer(renderer_name, source, template_src, special, job)
+            except ImportError as exc:
+                rec.add("*", "template", check, "skipped", f"{package} is not installed in this cell: {exc}")
                 continue
-            if golden_mode and renderer_name == job.get("golden_renderer", "jinja2"):
-                rec.produce(case["id"], "render", text)
-            if "render" not in expect:
-                if not golden_mode:
-                    rec.add(case["id"], "template", renderer_name, "skipped", "no golden render for this case")
-                continue
-            diff = first_divergence(expect["render"], text)
-            if diff:
-                rec.add(case["id"], "template", renderer_name, "fail", diff, klass="mismatch")
-            else:
-                rec.add(case["id"], "template", renderer_name, "pass")
+            produce = golden_mode and source == "hf" and renderer_name == golden_renderer
+            for case in cases:
+                expect = case.get("expect", {})
+                try:
+                    with time_limit(seconds):
+                        text = render(case)
+                except BaseException as exc:  # noqa: BLE001 - any render failure is a result
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        raise
+                    klass, detail = classify(exc)
+                    want = expect.get("error")
+                    if want and want in detail:
+                        rec.add(case["id"], "template", check, "pass", f"raised as expected: {detail}")
+                    else:
+                        rec.add(case["id"], "template", check, "fail", detail, klass=klass)
+                    continue
+                if produce:
+                    rec.produce(case["id"], "render", text)
+                if expect.get("error"):
+                    rec.add(case["id"], "template", check, "fail",
+                            f"rendered, but the case expects an error containing {expect['error']!r}", klass="mismatch")
+                elif "render" in expect:
+                    diff = "" if expect["render"] == text else first_divergence(expect["render"], text)
+                    if diff:
+                        rec.add(case["id"], "template", check, "fail", diff, klass="mismatch")
+                    else:
+                        rec.add(case["id"], "template", check, "pass")
+                elif not golden_mode:
+                    rec.add(case["id"], "template", check, "skipped", "no golden render for this case")
+                if case.get("needles"):
+                    outcome, detail = check_needles(case, text)
+                    rec.add(case["id"], "template", f"{check}:needles", outcome, detail, klass="capability")
+                    cap = case.get("capability") or case["id"]
+                    capabilities.setdefault(check, {})[cap] = outcome == "pass"
+                if has_tool_calls(case):
+                    diff = toolcalls.roundtrip(case["messages"], text, fmt)
+                    if diff:
+                        rec.add(case["id"], "template", f"{check}:roundtrip", "fail", diff, klass="roundtrip")
+                    else:
+                        rec.add(case["id"], "template", f"{check}:roundtrip", "pass")

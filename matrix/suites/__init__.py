@@ -11,7 +11,7 @@ import difflib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -20,6 +20,10 @@ from matrix.errors import ConfigError
 from matrix.key import digest
 
 HERE = Path(__file__).resolve().parent
+TRICKY_PREFIX = "_tricky/"
+"""Pseudo-case ids under which the tokenize stage produces the goldens of its tricky texts."""
+MAX_REPEAT_CHARS = 1_000_000
+"""The most characters one ``{repeat, times}`` may expand to."""
 
 CASE_SCHEMA = {
     "type": "object",
@@ -46,6 +50,9 @@ CASE_SCHEMA = {
                     "add_generation_prompt": {"type": "boolean"},
                     "continue_final_message": {"type": "boolean"},
                     "template_kwargs": {"type": "object"},
+                    "needles": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 4}},
+                    "capability": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+                    "note": {"type": "string"},
                     "stages": {
                         "type": "array",
                         "items": {"enum": ["template", "tokenize", "inference", "postprocess", "client"]},
@@ -81,6 +88,7 @@ class Goldens:
     reference: dict
     cases: dict
     path: Path
+    tricky: dict = field(default_factory=dict)
 
 
 def load(name: str = "core", root: Path = HERE) -> Suite:
@@ -99,11 +107,38 @@ def load(name: str = "core", root: Path = HERE) -> Suite:
         field = ".".join(str(p) for p in err.absolute_path) or "(root)"
         raise ConfigError(str(path), field, err.instance if not isinstance(err.instance, (dict, list)) else "…", err.message)
     seen = set()
+    cases = []
     for i, case in enumerate(data["cases"]):
         if case["id"] in seen:
             raise ConfigError(str(path), f"cases[{i}].id", case["id"], "duplicate case id")
         seen.add(case["id"])
-    return Suite(data["suite"], data["version"], tuple(data["cases"]), path)
+        cases.append(normalize_case(expand(case, str(path), f"cases[{i}]")))
+    return Suite(data["suite"], data["version"], tuple(cases), path)
+
+
+def expand(value, source: str = "(suite)", where: str = ""):
+    """``{repeat: STR, times: N}`` anywhere in a case -> ``STR * N`` (keeps long cases short in YAML)."""
+    if isinstance(value, dict):
+        if "repeat" in value or "times" in value:
+            unit, times = value.get("repeat"), value.get("times")
+            if set(value) != {"repeat", "times"} or not isinstance(unit, str) or not unit \
+                    or not isinstance(times, int) or isinstance(times, bool) or times < 1:
+                raise ConfigError(source, where, "…", "a repeat is {repeat: <non-empty string>, times: <integer >= 1>}")
+            if len(unit) * times > MAX_REPEAT_CHARS:
+                raise ConfigError(source, where, len(unit) * times,
+                                  f"a repeat expands to at most {MAX_REPEAT_CHARS} characters")
+            return unit * times
+        return {k: expand(v, source, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v, source, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def normalize_case(case: dict) -> dict:
+    """Defaults every renderer must see alike: continuing the final message means no generation prompt."""
+    if case.get("continue_final_message") and "add_generation_prompt" not in case:
+        case = dict(case, add_generation_prompt=False)
+    return case
 
 
 def goldens_path(suite: Suite, model: str) -> Path:
@@ -115,7 +150,14 @@ def load_goldens(suite: Suite, model: str) -> Goldens | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    return Goldens(model, data["model_hash"], data.get("reference", {}), data["cases"], path)
+    return Goldens(model, data["model_hash"], data.get("reference", {}), data["cases"], path, data.get("tricky", {}))
+
+
+def split_tricky(produced: dict) -> tuple[dict, dict]:
+    """(per-case goldens, tricky-text goldens by name) from what a golden-mode probe produced."""
+    cases = {k: v for k, v in produced.items() if not k.startswith(TRICKY_PREFIX)}
+    tricky = {k[len(TRICKY_PREFIX):]: v for k, v in produced.items() if k.startswith(TRICKY_PREFIX)}
+    return cases, tricky
 
 
 def cases_with_goldens(suite: Suite, goldens: Goldens | None) -> list[dict]:
@@ -134,7 +176,8 @@ def cases_with_goldens(suite: Suite, goldens: Goldens | None) -> list[dict]:
 def suite_digest(suite: Suite, goldens: Goldens | None) -> str:
     """What of the suite can change a result: its version, its cases and their goldens."""
     cases = json.dumps(cases_with_goldens(suite, goldens), sort_keys=True, ensure_ascii=True)
-    return digest(suite.name, suite.version, cases)
+    tricky = json.dumps(goldens.tricky if goldens else {}, sort_keys=True, ensure_ascii=True)
+    return digest(suite.name, suite.version, cases, tricky)
 
 
 def write_goldens(suite: Suite, model: str, model_hash: str, reference: dict, produced: dict) -> str:
@@ -147,6 +190,9 @@ def write_goldens(suite: Suite, model: str, model_hash: str, reference: dict, pr
         "reference": reference,
         "cases": {cid: produced[cid] for cid in suite.case_ids if cid in produced},
     }
+    _, tricky = split_tricky(produced)
+    if tricky:
+        doc["tricky"] = tricky
     new = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
