@@ -14,7 +14,10 @@ count. The nearest is the one differing on the fewest axes (one axis preferred);
 most recent result, then to the smaller cell id. A candidate is only ever a hint: confirmation
 re-runs both cells and bisection looks at the versions in between.
 
-Only earlier runs are history: cells of the same run are not compared with each other.
+Only earlier runs are history: cells of the same run are not compared with each other. The
+direction comes from release order, not run order: the good side of a regression is the cell
+with the older releases (every changed axis older), the bad side the newer; where some axes
+moved forward and others back, there is no candidate.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Mapping
+
+from packaging.version import InvalidVersion, Version
 
 from matrix.config import AXES
 from matrix.outcome import Outcome
@@ -92,7 +97,12 @@ def candidates(history: Iterable[Record], current: Iterable[Record]) -> list[Can
         if best is None or best[1]["outcome"] == r["outcome"]:
             continue
         _, e, diff = best
-        regression = r["outcome"] == Outcome.FAIL.value
+        direction = _direction(diff)
+        if direction == 0:
+            continue  # some axes moved forward, others back: no release is to blame
+        before, after = (e, r) if direction > 0 else (r, e)
+        regression = after["outcome"] == Outcome.FAIL.value
+        good, bad = (before, after) if regression else (after, before)
         found.append(
             Candidate(
                 kind="regression" if regression else "fix",
@@ -100,9 +110,9 @@ def candidates(history: Iterable[Record], current: Iterable[Record]) -> list[Can
                 stage=str(r["stage"]),
                 runner=str(r["runner"]),
                 model=str(r["model"]),
-                good_cell=str(e["cell"] if regression else r["cell"]),
-                bad_cell=str(r["cell"] if regression else e["cell"]),
-                changed={a: (v[1], v[2]) for a, v in diff.items()},
+                good_cell=str(good["cell"]),
+                bad_cell=str(bad["cell"]),
+                changed={a: (v[1], v[2]) if direction > 0 else (v[2], v[1]) for a, v in diff.items()},
                 components={a: v[0] for a, v in diff.items()},
                 baseline_run=str(e["run"]),
                 run=str(r["run"]),
@@ -129,6 +139,23 @@ def _diff(before: Mapping, after: Mapping) -> dict[str, tuple[str, str, str]] | 
         if ver_a != ver_b:
             out[axis] = (str(comp_a), str(ver_a), str(ver_b))
     return out
+
+
+def _direction(diff: Mapping[str, tuple[str, str, str]]) -> int:
+    """+1 when every changed axis moved to a newer release, -1 when every one moved back, else 0.
+
+    Releases, not runs, are ordered: a run that tests an older release after a newer one
+    passed has not found a regression; the older release failing is a fix in the newer one."""
+    signs = {_cmp(v[1], v[2]) for v in diff.values()}
+    return signs.pop() if len(signs) == 1 else 0
+
+
+def _cmp(a: str, b: str) -> int:
+    try:
+        va, vb = Version(a), Version(b)
+    except InvalidVersion:
+        va, vb = a, b  # type: ignore[assignment]
+    return (va < vb) - (va > vb)
 
 
 def _time(r: Record) -> datetime:

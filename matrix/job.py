@@ -111,6 +111,9 @@ def discover(matrix: Matrix, components, index, python: str = "3.11"):
     return versions, releases
 
 
+MODEL_PARTS = ("tokenizer", "weights", "gguf")
+
+
 def build_model(matrix: Matrix, name: str) -> ModelRef:
     from matrix import tinymodel
 
@@ -120,7 +123,8 @@ def build_model(matrix: Matrix, name: str) -> ModelRef:
     if model.kind != "tiny":
         built = tinymodel.ensure_hub(model.hub_id)
     else:
-        built = tinymodel.ensure(arch=model.arch, parts=("tokenizer",), reference=matrix.reference)
+        # every part, always: goldens and cells must see the same model hash
+        built = tinymodel.ensure(arch=model.arch, parts=MODEL_PARTS, reference=matrix.reference)
     return ModelRef(name, Path(built.path), built.model_hash)
 
 
@@ -247,13 +251,13 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
 
     table = Table(title=f"run {summary.run_id}", show_lines=False)
     table.add_column("cell", overflow="fold")
-    for col in ("outcome", "template", "tokenize", "seconds"):
+    for col in ("outcome", "template", "tokenize", "inference", "seconds"):
         table.add_column(col, no_wrap=True)
     for r in summary.reports:
         outcome = "reused:" + r.outcome.value if r.reused else r.outcome.value
         stages = r.stages or {}
-        table.add_row(r.cell.id, outcome, stages.get("template", {}).get("outcome", "-"),
-                      stages.get("tokenize", {}).get("outcome", "-"), f"{r.seconds:.1f}")
+        table.add_row(r.cell.id, outcome, *(stages.get(s, {}).get("outcome", "-")
+                                            for s in ("template", "tokenize", "inference")), f"{r.seconds:.1f}")
     console.print(table)
     c = summary.counts
     console.print(

@@ -98,10 +98,14 @@ def node_version() -> str:
     return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
 
 
+ROLES = ("renderers", "tokenizers", "engines")
+"""What a component can bring to the probe (``probe:`` in axes.yaml)."""
+
+
 def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode: str = "check",
               node_modules: dict[str, str] | None = None) -> dict:
-    """The probe's job: which renderers and tokenizers this cell's components bring."""
-    roles: dict[str, list[str]] = {"renderers": [], "tokenizers": []}
+    """The probe's job: the stages, renderers, tokenizers and engines this cell's components bring."""
+    roles: dict[str, list[str]] = {role: [] for role in ROLES}
     report = []
     for axis, choice in cell.choices:
         comp = matrix.component(axis, choice.component)
@@ -109,14 +113,20 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
             report.extend(comp.packages)
         for role in roles:
             roles[role] += [r for r in comp.probe_roles(role) if r not in roles[role]]
+    # postprocess always runs: its detokenizer and parser checks need no engine
+    stages = ["template", "tokenize"] + (["inference"] if roles["engines"] else []) + ["postprocess"]
+    sources = ["hf"] + (["gguf"] if (model.path / "model.gguf").is_file() else [])
     return {
         "mode": mode,
         "model_dir": str(model.path),
-        "stages": ["template", "tokenize"],
+        "stages": stages,
+        "template_sources": sources,
         "renderers": roles["renderers"] or ["jinja2"],
         "tokenizers": roles["tokenizers"] or ["tokenizers"],
+        "engines": roles["engines"],
         "cases": list(suite.cases),
         "tricky": dict(suite.tricky),
+        "max_new_tokens": 16,
         "limits": {"render_seconds": 5, "render_chars": 1_000_000},
         "report_versions": sorted(set(report)),
         "node_modules": node_modules or {},
@@ -232,6 +242,11 @@ class CellRunner:
                                 reason=f"npm install failed: {exc}"[:4000])
         job = probe_job(self.matrix, cell, self.models[cell.model], self.suites[cell.model],
                         node_modules=node_modules)
+        try:
+            job["exports"] = self.exports(cell, job["engines"])
+        except Exception as exc:  # noqa: BLE001 - a failed model export is infra, not the engine's fault
+            return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
+                                reason=f"model export failed: {exc}"[:4000])
         result, log = run_probe(env.python, job)
         if result is None:
             report = self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=log[-4000:])
@@ -240,6 +255,16 @@ class CellRunner:
                                   lock=resolved, probe=result, log=log)
         report.env_seconds = env.seconds
         return report
+
+    def exports(self, cell: Cell, engines: list[str]) -> dict[str, str]:
+        """Engine-specific conversions of the model (ONNX, OpenVINO IR), made once per model hash."""
+        from matrix import model_exports
+
+        wanted = {}
+        for axis, choice in cell.choices:
+            comp = self.matrix.component(axis, choice.component)
+            wanted |= {e: choice.version for e in comp.probe_roles("engines") if e in model_exports.EXPORTERS}
+        return model_exports.job_exports(self.models[cell.model].path, wanted) if wanted else {}
 
     def npm_packages(self, cell: Cell) -> dict[str, str]:
         from matrix import npm

@@ -124,3 +124,24 @@ def test_every_candidate_is_a_decisive_flip_between_differing_cells(history_spec
         assert c.good_cell != c.bad_cell
         base = next(h for h in history if h["run"] == c.baseline_run)
         assert base["outcome"] == ("pass" if now_outcome == "fail" else "fail")
+
+
+def test_release_order_not_run_order_decides_the_direction():
+    """A later run that tests an OLDER release which fails, after a newer one passed, is no
+    regression: in release order the newer release fixed it."""
+    def rec(version, outcome, run, time):
+        return {"cell": f"c-{version}", "axes": {"engine": ["e", "1"], "tokenizer": ["t", "1"],
+                                                 "template": ["j", version], "client": ["o", "1"]},
+                "runner": "cpu", "model": "m", "case": "k", "stage": "template", "outcome": outcome,
+                "run": run, "time": time}
+    newer_pass = rec("3.1.6", "pass", "r1", "2026-01-01T00:00:00")
+    older_fail = rec("3.1.5", "fail", "r2", "2026-01-02T00:00:00")
+    (cand,) = candidates([newer_pass, older_fail], [older_fail])
+    assert cand.kind == "fix"
+    assert (cand.good_cell, cand.bad_cell) == ("c-3.1.6", "c-3.1.5")
+    assert cand.changed == {"template": ("3.1.5", "3.1.6")}
+    older_pass = rec("3.1.5", "pass", "r1", "2026-01-01T00:00:00")
+    newer_fail = rec("3.1.6", "fail", "r2", "2026-01-02T00:00:00")
+    (cand,) = candidates([older_pass, newer_fail], [newer_fail])
+    assert cand.kind == "regression" and cand.changed == {"template": ("3.1.5", "3.1.6")}
+    assert (cand.good_cell, cand.bad_cell) == ("c-3.1.5", "c-3.1.6")

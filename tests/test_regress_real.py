@@ -26,11 +26,11 @@ def test_regression_is_confirmed_and_bisected_to_the_release(tmp_path, monkeypat
     with Store(tmp_path / "store.sqlite") as store:
         old = Options(cells=(cell("5.22.1"),), regress=False)
         first = run_cells(prepare(old), old, store)
-        assert [r.outcome.value for r in first.reports] == ["pass"]
+        assert [r.stages["template"]["outcome"] for r in first.reports] == ["pass"]
         new = Options(cells=(cell("5.24.0"),))
         prep = prepare(new)
         second = run_cells(prep, new, store)
-        assert [r.outcome.value for r in second.reports] == ["fail"]
+        assert [r.stages["template"]["outcome"] for r in second.reports] == ["fail"]
         report = find_regressions(prep, new, store, second.run_id)
         assert report is not None and report.findings
         finding = report.findings[0]

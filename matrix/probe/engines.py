@@ -17,6 +17,8 @@ Engines (``job["engines"]`` entries are a name or ``{"name": ..., **options}``):
 ``llama-cpp-python``   in-process ``Llama`` on the model's GGUF (``logits_all=True``), greedy through
                        ``Llama.generate`` from the golden token ids; top-k from ``Llama.scores``.
 ``llama-cpp-server``   ``python -m llama_cpp.server`` on a free loopback port; ``/v1/completions``.
+``llama-server``       llama.cpp's native server binary (``job["llama_server_bin"]``); its ``/completion``
+                       from token ids, top-k from ``n_probs``.
 ``transformers-serve`` ``transformers serve DIR``; ``/v1/chat/completions`` (messages of the case).
 ``openai-endpoint``    any OpenAI-compatible base URL (option ``base_url``, ``api``, ``model``).
 
@@ -488,6 +490,132 @@ class LlamaCppServerEngine(ServerEngine):
                 "mirostat_mode": 0}
 
 
+class LlamaServerEngine(ServerEngine):
+    """llama.cpp's native ``llama-server`` (a binary built by ``matrix.builds.llama_server``;
+    ``job["llama_server_bin"]`` or option ``bin``) on the GGUF. Generations go through its own
+    ``/completion`` endpoint, which takes token ids as the prompt and answers with token ids and,
+    with ``n_probs``, the top-k log-probabilities of the raw distribution (``post_sampling_probs``
+    off) per step. Options: ``threads``, ``seed``, ``n_ctx``, ``parallel`` (slots, default 1),
+    ``cache_prompt`` (default: the server's own), ``extra_args``."""
+
+    name = "llama-server"
+
+    def binary(self) -> str | None:
+        return self.options.get("bin") or self.job.get("llama_server_bin")
+
+    def command(self) -> list[str]:
+        threads = str(self.options.get("threads", 2))
+        parallel = int(self.options.get("parallel", 1))
+        n_ctx = int(self.options.get("n_ctx") or self.job.get("_n_ctx") or 2048)
+        cmd = [self.binary(), "-m", self.gguf_path, "--host", "{host}", "--port", "{port}",
+               "-c", str(n_ctx * parallel), "-np", str(parallel), "-t", threads, "-tb", threads,
+               "--seed", str(self.options.get("seed", 0)), "-ngl", str(self.options.get("n_gpu_layers", 0))]
+        return cmd + [str(a) for a in self.options.get("extra_args", [])]
+
+    def start(self) -> None:
+        from servers import OpenAIClient, Server, ServerStartError
+
+        exe = self.binary()
+        if not exe:
+            raise EngineUnavailable("no llama-server binary in this cell (job['llama_server_bin'])")
+        if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+            raise EngineUnavailable(f"the llama-server binary {exe} does not exist or is not executable")
+        if not os.path.isfile(self.gguf_path):
+            raise EngineUnavailable(f"the model has no GGUF file ({self.gguf_path})")
+        self.srv = Server(self.command(), name=self.name, env=self.server_env(),
+                          start_timeout=float(self.timeouts.get("server_start_seconds", 120)),
+                          ready_path=self.options.get("ready_path", "/health"))
+        try:
+            self.srv.start()
+        except ServerStartError as exc:
+            raise EngineInfra(str(exc).split("\n")[0], exc.log_tail) from None
+        self.client = OpenAIClient(self.srv.base_url, timeout=float(self.timeouts.get("request_seconds", 120)))
+        self.model_name = None
+        props = _safe(lambda: self._request("GET", "/props")) or {}
+        self._facts.update({
+            "server_ready_seconds": self.srv.ready_seconds, "api": "native /completion",
+            "command": " ".join(self.srv.cmd).replace(self.model_dir, "$MODEL"),
+            "build": props.get("build_info"), "parallel": int(self.options.get("parallel", 1)),
+            "topk_from": "n_probs (pre-sampling log-probabilities)"})
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        import urllib.error
+        import urllib.request
+
+        from servers import HTTPStatusError, TransportError
+
+        url = self.srv.base_url + path
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.client.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise HTTPStatusError(exc.code, exc.read().decode("utf-8", errors="replace"), url) from None
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"{method} {url}: {exc}") from None
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except ValueError:
+            raise ProtocolError(f"not JSON from {path}: {raw[:300]!r}") from None
+
+    def body(self, case: dict, prompt_kind: str = "ids") -> dict:
+        s = sampling_of(case)
+        body = {"prompt": [int(t) for t in case["prompt_ids"]], "n_predict": int(case.get("max_new_tokens", 16)),
+                "n_probs": self.k, "post_sampling_probs": False, "return_tokens": True, "stream": False,
+                "temperature": float(s["temperature"]), "top_k": int(s["top_k"]), "top_p": float(s["top_p"]),
+                "min_p": float(s.get("min_p") or 0.0), "repeat_penalty": float(s["repeat_penalty"]),
+                "frequency_penalty": 0.0, "presence_penalty": 0.0, "mirostat": 0, "typical_p": 1.0,
+                "seed": int(s["seed"]), "ignore_eos": not s.get("stop_at_eos"), "n_keep": 0}
+        if "cache_prompt" in self.options:
+            body["cache_prompt"] = bool(self.options["cache_prompt"])
+        return body
+
+    def generate(self, case: dict) -> Generation:
+        resp = self._request("POST", "/completion", self.body(case))
+        self._facts["prompt_kind"] = "ids"
+        return self._parse_native(resp)
+
+    def _parse_native(self, resp: dict) -> Generation:
+        if not isinstance(resp, dict):
+            raise ProtocolError(f"/completion answered {str(resp)[:300]}")
+        text = resp.get("content")
+        stop = resp.get("stop_type") or ("eos" if resp.get("stopped_eos") else
+                                         "limit" if resp.get("stopped_limit") else None)
+        finish = {"eos": "stop", "word": "stop", "limit": "length"}.get(stop, stop)
+        probs = resp.get("completion_probabilities")
+        if isinstance(probs, list) and probs and isinstance(probs[0], dict) and "id" in probs[0]:
+            ids = [int(p["id"]) for p in probs]
+            topk = []
+            for p in probs:
+                step = [[int(t["id"]), round(float(t["logprob"]), ROUND)] for t in (p.get("top_logprobs") or [])
+                        if t.get("logprob") is not None]
+                topk.append(sorted(step, key=lambda tv: (-tv[1], tv[0]))[: self.k])
+            if isinstance(resp.get("tokens"), list) and resp["tokens"] and resp["tokens"] != ids:
+                raise ProtocolError(f"'tokens' {resp['tokens'][:8]} disagree with completion_probabilities ids {ids[:8]}")
+            return Generation(ids, topk, text=text, by="ids", finish_reason=finish, prompt_kind="ids")
+        if isinstance(resp.get("tokens"), list) and resp["tokens"]:
+            self._facts["logprobs"] = "not returned (ids only)"
+            return Generation([int(t) for t in resp["tokens"]], [], text=text, by="ids", finish_reason=finish,
+                              prompt_kind="ids")
+        if isinstance(probs, list) and probs and isinstance(probs[0], dict) and "probs" in probs[0]:
+            # older servers: pieces with post-sampling probabilities
+            import math
+
+            pieces = [p.get("content", "") for p in probs]
+            topk = [[[t.get("tok_str"), round(math.log(t["prob"]), ROUND)] for t in p.get("probs") or []
+                     if t.get("prob")] for p in probs]
+            self._facts["logprobs"] = "older server: pieces with post-sampling probabilities"
+            return Generation(pieces, [s[: self.k] for s in topk], text=text, by="pieces", finish_reason=finish,
+                              prompt_kind="ids")
+        return self._text_only(text, finish, "ids")
+
+    def generate_many(self, cases: list[dict]) -> list[Generation]:
+        with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+            return list(pool.map(self.generate, cases))
+
+
 class TransformersServeEngine(ServerEngine):
     name = "transformers-serve"
     package = "transformers"
@@ -524,7 +652,7 @@ class OpenAIEndpointEngine(ServerEngine):
 
 
 ENGINES = {cls.name: cls for cls in (TransformersEngine, LlamaCppEngine, LlamaCppServerEngine,
-                                     TransformersServeEngine, OpenAIEndpointEngine)}
+                                     TransformersServeEngine, OpenAIEndpointEngine, LlamaServerEngine)}
 
 
 def make(spec, job: dict) -> Engine:
@@ -540,3 +668,4 @@ def make(spec, job: dict) -> Engine:
         raise EngineUnavailable(f"unknown engine {name!r} (known: {', '.join(sorted(ENGINES))})")
     return cls(job, opts)
 
+import engines_extra  # noqa: E402,F401 - registers mistralrs, onnxruntime-genai, openvino-genai

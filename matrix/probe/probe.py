@@ -20,7 +20,12 @@ import time
 import traceback
 
 STAGES = ("template", "tokenize", "inference", "postprocess", "client")
-STAGE_MODULES = {"template": "stage_template", "tokenize": "stage_tokenize"}
+STAGE_MODULES = {
+    "template": "stage_template",
+    "tokenize": "stage_tokenize",
+    "inference": "stage_inference",
+    "postprocess": "stage_postprocess",
+}
 
 
 def first_divergence(expected: str, actual: str, context: int = 24) -> str:

@@ -281,10 +281,183 @@ def node_renderer(template_src: str, special: dict, limits: dict, job: dict | No
     return render_node.node_renderer(template_src, special, limits, job)
 
 
+class Unsupported(Exception):
+    """The renderer's library has no way to express this case (e.g. ``continue_final_message``
+    in an engine's chat API): the case's check is ``skipped`` with this reason, not failed."""
+
+
+class RendererInfra(Exception):
+    """A renderer that runs out of process could not be brought up (server start): ``infra``."""
+
+
+def _no_continue(case: dict, library: str) -> None:
+    if case.get("continue_final_message"):
+        raise Unsupported(f"{library} has no continue_final_message (its chat API cannot continue a final "
+                          "assistant message)")
+
+
+def llama_cpp_python_renderer(template_src: str, special: dict, limits: dict, job: dict | None = None):
+    """llama-cpp-python's own formatter (``llama_chat_format.Jinja2ChatFormatter``), as its chat
+    API uses it for a model's template: the messages as the caller gives them (no reasoning
+    aliasing, keys kept), its own jinja2 environment (jinja2's ``tojson``, ``raise_exception``
+    raising ``ValueError``), bos/eos from the source's special tokens; template kwargs go where
+    its ``__call__`` takes them (``**kwargs``)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    max_chars = int(limits.get("render_chars", 1_000_000))
+    formatters: dict = {}
+
+    def formatter(add_generation_prompt: bool):
+        if add_generation_prompt not in formatters:
+            formatters[add_generation_prompt] = Jinja2ChatFormatter(
+                template=template_src, eos_token=special.get("eos_token", ""),
+                bos_token=special.get("bos_token", ""), add_generation_prompt=add_generation_prompt)
+        return formatters[add_generation_prompt]
+
+    def render(case: dict) -> str:
+        _no_continue(case, "llama-cpp-python")
+        messages = _plain(case["messages"])
+        kwargs = dict(case.get("template_kwargs", {}))
+        resp = formatter(default_generation_prompt(case))(messages=messages, tools=_plain(case.get("tools")), **kwargs)
+        text = resp.prompt
+        if len(text) > max_chars:
+            raise OutputTooLarge(f"rendered output exceeds {max_chars} characters")
+        return text
+
+    return render
+
+
+class ServerTemplateError(Exception):
+    """The server refused to render (its HTTP error body): a ``template-error``."""
+
+
+_LLAMA_SERVERS: list = []
+
+
+def _stop_llama_servers() -> None:
+    while _LLAMA_SERVERS:
+        _LLAMA_SERVERS.pop().stop()
+
+
+def _parent_death_cmd(cmd: list) -> list:
+    """``cmd`` run through a tiny exec wrapper that asks Linux to kill it when the probe dies
+    (``PR_SET_PDEATHSIG``): a probe killed on timeout leaves no server behind."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return cmd
+    wrapper = ("import ctypes, os, signal, sys\n"
+               "try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+               "except Exception:\n    pass\n"
+               "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-I", "-c", wrapper, *cmd]
+
+
+def llama_server_renderer(template_src: str, special: dict, limits: dict, job: dict | None = None):
+    """llama.cpp's native C++ Jinja engine (minja) through ``llama-server --jinja``'s
+    ``/apply-template``: the server (``job["llama_server_bin"]``) runs on the model's GGUF with
+    this source's template (``--chat-template-file``); each case is POSTed as ``{"messages",
+    "tools", "add_generation_prompt"}`` (and ``chat_template_kwargs``), the answer's ``prompt``
+    is the render. The server parses the messages into its own structure first, as its chat
+    endpoint does. No binary, no GGUF, a server without ``--jinja`` or without
+    ``/apply-template``: ImportError (the checks are skipped with the reason)."""
+    import atexit
+    import tempfile
+
+    try:
+        import servers
+    except ImportError:
+        from matrix.probe import servers
+
+    job = job or {}
+    binary = job.get("llama_server_bin")
+    if not binary:
+        raise ImportError("the job names no llama-server binary (job['llama_server_bin'])")
+    if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
+        raise ImportError(f"the llama-server binary {binary} does not exist or is not executable")
+    gguf = job.get("gguf_path") or os.path.join(job["model_dir"], "model.gguf")
+    if not os.path.isfile(gguf):
+        raise ImportError(f"llama-server needs the model's GGUF ({gguf} does not exist)")
+    _stop_llama_servers()  # one at a time: the previous source's server is done
+    workdir = tempfile.mkdtemp(prefix="llmcompat-llama-server-template-")
+    tmpl_path = os.path.join(workdir, "template.jinja")
+    with open(tmpl_path, "w", encoding="utf-8") as f:
+        f.write(template_src)
+    threads = str(job.get("threads", 2))
+    cmd = [binary, "-m", gguf, "--jinja", "--chat-template-file", tmpl_path, "--host", "{host}",
+           "--port", "{port}", "-c", "512", "-t", threads, "-tb", threads]
+    srv = servers.Server(_parent_death_cmd(cmd), name="llama-server-template", ready_path="/health",
+                         start_timeout=float(limits.get("server_start_seconds", 120)), log_dir=workdir)
+    try:
+        srv.start()
+    except servers.ServerStartError as exc:
+        tail = exc.log_tail
+        if "invalid argument" in tail or "unknown argument" in tail or "error: unrecognized" in tail:
+            raise ImportError("this llama-server predates --jinja/--chat-template-file (llama.cpp's C++ "
+                              "Jinja engine): " + tail.strip().splitlines()[-1][:300]) from None
+        raise RendererInfra(f"llama-server did not start: {exc}") from None
+    _LLAMA_SERVERS.append(srv)
+    if len(_LLAMA_SERVERS) == 1:
+        atexit.register(_stop_llama_servers)
+    timeout = float(limits.get("request_seconds", 60))
+    max_chars = int(limits.get("render_chars", 1_000_000))
+
+    def post(body: dict) -> dict:
+        import json as _json
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(srv.base_url + "/apply-template", data=_json.dumps(body).encode("utf-8"),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return _json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            raw = exc.read().decode("utf-8", errors="replace")
+            if exc.code == 404:
+                raise LookupError(raw) from None
+            try:
+                msg = (_json.loads(raw).get("error") or {}).get("message") or raw
+            except (ValueError, AttributeError):
+                msg = raw
+            raise ServerTemplateError(f"HTTP {exc.code}: {msg}") from None
+        except OSError as exc:
+            if not srv.alive():
+                raise RuntimeError(f"llama-server died: {exc}\n{srv.log_tail(1500)}") from None
+            raise
+
+    try:
+        post({"messages": [{"role": "user", "content": "ping"}], "add_generation_prompt": True})
+    except LookupError:
+        _stop_llama_servers()
+        raise ImportError("this llama-server has no /apply-template endpoint (older llama.cpp)") from None
+    except ServerTemplateError:
+        pass  # the endpoint exists; this template refuses the probe conversation: cases will say
+
+    def render(case: dict) -> str:
+        _no_continue(case, "llama-server")
+        body = {"messages": _plain(case["messages"]), "add_generation_prompt": default_generation_prompt(case)}
+        if case.get("tools") is not None:
+            body["tools"] = _plain(case["tools"])
+        if case.get("template_kwargs"):
+            body["chat_template_kwargs"] = _plain(case["template_kwargs"])
+        out = post(body)
+        text = out.get("prompt") if isinstance(out, dict) else None
+        if not isinstance(text, str):
+            raise ServerTemplateError(f"/apply-template answered without a prompt: {str(out)[:300]}")
+        if len(text) > max_chars:
+            raise OutputTooLarge(f"rendered output exceeds {max_chars} characters")
+        return text
+
+    return render
+
+
 RENDERERS = {
     "jinja2": ("jinja2", jinja2_renderer),
     "transformers": ("transformers", transformers_renderer),
     "hf-jinja-js": ("@huggingface/jinja", node_renderer),
+    "llama-cpp-python": ("llama-cpp-python", llama_cpp_python_renderer),
+    "llama-server": ("llama-server", llama_server_renderer),
 }
 MODEL_RENDERERS = {"transformers"}
 """Renderers built from the model directory (they load the tokenizer); the others from the template text."""
@@ -368,12 +541,18 @@ def run(job: dict, rec) -> None:
             except ImportError as exc:
                 rec.add("*", "template", check, "skipped", f"{package} is not installed in this cell: {exc}")
                 continue
+            except RendererInfra as exc:
+                rec.add("*", "template", check, "infra", str(exc), klass="renderer-start")
+                continue
             produce = golden_mode and source == "hf" and renderer_name == golden_renderer
             for case in cases:
                 expect = case.get("expect", {})
                 try:
                     with time_limit(seconds):
                         text = render(case)
+                except Unsupported as exc:
+                    rec.add(case["id"], "template", check, "skipped", str(exc))
+                    continue
                 except BaseException as exc:  # noqa: BLE001 - any render failure is a result
                     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                         raise

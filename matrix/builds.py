@@ -1,0 +1,447 @@
+"""Compiled engines, built once per version and build flags (the adapter).
+
+Some engines ship only as source (llama-cpp-python compiles llama.cpp when installed). uv caches
+what it builds, but its cache does not key on ``CMAKE_ARGS``: two cells that differ only in build
+flags would share one wheel, and every fresh machine would compile again. Here a build is keyed
+on everything that changes the binary (package, version, the build flags, the Python, the
+platform, the C compiler) and done once per key:
+
+- :func:`wheel` builds the wheel of a source-only package into ``cache_dir()/wheels/<key>/`` and
+  returns that directory, which a cell hands to uv as ``--find-links``: uv then installs the
+  prebuilt wheel of that exact version instead of compiling.
+- :func:`llama_server` builds llama.cpp's native ``llama-server`` (target ``llama-server``, or
+  ``server`` in older vendored trees) from the sources vendored in a llama-cpp-python sdist,
+  into ``cache_dir()/bin/<key>/llama-server``.
+
+Each build runs under a temporary name and is renamed into place, so a killed build never leaves
+a half-made result that looks whole; a lock file per key makes a second build of the same key
+wait for the first and take its result. Source distributions are fetched once from the index pip
+is configured with (hash-checked where the index gives one) into ``cache_dir()/sdists/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from packaging.utils import canonicalize_name, parse_sdist_filename
+
+MARKER = "llmcompat-build.json"
+KEY_FORMAT = 1
+"""Version of the key document and layout; a change builds everything afresh."""
+
+DEFAULT_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+                      "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF")
+DEFAULT_BUILD_ENV = {"CMAKE_ARGS": DEFAULT_CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
+"""Portable (no -march=native), library only: what a cell's llama-cpp-python is built with."""
+
+SERVER_CMAKE_ARGS = ("-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF "
+                     "-DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release")
+"""Appended after the build flags for the native server (later -D wins in cmake): the server
+lives under examples/ (0.2.x) or tools/ (newer); static, so the binary stands alone."""
+
+NOT_IN_KEY = frozenset({"CMAKE_BUILD_PARALLEL_LEVEL", "MAKEFLAGS", "NINJAFLAGS"})
+"""Build variables that change how fast, never what is built."""
+
+SERVER_TARGETS = ("llama-server", "server")
+BUILD_TIMEOUT = 3600.0
+LOCK_WAIT = 3 * 3600.0
+
+
+class BuildError(Exception):
+    """The build failed (compiler, cmake, missing sdist): ``log`` holds the tail of its output."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(message + (f"\n--- build log (tail) ---\n{log}" if log else ""))
+        self.log = log
+
+
+# --------------------------------------------------------------------------- keys (pure)
+
+def build_env_of(build_env: dict | None) -> dict[str, str]:
+    """The build variables: the defaults, overridden entry by entry by ``build_env``."""
+    return {**DEFAULT_BUILD_ENV, **{k: str(v) for k, v in (build_env or {}).items()}}
+
+
+def flags_of(build_env: dict | None) -> dict[str, str]:
+    """What of the build variables changes the binary: all but the parallelism; ``CMAKE_ARGS``
+    with its whitespace normalized (order is kept: a later ``-D`` wins in cmake)."""
+    out = {}
+    for k, v in sorted(build_env_of(build_env).items()):
+        if k in NOT_IN_KEY:
+            continue
+        out[k] = " ".join(shlex.split(v)) if k.endswith("CMAKE_ARGS") else v
+    return out
+
+
+def key_doc(kind: str, package: str, version: str, build_env: dict | None, *, python: str,
+            platform_tag: str, compiler: str) -> dict:
+    return {"v": KEY_FORMAT, "kind": kind, "package": str(canonicalize_name(package)), "version": str(version),
+            "flags": flags_of(build_env), "python": python, "platform": platform_tag, "compiler": compiler}
+
+
+def key_of(doc: dict) -> str:
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- machine facts
+
+def platform_tag() -> str:
+    """OS, machine and C library: a wheel built here runs on machines that share these."""
+    libc, libc_version = platform.libc_ver()
+    return f"{sys.platform}-{platform.machine()}-{libc or 'libc'}{libc_version}"
+
+
+_COMPILER: dict[str, str] = {}
+
+
+def compiler_id() -> str:
+    """First line of ``$CC --version`` (``cc`` by default): another compiler, another binary."""
+    cc = os.environ.get("CC") or "cc"
+    if cc not in _COMPILER:
+        try:
+            out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+            _COMPILER[cc] = (out.splitlines() or ["unknown"])[0].strip()
+        except (OSError, subprocess.SubprocessError):
+            _COMPILER[cc] = "none"
+    return _COMPILER[cc]
+
+
+def default_python() -> str:
+    return "%d.%d" % sys.version_info[:2]
+
+
+# --------------------------------------------------------------------------- locking and layout
+
+@contextlib.contextmanager
+def _locked(lock_path: Path, wait: float = LOCK_WAIT):
+    """An exclusive lock on ``lock_path`` (flock: released by the kernel if the holder dies)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as f:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BuildError(f"waited {wait:.0f}s for another build holding {lock_path}") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename a finished build into place (atomic); an equal build already there wins."""
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if not (path / MARKER).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_once(root: Path, doc: dict, build) -> tuple[Path, bool]:
+    """``root/<key>``, built by ``build(tmp_dir)`` unless already there. (path, built now)."""
+    key = key_of(doc)
+    path = root / key[:24]
+    if (path / MARKER).is_file():
+        return path, False
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f".{key[:24]}.lock"):
+        if (path / MARKER).is_file():  # another process built it while we waited
+            return path, False
+        if path.exists():  # a stale, unmarked directory (never published by _publish)
+            shutil.rmtree(path, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=root))
+        try:
+            started = time.perf_counter()
+            info = build(tmp) or {}
+            marker = {"key": key, "inputs": doc, "seconds": round(time.perf_counter() - started, 1),
+                      "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
+            _publish(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return path, True
+
+
+def info(path: Path) -> dict:
+    """The marker of a finished build: its key, inputs, seconds, file names."""
+    return json.loads((Path(path) / MARKER).read_text())
+
+
+# --------------------------------------------------------------------------- source distributions
+
+def _sdist_candidates(package: str, version: str) -> list[tuple[str, str | None]]:
+    """(url, sha256 or None) of ``package==version``'s sdists on the configured indexes and
+    find-links, in pip's order of preference (index first)."""
+    import pypi_simple
+    import requests
+
+    from matrix.index import pip_config
+
+    name = canonicalize_name(package)
+    config = pip_config()
+    found: list[tuple[str, str | None]] = []
+
+    def take(packages):
+        for p in packages:
+            if p.package_type != "sdist" or not p.filename.endswith(".tar.gz"):
+                continue
+            try:
+                n, v = parse_sdist_filename(p.filename)
+            except Exception:  # noqa: BLE001 - foreign file names on a find-links page
+                continue
+            if n == name and str(v) == str(version) and not p.is_yanked:
+                found.append((p.url, (p.digests or {}).get("sha256")))
+
+    for index in config.indexes:
+        scheme = urlsplit(index).scheme.lower()
+        try:
+            if scheme in ("http", "https"):
+                r = requests.get(index.rstrip("/") + f"/{name}/", timeout=(10, config.timeout or 60),
+                                 headers={"Accept": pypi_simple.ACCEPT_JSON_PREFERRED},
+                                 verify=config.cert or True)
+                if r.status_code in (404, 410):
+                    continue
+                r.raise_for_status()
+                take(pypi_simple.ProjectPage.from_response(r, name).packages)
+            elif scheme == "file":
+                page = Path(url2pathname(urlsplit(index).path)) / name / "index.html"
+                if page.is_file():
+                    take(pypi_simple.ProjectPage.from_html(name, page.read_bytes(), base_url=page.as_uri()).packages)
+        except (requests.RequestException, OSError) as exc:
+            found.append(("error:" + str(exc), None))
+    for location in config.find_links:
+        p = Path(url2pathname(urlsplit(location).path)) if location.startswith("file:") else Path(location)
+        if p.is_dir():
+            for f in sorted(p.glob("*.tar.gz")):
+                try:
+                    n, v = parse_sdist_filename(f.name)
+                except Exception:  # noqa: BLE001
+                    continue
+                if n == name and str(v) == str(version):
+                    found.append((f.as_uri(), None))
+    return found
+
+
+def sdist(package: str, version: str, root: Path | None = None) -> Path:
+    """``package==version``'s source distribution, fetched once into ``cache_dir()/sdists``."""
+    import requests
+
+    from matrix.index import pip_config
+
+    root = root or _cache() / "sdists"
+    name = canonicalize_name(package)
+    cached = sorted(root.glob(f"{name.replace('-', '_')}-{version}.tar.gz")) if root.is_dir() else []
+    if cached:
+        return cached[0]
+    candidates = _sdist_candidates(package, version)
+    errors = [u[6:] for u, _ in candidates if u.startswith("error:")]
+    candidates = [c for c in candidates if not c[0].startswith("error:")]
+    if not candidates:
+        raise BuildError(f"no source distribution of {package}=={version} on the configured index"
+                         + (f" ({'; '.join(errors)})" if errors else ""))
+    url, sha256 = candidates[0]
+    filename = Path(url2pathname(urlsplit(url).path)).name
+    path = root / filename
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{filename}.")
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            if urlsplit(url).scheme == "file":
+                with open(url2pathname(urlsplit(url).path), "rb") as src:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+            else:
+                config = pip_config()
+                with requests.get(url, stream=True, timeout=(10, config.timeout or 60),
+                                  verify=config.cert or True) as r:
+                    r.raise_for_status()
+                    for chunk in r.iter_content(1 << 20):
+                        h.update(chunk)
+                        out.write(chunk)
+        if sha256 and h.hexdigest() != sha256:
+            raise BuildError(f"{filename}: sha256 {h.hexdigest()} does not match the index's {sha256}")
+        os.replace(tmp, path)
+    except requests.RequestException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise BuildError(f"downloading {url}: {exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _cache() -> Path:
+    from matrix.paths import cache_dir
+
+    return cache_dir()
+
+
+# --------------------------------------------------------------------------- wheels
+
+def wheel_key(package: str, version: str, build_env: dict | None = None, python: str | None = None) -> str:
+    """The full key of a wheel build (the directory is named by its first 24 characters)."""
+    return key_of(key_doc("wheel", package, version, build_env, python=python or default_python(),
+                          platform_tag=platform_tag(), compiler=compiler_id()))
+
+
+def wheel(package: str, version: str, build_env: dict | None = None, *, python: str | None = None,
+          root: Path | None = None, timeout: float = BUILD_TIMEOUT) -> Path:
+    """The directory holding ``package==version``'s wheel built with ``build_env`` (defaults:
+    :data:`DEFAULT_BUILD_ENV`, overridden per entry), for ``python`` (``major.minor``, default
+    this interpreter's). Built once per key with ``uv build --wheel`` on the sdist; pass the
+    directory to uv as ``--find-links`` and it installs this wheel instead of compiling."""
+    from matrix import envs
+
+    python = python or default_python()
+    doc = key_doc("wheel", package, version, build_env, python=python, platform_tag=platform_tag(),
+                  compiler=compiler_id())
+
+    def build(tmp: Path) -> dict:
+        src = sdist(package, version)
+        env = envs._uv_env()
+        env.update(build_env_of(build_env))
+        out = tmp / ".out"
+        cmd = [envs.uv_bin(), "build", "--wheel", "--no-build-logs", "--out-dir", str(out),
+               "--python", envs.interpreter(python), *envs._index_args(), str(src)]
+        log = _run(cmd, env, timeout, f"uv build --wheel {package}=={version}")
+        wheels = sorted(out.glob("*.whl"))
+        if len(wheels) != 1:
+            raise BuildError(f"uv build gave {len(wheels)} wheels for {package}=={version}", log)
+        os.rename(wheels[0], tmp / wheels[0].name)
+        shutil.rmtree(out, ignore_errors=True)
+        return {"wheel": wheels[0].name, "sdist": src.name, "build_env": build_env_of(build_env)}
+
+    path, _ = _build_once(root or _cache() / "wheels", doc, build)
+    return path
+
+
+def find_links_args(dirs) -> list[str]:
+    """``--find-links DIR`` for each built wheel directory (for ``uv pip install``/``compile``)."""
+    out: list[str] = []
+    for d in dirs:
+        out += ["--find-links", str(d)]
+    return out
+
+
+def _run(cmd: list[str], env: dict, timeout: float, what: str, cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired as exc:
+        tail = ((exc.stdout or b"")[-4000:] if isinstance(exc.stdout, bytes) else (exc.stdout or "")[-4000:])
+        raise BuildError(f"{what}: timed out after {timeout:.0f}s", str(tail)) from None
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise BuildError(f"{what}: exited {proc.returncode}", log[-6000:])
+    return log
+
+
+# --------------------------------------------------------------------------- the native llama-server
+
+def server_key(version: str, build_env: dict | None = None, package: str = "llama-cpp-python") -> str:
+    return key_of(key_doc("llama-server", package, version, build_env, python="", platform_tag=platform_tag(),
+                          compiler=compiler_id()))
+
+
+def llama_server(version: str, build_env: dict | None = None, *, package: str = "llama-cpp-python",
+                 root: Path | None = None, timeout: float = BUILD_TIMEOUT) -> Path:
+    """llama.cpp's native ``llama-server`` from the sources vendored in ``package==version``'s
+    sdist (``vendor/llama.cpp``), built once per (version, flags): ``build_env``'s ``CMAKE_ARGS``
+    (the library defaults) followed by :data:`SERVER_CMAKE_ARGS`; only the server target is
+    compiled (``llama-server``, or ``server`` in older trees). Returns the binary's path."""
+    doc = key_doc("llama-server", package, version, build_env, python="", platform_tag=platform_tag(),
+                  compiler=compiler_id())
+    benv = build_env_of(build_env)
+
+    def build(tmp: Path) -> dict:
+        src_archive = sdist(package, version)
+        with tempfile.TemporaryDirectory(prefix="llmcompat-llama-src-") as work:
+            work = Path(work)
+            with tarfile.open(src_archive) as tar:
+                members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name + "/"]
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(work, members=members, filter="data")
+                else:  # pragma: no cover - Pythons before the extraction filters
+                    tar.extractall(work, members=members)
+            srcs = sorted(work.glob("*/vendor/llama.cpp/CMakeLists.txt"))
+            if not srcs:
+                raise BuildError(f"{src_archive.name} vendors no llama.cpp (vendor/llama.cpp/CMakeLists.txt)")
+            src, bdir = srcs[0].parent, work / "build"
+            env = dict(os.environ)
+            env.update(benv)
+            env.pop("CMAKE_ARGS", None)  # given on the command line instead
+            args = shlex.split(benv.get("CMAKE_ARGS", "")) + shlex.split(SERVER_CMAKE_ARGS)
+            gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+            log = _run(["cmake", "-S", str(src), "-B", str(bdir), *gen, *args], env, timeout, "cmake configure")
+            targets = _run(["cmake", "--build", str(bdir), "--target", "help"], env, 120, "cmake targets")
+            names = set(re.findall(r"^(?:\.\.\. )?([\w.+-]+)(?::| |$)", targets, re.M))
+            target = next((t for t in SERVER_TARGETS if t in names), None)
+            if target is None:
+                raise BuildError(f"no server target ({', '.join(SERVER_TARGETS)}) in llama.cpp of "
+                                 f"{package}=={version}", log[-3000:])
+            jobs = benv.get("CMAKE_BUILD_PARALLEL_LEVEL") or "2"
+            log += _run(["cmake", "--build", str(bdir), "--target", target, "-j", jobs], env, timeout,
+                        f"cmake --build --target {target}")
+            exe = next((p for p in (bdir / "bin" / target, bdir / target, bdir / "examples" / "server" / target)
+                        if p.is_file()), None)
+            if exe is None:
+                raise BuildError(f"built {target}, but found no binary under {bdir}", log[-3000:])
+            shutil.copy2(exe, tmp / "llama-server")
+            commit = _vendored_commit(src)
+        return {"target": target, "sdist": src_archive.name, "build_env": benv,
+                "cmake_args": args, "llama_cpp_build": commit}
+
+    path, _ = _build_once(root or _cache() / "bin", doc, build)
+    return path / "llama-server"
+
+
+def _vendored_commit(src: Path) -> str | None:
+    """The vendored llama.cpp's build number where the tree says (``LLAMA_BUILD_NUMBER``)."""
+    for f in (src / "common" / "build-info.cpp", src / "CMakeLists.txt"):
+        try:
+            m = re.search(r"LLAMA_BUILD_NUMBER\s*=?\s*(\d+)", f.read_text(errors="replace"))
+        except OSError:
+            continue
+        if m:
+            return m.group(1)
+    return None
+
+
+@dataclass(frozen=True)
+class Built:
+    """A build's directory and what its marker says (for result files and the cell key)."""
+
+    path: Path
+    key: str
+    seconds: float
+
+    @classmethod
+    def of(cls, path: Path) -> "Built":
+        d = Path(path) if Path(path).is_dir() else Path(path).parent
+        m = info(d)
+        return cls(d, m["key"], m["seconds"])
