@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from packaging.version import InvalidVersion, Version
 
 from bot import links
-from bot.confirm import Confirmation, confirm
+from bot.confirm import Confirmation, Quarantine, confirm, release_if_passing
 from bot.detect import Candidate, detect
 from bot.fingerprint import fingerprint
 from bot.search import BisectResult, Verdict, bisect, isolate_axis
@@ -379,3 +379,32 @@ def index_releases(matrix, index) -> Callable[[str, str], list[Release]]:
 def repo_links(matrix) -> dict[str, tuple[str, str]]:
     """Component name -> (repo, tag_format) for every component that names its repository."""
     return {c.name: (c.repo, c.tag_format) for comps in matrix.axes.values() for c in comps if c.repo}
+
+
+# ----------------------------------------------------------------------------- quarantine
+
+
+def retest_quarantine(store, rerun: Rerun, *, now: str | datetime | None = None, n: int = 3,
+                      days: float = 14) -> dict[str, str]:
+    """Re-test quarantined cell cases (a reused key never runs again by itself): re-run each
+    quarantined ``cell#case/stage`` ``n`` times; all passing releases it, any failure extends it.
+    Returns subject -> "released" | "extended"."""
+    now_dt = _now(now)
+    now_s = now_dt.isoformat(timespec="seconds")
+    done: dict[str, str] = {}
+    for subject, entry in store.quarantine(now_s).items():
+        cell_id, sep, case_stage = subject.partition("#")
+        if not sep:
+            continue  # case-wide subjects are released by their cells' results, not re-run
+        case, _, stage = case_stage.rpartition("/")
+        outcomes = [outcome_of(rerun(cell_id), case, stage) for _ in range(n)]
+        q = Quarantine(entry["reason"], entry["until"], subject)
+        released = release_if_passing(q, outcomes, now_dt, n=n)
+        if released.until != q.until:
+            store.set_quarantine(subject, f"{entry['reason']}; released: passed {n} re-runs", released.until)
+            done[subject] = "released"
+        else:
+            until = (now_dt + timedelta(days=days)).isoformat()
+            store.set_quarantine(subject, f"{entry['reason']}; still noisy: {outcomes}", until)
+            done[subject] = "extended"
+    return done

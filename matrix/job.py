@@ -309,20 +309,27 @@ def rerun_plan(store, candidates: int) -> tuple[int, int]:
 
 
 def find_regressions(prep: Prepared, opts: Options, store, run_id: str):
-    """Detection against history, confirmation by re-runs, bisection: findings into the store."""
+    """Detection against history, confirmation by re-runs, bisection: findings into the store.
+    Quarantined cell cases are re-tested too (their reused keys would never run again)."""
     from bot.detect import detect
-    from bot.regress import cell_rerunner, history_records, index_releases, regress, repo_links
+    from bot.regress import (cell_rerunner, history_records, index_releases, regress, repo_links,
+                             retest_quarantine)
 
     records = history_records(store.case_rows())
     current = [r for r in records if r["run"] == run_id and not r["reused"]]
     candidates = [c for c in detect(records, current).candidates if c.kind == "regression"]
-    if not candidates:
+    if not candidates and not store.quarantine(now_iso()):
         return None
-    need, of = rerun_plan(store, len(candidates))
     rerun = cell_rerunner(CellRunner(prep.matrix, prep.suites, prep.models))
     try:
-        return regress(store, run_id, rerun=rerun, releases=index_releases(prep.matrix, package_index(opts.offline)),
-                       repos=repo_links(prep.matrix), need=need, of=of)
+        report = None
+        if candidates:
+            need, of = rerun_plan(store, len(candidates))
+            report = regress(store, run_id, rerun=rerun,
+                             releases=index_releases(prep.matrix, package_index(opts.offline)),
+                             repos=repo_links(prep.matrix), need=need, of=of)
+        retest_quarantine(store, rerun)
+        return report
     finally:
         rerun.cleanup()
 

@@ -231,3 +231,20 @@ def test_save_regressions_is_one_transaction(tmp_path):
         with pytest.raises(sqlite3.IntegrityError):
             s.save_regressions([good, broken], [{"subject": "x", "reason": "r", "until": T2}])
         assert s.findings() == [] and s.quarantine() == {} and s.ttf_events() == []
+
+
+def test_quarantined_case_is_retested_and_released_or_extended(tmp_path):
+    from bot.regress import retest_quarantine
+
+    with Store(tmp_path / "q.sqlite") as store:
+        store.set_quarantine("cellA#k/template", "flaky: 1/3", "2030-01-01T00:00:00+00:00")
+        store.set_quarantine("cellB#k/template", "flaky: 2/3", "2030-01-01T00:00:00+00:00")
+        store.set_quarantine("k/template", "case-wide", "2030-01-01T00:00:00+00:00")
+        runs = {"cellA": iter(["pass"] * 3), "cellB": iter(["pass", "fail", "pass"])}
+        done = retest_quarantine(store, lambda cell: {("k", "template"): next(runs[cell])},
+                                 now="2026-11-24T00:00:00+00:00")
+        assert done == {"cellA#k/template": "released", "cellB#k/template": "extended"}
+        active = store.quarantine("2026-11-24T00:00:01+00:00")
+        assert "cellA#k/template" not in active and "cellB#k/template" in active
+        assert active["cellB#k/template"]["until"].startswith("2026-12-08")
+        assert "k/template" in active  # not re-run: case-wide
