@@ -397,7 +397,10 @@ def retest_quarantine(store, rerun: Rerun, *, now: str | datetime | None = None,
         if not sep:
             continue  # case-wide subjects are released by their cells' results, not re-run
         case, _, stage = case_stage.rpartition("/")
-        outcomes = [outcome_of(rerun(cell_id), case, stage) for _ in range(n)]
+        try:
+            outcomes = [outcome_of(rerun(cell_id), case, stage) for _ in range(n)]
+        except KeyError:  # its model or component is not part of this run's selection
+            continue
         q = Quarantine(entry["reason"], entry["until"], subject)
         released = release_if_passing(q, outcomes, now_dt, n=n)
         if released.until != q.until:
