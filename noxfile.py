@@ -148,5 +148,5 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: print figures and ratios (speed goals live here, not in timed tests)."""
-    session.install("-e", ".[test]", "virtualenv")
+    session.install("-e", ".[test]", "virtualenv", "tokenizers")
     session.run("python", "-m", "tests.bench", *session.posargs)

@@ -123,8 +123,60 @@ def bench_noise(seeds: int = 5) -> None:
            f"{r0['expected_false_findings']:.4f} vs {r0['expected_false_findings_2_of_3']:.2f} with plain 2-of-3")
 
 
+def bench_bisect_real(last: int = 40) -> None:
+    """A real bisection over the last 40 releases of a pure-Python package, warm caches."""
+    from bot.bisect_cmd import bench_bisect
+
+    r = bench_bisect(last)
+    report(f"bisect {r['n']} real releases", r["probes"] <= r["bound"],
+           f"packaging {r['last_good']} -> {r['first_bad']} in {r['probes']} probes "
+           f"(bound {r['bound']}), {r['seconds']:.1f}s with warm caches ({r['seconds'] / r['probes']:.2f}s per probe)")
+
+
+def tiny_model_dir() -> str:
+    from matrix.job import MODEL_PARTS, Options, load_matrix
+    from matrix.tinymodel import ensure
+
+    return str(ensure(arch="qwen2", parts=MODEL_PARTS, reference=load_matrix(Options()).reference).path)
+
+
+def bench_stages_in_process() -> None:
+    """Template and tokenize stages in-process: cases per second (goal >= 500/s each)."""
+    from matrix.probe.bench_stages import bench_in_process as template_rate
+    from matrix.probe.bench_tokenize import bench_in_process as tokenize_rate
+
+    t = template_rate(500)
+    report("template stage in-process", t >= 500, f"{t:.0f} cases/s (goal >= 500/s, ratio {t / 500:.1f}x)")
+    k = tokenize_rate(500, model_dir=tiny_model_dir())
+    report("tokenize stage in-process", k >= 500, f"{k:.0f} texts/s (goal >= 500/s, ratio {k / 500:.1f}x)")
+
+
+def bench_cell_suite() -> None:
+    """The whole default CPU cell suite on the tiny model, environment and compile excluded."""
+    from matrix import envs
+    from matrix.job import Options, prepare
+    from matrix.run import CellRunner, probe_job, requirements, run_probe
+
+    prep = prepare(Options())
+    cell = prep.cells[0]
+    runner = CellRunner(prep.matrix, prep.suites, prep.models)
+    run = runner.runner(cell.runner)
+    lock = envs.resolve(requirements(prep.matrix, cell), python=run.python, overrides=list(run.pins))
+    env = envs.ensure(lock)
+    job = probe_job(prep.matrix, cell, prep.models[cell.model], prep.suites[cell.model])
+    run_probe(env.python, job)  # warm: bytecode written into the cell's environment
+    started = time.perf_counter()
+    result, _ = run_probe(env.python, job)
+    seconds = time.perf_counter() - started
+    stages = {k: v["outcome"] for k, v in (result or {}).get("stages", {}).items()}
+    report("default cell suite", result is not None and seconds <= 20,
+           f"{cell.id}: {len(job['cases'])} cases through {', '.join(job['stages'])} in {seconds:.1f}s "
+           f"(goal <= 20 s, ratio {seconds / 20:.2f}); stages {stages}")
+
+
 BENCHES = {"env": bench_env_creation, "rerun": bench_second_run, "pairwise": bench_pairwise,
-           "bisect": bench_bisect_probes, "noise": bench_noise}
+           "bisect": bench_bisect_probes, "noise": bench_noise, "bisect-real": bench_bisect_real,
+           "stages": bench_stages_in_process, "cell-suite": bench_cell_suite}
 
 
 def main(argv=None) -> int:
