@@ -12,6 +12,7 @@ import shutil
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -394,8 +395,8 @@ def run_probe(python: Path, job: dict, tmp_path: Path, monkeypatch) -> dict:
         copy = tmp_path / "probe"
         shutil.copytree(PROBE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
         lines = (copy / "probe.py").read_text(encoding="utf-8").splitlines(keepends=True)
-        at = next(i for i, line in enumerate(lines) if line.startswith("STAGE_MODULES ="))
-        lines.insert(at + 1, 'STAGE_MODULES.setdefault("client", "stage_client")\n')
+        at = next(i for i, line in enumerate(lines) if line.startswith("if __name__ =="))
+        lines.insert(at, 'STAGE_MODULES.setdefault("client", "stage_client")\n\n\n')
         (copy / "probe.py").write_text("".join(lines), encoding="utf-8")
         monkeypatch.setattr(run, "PROBE_DIR", copy)
     result, log = run.run_probe(python, job, timeout=600)

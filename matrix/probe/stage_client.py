@@ -488,9 +488,6 @@ class Ollama(Client):
     def request_for(self, case, model, stream, job):
         return ollama_request(case, model, stream, job)
 
-    def _kwargs(self, req):
-        return {k: v for k, v in req.items()}
-
     def once(self, req):
         return ollama_message_of([self.client.chat(**req)])
 
