@@ -98,7 +98,9 @@ def node_version() -> str:
     return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
 
 
-ROLES = ("renderers", "tokenizers", "engines")
+ROLES = ("renderers", "tokenizers", "engines", "clients")
+SERVER_ENGINES = ("llama-cpp-server", "llama-server", "transformers-serve")
+"""Engines that serve an OpenAI-compatible endpoint the client stage can talk to."""
 """What a component can bring to the probe (``probe:`` in axes.yaml)."""
 
 
@@ -115,6 +117,9 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
             roles[role] += [r for r in comp.probe_roles(role) if r not in roles[role]]
     # postprocess always runs: its detokenizer and parser checks need no engine
     stages = ["template", "tokenize"] + (["inference"] if roles["engines"] else []) + ["postprocess"]
+    target = next((e for e in roles["engines"] if e in SERVER_ENGINES), None)
+    if roles["clients"]:
+        stages.append("client")  # without a server in the cell the stage says so (skipped)
     sources = ["hf"] + (["gguf"] if (model.path / "model.gguf").is_file() else [])
     return {
         "mode": mode,
@@ -124,10 +129,13 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
         "renderers": roles["renderers"] or ["jinja2"],
         "tokenizers": roles["tokenizers"] or ["tokenizers"],
         "engines": roles["engines"],
+        "clients": roles["clients"],
+        **({"client_target": target} if target else {}),
         "cases": list(suite.cases),
         "tricky": dict(suite.tricky),
         "max_new_tokens": 16,
-        "limits": {"render_seconds": 5, "render_chars": 1_000_000},
+        "limits": {"render_seconds": 5, "render_chars": 1_000_000, "request_seconds": 60,
+                   "server_start_seconds": 120},
         "report_versions": sorted(set(report)),
         "node_modules": node_modules or {},
     }

@@ -25,6 +25,7 @@ STAGE_MODULES = {
     "tokenize": "stage_tokenize",
     "inference": "stage_inference",
     "postprocess": "stage_postprocess",
+    "client": "stage_client",
 }
 
 
