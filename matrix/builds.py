@@ -412,24 +412,10 @@ def llama_server(version: str, build_env: dict | None = None, *, package: str = 
             if exe is None:
                 raise BuildError(f"built {target}, but found no binary under {bdir}", log[-3000:])
             shutil.copy2(exe, tmp / "llama-server")
-            commit = _vendored_commit(src)
-        return {"target": target, "sdist": src_archive.name, "build_env": benv,
-                "cmake_args": args, "llama_cpp_build": commit}
+        return {"target": target, "sdist": src_archive.name, "build_env": benv, "cmake_args": args}
 
     path, _ = _build_once(root or _cache() / "bin", doc, build)
     return path / "llama-server"
-
-
-def _vendored_commit(src: Path) -> str | None:
-    """The vendored llama.cpp's build number where the tree says (``LLAMA_BUILD_NUMBER``)."""
-    for f in (src / "common" / "build-info.cpp", src / "CMakeLists.txt"):
-        try:
-            m = re.search(r"LLAMA_BUILD_NUMBER\s*=?\s*(\d+)", f.read_text(errors="replace"))
-        except OSError:
-            continue
-        if m:
-            return m.group(1)
-    return None
 
 
 @dataclass(frozen=True)

@@ -586,14 +586,25 @@ class LlamaServerEngine(ServerEngine):
         finish = {"eos": "stop", "word": "stop", "limit": "length"}.get(stop, stop)
         probs = resp.get("completion_probabilities")
         if isinstance(probs, list) and probs and isinstance(probs[0], dict) and "id" in probs[0]:
-            ids = [int(p["id"]) for p in probs]
-            topk = []
-            for p in probs:
-                step = [[int(t["id"]), round(float(t["logprob"]), ROUND)] for t in (p.get("top_logprobs") or [])
-                        if t.get("logprob") is not None]
-                topk.append(sorted(step, key=lambda tv: (-tv[1], tv[0]))[: self.k])
-            if isinstance(resp.get("tokens"), list) and resp["tokens"] and resp["tokens"] != ids:
-                raise ProtocolError(f"'tokens' {resp['tokens'][:8]} disagree with completion_probabilities ids {ids[:8]}")
+            prob_ids = [int(p["id"]) for p in probs]
+            ids = [int(t) for t in resp["tokens"]] if isinstance(resp.get("tokens"), list) and resp["tokens"] else prob_ids
+            # The server may leave a token out of completion_probabilities (seen: tokens whose text
+            # is not whole UTF-8): align them to ``tokens`` in order; a step without one has no top-k.
+            topk, j = [], 0
+            for tok in ids:
+                if j < len(probs) and prob_ids[j] == tok:
+                    step = [[int(t["id"]), round(float(t["logprob"]), ROUND)]
+                            for t in (probs[j].get("top_logprobs") or []) if t.get("logprob") is not None]
+                    topk.append(sorted(step, key=lambda tv: (-tv[1], tv[0]))[: self.k])
+                    j += 1
+                else:
+                    topk.append([])
+            if j != len(probs):
+                raise ProtocolError(f"completion_probabilities ids {prob_ids[:8]} are not a subsequence of "
+                                    f"the generated tokens {ids[:8]}")
+            if len(prob_ids) != len(ids):
+                missing = self._facts.setdefault("steps_without_probs", 0)
+                self._facts["steps_without_probs"] = missing + len(ids) - len(prob_ids)
             return Generation(ids, topk, text=text, by="ids", finish_reason=finish, prompt_kind="ids")
         if isinstance(resp.get("tokens"), list) and resp["tokens"]:
             self._facts["logprobs"] = "not returned (ids only)"
