@@ -51,6 +51,11 @@ class Component:
     probe: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """What the probe exercises through it, e.g. ``(("renderers", ("jinja2",)),)``."""
     ecosystem: str = "pypi"
+    build: tuple[tuple[str, str], ...] = ()
+    """Built from source once per version and these variables (``CMAKE_ARGS``...) by
+    :mod:`matrix.builds`; empty for packages installed as published wheels."""
+    build_server: bool = False
+    """Also build llama.cpp's native ``llama-server`` from the same source distribution."""
     """Where its packages come from: ``pypi`` (installed into the cell's Python environment) or
     ``npm`` (one npm package, installed by :func:`matrix.npm.ensure_package` and run by Node)."""
 

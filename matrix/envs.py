@@ -115,12 +115,14 @@ def resolve(
     *,
     python: str,
     overrides: list[str] = (),
+    find_links: list[Path] = (),
     timeout: float = 300,
 ) -> Lock | Unresolvable:
     """Resolve ``requirements`` with ``uv pip compile`` for ``python`` (a version like ``3.11``).
 
     ``overrides`` apply to the whole graph (a CPU runner pins ``torch==2.13.0+cpu`` here, so a
-    cell that pulls torch can never resolve to CUDA wheels).
+    cell that pulls torch can never resolve to CUDA wheels). ``find_links``: directories of
+    wheels built by :mod:`matrix.builds`, offered beside the index.
     """
     reqs = tuple(requirements)
     with tempfile.TemporaryDirectory(prefix="llmcompat-resolve-") as tmp:
@@ -129,6 +131,7 @@ def resolve(
         cmd = [
             uv_bin(), "pip", "compile", str(req_file), "--quiet", "--no-header", "--no-annotate",
             "--python-version", python, "--python", interpreter(python), *_index_args(),
+            *_find_links(find_links),
         ]
         if overrides:
             ov = Path(tmp, "overrides.txt")
@@ -144,6 +147,10 @@ def resolve(
     if "No solution found" in reason or "unsatisfiable" in reason:
         return Unresolvable(reqs, reason)
     raise ResolveError(reqs, reason or f"uv pip compile exited {proc.returncode}")
+
+
+def _find_links(dirs) -> list[str]:
+    return [arg for d in dirs for arg in ("--find-links", str(d))]
 
 
 def _parse_pins(text: str) -> tuple[tuple[str, str], ...]:
@@ -178,16 +185,30 @@ class Environment:
         return self.path / "bin" / "python"
 
 
+def _build_key(directory: Path) -> str:
+    from matrix import builds
+
+    return builds.info(directory)["key"]
+
+
 def envs_root() -> Path:
     from matrix.paths import cache_dir
 
     return cache_dir() / "envs"
 
 
-def ensure(lock: Lock, root: Path | None = None) -> Environment:
-    """The environment for ``lock``, built once: same lock, same directory, never rebuilt."""
+def ensure(lock: Lock, root: Path | None = None, *, built: dict[str, Path] | None = None) -> Environment:
+    """The environment for ``lock``, built once: same lock, same directory, never rebuilt.
+
+    ``built`` maps a package to the directory of its wheel built by :mod:`matrix.builds`: it
+    is installed from there and never compiled here; its build key is part of the directory.
+    """
+    from matrix.key import digest
+
+    built = built or {}
     root = root or envs_root()
-    path = root / lock.digest[:24]
+    keys = sorted(f"{name}={_build_key(d)}" for name, d in built.items())
+    path = root / (digest(lock.digest, *keys)[:24] if keys else lock.digest[:24])
     if (path / MARKER).is_file():
         return Environment(path, lock)
     started = time.perf_counter()
@@ -203,7 +224,8 @@ def ensure(lock: Lock, root: Path | None = None) -> Environment:
         lock_file.write_text(lock.text)
         proc = subprocess.run(
             [uv_bin(), "pip", "install", "--quiet", "--no-deps", "--python", str(tmp / "bin" / "python"),
-             *_index_args(), "-r", str(lock_file)],
+             *_index_args(), *_find_links(built.values()),
+             *[a for name in sorted(built) for a in ("--no-build-package", name)], "-r", str(lock_file)],
             capture_output=True, text=True, env=env,
         )
         if proc.returncode != 0:

@@ -448,6 +448,8 @@ class _Builder:
             default=c.get("default", True),
             probe=tuple((role, tuple(names)) for role, names in c.get("probe", {}).items()),
             ecosystem=ecosystem,
+            build=tuple(sorted((str(k), str(v)) for k, v in c.get("build", {}).get("env", {}).items())),
+            build_server=bool(c.get("build", {}).get("server", False)),
         )
 
     def npm_component(self, base: str, c: dict) -> None:

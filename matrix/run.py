@@ -204,12 +204,38 @@ class CellRunner:
     def runner(self, name: str):
         return next(r for r in self.matrix.runners if r.name == name)
 
+    def built(self, cell: Cell) -> dict[str, Path]:
+        """Wheels of the cell's source-built components (compiled once per version and flags)."""
+        from matrix import builds
+
+        python = self.runner(cell.runner).python
+        out = {}
+        for axis, choice in cell.choices:
+            comp = self.matrix.component(axis, choice.component)
+            if comp.build:
+                out[comp.primary] = builds.wheel(comp.primary, choice.version, dict(comp.build), python=python)
+        return out
+
     def resolve(self, cell: Cell) -> envs.Lock | envs.Unresolvable:
+        from matrix import builds
+
         runner = self.runner(cell.runner)
-        return envs.resolve(requirements(self.matrix, cell), python=runner.python, overrides=list(runner.pins))
+        try:
+            built = self.built(cell)
+        except builds.BuildError as exc:  # the same sources and flags fail the same way: not infra
+            return envs.Unresolvable(tuple(requirements(self.matrix, cell)), f"build failed: {exc}"[-4000:])
+        return envs.resolve(requirements(self.matrix, cell), python=runner.python, overrides=list(runner.pins),
+                            find_links=list(built.values()))
 
     def key(self, cell: Cell, lock: envs.Lock) -> str:
+        from matrix import builds
+
         pins = dict(lock.pins)
+        pins |= {f"build:{name}": builds.info(d)["key"] for name, d in self.built(cell).items()}
+        for axis, choice in cell.choices:
+            comp = self.matrix.component(axis, choice.component)
+            if comp.build_server:
+                pins["build:llama-server"] = builds.server_key(choice.version, dict(comp.build))
         npm = npm_pins(self.matrix, cell)
         if npm:
             pins |= {f"npm:{p}": v for p, v in npm.items()}
@@ -239,7 +265,7 @@ class CellRunner:
                               path=path if path.is_file() else None, stages=data.get("stages", {}),
                               seconds=time.perf_counter() - started)
         try:
-            env = envs.ensure(resolved)
+            env = envs.ensure(resolved, built=self.built(cell))
         except envs.ResolveError as exc:
             return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
                                 reason=f"environment build failed: {exc}"[:4000])
@@ -250,6 +276,7 @@ class CellRunner:
                                 reason=f"npm install failed: {exc}"[:4000])
         job = probe_job(self.matrix, cell, self.models[cell.model], self.suites[cell.model],
                         node_modules=node_modules)
+        job["llama_server_bin"] = self.llama_server(cell)
         try:
             job["exports"] = self.exports(cell, job["engines"])
         except Exception as exc:  # noqa: BLE001 - a failed model export is infra, not the engine's fault
@@ -263,6 +290,20 @@ class CellRunner:
                                   lock=resolved, probe=result, log=log)
         report.env_seconds = env.seconds
         return report
+
+    def llama_server(self, cell: Cell) -> str | None:
+        """llama.cpp's native server built from a component's sources, when it asks for one.
+        A failed build leaves it out: its renderer and engine then say why they were skipped."""
+        from matrix import builds
+
+        for axis, choice in cell.choices:
+            comp = self.matrix.component(axis, choice.component)
+            if comp.build_server:
+                try:
+                    return str(builds.llama_server(choice.version, dict(comp.build)))
+                except builds.BuildError:
+                    return None
+        return None
 
     def exports(self, cell: Cell, engines: list[str]) -> dict[str, str]:
         """Engine-specific conversions of the model (ONNX, OpenVINO IR), made once per model hash."""
