@@ -225,7 +225,7 @@ def ensure(lock: Lock, root: Path | None = None, *, built: dict[str, Path] | Non
         proc = subprocess.run(
             [uv_bin(), "pip", "install", "--quiet", "--no-deps", "--python", str(tmp / "bin" / "python"),
              *_index_args(), *_find_links(built.values()),
-             *[a for name in sorted(built) for a in ("--no-build-package", name)], "-r", str(lock_file)],
+             *[a for name in sorted(built) for a in ("--only-binary", name)], "-r", str(lock_file)],
             capture_output=True, text=True, env=env,
         )
         if proc.returncode != 0:

@@ -8,3 +8,49 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+LLAMA_CPP = "0.2.90"
+"""The llama-cpp-python release the engine tests compile (about 1 to 5 minutes on 2 cores, once)."""
+
+
+def llama_env(*requirements: str, overrides=("torch==2.13.0+cpu",)):
+    """A uv environment with llama-cpp-python[server] from the wheel :mod:`matrix.builds` made
+    once per version and flags, plus ``requirements``: the way a cell gets it, never recompiled."""
+    import pytest
+
+    from matrix import builds, envs
+
+    try:
+        wheel_dir = builds.wheel("llama-cpp-python", LLAMA_CPP)
+    except builds.BuildError as exc:
+        if "no source distribution" in str(exc) or "downloading" in str(exc):
+            pytest.skip(f"no package index: {str(exc).splitlines()[0]}")
+        raise
+    lock = envs.resolve([f"llama-cpp-python[server]=={LLAMA_CPP}", *requirements], python="3.11",
+                        overrides=list(overrides), find_links=[wheel_dir])
+    if isinstance(lock, envs.Unresolvable):
+        pytest.skip(f"cannot resolve llama-cpp-python with {requirements}: {lock.reason.splitlines()[0]}")
+    return envs.ensure(lock, built={"llama-cpp-python": wheel_dir}).python
+
+
+def _gpu_reason() -> str | None:
+    """Why GPU tests cannot run here, or None when an NVIDIA GPU answers."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "no NVIDIA GPU on this machine (nvidia-smi not found)"
+    probe = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    return None if probe.returncode == 0 and "GPU" in probe.stdout else f"nvidia-smi found no GPU: {probe.stderr.strip()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip cleanly, with the reason, where no GPU is present."""
+    import pytest
+
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    reason = _gpu_reason() if gpu_items else None
+    for item in gpu_items if reason else ():
+        item.add_marker(pytest.mark.skip(reason=reason))

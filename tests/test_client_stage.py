@@ -7,7 +7,6 @@ majors, litellm and ollama-python, against the scripted server and (slow) llama.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import threading
@@ -29,8 +28,6 @@ from probe import Recorder  # noqa: E402
 OPENAI = {"3": "openai==3.57.0", "2": "openai==2.54.0"}
 LITELLM = "litellm==1.110.2"
 OLLAMA = "ollama==0.6.3"
-LLAMA_CPP = "0.2.90"
-CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 
 
 # --------------------------------------------------------------------------- the scripted server
@@ -486,9 +483,9 @@ def model():
 
 @pytest.mark.slow
 def test_clients_against_llama_cpp_server_on_the_tiny_model(model, tmp_path, monkeypatch):
-    os.environ.setdefault("CMAKE_ARGS", CMAKE_ARGS)
-    os.environ.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", "2")
-    python = cell_python(f"llama-cpp-python[server]=={LLAMA_CPP}", OPENAI["3"], LITELLM, OLLAMA)
+    from tests.conftest import llama_env
+
+    python = llama_env(OPENAI["3"], LITELLM, OLLAMA)
     job = {"mode": "check", "stages": ["client"], "model_dir": str(model.path),
            "clients": ["openai", "litellm", "ollama", "raw-http"], "client_target": "llama-cpp-server",
            "limits": {"request_seconds": 120, "server_start_seconds": 120},

@@ -22,8 +22,6 @@ import stage_inference as si  # noqa: E402
 from probe import Recorder  # noqa: E402
 
 CASE_IDS = ("single-user", "system-prompt", "multi-turn")
-LLAMA_CPP = "0.2.90"
-CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 
 
 def topk(*pairs):
@@ -300,13 +298,9 @@ def test_transformers_against_its_own_goldens_is_L1_or_better(goldens, reference
 
 @pytest.fixture(scope="module")
 def llama_python():
-    from matrix import envs
+    from tests.conftest import llama_env
 
-    os.environ.setdefault("CMAKE_ARGS", CMAKE_ARGS)
-    os.environ.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", "2")
-    lock = _or_skip(envs.resolve, [f"llama-cpp-python[server]=={LLAMA_CPP}"], python="3.11",
-                    overrides=["torch==2.13.0+cpu"])
-    return _or_skip(envs.ensure, lock).python
+    return llama_env()
 
 
 @pytest.mark.slow

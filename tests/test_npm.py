@@ -22,7 +22,7 @@ from matrix import suites
 from matrix import loader, npm
 from matrix.config import VersionRule
 from matrix.errors import ConfigError
-from matrix.versions import Release, select
+from matrix.versions import select
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_DIR = ROOT / "matrix" / "probe"

@@ -7,7 +7,6 @@ parser), and llama-cpp-python 0.2.90 in-process and as a server (slow)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import threading
@@ -23,8 +22,6 @@ import stage_postprocess as sp  # noqa: E402  (probe-side module: standard libra
 import toolcalls  # noqa: E402
 from probe import Recorder  # noqa: E402
 
-LLAMA_CPP = "0.2.90"
-CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 TOKENIZER_CELLS = {
     "tokenizers-0.23.2": ["tokenizers==0.23.2", "transformers==5.23.0"],
     "tokenizers-0.23.3": ["tokenizers==0.23.3", "transformers==5.24.0"],
@@ -390,13 +387,9 @@ def test_incremental_detokenization_and_parsers_with_real_tokenizers(cell, model
 
 @pytest.fixture(scope="module")
 def llama_python():
-    from matrix import envs
+    from tests.conftest import llama_env
 
-    os.environ.setdefault("CMAKE_ARGS", CMAKE_ARGS)
-    os.environ.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", "2")
-    lock = _or_skip(envs.resolve, [f"llama-cpp-python[server]=={LLAMA_CPP}"], python="3.11",
-                    overrides=["torch==2.13.0+cpu"])
-    return _or_skip(envs.ensure, lock).python
+    return llama_env()
 
 
 @pytest.mark.slow

@@ -866,7 +866,7 @@ class _Force:
 
 
 def llama_in_process(ctx: _Ctx, spec) -> None:
-    from engines import have, sampling_of
+    from engines import have
 
     if not have("llama_cpp"):
         raise Unavailable("llama-cpp-python is not installed in this cell")
