@@ -120,7 +120,8 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
     target = next((e for e in roles["engines"] if e in SERVER_ENGINES), None)
     if roles["clients"]:
         stages.append("client")  # without a server in the cell the stage says so (skipped)
-    sources = ["hf"] + (["gguf"] if (model.path / "model.gguf").is_file() else [])
+    sources = ["hf"] + [src for src, name in (("gguf", "model.gguf"), ("ollama", "Modelfile"))
+                        if (model.path / name).is_file()]
     return {
         "mode": mode,
         "model_dir": str(model.path),

@@ -72,7 +72,8 @@ def versions(names) -> dict:
 class Recorder:
     """Collects check records; a stage's outcome is the worst of its checks."""
 
-    ORDER = {"pass": 0, "xfail": 1, "skipped": 2, "flaky": 3, "infra": 4, "fail": 5}
+    ORDER = {"skipped": 0, "pass": 1, "xfail": 2, "flaky": 3, "infra": 4, "fail": 5}
+    """Worst first from the right: a stage is ``skipped`` only when every check of it was."""
 
     def __init__(self, mode: str):
         self.mode = mode

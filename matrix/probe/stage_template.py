@@ -120,7 +120,16 @@ def load_source(source: str, job: dict) -> tuple[str, dict]:
         except FileNotFoundError:
             special = {}
         return template, special
-    raise SourceUnavailable(f"unknown template source {source!r} (hf, gguf, override)")
+    if source == "ollama":
+        # the Modelfile's TEMPLATE is a Go template: only an Ollama runtime renders it
+        if not os.path.isfile(os.path.join(model_dir, "Modelfile")):
+            raise SourceUnavailable("the model has no Ollama Modelfile")
+        import shutil
+
+        if shutil.which("ollama") is None:
+            raise SourceUnavailable("no Ollama runtime on this runner (the ollama binary is not on PATH)")
+        raise SourceUnavailable("rendering a Modelfile through an Ollama runtime is not implemented yet")
+    raise SourceUnavailable(f"unknown template source {source!r} (hf, gguf, override, ollama)")
 
 
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
@@ -461,7 +470,7 @@ RENDERERS = {
 }
 MODEL_RENDERERS = {"transformers"}
 """Renderers built from the model directory (they load the tokenizer); the others from the template text."""
-SOURCES = ("hf", "gguf", "override")
+SOURCES = ("hf", "gguf", "override", "ollama")
 
 
 def check_name(source: str, renderer: str) -> str:

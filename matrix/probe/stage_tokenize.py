@@ -209,8 +209,36 @@ def tiktoken_front(model_dir: str) -> FrontEnd:
                     bos_id=bos_id, specials=specials, cls="tiktoken.Encoding")
 
 
+def llama_cpp_front(model_dir: str) -> FrontEnd:
+    """The engine's own tokenizer: llama.cpp's, from the GGUF vocabulary (llama-cpp-python)."""
+    from llama_cpp import Llama
+
+    path = os.path.join(model_dir, "model.gguf")
+    if not os.path.isfile(path):
+        raise NotApplicable(f"the model has no GGUF file ({path})")
+    llm = Llama(model_path=path, vocab_only=True, verbose=False)
+    bos, specials = model_special_tokens(model_dir)
+
+    def encode(text, add_special_tokens=False):
+        return list(llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=True))
+
+    def literal(text):
+        return list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def decode(ids):
+        try:
+            raw = llm.detokenize(list(ids), special=True)
+        except TypeError:  # before 0.3 there is no switch: control tokens are dropped (the round trip says so)
+            raw = llm.detokenize(list(ids))
+        return raw.decode("utf-8", errors="replace")
+
+    return FrontEnd("llama-cpp", encode, decode, encode_literal=literal,
+                    bos_id=llm.token_bos() if bos else None, specials=specials, cls="llama_cpp.Llama")
+
+
 FRONT_ENDS = {
     "tokenizers": tokenizers_front,
+    "llama-cpp": llama_cpp_front,
     "transformers": transformers_front,
     "transformers-slow": transformers_slow_front,
     "sentencepiece": sentencepiece_front,
