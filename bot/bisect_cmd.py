@@ -29,7 +29,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from bot import links
-from bot.search import BisectResult, Verdict, bisect, probe_bound
+from bot.search import BisectResult, Verdict, bisect, bisect_parallel, probe_bound
 from matrix import envs
 from matrix.versions import Release
 
@@ -279,10 +279,21 @@ def versions_to_bisect(package: str, versions_or_range, *, python: str = "3.11",
 
 
 def run_bisection(versions: Sequence[str], probe: Callable[[str], Verdict], *, good: str | None = None,
-                  bad: str | None = None) -> BisectResult[str]:
+                  bad: str | None = None, jobs: int = 1) -> BisectResult[str]:
+    """Bisect with one probe at a time, or with ``jobs`` > 1 probes per round run concurrently
+    (one per worker: each builds its own environment), in ceil(log_{jobs+1} n) rounds."""
     gi = _index_of(versions, good, "good")
     bi = _index_of(versions, bad, "bad")
-    return bisect(list(versions), probe, good=0 if gi is None else gi, bad=bi)
+    start = 0 if gi is None else gi
+    if jobs <= 1:
+        return bisect(list(versions), probe, good=start, bad=bi)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        def probe_many(batch: list[str]) -> dict[str, Verdict]:
+            return dict(zip(batch, pool.map(probe, batch)))
+
+        return bisect_parallel(list(versions), probe_many, jobs, good=start, bad=bi)
 
 
 def unknown_versions(result: BisectResult) -> list[str]:
@@ -334,6 +345,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--repo", help="upstream GitHub owner/name, for the compare link")
     p.add_argument("--tag-format", default=None, help="tag of a version, e.g. v{version} (default v{version} with --repo)")
     p.add_argument("--offline", action="store_true", help="use the cached package index only")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="probes per round, run at once (parallel mode: fewer rounds, more probes)")
     return p
 
 
@@ -350,7 +363,7 @@ def cmd_bisect(args) -> int:
     try:
         versions = versions_to_bisect(args.package, args.range, python=args.python, index=index)
         probe = PackageProbe(args.package, args.script, tuple(args.extra), args.python)
-        result = run_bisection(versions, probe, good=args.good, bad=args.bad)
+        result = run_bisection(versions, probe, good=args.good, bad=args.bad, jobs=args.jobs)
     except (BisectUsageError, IndexUnavailable) as exc:
         print(f"llmcompat bisect: error: {exc}", file=sys.stderr)
         return 2

@@ -134,6 +134,17 @@ def test_real_bisection_finds_packaging_22(index, env_root, check, capsys):
 
 @pytest.mark.network
 @pytest.mark.slow
+def test_parallel_mode_probes_several_versions_per_round(index, env_root, check):
+    versions = versions_to_bisect("packaging", RANGE, index=index)
+    serial = run_bisection(versions, PackageProbe("packaging", str(check), env_root=env_root))
+    parallel = run_bisection(versions, PackageProbe("packaging", str(check), env_root=env_root), jobs=3)
+    assert (parallel.last_good, parallel.first_bad) == (serial.last_good, serial.first_bad) == (
+        versions[versions.index("22.0") - 1], "22.0")
+    assert parallel.rounds < serial.rounds  # three probes a round: fewer rounds, more probes
+
+
+@pytest.mark.network
+@pytest.mark.slow
 def test_real_bisection_skips_unresolvable_and_125(index, env_root, check, tmp_path):
     versions = versions_to_bisect("packaging", RANGE, index=index)
     clean = run_bisection(versions, PackageProbe("packaging", str(check), env_root=env_root))
