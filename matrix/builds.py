@@ -42,6 +42,8 @@ from urllib.request import url2pathname
 
 from packaging.utils import canonicalize_name, parse_sdist_filename
 
+from matrix import atomic
+
 MARKER = "llmcompat-build.json"
 KEY_FORMAT = 1
 """Version of the key document and layout; a change builds everything afresh."""
@@ -152,12 +154,7 @@ def _locked(lock_path: Path, wait: float = LOCK_WAIT):
 
 def _publish(tmp: Path, path: Path) -> None:
     """Rename a finished build into place (atomic); an equal build already there wins."""
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        if not (path / MARKER).is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    atomic.publish_dir(tmp, path, MARKER)
 
 
 def _build_once(root: Path, doc: dict, build) -> tuple[Path, bool]:

@@ -21,6 +21,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from matrix import atomic
+
 MARKER = "llmcompat-env.json"
 
 
@@ -231,12 +233,7 @@ def ensure(lock: Lock, root: Path | None = None, *, built: dict[str, Path] | Non
         if proc.returncode != 0:
             raise ResolveError(tuple(f"{n}=={v}" for n, v in lock.pins), _strip_ansi(proc.stderr).strip())
         (tmp / MARKER).write_text(json.dumps(lock.to_json(), indent=1, sort_keys=True))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / MARKER).is_file():  # lost a race to an equal build: theirs is as good
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic.publish_dir(tmp, path, MARKER)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,7 +33,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -57,6 +56,7 @@ from packaging.version import InvalidVersion, Version
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
+from matrix import atomic
 from matrix.errors import LlmcompatError
 from matrix.versions import Release, order
 
@@ -531,7 +531,7 @@ class PackageIndex:
             return None
 
     def _write_cache(self, name: str, releases: list[Release]) -> None:
-        """Write atomically: a temp file in the same directory, fsync, then ``os.replace``."""
+        """Write atomically (:mod:`matrix.atomic`); a cache that cannot be written is only a warning."""
         path = self.cache_path(name)
         data = {
             "format": CACHE_FORMAT,
@@ -540,24 +540,10 @@ class PackageIndex:
             "sources": self.config.fingerprint(),
             "releases": [_release_to_json(r) for r in releases],
         }
-        tmp = None
         try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.cache_dir)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            tmp = None
+            atomic.write_json(path, data, ensure_ascii=True, sort_keys=False)
         except OSError as exc:
             log.warning("could not write cache file %s: %s", path, exc)
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
 
     # -- fetching
     def _get_session(self) -> requests.Session:

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from matrix.errors import LlmcompatError
+from matrix import atomic
 from matrix.versions import Release, order
 
 log = logging.getLogger(__name__)
@@ -252,18 +253,7 @@ def _read_cache(path: Path, package: str) -> tuple[list[Release], float] | None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    """A temp file in the same directory, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, ensure_ascii=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, data, sort_keys=False)
 
 
 def releases(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from matrix import envs, paths
+from matrix import atomic, envs, paths
 from matrix.cells import Cell
 from matrix.config import AXES, Matrix
 from matrix.key import cell_key, digest
@@ -151,15 +151,7 @@ def now_iso() -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, data)
 
 
 def run_probe(python: Path, job: dict, timeout: float = PROBE_TIMEOUT) -> tuple[dict | None, str]:

@@ -7,10 +7,9 @@ autoescape escapes it all; nothing is marked safe. Files are written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from matrix import atomic
 from matrix.outcome import STAGES
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -66,10 +65,7 @@ def render(data: dict) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def publish(store, site: Path) -> Path:

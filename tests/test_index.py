@@ -461,17 +461,16 @@ def test_cache_write_is_atomic(sources, server, tmp_path, monkeypatch):
     assert _leftovers(cache) == []
 
     # a run killed in the middle of writing: the old file stays whole, no temp file is left
-    real_dump = json.dump
+    import matrix.atomic as atomic_mod
 
-    def dump_half_then_die(obj, fh, **kw):
-        fh.write(json.dumps(obj)[:50])
-        raise KeyboardInterrupt
+    def die_before_sync(fd):
+        raise KeyboardInterrupt  # the new bytes are written to the temporary file, not yet in place
 
-    monkeypatch.setattr(index_mod.json, "dump", dump_half_then_die)
+    monkeypatch.setattr(atomic_mod.os, "fsync", die_before_sync)
     clock.now += 120
     with pytest.raises(KeyboardInterrupt):
         idx.releases("demo-pkg")
-    monkeypatch.setattr(index_mod.json, "dump", real_dump)
+    monkeypatch.undo()
     assert path.read_bytes() == before
     assert _leftovers(cache) == []
 

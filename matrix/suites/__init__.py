@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from matrix import atomic
 from matrix.errors import ConfigError
 from matrix.key import digest
 
@@ -194,9 +193,5 @@ def write_goldens(suite: Suite, model: str, model_hash: str, reference: dict, pr
     if tricky:
         doc["tricky"] = tricky
     new = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(new)
-    os.replace(tmp, path)
+    atomic.write_text(path, new)
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), str(path), str(path)))

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from matrix import atomic
+
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.py"
 INPUTS = ("build.py", "corpus.txt", "chat_template.jinja", "ollama.gotmpl")
@@ -213,12 +215,7 @@ def _atomic_build(path: Path, build, meta: dict) -> None:
         files = hash_files(tmp)
         marker = {**meta, "files": files, "model_hash": model_hash(files)}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / MARKER).is_file():  # lost a race to an equal build: theirs is as good
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic.publish_dir(tmp, path, MARKER)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
