@@ -71,14 +71,9 @@ def _planned_cell_ids() -> list[str]:
     except (OSError, ValueError, KeyError):
         pass
     try:
-        from matrix.job import Options, discover, load_matrix, package_index, selected_components
-        from matrix.plan import plan
+        from matrix.job import Options, plan_cells
 
-        opts = Options()
-        matrix = load_matrix(opts)
-        components = selected_components(matrix, ())
-        versions, _ = discover(matrix, components, package_index(offline=False))
-        ids = [c.id for c in plan(matrix, versions, components=components)]
+        ids = [c.id for c in plan_cells(Options()).cells]
     except Exception as exc:  # noqa: BLE001 - listing sessions must not die with the index
         print(f"nox: no cell sessions: planning failed: {exc}", file=sys.stderr)
         return []

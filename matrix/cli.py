@@ -52,14 +52,12 @@ def cmd_aa(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from matrix.job import discover, load_matrix, package_index, selected_components
-    from matrix.plan import coverage_report, plan
+    from matrix.job import plan_cells
+    from matrix.plan import coverage_report
 
     opts = _options(args)
-    matrix = load_matrix(opts)
-    components = selected_components(matrix, opts.with_components)
-    versions, _ = discover(matrix, components, package_index(opts.offline))
-    cells = plan(matrix, versions, components=components, runners=opts.runners or None, models=opts.models or None)
+    planned = plan_cells(opts)
+    matrix, components, versions, cells = planned.matrix, planned.components, planned.versions, planned.cells
     if args.json:
         print(json.dumps([c.to_json() for c in cells], indent=1))
     else:
@@ -75,15 +73,11 @@ def cmd_plan(args) -> int:
 
 
 def cmd_gha_matrix(args) -> int:
-    from matrix.job import discover, load_matrix, package_index, selected_components
-    from matrix.plan import github_matrix, plan
+    from matrix.job import plan_cells
+    from matrix.plan import github_matrix
 
-    opts = _options(args)
-    matrix = load_matrix(opts)
-    components = selected_components(matrix, opts.with_components)
-    versions, _ = discover(matrix, components, package_index(opts.offline))
-    cells = plan(matrix, versions, components=components, runners=opts.runners or None, models=opts.models or None)
-    matrices = github_matrix(cells, matrix, max_jobs=args.max_jobs)
+    planned = plan_cells(_options(args))
+    matrices = github_matrix(planned.cells, planned.matrix, max_jobs=args.max_jobs)
     if len(matrices) > args.shards:
         raise LlmcompatError(f"the plan needs {len(matrices)} matrices of at most {args.max_jobs} jobs; "
                              f"the workflow has {args.shards} shard jobs: raise --shards and add jobs")

@@ -143,6 +143,29 @@ def suite_for(suite_name: str, model: ModelRef):
     return SuiteRef(suite.name, suites.suite_digest(suite, goldens), tuple(cases), dict(goldens.tricky))
 
 
+@dataclass
+class Planned:
+    """The matrix, the selected components, their version sets and the planned cells."""
+
+    matrix: Matrix
+    components: set
+    versions: dict
+    releases: list
+    cells: list[Cell]
+
+
+def plan_cells(opts: Options, seen: dict | None = None) -> Planned:
+    """Load the matrix, select components, discover their versions and plan the cells."""
+    from matrix.plan import plan
+
+    matrix = load_matrix(opts)
+    components = selected_components(matrix, opts.with_components)
+    versions, releases = discover(matrix, components, package_index(opts.offline))
+    cells = plan(matrix, versions, components=components, runners=opts.runners or None,
+                 models=opts.models or None, seen=seen or {})
+    return Planned(matrix, components, versions, releases, cells)
+
+
 def seen_versions() -> dict:
     """Versions earlier runs covered, read without creating or migrating a store."""
     from reports.store import Store
@@ -159,19 +182,14 @@ def prepare(opts: Options) -> Prepared:
 
     Writes nothing of the run's state: bad input stops here with nothing written.
     """
-    from matrix.plan import plan
-
-    matrix = load_matrix(opts)
-    components = selected_components(matrix, opts.with_components)
     seen = seen_versions()
     if opts.cells:
+        matrix = load_matrix(opts)
         cells = [_parse_cell(matrix, c) for c in opts.cells]
-        components |= {(a, c.component) for cell in cells for a, c in cell.choices}
         versions, releases = {}, []
     else:
-        versions, releases = discover(matrix, components, package_index(opts.offline))
-        cells = plan(matrix, versions, components=components, runners=opts.runners or None,
-                     models=opts.models or None, seen=seen)
+        planned = plan_cells(opts, seen)
+        matrix, versions, releases, cells = planned.matrix, planned.versions, planned.releases, planned.cells
     models = {name: build_model(matrix, name) for name in sorted({c.model for c in cells})}
     suites = {name: suite_for(opts.suite, m) for name, m in models.items()}
     return Prepared(matrix, versions, releases, cells, suites, models, seen)

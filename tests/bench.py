@@ -28,14 +28,11 @@ def report(name: str, ok: bool, text: str) -> None:
 def default_lock():
     """The lock of the first default cell: the same pins for uv and for the baseline."""
     from matrix import envs
-    from matrix.job import Options, discover, load_matrix, package_index, selected_components
-    from matrix.plan import plan
+    from matrix.job import Options, plan_cells
     from matrix.run import requirements
 
-    matrix = load_matrix(Options())
-    comps = selected_components(matrix, ())
-    versions, _ = discover(matrix, comps, package_index(False))
-    cell = plan(matrix, versions, components=comps)[0]
+    planned = plan_cells(Options())
+    matrix, cell = planned.matrix, planned.cells[0]
     runner = next(r for r in matrix.runners if r.name == cell.runner)
     lock = envs.resolve(requirements(matrix, cell), python=runner.python, overrides=list(runner.pins))
     assert isinstance(lock, envs.Lock), lock
