@@ -180,7 +180,7 @@ def regress(
     by_cell_case = _latest_records(records)
     quarantined = store.quarantine(now_s)
     max_runs = max_runs or 2 * of
-    probe = probe or rerun
+    probe = _once_per_cell(probe or rerun)  # one run of a cell answers every case's bisection
 
     runs: dict[str, list[Outcomes]] = defaultdict(list)
 
@@ -241,6 +241,19 @@ def regress(
     if saved or report.new_quarantine:
         store.save_regressions(saved, report.new_quarantine)
     return report
+
+
+def _once_per_cell(probe: Rerun) -> Rerun:
+    """A probe that runs each cell once per pipeline pass: bisections of the many cases that
+    failed together share their cells' runs (noise is confirmation's business, not bisection's)."""
+    seen: dict[str, Outcomes] = {}
+
+    def run(cell_id: str) -> Outcomes:
+        if cell_id not in seen:
+            seen[cell_id] = probe(cell_id)
+        return seen[cell_id]
+
+    return run
 
 
 def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_case, report: RegressReport,
