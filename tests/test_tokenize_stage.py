@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,15 @@ def reference():
 
 @pytest.fixture(scope="module")
 def model(reference):
-    return tinymodel.ensure(arch="qwen2", parts=("tokenizer",), reference=reference)
+    from matrix.job import MODEL_PARTS  # the model the goldens were made for
+
+    return tinymodel.ensure(arch="qwen2", parts=MODEL_PARTS, reference=reference)
+
+
+def nfc_changes(text: str) -> bool:
+    """transformers 5 loads this qwen2 checkpoint's tokenizer as Qwen2Tokenizer, which adds an
+    NFC normalizer that tokenizer.json lacks: exactly these texts tokenize differently."""
+    return unicodedata.normalize("NFC", text) != text
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +103,23 @@ def test_each_cell_runs_the_pinned_versions(cell_result):
     assert r["versions"] == want
 
 
-def test_every_check_passes_against_the_goldens(cell_result, golden_cases, tricky_goldens):
+def test_every_check_passes_against_the_goldens_but_where_nfc_changes_the_text(cell_result, golden_cases,
+                                                                              tricky_goldens):
     _, r = cell_result
-    assert r["stages"]["tokenize"]["outcome"] == "pass", [x for x in r["records"] if x["outcome"] != "pass"][:5]
     by = {(x["case"], x["check"]): x for x in r["records"]}
     assert len(by) == len(r["records"])  # (case, stage, check) is the store's key: never twice
+    failed = {(x["case"], x["check"]) for x in r["records"] if x["outcome"] != "pass"}
+    expected = {(c["id"], "transformers") for c in golden_cases[0] if nfc_changes(c["expect"]["render"])}
+    expected |= {("_tricky/" + t["name"], "transformers") for t in TRICKY if nfc_changes(t["text"])}
+    assert expected and failed == expected
+    assert all(by[k].get("klass") == "mismatch" for k in failed)
     for fe in ("tokenizers", "transformers"):
         for case in golden_cases[0]:
-            assert by[(case["id"], fe)]["outcome"] == "pass"
             assert by[(case["id"], fe + ":bos")]["bos_count"] == 0
         for item in TRICKY:
             rec = by[("_tricky/" + item["name"], fe)]
-            assert rec["outcome"] == "pass" and rec["detail"] == ""  # compared with a golden, not a peer
+            if (rec["case"], fe) not in expected:
+                assert rec["outcome"] == "pass" and rec["detail"] == ""  # compared with a golden, not a peer
             if item.get("special"):
                 assert by[("_tricky/" + item["name"], fe + ":literal")]["outcome"] == "pass"
     assert set(tricky_goldens) == {t["name"] for t in TRICKY}
@@ -133,10 +147,11 @@ def test_special_tokens_parse_to_one_id_and_split_when_literal(cell_result, mode
     assert "<|im_end|>" in special["text"]
 
 
-def test_fingerprints_agree_across_front_ends(cell_result):
+def test_fingerprints_differ_exactly_by_the_nfc_normalizer(cell_result):
     _, r = cell_result
     fps = r["facts"]["tokenizer_fingerprint"]
-    assert set(fps) == {"tokenizers", "transformers"} and len(set(fps.values())) == 1
+    assert set(fps) == {"tokenizers", "transformers"}
+    assert nfc_changes(stage_tokenize.FINGERPRINT_TEXT) and fps["tokenizers"] != fps["transformers"]
 
 
 def test_front_ends_the_model_cannot_use_are_named_not_recorded(cell_result):
@@ -150,12 +165,13 @@ def test_front_ends_the_model_cannot_use_are_named_not_recorded(cell_result):
 
 
 def test_fingerprints_agree_across_versions(model, golden_cases, tricky_goldens):
-    fps = set()
+    fps: dict[str, set] = {}
     for pins in CELLS.values():
         result, log = run_probe(env_python(pins), job(model, [], tokenizers=["tokenizers", "transformers"]))
         assert result is not None, log
-        fps |= set(result["facts"]["tokenizer_fingerprint"].values())
-    assert len(fps) == 1
+        for front_end, fp in result["facts"]["tokenizer_fingerprint"].items():
+            fps.setdefault(front_end, set()).add(fp)
+    assert {fe: len(v) for fe, v in fps.items()} == {"tokenizers": 1, "transformers": 1}
 
 
 def test_bench_in_process_over_500_texts(model, reference):
