@@ -54,3 +54,12 @@ def pytest_collection_modifyitems(config, items):
     reason = _gpu_reason() if gpu_items else None
     for item in gpu_items if reason else ():
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def probe_result(python, job: dict, timeout: float = 600) -> dict:
+    """The probe run exactly as a cell runs it (``matrix.run.run_probe``); its result."""
+    from matrix.run import run_probe
+
+    result, log = run_probe(python, job, timeout=timeout)
+    assert result is not None, log[-3000:]
+    return result

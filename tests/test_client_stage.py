@@ -7,7 +7,6 @@ majors, litellm and ollama-python, against the scripted server and (slow) llama.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import threading
 import time
@@ -384,21 +383,9 @@ def cell_python(*reqs) -> Path:
 
 
 def run_probe(python: Path, job: dict, tmp_path: Path, monkeypatch) -> dict:
-    """``matrix.run.run_probe`` itself. Until probe.py registers the client stage, it runs on a
-    copy of the probe directory whose STAGE_MODULES names it (the copy is otherwise identical)."""
-    from matrix import run
+    from tests.conftest import probe_result
 
-    if "stage_client" not in (PROBE_DIR / "probe.py").read_text(encoding="utf-8"):
-        copy = tmp_path / "probe"
-        shutil.copytree(PROBE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-        lines = (copy / "probe.py").read_text(encoding="utf-8").splitlines(keepends=True)
-        at = next(i for i, line in enumerate(lines) if line.startswith("if __name__ =="))
-        lines.insert(at, 'STAGE_MODULES.setdefault("client", "stage_client")\n\n\n')
-        (copy / "probe.py").write_text("".join(lines), encoding="utf-8")
-        monkeypatch.setattr(run, "PROBE_DIR", copy)
-    result, log = run.run_probe(python, job, timeout=600)
-    assert result is not None, log
-    return result
+    return probe_result(python, job)
 
 
 def outcomes(result) -> dict:

@@ -6,8 +6,6 @@ environment on the tiny model, through the probe, against transformers goldens m
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -163,34 +161,10 @@ def reference_python(model) -> Path:
     return _or_skip(envs.ensure, lock).python
 
 
-def _wired() -> bool:
-    """Whether the probe as run.py runs it already runs the inference stage with these adapters."""
-    import probe
-
-    return "inference" in probe.STAGE_MODULES and "import engines_extra" in (PROBE_DIR / "engines.py").read_text()
-
-
-BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); import probe, engines, engines_extra; "
-        "probe.STAGE_MODULES.setdefault('inference', 'stage_inference'); sys.exit(probe.main(sys.argv[2:]))")
-
-
 def run_probe(python: Path, job: dict, tmp_path: Path) -> dict:
-    """``matrix.run.run_probe`` once the lead has wired the stage and the registry; until then
-    the same command line (-I, offline, the same environment) with both registered at start."""
-    from matrix import run
-    from matrix.run import OFFLINE_ENV, PASSED_ENV
+    from tests.conftest import probe_result
 
-    if _wired():
-        result, log = run.run_probe(python, job, timeout=600)
-        assert result is not None, log[-3000:]
-        return result
-    job_path, out = tmp_path / "job.json", tmp_path / "out.json"
-    job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ} | OFFLINE_ENV | {"HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run([str(python), "-I", "-c", BOOT, str(PROBE_DIR), str(job_path), str(out)],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0 and out.is_file(), proc.stderr[-3000:]
-    return json.loads(out.read_text(encoding="utf-8"))
+    return probe_result(python, job)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,6 @@ for real on the tiny model (transformers golden then check; llama.cpp in-process
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -235,18 +232,9 @@ def reference_python(model) -> Path:
 
 
 def run_probe(python: Path, job: dict, tmp_path: Path) -> dict:
-    """The probe as run.py runs it (-I, offline), with the inference stage registered."""
-    from matrix.run import OFFLINE_ENV, PASSED_ENV
+    from tests.conftest import probe_result
 
-    job_path, out = tmp_path / "job.json", tmp_path / "out.json"
-    job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import probe; "
-            "probe.STAGE_MODULES.setdefault('inference', 'stage_inference'); sys.exit(probe.main(sys.argv[2:]))")
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ} | OFFLINE_ENV | {"HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run([str(python), "-I", "-c", code, str(PROBE_DIR), str(job_path), str(out)],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0 and out.is_file(), proc.stderr[-3000:]
-    return json.loads(out.read_text(encoding="utf-8"))
+    return probe_result(python, job)
 
 
 @pytest.fixture(scope="module")

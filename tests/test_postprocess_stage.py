@@ -7,7 +7,6 @@ parser), and llama-cpp-python 0.2.90 in-process and as a server (slow)."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -316,26 +315,10 @@ def model():
                     reference=loader.load_default().reference)
 
 
-@pytest.fixture(scope="module")
-def probe_dir(tmp_path_factory) -> Path:
-    """The probe with the postprocess stage registered (a no-op once probe.py registers it)."""
-    d = tmp_path_factory.mktemp("probe") / "probe"
-    shutil.copytree(PROBE_DIR, d, ignore=shutil.ignore_patterns("__pycache__"))
-    src = (d / "probe.py").read_text(encoding="utf-8")
-    line = next(ln for ln in src.splitlines() if ln.startswith("STAGE_MODULES = "))
-    if "stage_postprocess" not in line:
-        src = src.replace(line, line.replace("{", '{"postprocess": "stage_postprocess", ', 1))
-        (d / "probe.py").write_text(src, encoding="utf-8")
-    return d
+def run_postprocess(python: Path, job: dict) -> dict:
+    from tests.conftest import probe_result
 
-
-def run_postprocess(python: Path, job: dict, probe_dir: Path, monkeypatch) -> dict:
-    from matrix import run
-
-    monkeypatch.setattr(run, "PROBE_DIR", probe_dir)
-    result, log = run.run_probe(python, job)
-    assert result is not None, log
-    return result
+    return probe_result(python, job)
 
 
 def golden_cases(ids):
@@ -351,7 +334,7 @@ def by_check(result) -> dict:
 
 
 @pytest.mark.parametrize("cell", sorted(TOKENIZER_CELLS))
-def test_incremental_detokenization_and_parsers_with_real_tokenizers(cell, model, probe_dir, monkeypatch):
+def test_incremental_detokenization_and_parsers_with_real_tokenizers(cell, model):
     from matrix import envs
 
     lock = _or_skip(envs.resolve, TOKENIZER_CELLS[cell], python="3.11")
@@ -359,7 +342,7 @@ def test_incremental_detokenization_and_parsers_with_real_tokenizers(cell, model
     python = _or_skip(envs.ensure, lock).python
     job = {"mode": "check", "model_dir": str(model.path), "stages": ["postprocess"],
            "cases": golden_cases(["single-user"]), "report_versions": ["tokenizers", "transformers"]}
-    result = run_postprocess(python, job, probe_dir, monkeypatch)
+    result = run_postprocess(python, job)
     recs = by_check(result)
     facts = result["facts"]["postprocess"]
     print(cell, result["duration_s"], "s;", json.dumps(result["stages"]["postprocess"]))
@@ -393,11 +376,11 @@ def llama_python():
 
 
 @pytest.mark.slow
-def test_llama_cpp_streaming_stops_and_specials_for_real(model, llama_python, probe_dir, monkeypatch):
+def test_llama_cpp_streaming_stops_and_specials_for_real(model, llama_python):
     job = {"mode": "check", "model_dir": str(model.path), "stages": ["postprocess"],
            "cases": golden_cases(["single-user", "system-prompt"]),
            "engines": ["llama-cpp-python", "llama-cpp-server"], "postprocess": {"cases": ["single-user"]}}
-    result = run_postprocess(llama_python, job, probe_dir, monkeypatch)
+    result = run_postprocess(llama_python, job)
     recs = by_check(result)
     print(result["duration_s"], "s;", json.dumps(result["stages"]["postprocess"]))
     for t in sp.TEXTS:
