@@ -3,6 +3,7 @@ must not turn slowness into failures); in CI, derandomized so a run is reproduci
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -17,8 +18,6 @@ LLAMA_CPP = "0.2.90"
 def llama_env(*requirements: str, overrides=("torch==2.13.0+cpu",)):
     """A uv environment with llama-cpp-python[server] from the wheel :mod:`matrix.builds` made
     once per version and flags, plus ``requirements``: the way a cell gets it, never recompiled."""
-    import pytest
-
     from matrix import builds, envs
 
     try:
@@ -48,8 +47,6 @@ def _gpu_reason() -> str | None:
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` skip cleanly, with the reason, where no GPU is present."""
-    import pytest
-
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
     reason = _gpu_reason() if gpu_items else None
     for item in gpu_items if reason else ():
@@ -63,3 +60,33 @@ def probe_result(python, job: dict, timeout: float = 600) -> dict:
     result, log = run_probe(python, job, timeout=timeout)
     assert result is not None, log[-3000:]
     return result
+
+
+def or_skip(fn, *args, **kwargs):
+    """``fn(...)``, or a skip with the reason when the package index cannot be reached."""
+    from matrix import envs
+
+    try:
+        return fn(*args, **kwargs)
+    except envs.ResolveError as exc:
+        pytest.skip(f"no package index: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The tiny model with every part (tokenizer, weights, GGUF): the one the goldens are for."""
+    from matrix import loader, tinymodel
+    from matrix.job import MODEL_PARTS
+
+    return or_skip(tinymodel.ensure, arch="qwen2", parts=MODEL_PARTS, reference=loader.load_default().reference)
+
+
+@pytest.fixture(scope="session")
+def reference_python(model):
+    """An environment with the reference pins (jinja2, transformers, tokenizers) and CPU torch."""
+    from matrix import envs, loader
+
+    ref = loader.load_default().reference
+    pins = [f"{n}=={ref[n]}" for n in ("transformers", "tokenizers", "jinja2")] + ["torch==2.13.0+cpu"]
+    lock = or_skip(envs.resolve, pins, python="3.11", overrides=["torch==2.13.0+cpu"])
+    return or_skip(envs.ensure, lock).python

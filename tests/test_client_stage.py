@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import or_skip as _or_skip
+
 PROBE_DIR = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 
@@ -364,14 +366,6 @@ def test_no_target_and_a_dead_target(tmp_path):
 
 # --------------------------------------------------------------------------- the probe for real
 
-def _or_skip(fn, *args, **kwargs):
-    from matrix import envs
-
-    try:
-        return fn(*args, **kwargs)
-    except envs.ResolveError as exc:
-        pytest.skip(f"no package index: {str(exc).splitlines()[0] if str(exc) else exc!r}")
-
 
 def cell_python(*reqs) -> Path:
     from matrix import envs
@@ -458,14 +452,6 @@ def test_litellm_against_the_scripted_server(major, scripted, tmp_path, monkeypa
     # chunk handling and stream_chunk_builder accumulate the packed parallel tool calls right
     assert all(r["outcome"] == "pass" for r in recs.values()), recs
     assert result["stages"]["client"]["outcome"] == "pass"
-
-
-@pytest.fixture(scope="module")
-def model():
-    from matrix import loader, tinymodel
-
-    return _or_skip(tinymodel.ensure, arch="qwen2", parts=("tokenizer", "weights", "gguf"),
-                    reference=loader.load_default().reference)
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import or_skip as _or_skip
+
 PROBE_DIR = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 
@@ -121,14 +123,6 @@ def test_exporters_drop_torchvision_and_pin_the_engine_version():
 
 # --------------------------------------------------------------------------- for real (slow)
 
-def _or_skip(fn, *args, **kwargs):
-    from matrix import envs
-
-    try:
-        return fn(*args, **kwargs)
-    except envs.ResolveError as exc:
-        pytest.skip(f"no package index: {str(exc).splitlines()[0] if str(exc) else exc!r}")
-
 
 def _engine_python(name: str) -> Path:
     """A uv environment with only the engine's wheel (and what it pulls)."""
@@ -141,24 +135,6 @@ def _engine_python(name: str) -> Path:
     env = _or_skip(envs.ensure, lock)
     print(f"{name} environment: {time.perf_counter() - t:.1f}s (created={env.created})")
     return env.python
-
-
-@pytest.fixture(scope="module")
-def model():
-    from matrix import loader, tinymodel
-
-    return _or_skip(tinymodel.ensure, arch="qwen2", parts=("tokenizer", "weights", "gguf"),
-                    reference=loader.load_default().reference)
-
-
-@pytest.fixture(scope="module")
-def reference_python(model) -> Path:
-    from matrix import envs, loader
-
-    ref = loader.load_default().reference
-    pins = [f"{n}=={ref[n]}" for n in ("transformers", "tokenizers", "jinja2")] + ["torch==2.13.0+cpu"]
-    lock = _or_skip(envs.resolve, pins, python="3.11", overrides=["torch==2.13.0+cpu"])
-    return _or_skip(envs.ensure, lock).python
 
 
 def run_probe(python: Path, job: dict, tmp_path: Path) -> dict:

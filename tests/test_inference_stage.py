@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+
 PROBE_DIR = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 
@@ -203,32 +204,6 @@ def test_unknown_and_missing_engines_are_skipped_without_hiding_other_results(tm
 
 
 # --------------------------------------------------------------------------- the probe for real
-
-def _or_skip(fn, *args, **kwargs):
-    from matrix import envs
-
-    try:
-        return fn(*args, **kwargs)
-    except envs.ResolveError as exc:
-        pytest.skip(f"no package index: {str(exc).splitlines()[0] if str(exc) else exc!r}")
-
-
-@pytest.fixture(scope="module")
-def model():
-    from matrix import loader, tinymodel
-
-    return _or_skip(tinymodel.ensure, arch="qwen2", parts=("tokenizer", "weights", "gguf"),
-                    reference=loader.load_default().reference)
-
-
-@pytest.fixture(scope="module")
-def reference_python(model) -> Path:
-    from matrix import envs, loader
-
-    ref = loader.load_default().reference
-    pins = [f"{n}=={ref[n]}" for n in ("transformers", "tokenizers", "jinja2")] + ["torch==2.13.0+cpu"]
-    lock = _or_skip(envs.resolve, pins, python="3.11", overrides=["torch==2.13.0+cpu"])
-    return _or_skip(envs.ensure, lock).python
 
 
 def run_probe(python: Path, job: dict, tmp_path: Path) -> dict:

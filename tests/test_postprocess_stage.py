@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import or_skip as _or_skip
+
 PROBE_DIR = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 
@@ -297,22 +299,6 @@ def test_server_engine_checks_against_a_stub_openai_endpoint(stub_url, tmp_path)
 
 
 # --------------------------------------------------------------------------- the probe for real
-
-def _or_skip(fn, *args, **kwargs):
-    from matrix import envs
-
-    try:
-        return fn(*args, **kwargs)
-    except envs.ResolveError as exc:
-        pytest.skip(f"no package index: {str(exc).splitlines()[0] if str(exc) else exc!r}")
-
-
-@pytest.fixture(scope="module")
-def model():
-    from matrix import loader, tinymodel
-
-    return _or_skip(tinymodel.ensure, arch="qwen2", parts=("tokenizer", "weights", "gguf"),
-                    reference=loader.load_default().reference)
 
 
 def run_postprocess(python: Path, job: dict) -> dict:
