@@ -99,9 +99,9 @@ def node_version() -> str:
 
 
 ROLES = ("renderers", "tokenizers", "engines", "clients")
+"""What a component can bring to the probe (``probe:`` in axes.yaml)."""
 SERVER_ENGINES = ("llama-cpp-server", "llama-server", "transformers-serve")
 """Engines that serve an OpenAI-compatible endpoint the client stage can talk to."""
-"""What a component can bring to the probe (``probe:`` in axes.yaml)."""
 
 
 def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode: str = "check",
@@ -193,21 +193,25 @@ class CellRunner:
         self.results_dir = results_dir or paths.results_dir()
         self.known_keys = known_keys if known_keys is not None else set()
         self.harness = harness_digest()
+        self._built: dict[str, dict[str, Path]] = {}
 
     def runner(self, name: str):
         return next(r for r in self.matrix.runners if r.name == name)
 
     def built(self, cell: Cell) -> dict[str, Path]:
-        """Wheels of the cell's source-built components (compiled once per version and flags)."""
+        """Wheels of the cell's source-built components (compiled once per version and flags;
+        looked up once per cell: resolving, keying and installing all need them)."""
         from matrix import builds
 
-        python = self.runner(cell.runner).python
-        out = {}
-        for axis, choice in cell.choices:
-            comp = self.matrix.component(axis, choice.component)
-            if comp.build:
-                out[comp.primary] = builds.wheel(comp.primary, choice.version, dict(comp.build), python=python)
-        return out
+        if cell.id not in self._built:
+            python = self.runner(cell.runner).python
+            out = {}
+            for axis, choice in cell.choices:
+                comp = self.matrix.component(axis, choice.component)
+                if comp.build:
+                    out[comp.primary] = builds.wheel(comp.primary, choice.version, dict(comp.build), python=python)
+            self._built[cell.id] = out
+        return self._built[cell.id]
 
     def resolve(self, cell: Cell) -> envs.Lock | envs.Unresolvable:
         from matrix import builds
