@@ -539,26 +539,12 @@ class LlamaServerEngine(ServerEngine):
             "topk_from": "n_probs (pre-sampling log-probabilities)"})
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        import urllib.error
-        import urllib.request
+        from servers import NotJSON, request_json
 
-        from servers import HTTPStatusError, TransportError
-
-        url = self.srv.base_url + path
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        req = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.client.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise HTTPStatusError(exc.code, exc.read().decode("utf-8", errors="replace"), url) from None
-        except (OSError, ValueError) as exc:
-            raise TransportError(f"{method} {url}: {exc}") from None
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except ValueError:
-            raise ProtocolError(f"not JSON from {path}: {raw[:300]!r}") from None
+            return request_json(method, self.srv.base_url + path, body, timeout=self.client.timeout)
+        except NotJSON as exc:
+            raise ProtocolError(f"not JSON from {path}: {exc.raw[:300]!r}") from None
 
     def body(self, case: dict, prompt_kind: str = "ids") -> dict:
         s = sampling_of(case)

@@ -177,6 +177,35 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+class NotJSON(ValueError):
+    """A 2xx answer whose body is not JSON (``raw`` holds it)."""
+
+    def __init__(self, url: str, raw: bytes):
+        super().__init__(f"not JSON from {url}: {raw[:300]!r}")
+        self.raw = raw
+
+
+def request_json(method: str, url: str, body: dict | None = None, *, timeout: float, headers: dict | None = None):
+    """One JSON request over urllib: HTTP errors raise HTTPStatusError, transport failures
+    TransportError, a body that is not JSON NotJSON."""
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    all_headers = {"Accept": "application/json", **(headers or {})}
+    if data is not None:
+        all_headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise HTTPStatusError(exc.code, exc.read().decode("utf-8", errors="replace"), url) from None
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"{method} {url}: {exc}") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError:
+        raise NotJSON(url, raw) from None
+
+
 class OpenAIClient:
     """POST/GET JSON against an OpenAI-compatible base URL (``/v1`` is added to paths)."""
 
@@ -188,25 +217,12 @@ class OpenAIClient:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         url = self.base_url + path
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        headers = {"Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise HTTPStatusError(exc.code, exc.read().decode("utf-8", errors="replace"), url) from None
-        except (OSError, ValueError) as exc:
-            raise TransportError(f"{method} {url}: {exc}") from None
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except ValueError:
-            raise HTTPStatusError(200, "not JSON: " + raw[:500].decode("utf-8", errors="replace"), url) from None
+            return request_json(method, url, body, timeout=self.timeout, headers=headers)
+        except NotJSON as exc:
+            raise HTTPStatusError(200, "not JSON: " + exc.raw[:500].decode("utf-8", errors="replace"), url) from None
 
     def models(self) -> dict:
         return self.request("GET", "/models")
