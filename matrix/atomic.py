@@ -34,6 +34,17 @@ def write_json(path: Path | str, data, **dump_options) -> None:
     write_text(path, json.dumps(data, **options))
 
 
+def read_json(path: Path | str, log) -> object | None:
+    """A cache file's JSON, or None when it is missing or unreadable (unreadable: a warning)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable cache file %s: %s", path, exc)
+        return None
+
+
 def publish_dir(tmp: Path, path: Path, marker: str) -> None:
     """Rename the finished directory ``tmp`` to ``path``; if an equal one (with its ``marker``
     file) got there first, keep it and remove ``tmp``."""

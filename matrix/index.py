@@ -511,12 +511,8 @@ class PackageIndex:
 
     def _read_cache(self, name: str) -> _Cached | None:
         path = self.cache_path(name)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable cache file %s: %s", path, exc)
+        data = atomic.read_json(path, log)
+        if data is None:
             return None
         try:
             if data.get("format") != CACHE_FORMAT or data.get("project") != name:

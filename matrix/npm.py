@@ -232,12 +232,8 @@ def _cache_path(cache_dir: Path, package: str) -> Path:
 
 
 def _read_cache(path: Path, package: str) -> tuple[list[Release], float] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable cache file %s: %s", path, exc)
+    data = atomic.read_json(path, log)
+    if data is None:
         return None
     try:
         if data.get("format") != CACHE_FORMAT or data.get("package") != package:
