@@ -29,11 +29,18 @@ STAGE_MODULES = {
 }
 
 
-def first_divergence(expected: str, actual: str, context: int = 24) -> str:
-    """Where two strings first differ, with escaped context on both sides."""
+def _first_difference(expected, actual) -> int | None:
+    """Index of the first differing item of two sequences (their common length when one is a
+    prefix of the other); None when they are equal."""
     n = min(len(expected), len(actual))
     i = next((k for k in range(n) if expected[k] != actual[k]), n)
-    if i == n and len(expected) == len(actual):
+    return None if i == n and len(expected) == len(actual) else i
+
+
+def first_divergence(expected: str, actual: str, context: int = 24) -> str:
+    """Where two strings first differ, with escaped context on both sides."""
+    i = _first_difference(expected, actual)
+    if i is None:
         return ""
     lo = max(0, i - context)
     exp = expected[lo : i + context]
@@ -45,9 +52,9 @@ def first_divergence(expected: str, actual: str, context: int = 24) -> str:
 
 
 def first_id_divergence(expected: list, actual: list, context: int = 4) -> str:
-    n = min(len(expected), len(actual))
-    i = next((k for k in range(n) if expected[k] != actual[k]), n)
-    if i == n and len(expected) == len(actual):
+    """Where two id sequences first differ, with a few ids of context."""
+    i = _first_difference(expected, actual)
+    if i is None:
         return ""
     lo = max(0, i - context)
     return (
