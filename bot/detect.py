@@ -30,7 +30,7 @@ from typing import Iterable, Mapping
 from packaging.version import InvalidVersion, Version
 
 from matrix.config import AXES
-from matrix.outcome import Outcome
+from matrix.outcome import Outcome, is_regression
 
 Record = Mapping[str, object]
 DECISIVE = {Outcome.PASS.value, Outcome.FAIL.value}
@@ -101,7 +101,7 @@ def candidates(history: Iterable[Record], current: Iterable[Record]) -> list[Can
         if direction == 0:
             continue  # some axes moved forward, others back: no release is to blame
         before, after = (e, r) if direction > 0 else (r, e)
-        regression = after["outcome"] == Outcome.FAIL.value
+        regression = is_regression(before["outcome"], after["outcome"])
         good, bad = (before, after) if regression else (after, before)
         found.append(
             Candidate(

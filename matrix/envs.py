@@ -94,17 +94,6 @@ def _index_args() -> list[str]:
     return uv_index_args()
 
 
-def python_version(python: str) -> str:
-    """``major.minor`` of an interpreter path, or the spec itself when it is already a version."""
-    if python and python[0].isdigit():
-        return python
-    out = subprocess.run(
-        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-        capture_output=True, text=True, check=True,
-    )
-    return out.stdout.strip()
-
-
 def interpreter(version: str) -> str:
     """An interpreter for ``version``: this one when it matches, else uv finds a system one."""
     if "%d.%d" % sys.version_info[:2] == version:

@@ -40,6 +40,3 @@ def is_regression(before: Outcome | str, after: Outcome | str) -> bool:
     """Only pass -> fail is a regression; everything else (infra, flaky, unresolvable) is not."""
     return Outcome(before) is Outcome.PASS and Outcome(after) is Outcome.FAIL
 
-
-def is_fix(before: Outcome | str, after: Outcome | str) -> bool:
-    return Outcome(before) is Outcome.FAIL and Outcome(after) is Outcome.PASS

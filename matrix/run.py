@@ -18,7 +18,7 @@ from pathlib import Path
 
 from matrix import atomic, envs, paths
 from matrix.cells import Cell
-from matrix.config import AXES, Matrix
+from matrix.config import Matrix
 from matrix.key import cell_key, digest
 from matrix.outcome import Outcome
 
@@ -343,7 +343,3 @@ class CellRunner:
         path = self.result_path(key)
         write_json_atomic(path, data)
         return CellReport(cell, outcome, key, path=path, seconds=seconds, reason=reason, stages=stages)
-
-
-def axes_of(cell: Cell) -> dict[str, str]:
-    return {a: str(c) for a, c in cell.choices if a in AXES}

@@ -217,12 +217,6 @@ class Store:
     def runs(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY started")]
 
-    def latest_run(self) -> dict | None:
-        row = self.db.execute(
-            "SELECT * FROM runs WHERE finished IS NOT NULL ORDER BY finished DESC LIMIT 1"
-        ).fetchone()
-        return dict(row) if row else None
-
     def seen_versions(self) -> dict[tuple[str, str], set[str]]:
         """Versions of each (axis, component) that some earlier cell already ran."""
         seen: dict[tuple[str, str], set[str]] = {}
