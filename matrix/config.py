@@ -51,13 +51,13 @@ class Component:
     probe: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """What the probe exercises through it, e.g. ``(("renderers", ("jinja2",)),)``."""
     ecosystem: str = "pypi"
+    """Where its packages come from: ``pypi`` (installed into the cell's Python environment) or
+    ``npm`` (one npm package, installed by :func:`matrix.npm.ensure_package` and run by Node)."""
     build: tuple[tuple[str, str], ...] = ()
     """Built from source once per version and these variables (``CMAKE_ARGS``...) by
     :mod:`matrix.builds`; empty for packages installed as published wheels."""
     build_server: bool = False
     """Also build llama.cpp's native ``llama-server`` from the same source distribution."""
-    """Where its packages come from: ``pypi`` (installed into the cell's Python environment) or
-    ``npm`` (one npm package, installed by :func:`matrix.npm.ensure_package` and run by Node)."""
 
     def probe_roles(self, role: str) -> tuple[str, ...]:
         return dict(self.probe).get(role, ())

@@ -217,6 +217,8 @@ class RunSummary:
     seconds: float
     regressions: object = None
     """The :class:`bot.regress.RegressReport` of this run, when it had candidates."""
+    differences: list = field(default_factory=list)
+    """Difference findings of this run (:func:`record_differences`)."""
 
     @property
     def counts(self) -> Counter:
@@ -286,6 +288,12 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
     for r in summary.reports:
         if r.outcome in (Outcome.UNRESOLVABLE, Outcome.INFRA) and not r.reused and r.reason:
             console.print(f"  {r.outcome.value}: {r.cell.id}: {r.reason.splitlines()[-1][:300]}", markup=False)
+    if summary.differences:
+        console.print(f"differences from the reference path: {len(summary.differences)} finding(s)")
+        for f in summary.differences:
+            versions = ", ".join(f["versions"])
+            console.print(f"  difference {f['fingerprint']}: {f['component']} {versions} ({f['stage']}, "
+                          f"check {f['check_name']}, {f['klass']}, {len(f['cases'])} case(s))", markup=False)
     reg = summary.regressions
     if reg is not None:
         console.print(f"regressions: {len(reg.findings)} finding(s), {len(reg.flaky)} flaky (quarantined), "
@@ -308,10 +316,24 @@ def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
                       f"{len({c.runner for c in prep.cells})} runner(s) and {len(prep.models)} model(s)")
     with Store(paths.store_path()) as store:
         summary = run_cells(prep, opts, store, console)
+        summary.differences = record_differences(prep.matrix, store, summary.run_id)
         if opts.regress:
             summary.regressions = find_regressions(prep, opts, store, summary.run_id)
         site = page.publish(store, paths.site_dir()) if opts.page else None
     return summary, site
+
+
+def record_differences(matrix: Matrix, store, run_id: str) -> list[dict]:
+    """The run's disagreements with the reference path, as findings (one per component, stage,
+    check and class); open differences it ran but no longer shows are marked fixed."""
+    from bot.differences import differences, owners_of, resolved
+
+    owners = owners_of(matrix)
+    rows = store.case_rows(run_id)
+    current = differences(rows, owners)
+    fixed = resolved(store.findings(status="open", kind="difference"), rows, current, owners)
+    store.save_differences(current, fixed, now_iso())
+    return current
 
 
 def rerun_plan(store, candidates: int) -> tuple[int, int]:

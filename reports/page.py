@@ -13,6 +13,7 @@ from matrix import atomic
 from matrix.outcome import STAGES
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+CASES_SHOWN = 8
 
 
 def page_data(export: dict) -> dict:
@@ -47,8 +48,14 @@ def page_data(export: dict) -> dict:
         {**f, "compare_url": f.get("compare_url") if _safe_link(f.get("compare_url")) else ""}
         for f in sorted(export.get("findings", []), key=lambda f: (f.get("status", ""), f.get("first_seen", "")))
     ]
+    differences = sorted((f for f in findings if f.get("kind") == "difference"),
+                         key=lambda f: (f["status"] != "open", f["stage"], f["component"], f.get("check_name", "")))
+    for f in differences:
+        f["shown_cases"] = list(f.get("cases") or [])[:CASES_SHOWN]
     return {"rows": rows, "counts": counts, "last_run": runs[-1] if runs else None,
-            "stages": [s.value for s in STAGES], "findings": findings}
+            "stages": [s.value for s in STAGES],
+            "findings": [f for f in findings if f.get("kind", "regression") == "regression"],
+            "differences": differences}
 
 
 def _safe_link(url) -> bool:

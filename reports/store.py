@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,6 +127,20 @@ MIGRATIONS: list[str] = [
         reason TEXT NOT NULL,
         until TEXT NOT NULL
     );
+    """,
+    # 3: differences (issue: findings between implementations now, not only regressions over
+    #    time): a finding's kind, the check and failure class, a sample detail, the cases and the
+    #    component versions it was seen with, and in how many cells.
+    """
+    ALTER TABLE findings ADD COLUMN kind TEXT NOT NULL DEFAULT 'regression'
+        CHECK (kind IN ('regression', 'difference'));
+    ALTER TABLE findings ADD COLUMN check_name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE findings ADD COLUMN klass TEXT NOT NULL DEFAULT '';
+    ALTER TABLE findings ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+    ALTER TABLE findings ADD COLUMN cases TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE findings ADD COLUMN versions TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE findings ADD COLUMN cells INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX findings_by_kind ON findings(kind, status);
     """,
 ]
 
@@ -270,8 +284,9 @@ class Store:
             " run_cells.reused, cells.key, cells.cell_id, cells.runner, cells.model,"
             " cells.engine, cells.engine_version, cells.tokenizer, cells.tokenizer_version,"
             " cells.template, cells.template_version, cells.client, cells.client_version,"
-            " cells.outcome AS cell_outcome, cells.reason, cells.finished,"
-            " results.case_id, results.stage, results.check_name, results.outcome, results.detail"
+            " cells.outcome AS cell_outcome, cells.reason, cells.finished, cells.repro,"
+            " results.case_id, results.stage, results.check_name, results.outcome, results.klass,"
+            " results.detail"
             " FROM run_cells JOIN runs ON runs.id = run_cells.run_id JOIN cells USING (key)"
             " LEFT JOIN results ON results.key = cells.key"
         )
@@ -289,15 +304,16 @@ class Store:
 
     def finding(self, fingerprint: str) -> dict | None:
         row = self.db.execute("SELECT * FROM findings WHERE fingerprint = ?", (fingerprint,)).fetchone()
-        return dict(row) if row else None
+        return _finding(row) if row else None
 
-    def findings(self, status: str | None = None) -> list[dict]:
-        if status is None:
-            rows = self.db.execute("SELECT * FROM findings ORDER BY first_seen, fingerprint")
-        else:
-            rows = self.db.execute("SELECT * FROM findings WHERE status = ? ORDER BY first_seen, fingerprint",
-                                   (status,))
-        return [dict(r) for r in rows]
+    def findings(self, status: str | None = None, kind: str | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM findings WHERE 1", []
+        if status is not None:
+            sql, params = sql + " AND status = ?", params + [status]
+        if kind is not None:
+            sql, params = sql + " AND kind = ?", params + [kind]
+        rows = self.db.execute(sql + " ORDER BY first_seen, fingerprint", params)
+        return [_finding(r) for r in rows]
 
     def bisections(self, fingerprint: str | None = None) -> list[dict]:
         if fingerprint is None:
@@ -364,9 +380,18 @@ class Store:
 
     def mark_fixed(self, fingerprint: str, fixed_in: str, time: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE findings SET status = 'fixed', fixed_in = ?, last_seen = ? WHERE fingerprint = ?",
-                       (fixed_in, time, fingerprint))
-            _insert_events(db, fingerprint, [{"event": "fixed", "time": time, "version": fixed_in}])
+            _mark_fixed(db, fingerprint, fixed_in, time)
+
+    def save_differences(self, current: Iterable[dict], fixed: Mapping[str, str], time: str) -> None:
+        """The latest run's differences (upserted: first_seen kept, reopened if they were fixed,
+        ``detected`` recorded once) and those it no longer shows (fixed), in one transaction."""
+        with self.transaction() as db:
+            for finding in current:
+                _upsert_finding(db, {**finding, "kind": "difference", "status": "open", "fixed_in": None,
+                                     "first_seen": time, "last_seen": time})
+                _insert_events(db, finding["fingerprint"], [{"event": "detected", "time": time}])
+            for fp, version in fixed.items():
+                _mark_fixed(db, fp, version, time)
 
     def add_issue(self, fingerprint: str, repo: str, number: int, url: str, created: str,
                   state: str = "open") -> None:
@@ -396,23 +421,41 @@ class Store:
 FINDING_COLUMNS = (
     "fingerprint", "case_id", "stage", "component", "axis", "last_good", "first_bad", "good_key", "bad_key",
     "compare_url", "repro", "status", "first_seen", "last_seen", "fixed_in",
+    "kind", "check_name", "klass", "detail", "cases", "versions", "cells",
 )
+_JSON_COLUMNS = ("cases", "versions")
+_UPDATED_ON_CONFLICT = tuple(c for c in FINDING_COLUMNS if c not in ("fingerprint", "first_seen", "kind"))
+
+
+def _finding(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    for c in _JSON_COLUMNS:
+        d[c] = json.loads(d[c])
+    return d
 
 
 def _upsert_finding(db: sqlite3.Connection, finding: dict) -> None:
     row = {c: finding.get(c) for c in FINDING_COLUMNS}
     row["status"] = row["status"] or "open"
     row["last_seen"] = row["last_seen"] or row["first_seen"]
-    for c in ("good_key", "bad_key", "compare_url", "repro"):
+    row["kind"] = row["kind"] or "regression"
+    row["cells"] = int(row["cells"] or 0)
+    for c in ("good_key", "bad_key", "compare_url", "repro", "check_name", "klass", "detail"):
         row[c] = row[c] or ""
+    for c in _JSON_COLUMNS:
+        row[c] = json.dumps(list(row[c] or []))
     db.execute(
         f"INSERT INTO findings ({', '.join(FINDING_COLUMNS)}) VALUES ({', '.join('?' for _ in FINDING_COLUMNS)})"
-        " ON CONFLICT (fingerprint) DO UPDATE SET last_seen = excluded.last_seen,"
-        " last_good = excluded.last_good, first_bad = excluded.first_bad, good_key = excluded.good_key,"
-        " bad_key = excluded.bad_key, compare_url = excluded.compare_url, repro = excluded.repro,"
-        " status = excluded.status, fixed_in = excluded.fixed_in",
+        " ON CONFLICT (fingerprint) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_ON_CONFLICT),
         [row[c] for c in FINDING_COLUMNS],
     )
+
+
+def _mark_fixed(db: sqlite3.Connection, fingerprint: str, fixed_in: str, time: str) -> None:
+    db.execute("UPDATE findings SET status = 'fixed', fixed_in = ?, last_seen = ? WHERE fingerprint = ?",
+               (fixed_in, time, fingerprint))
+    _insert_events(db, fingerprint, [{"event": "fixed", "time": time, "version": fixed_in}])
 
 
 def _insert_bisection(db: sqlite3.Connection, fingerprint: str, b: dict) -> None:

@@ -100,6 +100,13 @@ def test_command_line_runs_ingests_publishes_and_reuses(tmp_path):
     assert sorted(c["cell_id"] for c in export["cells"]) == sorted(ids)
     html = (site / "index.html").read_text()
     assert html.count('class="cell"') == 2 and "undeclared-requirement" in html
+    # what differs from the reference path is a finding with its stage, one per check and class
+    diffs = {(f["component"], f["stage"], f["check_name"], f["klass"]): f
+             for f in export["findings"] if f["kind"] == "difference"}
+    refused = diffs[("transformers", "template", "transformers", "undeclared-requirement")]
+    assert refused["versions"] == ["5.24.0"] and refused["cells"] == 1 and refused["status"] == "open"
+    assert any(stage == "tokenize" and comp == "transformers" for comp, stage, _, _ in diffs)
+    assert 'id="differences"' in html and "differences from the reference path" in first.stdout
     second = llmcompat(tmp_path, *args)
     assert second.returncode == 0, second.stderr
     assert "reused 2, executed 0" in " ".join(second.stdout.split())
