@@ -21,6 +21,7 @@ Engines (``job["engines"]`` entries are a name or ``{"name": ..., **options}``):
                        from token ids, top-k from ``n_probs``.
 ``transformers-serve`` ``transformers serve DIR``; ``/v1/chat/completions`` (messages of the case).
 ``openai-endpoint``    any OpenAI-compatible base URL (option ``base_url``, ``api``, ``model``).
+``vllm``, ``sglang``, ``ollama``  servers for runners that have them: :mod:`engines_gpu`.
 
 Sampling (``case["sampling"]``): ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``min_p``,
 ``repeat_penalty``, ``seed``, ``stop_at_eos`` (default False: exactly ``max_new_tokens`` tokens,
@@ -666,3 +667,4 @@ def make(spec, job: dict) -> Engine:
     return cls(job, opts)
 
 import engines_extra  # noqa: E402,F401 - registers mistralrs, onnxruntime-genai, openvino-genai
+import engines_gpu  # noqa: E402,F401 - registers vllm, sglang, ollama
