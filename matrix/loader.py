@@ -33,7 +33,7 @@ __all__ = ["load", "load_default", "parse_condition", "satisfiable", "DEFAULT_PA
 
 DEFAULT_PATH = Path(__file__).with_name("axes.yaml")
 SCHEMA_PATH = Path(__file__).with_name("axes.schema.json")
-CAPABILITIES = frozenset({"cpu", "gpu", "docker", "node", "compile", "network"})
+CAPABILITIES = frozenset({"cpu", "gpu", "docker", "node", "compile", "network", "ollama"})
 """What a runner can provide and a component or model can need."""
 
 DOCUMENT = "(document)"

@@ -25,7 +25,8 @@ from matrix.outcome import Outcome
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
 PROBE_TIMEOUT = 900
 # Only these reach a cell's probe: no tokens or other secrets of the caller's environment.
-PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
+              "OLLAMA_BIN", "CUDA_VISIBLE_DEVICES")  # the runner's Ollama runtime; its GPU selection
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -98,9 +99,26 @@ def node_version() -> str:
     return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
 
 
+def ollama_version() -> str:
+    """The Ollama runtime's version (part of the key of cells whose engine is ``ollama``: the runner
+    brings the binary, no lock pins it); "" without one. ``$OLLAMA_BIN`` or PATH, as the probe finds it."""
+    import re
+    import shutil
+
+    exe = os.environ.get("OLLAMA_BIN") or shutil.which("ollama")
+    if not exe:
+        return ""
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    found = re.findall(r"\d+\.\d+\.\d+\S*", out.stdout + out.stderr)
+    return found[-1] if found else (out.stdout + out.stderr).strip()[:100]
+
+
 ROLES = ("renderers", "tokenizers", "engines", "clients")
 """What a component can bring to the probe (``probe:`` in axes.yaml)."""
-SERVER_ENGINES = ("llama-cpp-server", "llama-server", "transformers-serve")
+SERVER_ENGINES = ("llama-cpp-server", "llama-server", "transformers-serve", "vllm", "sglang", "ollama")
 """Engines that serve an OpenAI-compatible endpoint the client stage can talk to."""
 
 
@@ -233,6 +251,8 @@ class CellRunner:
             comp = self.matrix.component(axis, choice.component)
             if comp.build_server:
                 pins["build:llama-server"] = builds.server_key(choice.version, dict(comp.build))
+        if any("ollama" in self.matrix.component(a, c.component).probe_roles("engines") for a, c in cell.choices):
+            pins["runtime:ollama"] = ollama_version()
         npm = npm_pins(self.matrix, cell)
         if npm:
             pins |= {f"npm:{p}": v for p, v in npm.items()}
