@@ -160,8 +160,9 @@ def goldens(model, reference_python, tmp_path_factory):
     return [dict(c, expect=result["produced"][c["id"]]) for c in cases]
 
 
-def check(python: Path, model, cases: list, engine_specs: list, tmp_path: Path, exports: dict | None = None) -> dict:
-    job = {"mode": "check", "model_dir": str(model.path), "stages": ["inference"], "cases": cases,
+def check(python: Path, model, cases: list, engine_specs: list, tmp_path: Path, exports: dict | None = None,
+          stages=("inference",)) -> dict:
+    job = {"mode": "check", "model_dir": str(model.path), "stages": list(stages), "cases": cases,
            "gen_cases": [{"id": i} for i in CASE_IDS], "engines": engine_specs, "exports": exports or {}}
     t = time.perf_counter()
     result = run_probe(python, job, tmp_path)
@@ -214,9 +215,19 @@ def test_onnxruntime_genai_on_its_builder_export_against_the_transformers_golden
     assert me.ensure_export(model.path, "onnxruntime-genai", VERSIONS["onnxruntime-genai"],
                             reference=loader.load_default().reference).path == export.path
     result = check(python, model, goldens, ["onnxruntime-genai"], tmp_path,
-                   exports={"onnxruntime-genai": str(export.path)})
+                   exports={"onnxruntime-genai": str(export.path)}, stages=("inference", "postprocess"))
     facts = _assert_engine(result, "onnxruntime-genai")
     assert facts["first_divergence"] == []
+    # identical ids, but its decode stops at the first U+FFFD: each such case is a postprocess
+    # failure of the engine's own detokenization (a difference the page lists as a finding)
+    checks = _checks(result)
+    texts = {i for i in CASE_IDS if checks[(i, "onnxruntime-genai")]["level"] == "L1"}
+    assert texts, "the tiny model's generations end in partial UTF-8; the engine's text should differ"
+    for i in CASE_IDS:
+        rec = checks.get((i, "onnxruntime-genai:text"))
+        assert (rec is not None) == (i in texts)
+        if rec:
+            assert rec["stage"] == "postprocess" and rec["outcome"] == "fail" and rec["klass"] == "backend-specific"
     # ids exact; top-k from the engine's own logits, close to the reference's
     assert all(_checks(result)[(i, "onnxruntime-genai")]["max_logprob_delta"] < 1e-3 for i in CASE_IDS)
 

@@ -30,7 +30,9 @@ top-k at that step, else ``fail`` klass ``numerical``; the first divergent step 
 nothing after it is compared, the prefixes differ from there); ``<engine>:determinism`` the same
 request again gives identical tokens (llama-cpp-python: without a reset, through the KV-cache
 prefix reuse; klass ``determinism``); ``<engine>:concurrency`` (servers) the request alone vs
-among N concurrent identical requests (klass ``concurrency``).
+among N concurrent identical requests (klass ``concurrency``). Identical tokens with other text
+than the reference decode add a ``postprocess`` record ``<engine>:text`` (klass
+``backend-specific``) when the job runs that stage: the engine's own detokenization differs.
 
 Where ids are not observable (a server returns text pieces), tokens are compared as pieces
 against the golden's ``pieces``/``topk_pieces``; a piece that is not whole UTF-8 ("" or with
@@ -193,6 +195,16 @@ def judge(expect: dict, gen, eos_ids=(), min_level: str = "L2") -> dict:
     return out
 
 
+def _text_differs(rec, case: str, engine: str, want: str, got: str) -> None:
+    """Identical tokens but other text: the engine's own detokenization differs from the
+    reference's, a postprocess-stage failure (the inference stage itself passed at L1)."""
+    from probe import first_divergence
+
+    rec.add(case, "postprocess", f"{engine}:text", "fail",
+            "identical tokens; the engine's own detokenization gives other text than the reference decode: "
+            + first_divergence(want, got), klass="backend-specific")
+
+
 def same_output(a, b) -> str:
     """"" when two generations are identical (tokens and text), else where they differ."""
     from probe import first_id_divergence
@@ -340,6 +352,8 @@ def run_engine(spec, job: dict, cases: list[dict], rec, facts: dict, skipped: li
                     rec.add(cid, STAGE, name, j["outcome"], j["detail"], klass=j.get("klass"), level=j["level"],
                             step=j.get("step"), compared_by=j["compared_by"], prompt_kind=gen.prompt_kind,
                             max_logprob_delta=j["max_logprob_delta"])
+                    if j["outcome"] == "pass" and j.get("text_equal") is False and "postprocess" in job["stages"]:
+                        _text_differs(rec, cid, name, expect.get("text"), gen.text)
             _determinism(eng, case, gen, rec, name)
             if eng.server and i < conc_cases and conc_n > 1:
                 _concurrency(eng, case, gen, conc_n, rec, name)
