@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(config, items):
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
     reason = _gpu_reason() if gpu_items else None
     for item in gpu_items if reason else ():
-        item.add_marker(pytest.mark.skip(reason=reason))
+        item.add_marker(pytest.mark.skip(reason=f"GPU test skipped: {reason}"))
 
 
 def probe_result(python, job: dict, timeout: float = 600) -> dict:

@@ -33,8 +33,8 @@ is missing, so the engine's checks are ``skipped`` with that reason. Standard li
             repeat_penalty 1`` and ``stop: []`` (the Modelfile's stop strings do not cut the
             comparison short; Ollama still stops at EOS, which the stage accepts). Ollama takes
             no token ids and returns none: from 0.12.11 it returns ``logprobs`` with
-            ``top_logprobs`` as text pieces (compared by pieces: at best L1); before, only the
-            text (L0 or fail). The prompt token count it reports must not exceed the golden's
+            ``top_logprobs`` as text pieces (compared by pieces and top-k pieces, and the
+            text); before, only the text (pass only when identical, L0). The prompt token count it reports must not exceed the golden's
             (else ``protocol``: the engine added tokens). Binary: option ``bin``,
             ``job["ollama_bin"]``, ``$OLLAMA_BIN``, else ``ollama`` on PATH. Ready:
             ``GET /api/version``.
@@ -365,7 +365,8 @@ class OllamaEngine(ServerEngine):
             "command": " ".join(self.srv.cmd), "model": self.model_name,
             "topk_from": ("logprobs.top_logprobs (text pieces)" if _vt(self.version) >= LOGPROBS_SINCE
                           else f"not available before {'.'.join(map(str, LOGPROBS_SINCE))}: text only"),
-            "reachable_level": "L1 (pieces)" if _vt(self.version) >= LOGPROBS_SINCE else "L0 (text only)",
+            "compared_by": "pieces with top-k (no ids)" if _vt(self.version) >= LOGPROBS_SINCE
+            else "text only (no logprobs: identical text or fail)",
         })
 
     def _create(self) -> None:
