@@ -24,6 +24,7 @@ import probe  # noqa: E402
 import stage_template  # noqa: E402
 
 SERVER_VERSION = "0.3.8"
+OLD_SERVER_VERSION = "0.2.90"
 """The first llama-cpp-python whose vendored llama.cpp has ``--jinja`` and ``/apply-template``."""
 
 STUB = r'''#!PYTHON
@@ -229,6 +230,22 @@ def test_an_older_servers_probability_shape_compares_by_pieces():
     assert gen.topk[0] == [["a", -0.69315], ["b", -1.38629]]
 
 
+def test_steps_an_older_server_leaves_out_are_put_back_only_where_the_reference_has_partial_utf8():
+    from stage_inference import compare, piece_eq, realign_pieces
+
+    # seen with the real 0.2.90-vendored server: 16 tokens predicted, 11 probability entries
+    ref = [" an", "\ufffd", "\ufffd", "ent", "cl", "\ufffd", " I"]
+    got, k = realign_pieces(ref, [" an", "ent", "cl", " I"], [[[" an", 0.0]], [], [], []], omitted=3)
+    assert got == [" an", "", "", "ent", "cl", "", " I"] and k[0] == [[" an", 0.0]] and len(k) == len(got)
+    assert compare(ref, [], got, k, piece_eq)["match"] == "exact"
+    # a real divergence still shows at its step, and nothing is put back beyond ``omitted``
+    got, _ = realign_pieces(ref, [" an", "XX", "cl", " I"], [], omitted=3)
+    assert compare(ref, [], got, [], piece_eq)["step"] is not None
+    assert realign_pieces(ref, [" an", "ent"], [], omitted=1)[0][:2] == [" an", "ent"]
+    # the trailing run: the engine stopped right after its last whole piece
+    assert realign_pieces(["a", "\ufffd"], ["a"], [], omitted=1)[0] == ["a", ""]
+
+
 # --------------------------------------------------------------------------- the real binary (slow)
 
 def _run_probe(job: dict, tmp_path: Path) -> dict:
@@ -325,3 +342,30 @@ def test_steps_the_server_leaves_out_of_completion_probabilities_align_to_the_to
     assert eng.facts()["steps_without_probs"] == 1
     with pytest.raises(engines.ProtocolError, match="not a subsequence"):
         eng._parse_native({"tokens": [7, 8], "completion_probabilities": [entry(8), entry(7)]})
+
+
+@pytest.mark.slow
+def test_an_older_server_generates_the_reference_tokens_through_its_piece_shape(tmp_path, cases):
+    """llama.cpp vendored by llama-cpp-python 0.2.90: its /completion gives pieces with
+    post-sampling probabilities and no entry for a token that is not whole UTF-8. Aligned, the
+    tiny model's greedy generations are the reference's (L0), not a divergence at step 3."""
+    from matrix import builds, loader, tinymodel
+
+    try:
+        exe = builds.llama_server(OLD_SERVER_VERSION)
+    except builds.BuildError as exc:
+        if "no source distribution" in str(exc) or "downloading" in str(exc):
+            pytest.skip(f"no package index: {str(exc).splitlines()[0]}")
+        raise
+    model = tinymodel.ensure(arch="qwen2", parts=("tokenizer", "weights", "gguf"),
+                             reference=loader.load_default().reference)
+    gen = ["single-user", "multi-turn", "non-ascii"]
+    job = {"mode": "check", "model_dir": str(model.path), "stages": ["inference"], "cases": cases,
+           "llama_server_bin": str(exe), "engines": ["llama-server"], "gen_cases": [{"id": i} for i in gen],
+           "concurrency": 1, "concurrency_cases": 0}
+    result = _run_probe(job, tmp_path)
+    facts = result["facts"]["inference"]["llama-server"]
+    assert facts["logprobs"].startswith("older server") and facts["steps_without_probs"] > 0
+    inf = {r["case"]: r for r in result["records"] if r["check"] == "llama-server"}
+    assert {c: (r["outcome"], r["level"], r["compared_by"]) for c, r in inf.items()} == {
+        c: ("pass", "L0", "pieces") for c in gen}

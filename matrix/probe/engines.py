@@ -605,8 +605,14 @@ class LlamaServerEngine(ServerEngine):
             topk = [[[t.get("tok_str"), round(math.log(t["prob"]), ROUND)] for t in p.get("probs") or []
                      if t.get("prob")] for p in probs]
             self._facts["logprobs"] = "older server: pieces with post-sampling probabilities"
+            # such servers give no entry for a token that is not whole UTF-8 on its own: the
+            # judge puts those steps back where the reference has such a piece
+            predicted = resp.get("tokens_predicted")
+            omitted = predicted - len(probs) if isinstance(predicted, int) and predicted > len(probs) else 0
+            if omitted:
+                self._facts["steps_without_probs"] = self._facts.get("steps_without_probs", 0) + omitted
             return Generation(pieces, [s[: self.k] for s in topk], text=text, by="pieces", finish_reason=finish,
-                              prompt_kind="ids")
+                              prompt_kind="ids", extra={"omitted_steps": omitted})
         return self._text_only(text, finish, "ids")
 
     def generate_many(self, cases: list[dict]) -> list[Generation]:

@@ -68,6 +68,36 @@ def piece_eq(a, b) -> bool:
     return a == b or unknown_piece(a) or unknown_piece(b)
 
 
+def realign_pieces(ref: list, got: list, got_topk: list, omitted: int) -> tuple[list, list]:
+    """Put back the steps an engine left out of its pieces (older llama.cpp servers give no
+    probability entry for a token that is not whole UTF-8): where the reference has a run of such
+    pieces and the engine's next piece is the reference's next whole piece, up to ``omitted``
+    empty (unknown) pieces are inserted. Nothing is inserted anywhere else, so a real divergence
+    still shows at its step."""
+    out, out_k, j, i = [], [], 0, 0
+    while i < len(ref):
+        if omitted and unknown_piece(ref[i]):
+            run = i
+            while run < len(ref) and unknown_piece(ref[run]):
+                run += 1
+            width = run - i
+            nxt = ref[run] if run < len(ref) else None
+            if width <= omitted and (j >= len(got) or (nxt is not None and got[j] == nxt)):
+                out += [""] * width
+                out_k += [[] for _ in range(width)]
+                omitted -= width
+                i = run
+                continue
+        if j < len(got):
+            out.append(got[j])
+            out_k.append(got_topk[j] if j < len(got_topk) else [])
+            j += 1
+        i += 1
+    out += got[j:]
+    out_k += [got_topk[k] if k < len(got_topk) else [] for k in range(j, len(got))]
+    return out, out_k
+
+
 def _lp_of(tok, topk, eq) -> float | None:
     for t, lp in topk or ():
         if eq(t, tok):
@@ -164,7 +194,10 @@ def judge(expect: dict, gen, eos_ids=(), min_level: str = "L2") -> dict:
         ref_topk = [[[p, lp] for p, (_, lp) in zip(tp[i], step)] for i, step in enumerate(expect.get("topk") or [])
                     if i < len(tp)]
         eq = piece_eq
-    cmp = compare(ref, ref_topk, gen.tokens, gen.topk, eq)
+    got, got_topk = gen.tokens, gen.topk
+    if gen.by == "pieces" and gen.extra.get("omitted_steps"):
+        got, got_topk = realign_pieces(ref, got, got_topk or [], gen.extra["omitted_steps"])
+    cmp = compare(ref, ref_topk, got, got_topk, eq)
     text_equal = None if gen.text is None or expect.get("text") is None else gen.text == expect["text"]
     out = {"step": cmp["step"], "max_logprob_delta": cmp["max_logprob_delta"], "compared_by": gen.by,
            "one_sided": cmp["one_sided"], "text_equal": text_equal}
