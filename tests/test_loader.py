@@ -187,7 +187,7 @@ def test_shipped_axes_yaml_default_selection():
     assert loader.DEFAULT_PATH == Path(loader.__file__).parent / "axes.yaml"
     defaults = {axis: [c.name for c in comps if c.default] for axis, comps in m.axes.items()}
     assert defaults == {
-        "engine": ["transformers"],
+        "engine": ["transformers", "mistralrs", "onnxruntime-genai"],
         "tokenizer": ["tokenizers"],
         "template": ["hf-jinja2"],
         "client": ["openai"],
