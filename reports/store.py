@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from matrix.outcome import failure_class
+
 MIGRATIONS: list[str] = [
     # 1: runs, cells (by key), per-case results, stage outcomes, releases seen.
     """
@@ -247,10 +249,12 @@ class Store:
             cell["lock"] = json.loads(cell["lock"])
             cell["facts"] = json.loads(cell["facts"])
             cell["stages"] = self.stage_outcomes(cell["key"])
-            cell["results"] = self.results(cell["key"])
+            cell["results"] = [{**r, "class": failure_class(r["klass"], r["stage"]).value} if r["outcome"] == "fail"
+                               else r for r in self.results(cell["key"])]
             cells.append(cell)
         return {"schema_version": self.version, "runs": self.runs(), "cells": cells,
-                "findings": self.findings(), "bisections": self.bisections(),
+                "findings": [{**f, "class": failure_class(f["klass"], f["stage"]).value} for f in self.findings()],
+                "bisections": self.bisections(),
                 "issues": self.issues(), "ttf_events": self.ttf_events(),
                 "quarantine": list(self.quarantine().values())}
 

@@ -93,6 +93,7 @@ def test_store_keeps_first_seen_reopens_and_fixes(tmp_path):
         got = s.finding(f["fingerprint"])
         assert got["first_seen"].startswith("2026-11-01") and got["last_seen"].startswith("2026-11-02")
         assert got["cases"] == ["c1"] and got["versions"] == ["5.23.0"] and got["kind"] == "difference"
+        assert s.export()["findings"][0]["class"] == "backend-specific"  # klass "mismatch"
         s.save_differences([], {f["fingerprint"]: "5.24.0"}, "2026-11-03T00:00:00+00:00")
         assert s.finding(f["fingerprint"])["status"] == "fixed"
         assert [e["event"] for e in s.ttf_events(f["fingerprint"])] == ["detected", "fixed"]
