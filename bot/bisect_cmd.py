@@ -335,8 +335,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="llmcompat bisect", description=__doc__.split("\n\n")[0])
     p.add_argument("package", help="the package whose releases are bisected")
     p.add_argument("range", help="PEP 440 range (\">=20,<24\") or a list of versions (\"20.0,21.3,22.0\")")
-    p.add_argument("script", help="check: a .py file (run with the env's python), an executable, or a shell command;"
-                                  " exit 0 good, 125 skip, 1-127 bad, >=128 abort")
+    p.add_argument("script", nargs="?", help="check: a .py file (run with the env's python), an executable, or a "
+                                             "shell command; exit 0 good, 125 skip, 1-127 bad, >=128 abort")
     p.add_argument("--with", dest="extra", action="append", default=[], metavar="REQ",
                    help="another requirement installed with every version (repeatable)")
     p.add_argument("--python", default="3.11", help="Python version of the environments (default 3.11)")
@@ -347,13 +347,30 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--offline", action="store_true", help="use the cached package index only")
     p.add_argument("--jobs", type=int, default=1,
                    help="probes per round, run at once (parallel mode: fewer rounds, more probes)")
+    g = p.add_argument_group("llama.cpp commits (package llama.cpp, RANGE GOOD..BAD: build tags, commits or "
+                             "llama-cpp-python versions; see bot/narrow.py)")
+    g.add_argument("--git", help="llama.cpp git repository, path or URL (default: $LLMCOMPAT_LLAMACPP_GIT)")
+    g.add_argument("--python-git", help="llama-cpp-python git repository, for the exact vendored commits "
+                                        "(default: $LLMCOMPAT_LLAMACPP_PYTHON_GIT)")
+    g.add_argument("--case", help="instead of a script: this suite case, through the native llama-server")
+    g.add_argument("--stage", default="inference", choices=("template", "inference"), help="the case's stage")
+    g.add_argument("--model", default="tiny-qwen2", help="the tiny model of the case (default tiny-qwen2)")
+    g.add_argument("--json", action="store_true", help="also print the result as JSON")
     return p
 
 
 def cmd_bisect(args) -> int:
-    """Run a parsed ``llmcompat bisect``; exit 0 found, 1 not found, 2 usage error, 3 aborted."""
+    """Run a parsed ``llmcompat bisect``; exit 0 found, 1 not found, 2 usage error, 3 aborted.
+    Package ``llama.cpp`` narrows over llama.cpp build tags or commits (:mod:`bot.narrow`)."""
+    from bot import narrow
     from matrix.index import IndexUnavailable, PackageIndex
     from matrix.paths import cache_dir
+
+    if args.package.lower() in narrow.ALIASES:
+        return narrow.cmd_narrow(args)
+    if not args.script:
+        print(f"llmcompat bisect: error: {args.package}: a check script is required", file=sys.stderr)
+        return 2
 
     tag_format = args.tag_format or ("v{version}" if args.repo else None)
     repro = links.repro_command(args.package, args.range, args.script, extra_requirements=args.extra,

@@ -29,6 +29,12 @@ Steps (:func:`regress`):
    time-to-fix events (``released`` = the first bad release's upload time when known, ``detected``
    = now); all findings, bisections, events and new quarantine entries are saved in ONE
    transaction.
+6. a finding in a component that vendors llama.cpp (:data:`NARROWED`) is narrowed further to
+   llama.cpp build tags or commits by ``narrow(finding, bisection) -> row`` (default
+   :func:`bot.narrow.pipeline_narrower`, which needs ``LLMCOMPAT_LLAMACPP_GIT``); its row is a
+   second bisection of the finding with component ``llama.cpp``: the narrowed range, or the
+   status ``not narrowed: <why>``. Its ``versions`` are the candidates, then one object with the
+   compare URL and the reproduction command.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ from matrix.versions import Release
 
 Outcomes = Mapping[tuple[str, str], str] | str
 Rerun = Callable[[str], Outcomes]
+
+NARROWED = frozenset({"llama-cpp-python"})
+"""Components whose release range is narrowed to llama.cpp commits (they vendor llama.cpp)."""
 
 WORST_FIRST = ("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable")
 """How the checks of one (case, stage) combine: the first of these present wins."""
@@ -144,6 +153,8 @@ class RegressReport:
     requeue: list[str] = field(default_factory=list)
     """Cell ids to run again: current infra results and candidates whose re-runs stayed infra."""
     new_quarantine: list[dict] = field(default_factory=list)
+    narrowed: list[dict] = field(default_factory=list)
+    """``bisections`` rows of component ``llama.cpp`` (narrowed ranges, or why not narrowed)."""
     reruns: int = 0
     probes: int = 0
 
@@ -164,6 +175,7 @@ def regress(
     max_runs: int | None = None,
     now: str | datetime | None = None,
     quarantine_days: float = 14,
+    narrow: Callable[[dict, dict], dict | None] | None = None,
 ) -> RegressReport:
     """Run the pipeline for ``run_id`` (see the module docstring) and save its findings.
 
@@ -237,10 +249,31 @@ def regress(
         report.findings.append(finding)
         report.bisections.append(bisection)
         saved.append((finding, bisection, events))
+        if finding["component"] in NARROWED:
+            row = _narrow(narrow, finding, bisection)
+            if row is not None:
+                report.narrowed.append(row)
+                saved.append((finding, row, []))
 
     if saved or report.new_quarantine:
         store.save_regressions(saved, report.new_quarantine)
     return report
+
+
+def _narrow(narrow, finding: dict, bisection: dict) -> dict | None:
+    """Narrow a release range to llama.cpp commits and say what came of it on stderr."""
+    import sys
+
+    if narrow is None:
+        from bot.narrow import pipeline_narrower as narrow
+    row = narrow(finding, bisection)
+    if row is not None:
+        extra = next((v for v in row.get("versions", []) if isinstance(v, dict)), {})
+        print(f"llama.cpp narrowing of {finding['component']} {finding['last_good']} -> {finding['first_bad']} "
+              f"({finding['case_id']}/{finding['stage']}): {row['status']}"
+              + (f", {row['last_good']} -> {row['first_bad']} {extra.get('compare_url', '')}" if row.get("first_bad")
+                 and row["status"] == "found" else ""), file=sys.stderr)
+    return row
 
 
 def _once_per_cell(probe: Rerun) -> Rerun:

@@ -251,9 +251,9 @@ def sdist(package: str, version: str, root: Path | None = None) -> Path:
 
     root = root or _cache() / "sdists"
     name = canonicalize_name(package)
-    cached = sorted(root.glob(f"{name.replace('-', '_')}-{version}.tar.gz")) if root.is_dir() else []
-    if cached:
-        return cached[0]
+    found = cached_sdist(package, version, root)
+    if found is not None:
+        return found
     candidates = _sdist_candidates(package, version)
     errors = [u[6:] for u, _ in candidates if u.startswith("error:")]
     candidates = [c for c in candidates if not c[0].startswith("error:")]
@@ -291,6 +291,14 @@ def sdist(package: str, version: str, root: Path | None = None) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def cached_sdist(package: str, version: str, root: Path | None = None) -> Path | None:
+    """``package==version``'s source distribution if it is already in the cache (no index)."""
+    root = root or _cache() / "sdists"
+    name = canonicalize_name(package)
+    cached = sorted(root.glob(f"{name.replace('-', '_')}-{version}.tar.gz")) if root.is_dir() else []
+    return cached[0] if cached else None
 
 
 def _cache() -> Path:
@@ -389,6 +397,7 @@ def llama_server(version: str, build_env: dict | None = None, *, package: str = 
             if not srcs:
                 raise BuildError(f"{src_archive.name} vendors no llama.cpp (vendor/llama.cpp/CMakeLists.txt)")
             src, bdir = srcs[0].parent, work / "build"
+            tree = _tree_hash(src, work / "tree.git")
             env = dict(os.environ)
             env.update(benv)
             env.pop("CMAKE_ARGS", None)  # given on the command line instead
@@ -409,10 +418,21 @@ def llama_server(version: str, build_env: dict | None = None, *, package: str = 
             if exe is None:
                 raise BuildError(f"built {target}, but found no binary under {bdir}", log[-3000:])
             shutil.copy2(exe, tmp / "llama-server")
-        return {"target": target, "sdist": src_archive.name, "build_env": benv, "cmake_args": args}
+        return {"target": target, "sdist": src_archive.name, "build_env": benv, "cmake_args": args, "tree": tree}
 
-    path, _ = _build_once(root or _cache() / "bin", doc, build)
+    root = root or _cache() / "bin"
+    path, _ = _build_once(root, doc, build)
+    tree = info(path).get("tree")
+    if tree:  # a llama.cpp commit with this very tree reuses this binary (bot/narrow.py)
+        link_tree(tree, build_env, path, root=root)
     return path / "llama-server"
+
+
+def server_built(version: str, build_env: dict | None = None, *, package: str = "llama-cpp-python",
+                 root: Path | None = None) -> Path | None:
+    """The binary of an already finished :func:`llama_server` build, or None (never builds)."""
+    path = (root or _cache() / "bin") / server_key(version, build_env, package)[:24]
+    return path / "llama-server" if (path / MARKER).is_file() else None
 
 
 @dataclass(frozen=True)
@@ -428,3 +448,172 @@ class Built:
         d = Path(path) if Path(path).is_dir() else Path(path).parent
         m = info(d)
         return cls(d, m["key"], m["seconds"])
+
+
+# --------------------------------------------------------------------------- llama-server at a llama.cpp commit
+
+WORKTREE_SLOTS = 4
+"""Build worktrees per flags: one per concurrent build (parallel narrowing), each incremental."""
+COMPILED = re.compile(r"Building (?:C|CXX) object ")
+
+
+def tree_key(tree: str, build_env: dict | None = None) -> str:
+    """Key of a llama-server built from the llama.cpp source tree ``tree`` (a git tree hash): the
+    content, not the commit, so equal trees (a vendored sdist, a revert) share one binary."""
+    return key_of(key_doc("llama-server-tree", "llama.cpp", tree, build_env, python="", platform_tag=platform_tag(),
+                          compiler=compiler_id()))
+
+
+def _alias(root: Path, tree: str, build_env: dict | None) -> Path:
+    return root / "trees" / f"{tree_key(tree, build_env)[:24]}.json"
+
+
+def link_tree(tree: str, build_env: dict | None, built: Path, *, root: Path | None = None) -> None:
+    """Record that the finished build ``built`` (a directory under ``root``) was made from
+    ``tree`` with ``build_env``: :func:`llama_server_tree` then reuses it (atomic write)."""
+    root = root or _cache() / "bin"
+    built = Path(built) if Path(built).is_dir() else Path(built).parent
+    if not (built / MARKER).is_file() or built.parent != root:
+        raise BuildError(f"{built} is not a finished build under {root}")
+    alias = _alias(root, tree, build_env)
+    if not alias.is_file():
+        atomic.write_json(alias, {"tree": tree, "build": built.name})
+
+
+def tree_built(tree: str, build_env: dict | None = None, *, root: Path | None = None) -> Path | None:
+    """The llama-server binary already built for ``tree`` (by commit or from an sdist), or None."""
+    root = root or _cache() / "bin"
+    direct = root / tree_key(tree, build_env)[:24]
+    if (direct / MARKER).is_file():
+        return direct / "llama-server"
+    alias = _alias(root, tree, build_env)
+    try:
+        name = json.loads(alias.read_text(encoding="utf-8"))["build"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    target = root / str(name)
+    return target / "llama-server" if (target / MARKER).is_file() and "/" not in str(name) else None
+
+
+def _tree_hash(directory: Path, git_dir: Path) -> str | None:
+    """The git tree hash of ``directory``'s files (None without git): the content key."""
+    if shutil.which("git") is None:
+        return None
+    from matrix import gitsrc
+
+    try:
+        return gitsrc.tree_of_dir(directory, git_dir).tree
+    except gitsrc.GitSourceError:
+        return None
+
+
+def _git_run(args: list[str], cwd: Path, timeout: float = 1800.0) -> str:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    return _run(["git", *args], env, timeout, f"git {' '.join(args[:2])}", cwd=cwd)
+
+
+@contextlib.contextmanager
+def _worktree(build_env: dict | None, work_root: Path | None):
+    """A build worktree for these flags, held exclusively: the first free slot, else slot 0
+    once free. Its object files persist, so the next commit recompiles only what changed."""
+    flags_key = key_of({"v": KEY_FORMAT, "flags": flags_of(build_env), "platform": platform_tag(),
+                        "compiler": compiler_id()})[:16]
+    base = (work_root or _cache() / "llama-worktrees") / flags_key
+    base.mkdir(parents=True, exist_ok=True)
+    for i in range(WORKTREE_SLOTS):
+        f = open(base / f"slot-{i}.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            continue
+        try:
+            yield base / f"slot-{i}"
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+        return
+    with _locked(base / "slot-0.lock"):
+        yield base / "slot-0"
+
+
+def llama_server_tree(repo: Path | str, commit: str, tree: str, build_env: dict | None = None, *,
+                      root: Path | None = None, work_root: Path | None = None,
+                      timeout: float = BUILD_TIMEOUT) -> tuple[Path, dict]:
+    """llama.cpp's ``llama-server`` at ``commit`` of the git repository ``repo``, keyed by the
+    commit's source ``tree`` and the flags (see :func:`llama_server`), built at most once per key.
+
+    Builds happen in a persistent worktree per flags (``cache_dir()/llama-worktrees``): the
+    commit is fetched into it and checked out, so git rewrites only the files that differ from
+    the previous build there and ninja (or make) recompiles only those translation units.
+    Returns (binary, how): ``how`` holds ``reused`` (``tree`` or ``sdist`` build, or False),
+    ``seconds``, ``compiled`` (translation units compiled now) and ``incremental``."""
+    root = root or _cache() / "bin"
+    found = tree_built(tree, build_env, root=root)
+    if found is not None:
+        kind = "tree" if info(found.parent).get("kind") == "tree" else "sdist"
+        return found, {"reused": kind, "seconds": 0.0, "compiled": 0}
+    doc = key_doc("llama-server-tree", "llama.cpp", tree, build_env, python="", platform_tag=platform_tag(),
+                  compiler=compiler_id())
+    benv = build_env_of(build_env)
+    how: dict = {"reused": False}
+
+    def build(tmp: Path) -> dict:
+        with _worktree(build_env, work_root) as slot:
+            src, bdir = slot / "src", slot / "build"
+            if not (src / ".git").exists():
+                shutil.rmtree(src, ignore_errors=True)
+                src.mkdir(parents=True)
+                _git_run(["init", "--quiet"], src)
+            try:
+                _git_run(["cat-file", "-e", f"{commit}^{{commit}}"], src, 60)
+            except BuildError:
+                _git_run(["fetch", "--quiet", "--no-tags", str(repo), commit], src)
+            _git_run(["checkout", "--quiet", "--force", "--detach", commit], src)
+            _git_run(["clean", "-ffdxq"], src)
+            got = _git_run(["rev-parse", "HEAD^{tree}"], src).strip()
+            if got != tree:
+                raise BuildError(f"{commit[:12]} has tree {got[:12]}, expected {tree[:12]}")
+            env = dict(os.environ)
+            env.update(benv)
+            env.pop("CMAKE_ARGS", None)
+            args = shlex.split(benv.get("CMAKE_ARGS", "")) + shlex.split(SERVER_CMAKE_ARGS)
+            incremental = (bdir / "CMakeCache.txt").is_file()
+            log = ""
+            if not incremental:
+                shutil.rmtree(bdir, ignore_errors=True)
+                gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+                try:
+                    log = _run(["cmake", "-S", str(src), "-B", str(bdir), *gen, *args], env, timeout, "cmake configure")
+                except BuildError:
+                    shutil.rmtree(bdir, ignore_errors=True)
+                    raise
+            try:
+                targets = _run(["cmake", "--build", str(bdir), "--target", "help"], env, 300, "cmake targets")
+            except BuildError:
+                shutil.rmtree(bdir, ignore_errors=True)  # a broken configure: start afresh next time
+                raise
+            names = set(re.findall(r"^(?:\.\.\. )?([\w.+-]+)(?::| |$)", targets, re.M))
+            target = next((t for t in SERVER_TARGETS if t in names), None)
+            if target is None:
+                raise BuildError(f"no server target ({', '.join(SERVER_TARGETS)}) at llama.cpp {commit[:12]}")
+            jobs = benv.get("CMAKE_BUILD_PARALLEL_LEVEL") or "2"
+            for stale in (bdir / "bin" / target, bdir / target):
+                stale.unlink(missing_ok=True)  # never take a previous commit's binary
+            out = _run(["cmake", "--build", str(bdir), "--target", target, "-j", jobs], env, timeout,
+                       f"cmake --build --target {target} at {commit[:12]}")
+            log += out
+            exe = next((p for p in (bdir / "bin" / target, bdir / target, bdir / "examples" / "server" / target)
+                        if p.is_file()), None)
+            if exe is None:
+                raise BuildError(f"built {target}, but found no binary under {bdir}", log[-3000:])
+            shutil.copy2(exe, tmp / "llama-server")
+            how.update(compiled=len(COMPILED.findall(out)), incremental=incremental, worktree=slot.name)
+        return {"kind": "tree", "commit": commit, "tree": tree, "target": target, "build_env": benv,
+                "cmake_args": args, **{k: v for k, v in how.items() if k != "reused"}}
+
+    path, built_now = _build_once(root, doc, build)
+    if not built_now:
+        how = {"reused": "tree", "compiled": 0}
+    how["seconds"] = info(path)["seconds"] if built_now else 0.0
+    return path / "llama-server", how

@@ -171,9 +171,55 @@ def bench_cell_suite() -> None:
            f"(goal <= 20 s, ratio {seconds / 20:.2f}); stages {stages}")
 
 
+def bench_narrow() -> None:
+    """Narrowing a llama-cpp-python range to the llama.cpp build tag (bot/narrow.py's demo
+    history: 5 tags, the bug in b5003) with warm caches (goal: nothing compiled), then with an
+    empty binary cache over the persistent build worktree (goal: a few translation units per
+    probe). ``LLMCOMPAT_BENCH_COLD=1`` also times a cold worktree (a full compile, minutes)."""
+    from bot import narrow
+    from matrix import builds, gitsrc
+
+    def once(base: Path, bin_root=None, work_root=None):
+        repo = gitsrc.open_repo(str(base / "llama.cpp"))
+        py = gitsrc.open_repo(str(base / "py"))
+        probe = narrow.CommitProbe(repo, narrow.case_check("single-user", "inference"), bin_root=bin_root,
+                                   work_root=work_root)
+        t = time.perf_counter()
+        res = narrow.narrow_releases(repo, "0.3.8", "0.3.9", probe, py_repo=py)
+        return res, time.perf_counter() - t
+
+    def units(res) -> str:
+        return ", ".join(f"{c} {res.notes[c.commit].build.get('compiled', '?')} TUs "
+                         f"{res.notes[c.commit].build.get('seconds', 0):.0f}s"
+                         + (" (reused)" if res.notes[c.commit].build.get("reused") else "") for c, _ in res.probes)
+
+    with tempfile.TemporaryDirectory(prefix="llmcompat-bench-narrow-") as tmp:
+        base = Path(tmp)
+        narrow.make_demo_repo(base / "llama.cpp", builds.sdist("llama-cpp-python", "0.3.8"), python_repo=base / "py")
+        first, s0 = once(base)  # warms the shared cache (compiles only on a machine that never narrowed)
+        warm, s1 = once(base)
+        compiled = sum(n.build.get("compiled", 0) for n in warm.notes.values())
+        report("narrow llama.cpp, warm cache", warm.found and compiled == 0 and len(warm.probes) <= warm.bound,
+               f"{warm.last_good} -> {warm.first_bad} in {len(warm.probes)} probes (bound {warm.bound}), "
+               f"{s1:.1f}s, {compiled} TUs compiled (goal 0); first run here {s0:.1f}s: {units(first)}")
+        rebuilt, s2 = once(base, bin_root=base / "bin")
+        per = [n.build.get("compiled", 0) for n in rebuilt.notes.values() if not n.build.get("reused")]
+        report("narrow llama.cpp, empty binary cache, warm worktree", rebuilt.found and max(per or [0]) <= 8,
+               f"{s2:.1f}s for {len(rebuilt.probes)} probes ({s2 / max(1, len(rebuilt.probes)):.1f}s each): "
+               f"{units(rebuilt)} (goal <= 8 TUs per probe)")
+        if os.environ.get("LLMCOMPAT_BENCH_COLD"):
+            cold, s3 = once(base, bin_root=base / "bin-cold", work_root=base / "worktrees")
+            report("narrow llama.cpp, cold (full compile)", cold.found, f"{s3:.1f}s: {units(cold)}")
+        fulls = [builds.info(d) for d in (builds._cache() / "bin").glob("*/") if (d / builds.MARKER).is_file()]
+        fulls = [m for m in fulls if m.get("kind") == "tree" and m.get("incremental") is False]
+        if fulls:
+            print("  recorded full compiles in a fresh worktree: "
+                  + ", ".join(f"{m['seconds']:.0f}s ({m['compiled']} TUs)" for m in fulls))
+
+
 BENCHES = {"env": bench_env_creation, "rerun": bench_second_run, "pairwise": bench_pairwise,
            "bisect": bench_bisect_probes, "noise": bench_noise, "bisect-real": bench_bisect_real,
-           "stages": bench_stages_in_process, "cell-suite": bench_cell_suite}
+           "stages": bench_stages_in_process, "cell-suite": bench_cell_suite, "narrow": bench_narrow}
 
 
 def main(argv=None) -> int:
