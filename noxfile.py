@@ -117,7 +117,8 @@ def goldens(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def bisect(session: nox.Session) -> None:
-    """Bisect any package's releases with a check script: nox -s bisect -- PKG ">=1,<2" check.py"""
+    """Bisect any package's releases with a check script: nox -s bisect -- PKG ">=1,<2" check.py;
+    llama.cpp commits: nox -s bisect -- llama.cpp GOOD..BAD check.py --git PATH"""
     _llmcompat(session, "bisect", *session.posargs)
 
 
