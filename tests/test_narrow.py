@@ -201,8 +201,9 @@ def test_the_bisect_command_narrows_llama_cpp_with_a_check_script(demo, tmp_path
 
 @pytest.mark.slow
 def test_the_pipeline_narrows_through_the_configured_source(demo, monkeypatch):
-    """The regression pipeline's step, with LLMCOMPAT_LLAMACPP_GIT and the sdist route (no
-    llama-cpp-python repository): 0.3.8's sdist tree is b5000 exactly; 0.3.9 has no sdist."""
+    """The sdist route maps 0.3.8 to b5000 (its vendored tree, exactly); the regression pipeline's
+    step then narrows with LLMCOMPAT_LLAMACPP_GIT and the llama-cpp-python repository (the demo's
+    0.3.9 has no sdist, so only its submodule pointer names its commit)."""
     monkeypatch.setenv(gitsrc.ENV_GIT, str(demo["git"]))
     monkeypatch.delenv(gitsrc.ENV_PYTHON_GIT, raising=False)
     repo = gitsrc.open_repo(str(demo["git"]))
