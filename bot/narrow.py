@@ -94,7 +94,8 @@ class NarrowResult:
                 "probes": [(c.ref, v.value) for c, v in self.probes],
                 "last_good": self.last_good.ref if self.last_good else None,
                 "first_bad": self.first_bad.ref if self.first_bad else None,
-                "status": self.status, "started": started, "finished": finished or _now()}
+                "status": self.status, "started": started, "finished": finished or _now(),
+                "compare_url": self.compare_url if self.found else "", "repro": self.repro if self.found else ""}
 
     def to_json(self) -> dict:
         return {"status": self.status, "last_good": _cand(self.last_good), "first_bad": _cand(self.first_bad),
@@ -396,10 +397,7 @@ def pipeline_narrower(finding: dict, bisection: dict, *, source: str | None = No
         if res.found:
             res.repro = repro_command(res.last_good.ref, res.first_bad.ref, git=source, case=case, stage=stage,
                                       model=model, python_git=py_source)
-        row = res.bisection(started)
-        if res.found:
-            row["versions"] = row["versions"] + [{"compare_url": res.compare_url, "repro": res.repro}]
-        return row
+        return res.bisection(started)
     except Exception as exc:  # noqa: BLE001 - a failed narrowing never loses the release finding
         return not_narrowed(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", started)
 

@@ -33,8 +33,8 @@ Steps (:func:`regress`):
    llama.cpp build tags or commits by ``narrow(finding, bisection) -> row`` (default
    :func:`bot.narrow.pipeline_narrower`, which needs ``LLMCOMPAT_LLAMACPP_GIT``); its row is a
    second bisection of the finding with component ``llama.cpp``: the narrowed range, or the
-   status ``not narrowed: <why>``. Its ``versions`` are the candidates, then one object with the
-   compare URL and the reproduction command.
+   status ``not narrowed: <why>``. Its ``versions`` are the candidates; ``compare_url`` and
+   ``repro`` are llama.cpp's own.
 """
 
 from __future__ import annotations
@@ -268,10 +268,9 @@ def _narrow(narrow, finding: dict, bisection: dict) -> dict | None:
         from bot.narrow import pipeline_narrower as narrow
     row = narrow(finding, bisection)
     if row is not None:
-        extra = next((v for v in row.get("versions", []) if isinstance(v, dict)), {})
         print(f"llama.cpp narrowing of {finding['component']} {finding['last_good']} -> {finding['first_bad']} "
               f"({finding['case_id']}/{finding['stage']}): {row['status']}"
-              + (f", {row['last_good']} -> {row['first_bad']} {extra.get('compare_url', '')}" if row.get("first_bad")
+              + (f", {row['last_good']} -> {row['first_bad']} {row.get('compare_url', '')}" if row.get("first_bad")
                  and row["status"] == "found" else ""), file=sys.stderr)
     return row
 

@@ -144,6 +144,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE findings ADD COLUMN cells INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX findings_by_kind ON findings(kind, status);
     """,
+    # 4: a bisection's own compare link and reproduction (a llama.cpp narrowing has a range
+    #    of its own, in another repository than the finding's).
+    """
+    ALTER TABLE bisections ADD COLUMN compare_url TEXT NOT NULL DEFAULT '';
+    ALTER TABLE bisections ADD COLUMN repro TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 CELL_COLUMNS = (
@@ -465,10 +471,10 @@ def _mark_fixed(db: sqlite3.Connection, fingerprint: str, fixed_in: str, time: s
 def _insert_bisection(db: sqlite3.Connection, fingerprint: str, b: dict) -> None:
     db.execute(
         "INSERT INTO bisections (fingerprint, component, versions, probes, last_good, first_bad, status,"
-        " started, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " started, finished, compare_url, repro) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (fingerprint, b["component"], json.dumps(list(b.get("versions", []))),
          json.dumps([list(p) for p in b.get("probes", [])]), b.get("last_good"), b.get("first_bad"),
-         b["status"], b["started"], b.get("finished")),
+         b["status"], b["started"], b.get("finished"), b.get("compare_url") or "", b.get("repro") or ""),
     )
 
 

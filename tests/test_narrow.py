@@ -77,7 +77,7 @@ def test_the_pipeline_stores_the_narrowed_range_beside_the_release_bisection(sto
 
     def narrower(finding, bisection):
         seen.append((finding["case_id"], bisection["last_good"], bisection["first_bad"]))
-        return {"component": "llama.cpp", "versions": ["b1", "b2", {"compare_url": "u", "repro": "r"}],
+        return {"component": "llama.cpp", "versions": ["b1", "b2"], "compare_url": "u", "repro": "r",
                 "probes": [("b1", "good"), ("b2", "bad")], "last_good": "b1", "first_bad": "b2",
                 "status": "found", "started": NOW, "finished": NOW}
 
@@ -85,7 +85,7 @@ def test_the_pipeline_stores_the_narrowed_range_beside_the_release_bisection(sto
                      narrow=narrower)
     assert seen == [("single-user", "0.3.7", "0.3.8")]
     (row,) = [r for r in store.bisections() if r["component"] == "llama.cpp"]
-    assert (row["last_good"], row["first_bad"], row["versions"][-1]["compare_url"]) == ("b1", "b2", "u")
+    assert (row["last_good"], row["first_bad"], row["compare_url"], row["repro"]) == ("b1", "b2", "u", "r")
     assert report.narrowed[0]["first_bad"] == "b2"
     assert len(store.findings()) == 1
 
@@ -214,7 +214,7 @@ def test_the_pipeline_narrows_through_the_configured_source(demo, monkeypatch):
     bisection = {"status": "found", "last_good": "0.3.8", "first_bad": "0.3.9"}
     row = narrow.pipeline_narrower(finding, bisection, python_source=str(demo["python_git"]))
     assert (row["status"], row["last_good"], row["first_bad"]) == ("found", "b5002", "b5003"), row
-    extra = row["versions"][-1]
-    assert extra["compare_url"].endswith("/compare/b5002...b5003")
-    assert extra["repro"] == (f"llmcompat bisect llama.cpp b5002..b5003 --case single-user --stage inference "
+    assert all(isinstance(v, str) for v in row["versions"])
+    assert row["compare_url"].endswith("/compare/b5002...b5003")
+    assert row["repro"] == (f"llmcompat bisect llama.cpp b5002..b5003 --case single-user --stage inference "
                               f"--model tiny-qwen2 --git {demo['git']} --python-git {demo['python_git']}")
