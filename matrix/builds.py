@@ -32,7 +32,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -386,17 +385,14 @@ def llama_server(version: str, build_env: dict | None = None, *, package: str = 
     def build(tmp: Path) -> dict:
         src_archive = sdist(package, version)
         with tempfile.TemporaryDirectory(prefix="llmcompat-llama-src-") as work:
+            from matrix import gitsrc
+
             work = Path(work)
-            with tarfile.open(src_archive) as tar:
-                members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name + "/"]
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(work, members=members, filter="data")
-                else:  # pragma: no cover - Pythons before the extraction filters
-                    tar.extractall(work, members=members)
-            srcs = sorted(work.glob("*/vendor/llama.cpp/CMakeLists.txt"))
-            if not srcs:
-                raise BuildError(f"{src_archive.name} vendors no llama.cpp (vendor/llama.cpp/CMakeLists.txt)")
-            src, bdir = srcs[0].parent, work / "build"
+            try:
+                src = gitsrc.extract_vendored(src_archive, work)
+            except gitsrc.GitSourceError as exc:
+                raise BuildError(str(exc)) from None
+            bdir = work / "build"
             tree = _tree_hash(src, work / "tree.git")
             env = dict(os.environ)
             env.update(benv)

@@ -62,6 +62,23 @@ def probe_result(python, job: dict, timeout: float = 600) -> dict:
     return result
 
 
+def fresh_goldens(model, reference_python, case_ids) -> list[dict]:
+    """The reference path in golden mode on ``case_ids``: template and tokenize make the prompt
+    (ids and text), transformers (float32, CPU, greedy) the 16 generated tokens with their top-5.
+    The cases come back with these goldens as their ``expect``."""
+    from matrix import suites
+
+    cases = [c for c in suites.load("core").cases if c["id"] in case_ids]
+    job = {"mode": "golden", "model_dir": str(model.path), "stages": ["template", "tokenize", "inference"],
+           "renderers": ["jinja2"], "tokenizers": ["tokenizers"], "golden_renderer": "jinja2",
+           "golden_tokenizer": "tokenizers", "cases": [dict(c, expect={}) for c in cases],
+           "limits": {"render_seconds": 10}, "gen_cases": [{"id": i} for i in case_ids],
+           "reference_engine": "transformers"}
+    result = probe_result(reference_python, job, timeout=1500)
+    assert result["stages"]["inference"]["outcome"] == "pass", result["records"]
+    return [dict(c, expect=result["produced"][c["id"]]) for c in cases]
+
+
 def or_skip(fn, *args, **kwargs):
     """``fn(...)``, or a skip with the reason when the package index cannot be reached."""
     from matrix import envs

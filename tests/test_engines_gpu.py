@@ -355,19 +355,9 @@ def run_probe(python: Path, job: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def goldens(model, reference_python):
-    """The reference path in golden mode: template and tokenize make the prompt (ids and text),
-    transformers (float32, CPU, greedy) the 16 generated tokens with their top-5."""
-    from matrix import suites
+    from tests.conftest import fresh_goldens
 
-    cases = [c for c in suites.load("core").cases if c["id"] in CASE_IDS]
-    job = {"mode": "golden", "model_dir": str(model.path), "stages": ["template", "tokenize", "inference"],
-           "renderers": ["jinja2"], "tokenizers": ["tokenizers"], "golden_renderer": "jinja2",
-           "golden_tokenizer": "tokenizers", "cases": [dict(c, expect={}) for c in cases],
-           "limits": {"render_seconds": 10}, "gen_cases": [{"id": i} for i in CASE_IDS],
-           "reference_engine": "transformers"}
-    result = run_probe(reference_python, job)
-    assert result["stages"]["inference"]["outcome"] == "pass", result["records"]
-    return [dict(c, expect=result["produced"][c["id"]]) for c in cases]
+    return fresh_goldens(model, reference_python, CASE_IDS)
 
 
 def check(python: Path, model, cases: list, engine_specs: list) -> dict:
