@@ -99,6 +99,9 @@ def cmd_ingest(args) -> int:
     from reports.aggregate import ingest
     from reports.store import Store
 
+    from matrix.job import find_regressions, load_matrix, prepare, record_differences
+
+    opts = _options(args)
     files = sorted(p for d in args.dirs for p in Path(d).rglob("*.json"))
     run = {"id": args.run_id or now_iso(), "started": now_iso(), "finished": now_iso(), "kind": "ingest",
            "meta": {"files": len(files)}}
@@ -106,7 +109,16 @@ def cmd_ingest(args) -> int:
         known = store.keys()
         new = [f for f in files if f.stem not in known]
         n = ingest(store, run, new, [f.stem for f in files if f.stem in known])
-    print(f"ingested {n} new cell results ({len(files) - len(new)} already known) as run {run['id']}")
+        print(f"ingested {n} new cell results ({len(files) - len(new)} already known) as run {run['id']}")
+        diffs = record_differences(load_matrix(opts), store, run["id"])
+        print(f"differences from the reference path: {len(diffs)} finding(s)")
+        if args.regress:
+            report = find_regressions(prepare(opts), opts, store, run["id"])
+            found = report.findings if report is not None else []
+            print(f"regressions: {len(found)} finding(s)")
+            for f in found:
+                print(f"  finding {f['fingerprint']}: {f['component']} {f['last_good']} -> {f['first_bad']} "
+                      f"({f['stage']}, case {f['case_id']}) {f.get('compare_url') or ''}")
     return 0
 
 
@@ -164,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="ingest result files (from shard jobs) into the store as one run")
     p.add_argument("dirs", nargs="+", type=Path)
     p.add_argument("--run-id")
+    p.add_argument("--regress", action="store_true",
+                   help="then look for regressions: confirm by re-running cells on this machine, and bisect")
+    _common(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("goldens", help="regenerate goldens with the reference path and print the diff")

@@ -110,3 +110,12 @@ def test_command_line_runs_ingests_publishes_and_reuses(tmp_path):
     second = llmcompat(tmp_path, *args)
     assert second.returncode == 0, second.stderr
     assert "reused 2, executed 0" in " ".join(second.stdout.split())
+    # the aggregator of a sharded run: result files made elsewhere, ingested as one run
+    other = tmp_path / "aggregator"
+    other.mkdir()
+    agg = llmcompat(other, "ingest", str(tmp_path / "results"), "--run-id", "gha-1")
+    assert agg.returncode == 0, agg.stderr
+    assert "ingested 2 new cell results (0 already known) as run gha-1" in agg.stdout
+    assert f"differences from the reference path: {len(diffs)} finding(s)" in agg.stdout
+    again = llmcompat(other, "ingest", str(tmp_path / "results"), "--run-id", "gha-2")
+    assert "ingested 0 new cell results (2 already known)" in again.stdout
