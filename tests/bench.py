@@ -183,6 +183,7 @@ def bench_narrow() -> None:
     empty binary cache over the persistent build worktree (goal: a few translation units per
     probe). ``LLMCOMPAT_BENCH_COLD=1`` also times a cold worktree (a full compile, minutes)."""
     from bot import narrow
+    from tests import narrow_demo
     from matrix import builds, gitsrc
 
     def once(base: Path, bin_root=None, work_root=None):
@@ -201,7 +202,7 @@ def bench_narrow() -> None:
 
     with tempfile.TemporaryDirectory(prefix="llmcompat-bench-narrow-") as tmp:
         base = Path(tmp)
-        narrow.make_demo_repo(base / "llama.cpp", builds.sdist("llama-cpp-python", "0.3.8"), python_repo=base / "py")
+        narrow_demo.make_demo_repo(base / "llama.cpp", builds.sdist("llama-cpp-python", "0.3.8"), python_repo=base / "py")
         first, s0 = once(base)  # warms the shared cache (compiles only on a machine that never narrowed)
         warm, s1 = once(base)
         compiled = sum(n.build.get("compiled", 0) for n in warm.notes.values())

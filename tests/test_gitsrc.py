@@ -13,12 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot import narrow
+from tests import narrow_demo
 from bot.search import Verdict
 from matrix import gitsrc
 from matrix.gitsrc import Candidate
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-ENV = narrow.DEMO_ENV
+ENV = narrow_demo.DEMO_ENV
 
 
 # --------------------------------------------------------------------------- pure
@@ -183,7 +184,7 @@ def test_the_vendored_commit_from_a_submodule_pointer_and_from_the_sdist_tree(tm
     path, ids, _ = history
     repo = gitsrc.open_repo(str(path))
     py = tmp_path / "llama-cpp-python"
-    narrow.make_demo_python_repo(py, {"0.1.0": ids[1], "0.2.0": ids[6]})
+    narrow_demo.make_demo_python_repo(py, {"0.1.0": ids[1], "0.2.0": ids[6]})
     py_repo = gitsrc.open_repo(str(py))
     assert gitsrc.vendored_commit(py_repo, "0.1.0") == ids[1]
     with pytest.raises(gitsrc.GitSourceError, match="v9.9"):

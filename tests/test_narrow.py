@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bot import narrow
+from tests import narrow_demo
 from bot.search import Verdict
 from matrix import builds, gitsrc
 
@@ -106,7 +107,7 @@ def demo(tmp_path_factory):
     except builds.BuildError as exc:
         pytest.skip(f"no llama-cpp-python 0.3.8 source distribution: {str(exc).splitlines()[0]}")
     base = tmp_path_factory.mktemp("narrow")
-    made = narrow.make_demo_repo(base / "llama.cpp", sdist, python_repo=base / "llama-cpp-python")
+    made = narrow_demo.make_demo_repo(base / "llama.cpp", sdist, python_repo=base / "llama-cpp-python")
     return {**made, "git": base / "llama.cpp", "python_git": base / "llama-cpp-python", "sdist": sdist}
 
 
