@@ -95,11 +95,10 @@ def cmd_gha_matrix(args) -> int:
 def cmd_ingest(args) -> int:
     """Ingest result files made elsewhere (GitHub Actions shard jobs) as one run."""
     from matrix import paths
+    from matrix.job import find_regressions, load_matrix, prepare, record_differences
     from matrix.run import now_iso
     from reports.aggregate import ingest
     from reports.store import Store
-
-    from matrix.job import find_regressions, load_matrix, prepare, record_differences
 
     opts = _options(args)
     files = sorted(p for d in args.dirs for p in Path(d).rglob("*.json"))
