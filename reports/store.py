@@ -312,45 +312,36 @@ class Store:
                               (package, version)).fetchone()
         return row[0] if row else None
 
-    def finding(self, fingerprint: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM findings WHERE fingerprint = ?", (fingerprint,)).fetchone()
-        return _finding(row) if row else None
-
-    def findings(self, status: str | None = None, kind: str | None = None) -> list[dict]:
-        sql, params = "SELECT * FROM findings WHERE 1", []
-        if status is not None:
-            sql, params = sql + " AND status = ?", params + [status]
-        if kind is not None:
-            sql, params = sql + " AND kind = ?", params + [kind]
-        rows = self.db.execute(sql + " ORDER BY first_seen, fingerprint", params)
-        return [_finding(r) for r in rows]
-
-    def bisections(self, fingerprint: str | None = None) -> list[dict]:
-        if fingerprint is None:
-            rows = self.db.execute("SELECT * FROM bisections ORDER BY id")
-        else:
-            rows = self.db.execute("SELECT * FROM bisections WHERE fingerprint = ? ORDER BY id", (fingerprint,))
+    def _select(self, table: str, order: str, json_columns: tuple[str, ...] = (), **where) -> list[dict]:
+        """Rows of ``table`` where each given column equals its value (None: any), in ``order``;
+        ``json_columns`` decoded."""
+        given = {c: v for c, v in where.items() if v is not None}
+        sql = f"SELECT * FROM {table}"
+        if given:
+            sql += " WHERE " + " AND ".join(f"{c} = ?" for c in given)
         out = []
-        for r in rows:
-            d = dict(r)
-            d["versions"] = json.loads(d["versions"])
-            d["probes"] = json.loads(d["probes"])
+        for row in self.db.execute(f"{sql} ORDER BY {order}", list(given.values())):
+            d = dict(row)
+            for c in json_columns:
+                d[c] = json.loads(d[c])
             out.append(d)
         return out
 
+    def finding(self, fingerprint: str) -> dict | None:
+        rows = self._select("findings", "fingerprint", _JSON_COLUMNS, fingerprint=fingerprint)
+        return rows[0] if rows else None
+
+    def findings(self, status: str | None = None, kind: str | None = None) -> list[dict]:
+        return self._select("findings", "first_seen, fingerprint", _JSON_COLUMNS, status=status, kind=kind)
+
+    def bisections(self, fingerprint: str | None = None) -> list[dict]:
+        return self._select("bisections", "id", ("versions", "probes"), fingerprint=fingerprint)
+
     def issues(self, fingerprint: str | None = None) -> list[dict]:
-        if fingerprint is None:
-            rows = self.db.execute("SELECT * FROM issues ORDER BY created, repo, number")
-        else:
-            rows = self.db.execute("SELECT * FROM issues WHERE fingerprint = ? ORDER BY created", (fingerprint,))
-        return [dict(r) for r in rows]
+        return self._select("issues", "created, repo, number", fingerprint=fingerprint)
 
     def ttf_events(self, fingerprint: str | None = None) -> list[dict]:
-        if fingerprint is None:
-            rows = self.db.execute("SELECT * FROM ttf_events ORDER BY fingerprint, time")
-        else:
-            rows = self.db.execute("SELECT * FROM ttf_events WHERE fingerprint = ? ORDER BY time", (fingerprint,))
-        return [dict(r) for r in rows]
+        return self._select("ttf_events", "fingerprint, time", fingerprint=fingerprint)
 
     def quarantine(self, now: str | None = None) -> dict[str, dict]:
         """Quarantine entries by subject; with ``now``, only those still in force (``until`` > now)."""
@@ -369,11 +360,7 @@ class Store:
         """Upsert a finding (first_seen kept, last_seen and the range updated, reopened if it was
         fixed), with its bisection and time-to-fix events (the first of each kind is kept), in one
         transaction."""
-        with self.transaction() as db:
-            _upsert_finding(db, finding)
-            if bisection is not None:
-                _insert_bisection(db, finding["fingerprint"], bisection)
-            _insert_events(db, finding["fingerprint"], events)
+        self.save_regressions([(finding, bisection, list(events))])
 
     def save_regressions(self, items: Iterable[tuple[dict, dict | None, list[dict]]],
                          quarantine: Iterable[dict] = ()) -> None:
@@ -423,9 +410,7 @@ class Store:
             _insert_events(db, fingerprint, [{"event": event, "time": time, "version": version}])
 
     def set_quarantine(self, subject: str, reason: str, until: str) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO quarantine (subject, reason, until) VALUES (?, ?, ?)",
-                       (subject, reason, until))
+        self.save_regressions([], [{"subject": subject, "reason": reason, "until": until}])
 
 
 FINDING_COLUMNS = (
@@ -435,13 +420,6 @@ FINDING_COLUMNS = (
 )
 _JSON_COLUMNS = ("cases", "versions")
 _UPDATED_ON_CONFLICT = tuple(c for c in FINDING_COLUMNS if c not in ("fingerprint", "first_seen", "kind"))
-
-
-def _finding(row: sqlite3.Row) -> dict:
-    d = dict(row)
-    for c in _JSON_COLUMNS:
-        d[c] = json.loads(d[c])
-    return d
 
 
 def _upsert_finding(db: sqlite3.Connection, finding: dict) -> None:
