@@ -249,7 +249,6 @@ def sdist(package: str, version: str, root: Path | None = None) -> Path:
     from matrix.index import pip_config
 
     root = root or _cache() / "sdists"
-    name = canonicalize_name(package)
     found = cached_sdist(package, version, root)
     if found is not None:
         return found

@@ -20,12 +20,7 @@ def llama_env(*requirements: str, overrides=("torch==2.13.0+cpu",)):
     once per version and flags, plus ``requirements``: the way a cell gets it, never recompiled."""
     from matrix import builds, envs
 
-    try:
-        wheel_dir = builds.wheel("llama-cpp-python", LLAMA_CPP)
-    except builds.BuildError as exc:
-        if "no source distribution" in str(exc) or "downloading" in str(exc):
-            pytest.skip(f"no package index: {str(exc).splitlines()[0]}")
-        raise
+    wheel_dir = or_skip(builds.wheel, "llama-cpp-python", LLAMA_CPP)
     lock = envs.resolve([f"llama-cpp-python[server]=={LLAMA_CPP}", *requirements], python="3.11",
                         overrides=list(overrides), find_links=[wheel_dir])
     if isinstance(lock, envs.Unresolvable):
@@ -80,13 +75,18 @@ def fresh_goldens(model, reference_python, case_ids) -> list[dict]:
 
 
 def or_skip(fn, *args, **kwargs):
-    """``fn(...)``, or a skip with the reason when the package index cannot be reached."""
-    from matrix import envs
+    """``fn(...)``, or a skip with the reason when the package index cannot be reached (uv
+    cannot resolve, or a build cannot fetch its source distribution)."""
+    from matrix import builds, envs
 
     try:
         return fn(*args, **kwargs)
     except envs.ResolveError as exc:
         pytest.skip(f"no package index: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+    except builds.BuildError as exc:
+        if "no source distribution" in str(exc) or "downloading" in str(exc):
+            pytest.skip(f"no package index: {str(exc).splitlines()[0]}")
+        raise
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import pytest
 
 from matrix import builds
 from matrix.index import IndexConfig
+from tests.conftest import or_skip as _or_skip
 
 LLAMA_CPP = "0.2.90"
 
@@ -209,19 +210,6 @@ def test_a_tree_without_a_server_target_is_a_build_error(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the real wheel (slow)
-
-def _or_skip(fn, *args, **kwargs):
-    from matrix import envs
-
-    try:
-        return fn(*args, **kwargs)
-    except envs.ResolveError as exc:
-        pytest.skip(f"no package index: {str(exc).splitlines()[0] if str(exc) else exc!r}")
-    except builds.BuildError as exc:
-        if "no source distribution" in str(exc) or "downloading" in str(exc):
-            pytest.skip(f"no package index: {str(exc).splitlines()[0]}")
-        raise
-
 
 @pytest.fixture(scope="module")
 def llama_wheel_dir():

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import or_skip
+
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_DIR = ROOT / "matrix" / "probe"
 if str(PROBE_DIR) not in sys.path:
@@ -269,12 +271,7 @@ def llama_server_bin():
     from matrix import builds
 
     t = time.perf_counter()
-    try:
-        exe = builds.llama_server(SERVER_VERSION)
-    except builds.BuildError as exc:
-        if "no source distribution" in str(exc) or "downloading" in str(exc):
-            pytest.skip(f"no package index: {str(exc).splitlines()[0]}")
-        raise
+    exe = or_skip(builds.llama_server, SERVER_VERSION)
     print(f"builds.llama_server({SERVER_VERSION}): {time.perf_counter() - t:.1f}s "
           f"(build recorded {builds.info(exe.parent)['seconds']}s)")
     return exe
@@ -351,12 +348,7 @@ def test_an_older_server_generates_the_reference_tokens_through_its_piece_shape(
     tiny model's greedy generations are the reference's (L0), not a divergence at step 3."""
     from matrix import builds, loader, tinymodel
 
-    try:
-        exe = builds.llama_server(OLD_SERVER_VERSION)
-    except builds.BuildError as exc:
-        if "no source distribution" in str(exc) or "downloading" in str(exc):
-            pytest.skip(f"no package index: {str(exc).splitlines()[0]}")
-        raise
+    exe = or_skip(builds.llama_server, OLD_SERVER_VERSION)
     model = tinymodel.ensure(arch="qwen2", parts=("tokenizer", "weights", "gguf"),
                              reference=loader.load_default().reference)
     gen = ["single-user", "multi-turn", "non-ascii"]

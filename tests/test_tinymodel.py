@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from matrix import envs, tinymodel
+from matrix import tinymodel
+from tests.conftest import or_skip as _or_skip
 
 REF = {"tokenizers": "0.23.3", "transformers": "5.23.0", "jinja2": "3.1.6", "gguf": "0.19.0"}
 TEMPLATE = (Path(tinymodel.__file__).parent / "chat_template.jinja").read_text(encoding="utf-8")
@@ -66,13 +67,6 @@ def run_in(python: Path, code: str, *args: str, env: dict | None = None) -> dict
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _or_skip(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except envs.ResolveError as exc:  # the package index is unreachable: infra, not a failure
-        pytest.skip(f"no package index: {str(exc).splitlines()[0] if str(exc) else exc!r}")
 
 
 @pytest.fixture(scope="module")
