@@ -39,7 +39,7 @@ def registry(monkeypatch):
 
 def test_adapters_are_named_engines_with_the_common_interface():
     assert set(engines_extra.ADAPTERS) == {"mistralrs", "onnxruntime-genai", "openvino-genai"}
-    assert engines_extra.register({"mistralrs": None})["mistralrs"] is None  # never replaces a registered name
+    assert engines.add_adapters(engines_extra.ADAPTERS, {"mistralrs": None})["mistralrs"] is None  # never replaces
     for name, cls in engines_extra.ADAPTERS.items():
         assert cls.name == name and issubclass(cls, engines.Engine) and not cls.server
         assert name not in engines.ENGINES or engines.ENGINES[name] is cls  # no clash with engines.py

@@ -49,7 +49,7 @@ def test_the_three_adapters_are_registered_servers_without_clashes():
         assert engines.ENGINES[name] is cls and cls.name == name
         assert issubclass(cls, engines.ServerEngine) and cls.server
         assert isinstance(engines.make(name, dict(JOB)), cls)
-    assert eg.register({"vllm": None})["vllm"] is None  # never replaces a registered name
+    assert engines.add_adapters(eg.ADAPTERS, {"vllm": None})["vllm"] is None  # never replaces a registered name
     assert {"vllm", "sglang", "ollama"} <= set(__import__("matrix.run", fromlist=["SERVER_ENGINES"]).SERVER_ENGINES)
 
 

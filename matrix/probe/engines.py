@@ -659,6 +659,14 @@ ENGINES = {cls.name: cls for cls in (TransformersEngine, LlamaCppEngine, LlamaCp
                                      TransformersServeEngine, OpenAIEndpointEngine, LlamaServerEngine)}
 
 
+def add_adapters(adapters: dict, registry: dict) -> dict:
+    """Add adapters (name -> class) to an engine registry; names it already has are left alone.
+    The modules of further adapters (engines_extra, engines_gpu) register themselves with it."""
+    for name, cls in adapters.items():
+        registry.setdefault(name, cls)
+    return registry
+
+
 def make(spec, job: dict) -> Engine:
     """An adapter from a ``job["engines"]`` entry (a name, or a mapping with ``name``)."""
     if isinstance(spec, str):

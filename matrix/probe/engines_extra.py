@@ -383,18 +383,12 @@ EXPORT_ENGINES = {"onnxruntime-genai": "onnxruntime-genai", "openvino-genai": "o
 """Engines that need a host-made export: engine name -> key in ``job["exports"]``."""
 
 __all__ = ["ADAPTERS", "EXPORT_ENGINES", "MistralRsEngine", "OnnxRuntimeGenAIEngine", "OpenVINOGenAIEngine",
-           "PromptMismatch", "register"]
-
-
-def register(registry: dict) -> dict:
-    """Add these adapters to an engine registry (names it already has are left alone)."""
-    for name, cls in ADAPTERS.items():
-        registry.setdefault(name, cls)
-    return registry
+           "PromptMismatch"]
 
 
 # Self-registration, safe in either import order: engines.py ends with `import engines_extra`;
-# here `engines` is either fully imported or stopped at that last line, with ENGINES defined.
+# here `engines` is either fully imported or stopped at that last line, with ENGINES and
+# add_adapters defined.
 import engines as _engines  # noqa: E402
 
-register(_engines.ENGINES)
+_engines.add_adapters(ADAPTERS, _engines.ENGINES)

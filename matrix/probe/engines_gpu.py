@@ -457,16 +457,9 @@ ADAPTERS = {cls.name: cls for cls in (VllmEngine, SGLangEngine, OllamaEngine)}
 """Engine name -> adapter class, for ``engines.ENGINES``."""
 
 __all__ = ["ADAPTERS", "OllamaEngine", "SGLangEngine", "VllmEngine", "gpu_reason", "modelfile_for",
-           "ollama_binary", "register"]
-
-
-def register(registry: dict) -> dict:
-    """Add these adapters to an engine registry (names it already has are left alone)."""
-    for name, cls in ADAPTERS.items():
-        registry.setdefault(name, cls)
-    return registry
+           "ollama_binary"]
 
 
 import engines as _engines  # noqa: E402  (either import order works, as in engines_extra)
 
-register(_engines.ENGINES)
+_engines.add_adapters(ADAPTERS, _engines.ENGINES)
