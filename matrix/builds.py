@@ -503,8 +503,17 @@ def _tree_hash(directory: Path, git_dir: Path) -> str | None:
 
 
 def _git_run(args: list[str], cwd: Path, timeout: float = 1800.0) -> str:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-    return _run(["git", *args], env, timeout, f"git {' '.join(args[:2])}", cwd=cwd)
+    """git's stdout alone (a warning on stderr never mixes into a hash): gitsrc's runner, with
+    its failures and timeouts as build errors."""
+    from matrix import gitsrc
+
+    what = f"git {' '.join(args[:2])}"
+    try:
+        return gitsrc._git(args, cwd=cwd, timeout=timeout, what=what)
+    except gitsrc.GitSourceError as exc:
+        raise BuildError(str(exc)) from None
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{what}: timed out after {timeout:.0f}s") from None
 
 
 @contextlib.contextmanager
