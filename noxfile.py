@@ -45,7 +45,7 @@ PLAN_TTL = 6 * 3600
 
 def _llmcompat(session: nox.Session, *args: str) -> None:
     """Run the llmcompat CLI in-process (it needs nothing beyond the script block's packages)."""
-    from matrix.cli import main
+    from matrix.app.cli import main
 
     code = main(list(args))
     if code:
@@ -59,7 +59,7 @@ def _planned_cell_ids() -> list[str]:
     only a stale or missing plan asks the (cached) package index.
     """
     from matrix import paths
-    from matrix.key import digest
+    from matrix.plan.key import digest
 
     axes = ROOT / "matrix" / "axes.yaml"
     stamp = digest(axes.read_bytes())
@@ -71,7 +71,7 @@ def _planned_cell_ids() -> list[str]:
     except (OSError, ValueError, KeyError):
         pass
     try:
-        from matrix.job import Options, plan_cells
+        from matrix.app.job import Options, plan_cells
 
         ids = [c.id for c in plan_cells(Options()).cells]
     except Exception as exc:  # noqa: BLE001 - listing sessions must not die with the index

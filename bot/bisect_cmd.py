@@ -1,6 +1,6 @@
 """``llmcompat bisect``: bisect any package's releases with a check script, like ``git bisect run``.
 
-The version list comes from the configured package index (:class:`matrix.index.PackageIndex`),
+The version list comes from the configured package index (:class:`matrix.releases.index.PackageIndex`),
 filtered by a PEP 440 range (``>=20,<24``) or given explicitly (``20.0,21.3,22.0``), ordered by
 :mod:`packaging`. Each probe resolves ``package==v`` plus the ``--with`` requirements with uv, builds
 (or reuses) that environment and runs the check script with the environment's interpreter first
@@ -30,8 +30,8 @@ from packaging.version import InvalidVersion, Version
 
 from bot import links
 from bot.search import BisectResult, Verdict, bisect, bisect_parallel, probe_bound
-from matrix import envs
-from matrix.versions import Release
+from matrix.env import uv as envs
+from matrix.releases.versions import Release
 
 SKIP = 125
 ABORT_FROM = 128
@@ -167,7 +167,7 @@ class ProbeNote:
 class PackageProbe:
     """Probe one version of ``package``: resolve, ensure, run the check. Callable as a bisect probe.
 
-    ``resolve``/``ensure`` default to :func:`matrix.envs.resolve`/:func:`matrix.envs.ensure`
+    ``resolve``/``ensure`` default to :func:`matrix.env.uv.resolve`/:func:`matrix.env.uv.ensure`
     (tests and callers may pass others). ``notes`` keeps what happened at each version.
     """
 
@@ -240,7 +240,7 @@ def _first_line(text: str, prefer: str = "") -> str:
 
 
 def default_index():
-    from matrix.index import PackageIndex
+    from matrix.releases.index import PackageIndex
     from matrix.paths import cache_dir
 
     return PackageIndex(cache_dir() / "index")
@@ -363,7 +363,7 @@ def cmd_bisect(args) -> int:
     """Run a parsed ``llmcompat bisect``; exit 0 found, 1 not found, 2 usage error, 3 aborted.
     Package ``llama.cpp`` narrows over llama.cpp build tags or commits (:mod:`bot.narrow`)."""
     from bot import narrow
-    from matrix.index import IndexUnavailable, PackageIndex
+    from matrix.releases.index import IndexUnavailable, PackageIndex
     from matrix.paths import cache_dir
 
     if args.package.lower() in narrow.ALIASES:

@@ -29,7 +29,7 @@ from typing import Iterable, Mapping
 
 from packaging.version import InvalidVersion, Version
 
-from matrix.config import AXES
+from matrix.declare.config import AXES
 from matrix.outcome import Outcome, is_regression
 
 Record = Mapping[str, object]

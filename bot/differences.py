@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from packaging.version import InvalidVersion, Version
 
 from bot.fingerprint import fingerprint
-from matrix.config import AXES
+from matrix.declare.config import AXES
 
 STAGE_AXIS = {"template": "template", "tokenize": "tokenizer", "inference": "engine",
               "postprocess": "engine", "client": "client"}

@@ -1,7 +1,7 @@
 """Pure link and command builders: compare URLs for a bisected range, one-line reproductions.
 
 No I/O. The host of compare links is GitHub's web UI (the repository's ``owner/name`` comes from
-:attr:`matrix.config.Component.repo`, the tag from its ``tag_format``).
+:attr:`matrix.declare.config.Component.repo`, the tag from its ``tag_format``).
 """
 
 from __future__ import annotations
@@ -66,5 +66,5 @@ def repro_command(
 
 
 def cell_repro(cell_id: str) -> str:
-    """Re-run one cell: the same command :func:`matrix.run.repro_command` prints."""
+    """Re-run one cell: the same command :func:`matrix.cell.run.repro_command` prints."""
     return f'nox -s "cell({cell_id})"'

@@ -1,10 +1,10 @@
 """Narrow a llama-cpp-python release range to the llama.cpp build tag or commit that changed it.
 
 Bisection over releases ends at two adjacent llama-cpp-python releases, often hundreds of
-llama.cpp commits apart. Here the vendored commits of those releases (:mod:`matrix.gitsrc`) are
+llama.cpp commits apart. Here the vendored commits of those releases (:mod:`matrix.env.gitsrc`) are
 the ends; the candidates between them (build tags ``b<N>``, else first-parent commits) are
 searched with :func:`bot.search.bisect` unchanged: a probe builds ``llama-server`` at the commit
-(:func:`matrix.builds.llama_server_tree`: content-keyed, incremental) and runs a check with it:
+(:func:`matrix.env.builds.llama_server_tree`: content-keyed, incremental) and runs a check with it:
 
 - :func:`case_check`: one suite case and stage through the probe with the native llama-server
   as renderer (``template``) or engine (``inference``), as cells run it; pass GOOD, fail BAD,
@@ -32,8 +32,8 @@ from typing import Callable, Sequence
 
 from bot.bisect_cmd import ABORT_FROM, CHECK_TIMEOUT, BisectAborted, check_command, verdict_for_exit
 from bot.search import BisectResult, Verdict, bisect, bisect_parallel, probe_bound
-from matrix import gitsrc
-from matrix.gitsrc import Candidate, GitSourceError, ReleaseCommit, Repo
+from matrix.env import gitsrc
+from matrix.env.gitsrc import Candidate, GitSourceError, ReleaseCommit, Repo
 
 PACKAGE = "llama-cpp-python"
 COMPONENT = "llama.cpp"
@@ -189,7 +189,7 @@ class CommitProbe:
     def __call__(self, cand: Candidate) -> Verdict:
         if cand.commit in self.notes:
             return self.notes[cand.commit].verdict
-        from matrix import builds
+        from matrix.env import builds
 
         started = time.perf_counter()
         try:
@@ -247,7 +247,7 @@ def case_check(case: str, stage: str, *, model: str = "tiny-qwen2", suite: str =
 
     def check(exe: Path, cand: Candidate) -> tuple[Verdict, str]:
         from bot.regress import outcomes_from_records, verdict_of
-        from matrix.run import run_probe
+        from matrix.cell.run import run_probe
 
         job = {**base(), "llama_server_bin": str(exe)}
         result, log = run_probe(Path(sys.executable), job, timeout=timeout)
@@ -266,7 +266,8 @@ def case_check(case: str, stage: str, *, model: str = "tiny-qwen2", suite: str =
 
 def case_job(case: str, stage: str, *, model: str = "tiny-qwen2", suite: str = "core") -> dict:
     """The probe's job for one case at one stage with llama-server only (the binary is added)."""
-    from matrix import loader, suites, tinymodel
+    from matrix import suites, tinymodel
+    from matrix.declare import loader
     from matrix.errors import LlmcompatError
 
     matrix = loader.load_default()
@@ -340,7 +341,7 @@ def release_ends(repo: Repo, good_version: str, bad_version: str, *, py_repo: Re
                  build_env: dict | None = None, bin_root: Path | None = None) -> tuple[ReleaseCommit, ReleaseCommit]:
     """The vendored llama.cpp commits of two releases. A release whose llama-server is already
     built from its sdist, with the very tree of its commit, lends that binary to the commit."""
-    from matrix import builds
+    from matrix.env import builds
 
     ends = (gitsrc.release_commit(repo, good_version, "good", py_repo=py_repo),
             gitsrc.release_commit(repo, bad_version, "bad", py_repo=py_repo))
@@ -386,7 +387,7 @@ def pipeline_narrower(finding: dict, bisection: dict, *, source: str | None = No
     if stage not in SERVER_STAGES:
         return not_narrowed(f"stage {stage} is not checked through the native llama-server", started)
     try:
-        from matrix.cells import Cell
+        from matrix.plan.cells import Cell
 
         model = Cell.parse(finding.get("first_bad_cell", "")).model if finding.get("first_bad_cell") else "tiny-qwen2"
         repo = gitsrc.open_repo(source)
@@ -405,7 +406,7 @@ def pipeline_narrower(finding: dict, bisection: dict, *, source: str | None = No
 def _build_env() -> dict | None:
     """The build flags of the matrix's llama-cpp-python component (what its cells' server used)."""
     try:
-        from matrix import loader
+        from matrix.declare import loader
 
         comp = loader.load_default().component("engine", PACKAGE)
         return dict(comp.build) if comp.build else None

@@ -10,7 +10,7 @@ with plain functions:
   results directory, never the store's.
 - ``probe(cell_id) -> outcomes``: run one cell for the bisection (default: ``rerun``).
 - ``releases(axis, component) -> versions``: the known releases of a component (strings or
-  :class:`matrix.versions.Release`); in production :func:`index_releases`.
+  :class:`matrix.releases.versions.Release`); in production :func:`index_releases`.
 
 Steps (:func:`regress`):
 
@@ -55,10 +55,10 @@ from bot.confirm import Confirmation, Quarantine, confirm, release_if_passing
 from bot.detect import Candidate, detect
 from bot.fingerprint import fingerprint
 from bot.search import BisectResult, Verdict, bisect, isolate_axis
-from matrix.cells import Cell, Choice
-from matrix.config import AXES
+from matrix.plan.cells import Cell, Choice
+from matrix.declare.config import AXES
 from matrix.outcome import Outcome
-from matrix.versions import Release
+from matrix.releases.versions import Release
 
 Outcomes = Mapping[tuple[str, str], str] | str
 Rerun = Callable[[str], Outcomes]
@@ -391,9 +391,9 @@ def _now(now: str | datetime | None) -> datetime:
 
 
 def cell_rerunner(runner, results_dir: Path | None = None) -> Rerun:
-    """``rerun(cell_id)`` for a :class:`matrix.run.CellRunner`: ``execute(cell, force=True)`` with a
+    """``rerun(cell_id)`` for a :class:`matrix.cell.run.CellRunner`: ``execute(cell, force=True)`` with a
     runner writing into a temporary results directory (never the store's), read back as outcomes."""
-    from matrix.run import CellRunner
+    from matrix.cell.run import CellRunner
 
     scratch = CellRunner(runner.matrix, runner.suites, runner.models,
                          results_dir=results_dir or Path(tempfile.mkdtemp(prefix="llmcompat-rerun-")))

@@ -27,9 +27,9 @@ def report(name: str, ok: bool, text: str) -> None:
 
 def default_lock():
     """The lock of the first default cell: the same pins for uv and for the baseline."""
-    from matrix import envs
-    from matrix.job import Options, plan_cells
-    from matrix.run import requirements
+    from matrix.env import uv as envs
+    from matrix.app.job import Options, plan_cells
+    from matrix.cell.run import requirements
 
     planned = plan_cells(Options())
     matrix, cell = planned.matrix, planned.cells[0]
@@ -41,7 +41,7 @@ def default_lock():
 
 def bench_env_creation(repeat: int = 3) -> None:
     """A cell environment with warm caches, uv vs nox's default backend (virtualenv + pip)."""
-    from matrix import envs
+    from matrix.env import uv as envs
 
     cell, lock = default_lock()
     with tempfile.TemporaryDirectory(prefix="llmcompat-bench-") as tmp:
@@ -70,7 +70,7 @@ def bench_env_creation(repeat: int = 3) -> None:
 
 def bench_second_run() -> None:
     """Run the default matrix twice with nothing new: the second run executes 0 cells."""
-    from matrix.job import Options, run_job
+    from matrix.app.job import Options, run_job
 
     with tempfile.TemporaryDirectory(prefix="llmcompat-bench-home-") as home:
         os.environ["LLMCOMPAT_HOME"] = home
@@ -87,7 +87,7 @@ def bench_second_run() -> None:
 
 
 def bench_pairwise() -> None:
-    from matrix.covering import bench
+    from matrix.plan.covering import bench
 
     r = bench((5, 4, 4, 3))
     report("pairwise 5x4x4x3", r["ratio"] <= 1.1 and r["coverage"] == 1.0,
@@ -131,7 +131,7 @@ def bench_bisect_real(last: int = 40) -> None:
 
 
 def tiny_model_dir() -> str:
-    from matrix.job import MODEL_PARTS, Options, load_matrix
+    from matrix.app.job import MODEL_PARTS, Options, load_matrix
     from matrix.tinymodel import ensure
 
     return str(ensure(arch="qwen2", parts=MODEL_PARTS, reference=load_matrix(Options()).reference).path)
@@ -151,9 +151,9 @@ def bench_stages_in_process() -> None:
 def bench_cell_suite() -> None:
     """The whole default CPU cell suite on the tiny model, environment and compile excluded: one
     cell per engine of the default matrix, each timed warm (its second run)."""
-    from matrix import envs
-    from matrix.job import Options, prepare
-    from matrix.run import CellRunner, probe_job, requirements, run_probe
+    from matrix.env import uv as envs
+    from matrix.app.job import Options, prepare
+    from matrix.cell.run import CellRunner, probe_job, requirements, run_probe
 
     prep = prepare(Options())
     runner = CellRunner(prep.matrix, prep.suites, prep.models)
@@ -184,7 +184,8 @@ def bench_narrow() -> None:
     probe). ``LLMCOMPAT_BENCH_COLD=1`` also times a cold worktree (a full compile, minutes)."""
     from bot import narrow
     from tests import narrow_demo
-    from matrix import builds, gitsrc
+    from matrix.env import builds
+    from matrix.env import gitsrc
 
     def once(base: Path, bin_root=None, work_root=None):
         repo = gitsrc.open_repo(str(base / "llama.cpp"))

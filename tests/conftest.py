@@ -16,9 +16,10 @@ LLAMA_CPP = "0.2.90"
 
 
 def llama_env(*requirements: str, overrides=("torch==2.13.0+cpu",)):
-    """A uv environment with llama-cpp-python[server] from the wheel :mod:`matrix.builds` made
+    """A uv environment with llama-cpp-python[server] from the wheel :mod:`matrix.env.builds` made
     once per version and flags, plus ``requirements``: the way a cell gets it, never recompiled."""
-    from matrix import builds, envs
+    from matrix.env import builds
+    from matrix.env import uv as envs
 
     wheel_dir = or_skip(builds.wheel, "llama-cpp-python", LLAMA_CPP)
     lock = envs.resolve([f"llama-cpp-python[server]=={LLAMA_CPP}", *requirements], python="3.11",
@@ -49,8 +50,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def probe_result(python, job: dict, timeout: float = 600) -> dict:
-    """The probe run exactly as a cell runs it (``matrix.run.run_probe``); its result."""
-    from matrix.run import run_probe
+    """The probe run exactly as a cell runs it (``matrix.cell.run.run_probe``); its result."""
+    from matrix.cell.run import run_probe
 
     result, log = run_probe(python, job, timeout=timeout)
     assert result is not None, log[-3000:]
@@ -77,7 +78,8 @@ def fresh_goldens(model, reference_python, case_ids) -> list[dict]:
 def or_skip(fn, *args, **kwargs):
     """``fn(...)``, or a skip with the reason when the package index cannot be reached (uv
     cannot resolve, or a build cannot fetch its source distribution)."""
-    from matrix import builds, envs
+    from matrix.env import builds
+    from matrix.env import uv as envs
 
     try:
         return fn(*args, **kwargs)
@@ -92,8 +94,9 @@ def or_skip(fn, *args, **kwargs):
 @pytest.fixture(scope="session")
 def model():
     """The tiny model with every part (tokenizer, weights, GGUF): the one the goldens are for."""
-    from matrix import loader, tinymodel
-    from matrix.job import MODEL_PARTS
+    from matrix import tinymodel
+    from matrix.declare import loader
+    from matrix.app.job import MODEL_PARTS
 
     return or_skip(tinymodel.ensure, arch="qwen2", parts=MODEL_PARTS, reference=loader.load_default().reference)
 
@@ -101,7 +104,8 @@ def model():
 @pytest.fixture(scope="session")
 def reference_python(model):
     """An environment with the reference pins (jinja2, transformers, tokenizers) and CPU torch."""
-    from matrix import envs, loader
+    from matrix.env import uv as envs
+    from matrix.declare import loader
 
     ref = loader.load_default().reference
     pins = [f"{n}=={ref[n]}" for n in ("transformers", "tokenizers", "jinja2")] + ["torch==2.13.0+cpu"]

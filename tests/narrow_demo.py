@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from matrix import gitsrc
-from matrix.gitsrc import GitSourceError
+from matrix.env import gitsrc
+from matrix.env.gitsrc import GitSourceError
 
 DEMO_FIRST_TAG = 5000
 DEMO_BAD_TAG = "b5003"

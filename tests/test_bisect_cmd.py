@@ -25,7 +25,7 @@ from bot.bisect_cmd import (
     versions_to_bisect,
 )
 from bot.search import Verdict, probe_bound
-from matrix.versions import Release
+from matrix.releases.versions import Release
 
 RANGE = ">=20,<24"
 
@@ -95,7 +95,7 @@ def test_run_bisection_with_plain_probe():
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
-    from matrix.index import IndexUnavailable, PackageIndex
+    from matrix.releases.index import IndexUnavailable, PackageIndex
 
     idx = PackageIndex(tmp_path_factory.mktemp("index"))
     try:

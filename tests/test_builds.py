@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from matrix import builds
-from matrix.index import IndexConfig
+from matrix.env import builds
+from matrix.releases.index import IndexConfig
 from tests.conftest import or_skip as _or_skip
 
 LLAMA_CPP = "0.2.90"
@@ -101,7 +101,7 @@ def test_a_failed_build_leaves_nothing_that_looks_built(tmp_path):
 def test_processes_wait_for_each_other_on_the_lock_file(tmp_path):
     """flock works across processes: a second process blocks until the first releases."""
     lock = tmp_path / "k.lock"
-    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from matrix import builds; from pathlib import Path\n"
+    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from matrix.env import builds; from pathlib import Path\n"
             "with builds._locked(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(1.0)\n")
     root = str(Path(__file__).resolve().parent.parent)
     p = subprocess.Popen([sys.executable, "-c", code, str(lock), root], stdout=subprocess.PIPE, text=True)
@@ -132,7 +132,7 @@ def _local_index(monkeypatch, tmp_path, *, find_links=(), indexes=()):
     cfg = IndexConfig(index_url=indexes[0] if indexes else "file:///nonexistent-index",
                       extra_index_urls=tuple(indexes[1:]), find_links=tuple(str(f) for f in find_links),
                       no_index=False, cert=None, client_cert=None, timeout=10.0, origin="test")
-    monkeypatch.setattr("matrix.index.pip_config", lambda: cfg)
+    monkeypatch.setattr("matrix.releases.index.pip_config", lambda: cfg)
     monkeypatch.setenv("LLMCOMPAT_CACHE", str(tmp_path / "cache"))
 
 
@@ -223,7 +223,7 @@ def llama_wheel_dir():
 def install_with_find_links(wheel_dir: Path, requirements: list[str], dest: Path) -> Path:
     """What a cell with llama-cpp-python does: resolve and install with ``--find-links`` to the
     built wheel and ``--no-build``: uv takes the prebuilt wheel, it cannot compile."""
-    from matrix import envs
+    from matrix.env import uv as envs
 
     env = envs._uv_env()
     extra = builds.find_links_args([wheel_dir])
@@ -284,7 +284,7 @@ LLAMA_CPP_PYTHON_DISAGREES = {
 
 @pytest.fixture(scope="module")
 def llama_python(llama_wheel_dir, tmp_path_factory):
-    from matrix import loader
+    from matrix.declare import loader
 
     ref = loader.load_default().reference
     return install_with_find_links(llama_wheel_dir, [f"llama-cpp-python=={LLAMA_CPP}", f"jinja2=={ref['jinja2']}"],
@@ -293,8 +293,9 @@ def llama_python(llama_wheel_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_llama_cpp_python_renders_the_tiny_template_through_the_probe(llama_python):
-    from matrix import loader, suites, tinymodel
-    from matrix.run import run_probe
+    from matrix import suites, tinymodel
+    from matrix.declare import loader
+    from matrix.cell.run import run_probe
 
     model = tinymodel.ensure(arch="qwen2", parts=("tokenizer", "weights", "gguf"),
                              reference=loader.load_default().reference)

@@ -12,7 +12,7 @@ AXES = (ROOT / "matrix" / "axes.yaml").read_text()
 
 def llmcompat(tmp_path, *args):
     env = dict(os.environ, LLMCOMPAT_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "matrix.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "matrix.app.cli", *args], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=300)
 
 

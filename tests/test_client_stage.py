@@ -368,7 +368,7 @@ def test_no_target_and_a_dead_target(tmp_path):
 
 
 def cell_python(*reqs) -> Path:
-    from matrix import envs
+    from matrix.env import uv as envs
 
     lock = _or_skip(envs.resolve, list(reqs), python="3.11", overrides=["torch==2.13.0+cpu"])
     if isinstance(lock, envs.Unresolvable):

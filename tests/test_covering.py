@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from matrix.covering import allowed_pairs, bench, complete, lower_bound, pairs_of, pairwise, uncovered
+from matrix.plan.covering import allowed_pairs, bench, complete, lower_bound, pairs_of, pairwise, uncovered
 
 
 # ---------------------------------------------------------------------------------------------

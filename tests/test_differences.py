@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.differences import differences, owner, owners_of, resolved
-from matrix import loader
+from matrix.declare import loader
 from reports import page
 from reports.store import MIGRATIONS, Store
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from matrix.cells import Cell, Choice
-from matrix.job import Options, build_model, load_matrix, suite_for
+from matrix.plan.cells import Cell, Choice
+from matrix.app.job import Options, build_model, load_matrix, suite_for
 from matrix.outcome import Outcome
-from matrix.run import CellRunner
+from matrix.cell.run import CellRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 PINS = {"engine": Choice("transformers", "5.24.0"), "tokenizer": Choice("tokenizers", "0.23.3"),
@@ -85,7 +85,7 @@ def test_same_key_is_reused_not_run(runner, reports):
 
 def llmcompat(home, *args, timeout=900):
     env = dict(os.environ, LLMCOMPAT_HOME=str(home), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "matrix.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "matrix.app.cli", *args], capture_output=True, text=True,
                           env=env, cwd=home, timeout=timeout)
 
 

@@ -22,7 +22,7 @@ import engines_extra  # noqa: E402
 import stage_inference as si  # noqa: E402
 from probe import Recorder  # noqa: E402
 
-from matrix import model_exports as me  # noqa: E402
+from matrix.env import model_exports as me
 
 CASE_IDS = ("single-user", "system-prompt", "multi-turn")
 VERSIONS = {"mistralrs": "0.9.5", "onnxruntime-genai": "0.18.0", "openvino-genai": "2026.4.1.0"}
@@ -126,7 +126,7 @@ def test_exporters_drop_torchvision_and_pin_the_engine_version():
 
 def _engine_python(name: str) -> Path:
     """A uv environment with only the engine's wheel (and what it pulls)."""
-    from matrix import envs
+    from matrix.env import uv as envs
 
     lock = _or_skip(envs.resolve, [f"{name}=={VERSIONS[name]}"], python="3.11", overrides=["torch==2.13.0+cpu"])
     if isinstance(lock, envs.Unresolvable):
@@ -193,7 +193,7 @@ def test_mistralrs_against_the_transformers_goldens(goldens, model, tmp_path, so
 
 @pytest.mark.slow
 def test_onnxruntime_genai_on_its_builder_export_against_the_transformers_goldens(goldens, model, tmp_path):
-    from matrix import loader
+    from matrix.declare import loader
 
     python = _engine_python("onnxruntime-genai")
     t = time.perf_counter()
@@ -224,7 +224,7 @@ def test_onnxruntime_genai_on_its_builder_export_against_the_transformers_golden
 
 @pytest.mark.slow
 def test_openvino_genai_on_an_optimum_intel_export_against_the_transformers_goldens(goldens, model, tmp_path):
-    from matrix import loader
+    from matrix.declare import loader
 
     python = _engine_python("openvino-genai")
     t = time.perf_counter()

@@ -50,7 +50,7 @@ def test_the_three_adapters_are_registered_servers_without_clashes():
         assert issubclass(cls, engines.ServerEngine) and cls.server
         assert isinstance(engines.make(name, dict(JOB)), cls)
     assert engines.add_adapters(eg.ADAPTERS, {"vllm": None})["vllm"] is None  # never replaces a registered name
-    assert {"vllm", "sglang", "ollama"} <= set(__import__("matrix.run", fromlist=["SERVER_ENGINES"]).SERVER_ENGINES)
+    assert {"vllm", "sglang", "ollama"} <= set(__import__("matrix.cell.run", fromlist=["SERVER_ENGINES"]).SERVER_ENGINES)
 
 
 # --------------------------------------------------------------------------- vLLM
@@ -322,8 +322,9 @@ def test_missing_engines_are_skipped_in_the_stage_with_their_reasons(tmp_path, m
 # --------------------------------------------------------------------------- planning
 
 def test_gpu_engines_plan_only_on_the_gpu_runner_and_cpu_cells_keep_cpu_torch():
-    from matrix import loader, plan
-    from matrix.run import requirements
+    from matrix.declare import loader
+    from matrix.plan import planner as plan
+    from matrix.cell.run import requirements
 
     m = loader.load_default()
     comps = {(a, c.name) for a, cs in m.axes.items() for c in cs if c.default}
@@ -391,7 +392,7 @@ def assert_engine(result, name: str, levels, compared_by) -> dict:
 def gpu_engine_python(name: str) -> Path:
     """An environment with the engine at its pinned version; no CPU-torch override: the engine pins
     the CUDA torch it was built for (this test runs only where a GPU is)."""
-    from matrix import envs
+    from matrix.env import uv as envs
 
     lock = or_skip(envs.resolve, [f"{name}=={VERSIONS[name]}"], python="3.11")
     if isinstance(lock, envs.Unresolvable):

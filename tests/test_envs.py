@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from matrix import envs
+from matrix.env import uv as envs
 
 
 @pytest.fixture(scope="module")

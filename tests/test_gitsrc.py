@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from bot import narrow
 from tests import narrow_demo
 from bot.search import Verdict
-from matrix import gitsrc
-from matrix.gitsrc import Candidate
+from matrix.env import gitsrc
+from matrix.env.gitsrc import Candidate
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 ENV = narrow_demo.DEMO_ENV

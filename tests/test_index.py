@@ -18,8 +18,8 @@ import pypi_simple
 import pytest
 import requests
 
-import matrix.index as index_mod
-from matrix.index import (
+import matrix.releases.index as index_mod
+from matrix.releases.index import (
     IndexConfig,
     IndexUnavailable,
     PackageIndex,
@@ -30,7 +30,7 @@ from matrix.index import (
     tls_env,
     uv_index_args,
 )
-from matrix.versions import Release
+from matrix.releases.versions import Release
 
 JSON_CT = "application/vnd.pypi.simple.v1+json"
 T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -429,7 +429,7 @@ def test_stale_cache_on_network_failure(sources, server, tmp_path, caplog):
     assert idx.releases("demo-pkg") == EXPECTED
     clock.now += 3600
     server.always_fail = True
-    with caplog.at_level(logging.WARNING, logger="matrix.index"):
+    with caplog.at_level(logging.WARNING, logger="matrix.releases.index"):
         assert idx.releases("demo-pkg") == EXPECTED
     assert any("using cached releases" in r.getMessage() for r in caplog.records)
 
@@ -437,7 +437,7 @@ def test_stale_cache_on_network_failure(sources, server, tmp_path, caplog):
     server.shutdown()
     server.server_close()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="matrix.index"):
+    with caplog.at_level(logging.WARNING, logger="matrix.releases.index"):
         assert idx.releases("demo-pkg") == EXPECTED
     assert any("demo-pkg" in r.getMessage() for r in caplog.records)
 
@@ -487,7 +487,7 @@ def test_corrupt_cache_is_ignored(sources, server, tmp_path, caplog):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "demo-pkg.json").write_text('{"format": 1, "project": "demo-pkg", "releases": [')
-    with caplog.at_level(logging.WARNING, logger="matrix.index"):
+    with caplog.at_level(logging.WARNING, logger="matrix.releases.index"):
         assert PackageIndex(cache).releases("demo-pkg") == EXPECTED
     assert any("unreadable cache" in r.getMessage() for r in caplog.records)
     assert json.loads((cache / "demo-pkg.json").read_text())["project"] == "demo-pkg"

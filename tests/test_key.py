@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from matrix.key import cell_key, digest
+from matrix.plan.key import cell_key, digest
 
 names = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
 versions = st.from_regex(r"[0-9]{1,2}\.[0-9]{1,2}(\.[0-9]{1,2})?", fullmatch=True)

@@ -83,7 +83,8 @@ def stub_server(tmp_path: Path, mode: str) -> Path:
 
 @pytest.fixture(scope="module")
 def model():
-    from matrix import loader, tinymodel
+    from matrix import tinymodel
+    from matrix.declare import loader
 
     return tinymodel.ensure(arch="qwen2", parts=("tokenizer", "gguf"), reference=loader.load_default().reference)
 
@@ -253,7 +254,7 @@ def test_steps_an_older_server_leaves_out_are_put_back_only_where_the_reference_
 def _run_probe(job: dict, tmp_path: Path) -> dict:
     """The probe as run.py runs it (-I, offline), in this interpreter (the renderer and engine
     need only the standard library and the binary; jinja2 is here for the reference)."""
-    from matrix.run import OFFLINE_ENV, PASSED_ENV
+    from matrix.cell.run import OFFLINE_ENV, PASSED_ENV
 
     job_path, out = tmp_path / "job.json", tmp_path / "out.json"
     job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
@@ -268,7 +269,7 @@ def _run_probe(job: dict, tmp_path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def llama_server_bin():
-    from matrix import builds
+    from matrix.env import builds
 
     t = time.perf_counter()
     exe = or_skip(builds.llama_server, SERVER_VERSION)
@@ -296,7 +297,8 @@ renders the tiny model's template differently from the reference: real findings.
 
 @pytest.mark.slow
 def test_llama_server_renders_through_apply_template_and_generates_from_ids(llama_server_bin, tmp_path, cases):
-    from matrix import loader, tinymodel
+    from matrix import tinymodel
+    from matrix.declare import loader
 
     model = tinymodel.ensure(arch="qwen2", parts=("tokenizer", "weights", "gguf"),
                              reference=loader.load_default().reference)
@@ -346,7 +348,9 @@ def test_an_older_server_generates_the_reference_tokens_through_its_piece_shape(
     """llama.cpp vendored by llama-cpp-python 0.2.90: its /completion gives pieces with
     post-sampling probabilities and no entry for a token that is not whole UTF-8. Aligned, the
     tiny model's greedy generations are the reference's (L0), not a divergence at step 3."""
-    from matrix import builds, loader, tinymodel
+    from matrix import tinymodel
+    from matrix.env import builds
+    from matrix.declare import loader
 
     exe = or_skip(builds.llama_server, OLD_SERVER_VERSION)
     model = tinymodel.ensure(arch="qwen2", parts=("tokenizer", "weights", "gguf"),

@@ -1,4 +1,4 @@
-"""matrix.loader: real files in tmp_path; every error names its file, line, field and value."""
+"""matrix.declare.loader: real files in tmp_path; every error names its file, line, field and value."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from matrix import loader
-from matrix.config import AXES, Condition, Constraint, Matrix, VersionRule
+from matrix.declare import loader
+from matrix.declare.config import AXES, Condition, Constraint, Matrix, VersionRule
 from matrix.errors import ConfigError
 from packaging.specifiers import SpecifierSet
 
@@ -184,7 +184,7 @@ def test_lines_of_every_field(tmp_path):
 def test_shipped_axes_yaml_default_selection():
     m = loader.load_default()
     assert m.source == str(loader.DEFAULT_PATH)
-    assert loader.DEFAULT_PATH == Path(loader.__file__).parent / "axes.yaml"
+    assert loader.DEFAULT_PATH == Path(loader.__file__).resolve().parent.parent / "axes.yaml"
     defaults = {axis: [c.name for c in comps if c.default] for axis, comps in m.axes.items()}
     assert defaults == {
         "engine": ["transformers", "mistralrs", "onnxruntime-genai"],

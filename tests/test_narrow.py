@@ -19,7 +19,8 @@ import pytest
 from bot import narrow
 from tests import narrow_demo
 from bot.search import Verdict
-from matrix import builds, gitsrc
+from matrix.env import builds
+from matrix.env import gitsrc
 
 ROOT = Path(__file__).resolve().parent.parent
 T1, T2, NOW = "2026-01-01T00:00:00+00:00", "2026-01-08T00:00:00+00:00", "2026-01-08T12:00:00+00:00"
@@ -182,12 +183,13 @@ finally:
 @pytest.mark.slow
 def test_the_bisect_command_narrows_llama_cpp_with_a_check_script(demo, tmp_path):
     """Runs after the narrowing above: every binary is in the cache, so this costs no compile."""
-    from matrix import loader, tinymodel
+    from matrix import tinymodel
+    from matrix.declare import loader
 
     model = tinymodel.ensure(arch="qwen2", parts=("tokenizer", "gguf"), reference=loader.load_default().reference)
     check = tmp_path / "check.py"
     check.write_text(CHECK.replace('sys.argv[1]', repr(str(model.path / "model.gguf"))))
-    proc = subprocess.run([sys.executable, "-m", "matrix.cli", "bisect", "llama.cpp", "b5000..b5004", str(check),
+    proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bisect", "llama.cpp", "b5000..b5004", str(check),
                            "--git", str(demo["git"])], capture_output=True, text=True, cwd=ROOT, timeout=3000)
     print(proc.stdout, proc.stderr[-3000:])
     assert proc.returncode == 0
@@ -195,7 +197,7 @@ def test_the_bisect_command_narrows_llama_cpp_with_a_check_script(demo, tmp_path
     assert "compare:    https://github.com/ggml-org/llama.cpp/compare/b5002...b5003" in proc.stdout
     assert f"reproduce:  llmcompat bisect llama.cpp b5000..b5004 {check} --git {demo['git']}" in proc.stdout
     # no git source: said plainly, exit 2
-    proc = subprocess.run([sys.executable, "-m", "matrix.cli", "bisect", "llama.cpp", "b5000..b5004", str(check)],
+    proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bisect", "llama.cpp", "b5000..b5004", str(check)],
                           capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert proc.returncode == 2 and "no llama.cpp git source configured" in proc.stderr
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from matrix.cells import Cell
+from matrix.plan.cells import Cell
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def test_nox_lists_a_session_per_planned_cell(tmp_path):
 
 
 def test_github_matrices_carry_runner_labels(tmp_path):
-    proc = run(tmp_path, "-m", "matrix.cli", "gha-matrix", "--max-jobs", "4")
+    proc = run(tmp_path, "-m", "matrix.app.cli", "gha-matrix", "--max-jobs", "4")
     assert proc.returncode == 0, proc.stderr
     matrices = json.loads(proc.stdout)
     jobs = [j for m in matrices for j in m["include"]]
@@ -49,7 +49,7 @@ def test_the_workflows_call_commands_that_exist():
     import re
     import shlex
 
-    from matrix.cli import build_parser
+    from matrix.app.cli import build_parser
 
     parser = build_parser()
     seen = 0

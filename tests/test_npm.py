@@ -19,10 +19,11 @@ import pytest
 
 from matrix import suites
 
-from matrix import loader, npm
-from matrix.config import VersionRule
+from matrix.declare import loader
+from matrix.releases import npm
+from matrix.declare.config import VersionRule
 from matrix.errors import ConfigError
-from matrix.versions import select
+from matrix.releases.versions import select
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_DIR = ROOT / "matrix" / "probe"

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from matrix.cells import Cell, Choice
-from matrix.config import AXES, Component, Condition, Constraint, Matrix, Model, Runner, VersionRule
+from matrix.plan.cells import Cell, Choice
+from matrix.declare.config import AXES, Component, Condition, Constraint, Matrix, Model, Runner, VersionRule
 from matrix.errors import ConfigError
-from matrix.plan import coverage_report, github_matrix, plan, targets
+from matrix.plan.planner import coverage_report, github_matrix, plan, targets
 
 
 def comp(axis, name, needs=("cpu",), default=True):

@@ -321,7 +321,7 @@ def by_check(result) -> dict:
 
 @pytest.mark.parametrize("cell", sorted(TOKENIZER_CELLS))
 def test_incremental_detokenization_and_parsers_with_real_tokenizers(cell, model):
-    from matrix import envs
+    from matrix.env import uv as envs
 
     lock = _or_skip(envs.resolve, TOKENIZER_CELLS[cell], python="3.11")
     assert isinstance(lock, envs.Lock), lock

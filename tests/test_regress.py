@@ -9,7 +9,7 @@ import pytest
 
 from bot.regress import history_records, outcomes_from_records, regress, with_version
 from bot.search import Verdict
-from matrix.versions import Release
+from matrix.releases.versions import Release
 from reports.store import MIGRATIONS, Store
 
 ENGINE_RELEASES = ["1.0", "1.1", "1.1.1", "1.2", "1.3", "2.0rc1"]

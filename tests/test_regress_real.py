@@ -9,8 +9,8 @@ failing case with the range 5.22.1 -> 5.22.2.
 
 import pytest
 
-from matrix.cells import Cell, Choice
-from matrix.job import Options, find_regressions, prepare, run_cells
+from matrix.plan.cells import Cell, Choice
+from matrix.app.job import Options, find_regressions, prepare, run_cells
 from reports.store import Store
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from matrix import loader, suites, tinymodel
+from matrix import suites, tinymodel
+from matrix.declare import loader
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_DIR = ROOT / "matrix" / "probe"
@@ -310,9 +311,9 @@ def test_continue_final_message_matches_transformers_semantics():
 def test_transformers_renders_every_source_in_the_reference_env(gguf_model, cases, tmp_path):
     """The reference environment (jinja2 3.1.6, transformers 5.24): transformers renders the GGUF
     and override templates through ``chat_template=`` and agrees with the goldens."""
-    from matrix.goldens import reference_env
-    from matrix.job import Options, load_matrix
-    from matrix.run import run_probe
+    from matrix.app.goldens import reference_env
+    from matrix.app.job import Options, load_matrix
+    from matrix.cell.run import run_probe
 
     env = reference_env(load_matrix(Options()))
     override = tmp_path / "chat_template.jinja"

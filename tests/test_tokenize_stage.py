@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from matrix import envs, suites, tinymodel
-from matrix.loader import load_default
-from matrix.run import PROBE_DIR, run_probe
+from matrix import suites, tinymodel
+from matrix.env import uv as envs
+from matrix.declare.loader import load_default
+from matrix.cell.run import PROBE_DIR, run_probe
 
 sys.path.insert(0, str(PROBE_DIR))
 import stage_tokenize  # noqa: E402  (the probe's own module, standard library only)
@@ -36,7 +37,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def model(reference):
-    from matrix.job import MODEL_PARTS  # the model the goldens were made for
+    from matrix.app.job import MODEL_PARTS  # the model the goldens were made for
 
     return tinymodel.ensure(arch="qwen2", parts=MODEL_PARTS, reference=reference)
 
@@ -53,7 +54,7 @@ def golden_cases(model):
     suite = suites.load("core")
     goldens = suites.load_goldens(suite, "tiny-qwen2")
     if goldens is None or goldens.model_hash != model.model_hash:
-        pytest.fail("the committed goldens are not for this tiny model: run `python3 -m matrix.cli goldens`")
+        pytest.fail("the committed goldens are not for this tiny model: run `python3 -m matrix.app.cli goldens`")
     cases = [c for c in suites.cases_with_goldens(suite, goldens)
              if "render" in c["expect"] and "ids" in c["expect"]
              and "tokenize" in c.get("stages", ["template", "tokenize"])]

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.version import Version
 
-from matrix.config import VersionRule
-from matrix.versions import (
+from matrix.declare.config import VersionRule
+from matrix.releases.versions import (
     EmptyVersionSet,
     InvalidRule,
     Release,
@@ -207,7 +207,7 @@ _rules = st.builds(
 
 
 def _eligible(releases, rule, python="3.11"):
-    from matrix.versions import _python_ok
+    from matrix.releases.versions import _python_ok
 
     out = []
     for r in releases:

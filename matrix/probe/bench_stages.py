@@ -39,7 +39,8 @@ def bench_in_process(n_cases: int = 500, model_dir: str | None = None, repeats: 
     """
     probe, stage_template = _probe_modules()
     if model_dir is None:
-        from matrix import loader, tinymodel
+        from matrix import tinymodel
+        from matrix.declare import loader
 
         model_dir = str(tinymodel.ensure(arch="qwen2", parts=("tokenizer",),
                                          reference=loader.load_default().reference).path)

@@ -16,7 +16,7 @@ import yaml
 
 from matrix import atomic
 from matrix.errors import ConfigError
-from matrix.key import digest
+from matrix.plan.key import digest
 
 HERE = Path(__file__).resolve().parent
 TRICKY_PREFIX = "_tricky/"

@@ -1,7 +1,7 @@
 """The model every cell names: the project's own tiny model, or a hub model fetched into the cache.
 
 The tiny model is built by ``build.py`` inside the reference environment (exact pins, made by
-:mod:`matrix.envs`), never in llmcompat's own process, so the pinned tokenizers and transformers
+:mod:`matrix.env.uv`), never in llmcompat's own process, so the pinned tokenizers and transformers
 write its files. A build is keyed by the hash of everything that can change its bytes (the files
 beside this module, the pins, arch, parts, Python) and made once: under a temporary name, then
 renamed into place, so a killed build never leaves a half-made model that looks whole.
@@ -170,9 +170,9 @@ def reference_python(
     reference: Mapping[str, str] = DEFAULT_REFERENCE,
     python: str = "3.11",
 ) -> Path:
-    """The interpreter of the environment that builds ``parts`` (made once by matrix.envs);
+    """The interpreter of the environment that builds ``parts`` (made once by matrix.env.uv);
     also where goldens and tests load the model with the reference versions."""
-    from matrix import envs
+    from matrix.env import uv as envs
 
     pins = reference_pins(normalize_parts(parts), reference)
     reqs = [f"{name}=={version}" for name, version in sorted(pins.items())]
@@ -294,7 +294,7 @@ def _download(python_bin: Path, hub_id: str, out: Path, timeout: float) -> None:
 
 def ensure_model(model, reference: Mapping[str, str] = DEFAULT_REFERENCE,
                  parts: Iterable[str] = ("tokenizer",), python: str = "3.11") -> BuiltModel:
-    """A :class:`matrix.config.Model` of either kind."""
+    """A :class:`matrix.declare.config.Model` of either kind."""
     if model.kind == "hub":
         return ensure_hub(model.hub_id, reference=reference, python=python)
     if model.kind == "tiny":

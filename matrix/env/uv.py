@@ -79,7 +79,7 @@ def uv_bin() -> str:
 
 
 def _uv_env() -> dict[str, str]:
-    from matrix.index import tls_env
+    from matrix.releases.index import tls_env
 
     env = dict(os.environ)
     env.update(tls_env())
@@ -89,7 +89,7 @@ def _uv_env() -> dict[str, str]:
 
 
 def _index_args() -> list[str]:
-    from matrix.index import uv_index_args
+    from matrix.releases.index import uv_index_args
 
     return uv_index_args()
 
@@ -113,7 +113,7 @@ def resolve(
 
     ``overrides`` apply to the whole graph (a CPU runner pins ``torch==2.13.0+cpu`` here, so a
     cell that pulls torch can never resolve to CUDA wheels). ``find_links``: directories of
-    wheels built by :mod:`matrix.builds`, offered beside the index.
+    wheels built by :mod:`matrix.env.builds`, offered beside the index.
     """
     reqs = tuple(requirements)
     with tempfile.TemporaryDirectory(prefix="llmcompat-resolve-") as tmp:
@@ -177,7 +177,7 @@ class Environment:
 
 
 def _build_key(directory: Path) -> str:
-    from matrix import builds
+    from matrix.env import builds
 
     return builds.info(directory)["key"]
 
@@ -191,10 +191,10 @@ def envs_root() -> Path:
 def ensure(lock: Lock, root: Path | None = None, *, built: dict[str, Path] | None = None) -> Environment:
     """The environment for ``lock``, built once: same lock, same directory, never rebuilt.
 
-    ``built`` maps a package to the directory of its wheel built by :mod:`matrix.builds`: it
+    ``built`` maps a package to the directory of its wheel built by :mod:`matrix.env.builds`: it
     is installed from there and never compiled here; its build key is part of the directory.
     """
-    from matrix.key import digest
+    from matrix.plan.key import digest
 
     built = built or {}
     root = root or envs_root()

@@ -1,4 +1,4 @@
-"""Load the matrix declaration (``matrix/axes.yaml``) into :class:`matrix.config.Matrix`.
+"""Load the matrix declaration (``matrix/axes.yaml``) into :class:`matrix.declare.config.Matrix`.
 
 Three passes, each failing with a :class:`~matrix.errors.ConfigError` that names the file, the
 line, the dotted field path (``axes.engine.transformers.versions.latest``) and the offending
@@ -26,13 +26,13 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from matrix.config import AXES, Component, Condition, Constraint, Matrix, Model, Runner, VersionRule
+from matrix.declare.config import AXES, Component, Condition, Constraint, Matrix, Model, Runner, VersionRule
 from matrix.errors import ConfigError
 
 __all__ = ["load", "load_default", "parse_condition", "satisfiable", "DEFAULT_PATH", "SCHEMA_PATH", "CAPABILITIES"]
 
-DEFAULT_PATH = Path(__file__).with_name("axes.yaml")
-SCHEMA_PATH = Path(__file__).with_name("axes.schema.json")
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "axes.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "axes.schema.json"
 CAPABILITIES = frozenset({"cpu", "gpu", "docker", "node", "compile", "network", "ollama"})
 """What a runner can provide and a component or model can need."""
 

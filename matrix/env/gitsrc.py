@@ -399,7 +399,7 @@ def release_commit(repo: Repo, version: str, end: str, *, py_repo: Repo | None =
                                  f"(vendored by {package} {version}): fetch it or point {ENV_GIT} at a newer clone")
         return ReleaseCommit(version, commit, "submodule")
     if sdist is None:
-        from matrix import builds
+        from matrix.env import builds
 
         sdist = builds.cached_sdist(package, version)
         if sdist is None:

@@ -1,6 +1,6 @@
 """Plain data that describes what is tested: axes, components, runners, models, constraints.
 
-Loaded from ``matrix/axes.yaml`` by :mod:`matrix.loader`; every other module takes these
+Loaded from ``matrix/axes.yaml`` by :mod:`matrix.declare.loader`; every other module takes these
 frozen dataclasses and never reads YAML itself.
 """
 
@@ -52,10 +52,10 @@ class Component:
     """What the probe exercises through it, e.g. ``(("renderers", ("jinja2",)),)``."""
     ecosystem: str = "pypi"
     """Where its packages come from: ``pypi`` (installed into the cell's Python environment) or
-    ``npm`` (one npm package, installed by :func:`matrix.npm.ensure_package` and run by Node)."""
+    ``npm`` (one npm package, installed by :func:`matrix.releases.npm.ensure_package` and run by Node)."""
     build: tuple[tuple[str, str], ...] = ()
     """Built from source once per version and these variables (``CMAKE_ARGS``...) by
-    :mod:`matrix.builds`; empty for packages installed as published wheels."""
+    :mod:`matrix.env.builds`; empty for packages installed as published wheels."""
     build_server: bool = False
     """Also build llama.cpp's native ``llama-server`` from the same source distribution."""
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matrix import paths
-from matrix.cells import Cell
-from matrix.config import Matrix
+from matrix.plan.cells import Cell
+from matrix.declare.config import Matrix
 from matrix.errors import ConfigError, LlmcompatError
 from matrix.outcome import Outcome
-from matrix.run import CellReport, CellRunner, ModelRef, SuiteRef, now_iso
+from matrix.cell.run import CellReport, CellRunner, ModelRef, SuiteRef, now_iso
 
 
 @dataclass
@@ -58,13 +58,13 @@ class Prepared:
 
 
 def load_matrix(opts: Options) -> Matrix:
-    from matrix import loader
+    from matrix.declare import loader
 
     return loader.load(opts.axes_file) if opts.axes_file else loader.load_default()
 
 
 def package_index(offline: bool):
-    from matrix.index import PackageIndex
+    from matrix.releases.index import PackageIndex
 
     return PackageIndex(paths.cache_dir() / "index", offline=offline)
 
@@ -85,9 +85,9 @@ def selected_components(matrix: Matrix, with_components) -> set[tuple[str, str]]
 
 def discover(matrix: Matrix, components, index, python: str = "3.11"):
     """Version sets of the chosen components, from the index (cached) and their rules."""
-    from matrix.versions import EmptyVersionSet, InvalidRule, UnknownVersion, select
+    from matrix.releases.versions import EmptyVersionSet, InvalidRule, UnknownVersion, select
 
-    from matrix import npm
+    from matrix.releases import npm
 
     comps = [matrix.component(a, n) for a, n in components]
     fetched = index.releases_many(sorted({c.primary for c in comps if c.ecosystem == "pypi"}))
@@ -156,7 +156,7 @@ class Planned:
 
 def plan_cells(opts: Options, seen: dict | None = None) -> Planned:
     """Load the matrix, select components, discover their versions and plan the cells."""
-    from matrix.plan import plan
+    from matrix.plan.planner import plan
 
     matrix = load_matrix(opts)
     components = selected_components(matrix, opts.with_components)

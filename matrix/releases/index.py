@@ -58,7 +58,7 @@ from urllib3.util import Retry
 
 from matrix import atomic
 from matrix.errors import LlmcompatError
-from matrix.versions import Release, order
+from matrix.releases.versions import Release, order
 
 log = logging.getLogger(__name__)
 

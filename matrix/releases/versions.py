@@ -1,7 +1,7 @@
 """Pure version selection: which published releases make a component's version set.
 
-No I/O here: :mod:`matrix.index` discovers :class:`Release` records from the package index,
-this module orders and selects them according to a :class:`~matrix.config.VersionRule`.
+No I/O here: :mod:`matrix.releases.index` discovers :class:`Release` records from the package index,
+this module orders and selects them according to a :class:`~matrix.declare.config.VersionRule`.
 Errors are plain :class:`ValueError` subclasses that carry their data; the caller (the loader
 or the planner) turns them into :class:`~matrix.errors.ConfigError` pointing at the YAML field.
 
@@ -18,7 +18,7 @@ from datetime import datetime
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from matrix.config import VersionRule
+from matrix.declare.config import VersionRule
 
 PER_GROUPS: tuple[str, ...] = ("release", "minor", "major")
 """Valid values of :attr:`VersionRule.per`."""

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from matrix import atomic, envs, paths
-from matrix.cells import Cell
-from matrix.config import Matrix
-from matrix.key import cell_key, digest
+from matrix import atomic, paths
+from matrix.env import uv as envs
+from matrix.plan.cells import Cell
+from matrix.declare.config import Matrix
+from matrix.plan.key import cell_key, digest
 from matrix.outcome import Outcome
 
-PROBE_DIR = Path(__file__).resolve().parent / "probe"
+PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 PROBE_TIMEOUT = 900
 # Only these reach a cell's probe: no tokens or other secrets of the caller's environment.
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
@@ -219,7 +220,7 @@ class CellRunner:
     def built(self, cell: Cell) -> dict[str, Path]:
         """Wheels of the cell's source-built components (compiled once per version and flags;
         looked up once per cell: resolving, keying and installing all need them)."""
-        from matrix import builds
+        from matrix.env import builds
 
         if cell.id not in self._built:
             python = self.runner(cell.runner).python
@@ -232,7 +233,7 @@ class CellRunner:
         return self._built[cell.id]
 
     def resolve(self, cell: Cell) -> envs.Lock | envs.Unresolvable:
-        from matrix import builds
+        from matrix.env import builds
 
         runner = self.runner(cell.runner)
         try:
@@ -243,7 +244,7 @@ class CellRunner:
                             find_links=list(built.values()))
 
     def key(self, cell: Cell, lock: envs.Lock) -> str:
-        from matrix import builds
+        from matrix.env import builds
 
         pins = dict(lock.pins)
         pins |= {f"build:{name}": builds.info(d)["key"] for name, d in self.built(cell).items()}
@@ -311,7 +312,7 @@ class CellRunner:
     def llama_server(self, cell: Cell) -> str | None:
         """llama.cpp's native server built from a component's sources, when it asks for one.
         A failed build leaves it out: its renderer and engine then say why they were skipped."""
-        from matrix import builds
+        from matrix.env import builds
 
         for axis, choice in cell.choices:
             comp = self.matrix.component(axis, choice.component)
@@ -324,7 +325,7 @@ class CellRunner:
 
     def exports(self, cell: Cell, engines: list[str]) -> dict[str, str]:
         """Engine-specific conversions of the model (ONNX, OpenVINO IR), made once per model hash."""
-        from matrix import model_exports
+        from matrix.env import model_exports
 
         wanted = {}
         for axis, choice in cell.choices:
@@ -333,7 +334,7 @@ class CellRunner:
         return model_exports.job_exports(self.models[cell.model].path, wanted) if wanted else {}
 
     def npm_packages(self, cell: Cell) -> dict[str, str]:
-        from matrix import npm
+        from matrix.releases import npm
 
         return {pkg: str(npm.ensure_package(pkg, version, paths.cache_dir()))
                 for pkg, version in npm_pins(self.matrix, cell).items()}

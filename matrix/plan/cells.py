@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from matrix.config import AXES
+from matrix.declare.config import AXES
 
 
 @dataclass(frozen=True, order=True)

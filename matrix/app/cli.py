@@ -26,7 +26,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args):
-    from matrix.job import Options
+    from matrix.app.job import Options
 
     return Options(
         axes_file=args.axes, offline=args.offline, with_components=tuple(args.with_components),
@@ -38,13 +38,13 @@ def _options(args):
 
 
 def cmd_run(args) -> int:
-    from matrix.job import main_job
+    from matrix.app.job import main_job
 
     return main_job(_options(args))
 
 
 def cmd_aa(args) -> int:
-    from matrix.job import aa_run
+    from matrix.app.job import aa_run
 
     meta = aa_run(_options(args))
     print(f"A/A over {meta['cells']} cells: {meta['samples']} (case, stage) pairs, spurious rate {meta['aa_rate']:.4f}")
@@ -52,8 +52,8 @@ def cmd_aa(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from matrix.job import plan_cells
-    from matrix.plan import coverage_report
+    from matrix.app.job import plan_cells
+    from matrix.plan.planner import coverage_report
 
     opts = _options(args)
     planned = plan_cells(opts)
@@ -73,8 +73,8 @@ def cmd_plan(args) -> int:
 
 
 def cmd_gha_matrix(args) -> int:
-    from matrix.job import plan_cells
-    from matrix.plan import github_matrix
+    from matrix.app.job import plan_cells
+    from matrix.plan.planner import github_matrix
 
     planned = plan_cells(_options(args))
     matrices = github_matrix(planned.cells, planned.matrix, max_jobs=args.max_jobs)
@@ -95,8 +95,8 @@ def cmd_gha_matrix(args) -> int:
 def cmd_ingest(args) -> int:
     """Ingest result files made elsewhere (GitHub Actions shard jobs) as one run."""
     from matrix import paths
-    from matrix.job import find_regressions, load_matrix, prepare, record_differences
-    from matrix.run import now_iso
+    from matrix.app.job import find_regressions, load_matrix, prepare, record_differences
+    from matrix.cell.run import now_iso
     from reports.aggregate import ingest
     from reports.store import Store
 
@@ -122,7 +122,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_goldens(args) -> int:
-    from matrix.goldens import regenerate
+    from matrix.app.goldens import regenerate
 
     return regenerate(_options(args), check=args.check)
 

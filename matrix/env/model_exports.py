@@ -5,7 +5,7 @@
 runs an OpenVINO IR (model plus tokenizer/detokenizer IR) made by optimum-intel
 (``optimum-cli export openvino --task text-generation-with-past --weight-format fp32``).
 
-Each exporter runs in its own uv environment (made by :mod:`matrix.envs`, never in llmcompat's
+Each exporter runs in its own uv environment (made by :mod:`matrix.env.uv`, never in llmcompat's
 process, never in the cell's environment, so the versions under test stay untouched):
 
 - onnxruntime-genai: the builder of the *same* onnxruntime-genai version as the cell's engine
@@ -136,8 +136,8 @@ def drop_pins(pins: tuple[tuple[str, str], ...], drop: tuple[str, ...]) -> tuple
 
 def exporter_env(engine: str, version: str | None = None, *, python: str = "3.11",
                  reference: Mapping[str, str] | None = None):
-    """The exporter's environment (:class:`matrix.envs.Environment`), made once per lock."""
-    from matrix import envs
+    """The exporter's environment (:class:`matrix.env.uv.Environment`), made once per lock."""
+    from matrix.env import uv as envs
 
     ex = exporter(engine)
     version = version or DEFAULT_VERSIONS[engine]

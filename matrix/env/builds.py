@@ -195,7 +195,7 @@ def _sdist_candidates(package: str, version: str) -> list[tuple[str, str | None]
     import pypi_simple
     import requests
 
-    from matrix.index import pip_config
+    from matrix.releases.index import pip_config
 
     name = canonicalize_name(package)
     config = pip_config()
@@ -246,7 +246,7 @@ def sdist(package: str, version: str, root: Path | None = None) -> Path:
     """``package==version``'s source distribution, fetched once into ``cache_dir()/sdists``."""
     import requests
 
-    from matrix.index import pip_config
+    from matrix.releases.index import pip_config
 
     root = root or _cache() / "sdists"
     found = cached_sdist(package, version, root)
@@ -319,7 +319,7 @@ def wheel(package: str, version: str, build_env: dict | None = None, *, python: 
     :data:`DEFAULT_BUILD_ENV`, overridden per entry), for ``python`` (``major.minor``, default
     this interpreter's). Built once per key with ``uv build --wheel`` on the sdist; pass the
     directory to uv as ``--find-links`` and it installs this wheel instead of compiling."""
-    from matrix import envs
+    from matrix.env import uv as envs
 
     python = python or default_python()
     doc = key_doc("wheel", package, version, build_env, python=python, platform_tag=platform_tag(),
@@ -384,7 +384,7 @@ def llama_server(version: str, build_env: dict | None = None, *, package: str = 
     def build(tmp: Path) -> dict:
         src_archive = sdist(package, version)
         with tempfile.TemporaryDirectory(prefix="llmcompat-llama-src-") as work:
-            from matrix import gitsrc
+            from matrix.env import gitsrc
 
             work = Path(work)
             try:
@@ -494,7 +494,7 @@ def _tree_hash(directory: Path, git_dir: Path) -> str | None:
     """The git tree hash of ``directory``'s files (None without git): the content key."""
     if shutil.which("git") is None:
         return None
-    from matrix import gitsrc
+    from matrix.env import gitsrc
 
     try:
         return gitsrc.tree_of_dir(directory, git_dir).tree
@@ -505,7 +505,7 @@ def _tree_hash(directory: Path, git_dir: Path) -> str | None:
 def _git_run(args: list[str], cwd: Path, timeout: float = 1800.0) -> str:
     """git's stdout alone (a warning on stderr never mixes into a hash): gitsrc's runner, with
     its failures and timeouts as build errors."""
-    from matrix import gitsrc
+    from matrix.env import gitsrc
 
     what = f"git {' '.join(args[:2])}"
     try:

@@ -9,9 +9,10 @@ against the committed goldens is printed for review.
 
 from __future__ import annotations
 
-from matrix import envs, suites
+from matrix import suites
+from matrix.env import uv as envs
 from matrix.errors import LlmcompatError
-from matrix.run import ModelRef, run_probe
+from matrix.cell.run import ModelRef, run_probe
 
 
 def reference_env(matrix) -> envs.Environment:
@@ -74,7 +75,7 @@ def _lines(records: list[dict]) -> str:
 
 
 def regenerate(opts, check: bool = False) -> int:
-    from matrix.job import build_model, load_matrix
+    from matrix.app.job import build_model, load_matrix
 
     matrix = load_matrix(opts)
     suite = suites.load(opts.suite)

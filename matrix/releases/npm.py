@@ -33,7 +33,7 @@ from pathlib import Path
 
 from matrix.errors import LlmcompatError
 from matrix import atomic
-from matrix.versions import Release, order
+from matrix.releases.versions import Release, order
 
 log = logging.getLogger(__name__)
 

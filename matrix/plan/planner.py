@@ -23,9 +23,9 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from matrix import covering
-from matrix.cells import Cell, Choice
-from matrix.config import AXES, Component, Matrix, Model, Runner
+from matrix.plan import covering
+from matrix.plan.cells import Cell, Choice
+from matrix.declare.config import AXES, Component, Matrix, Model, Runner
 
 __all__ = ["Target", "coverage_report", "github_matrix", "plan", "targets"]
 
