@@ -6,7 +6,9 @@ value:
 
 1. YAML: the node tree is composed with PyYAML's safe loader and turned into plain data by hand,
    recording the line of every field and rejecting duplicate keys (which PyYAML would otherwise
-   resolve silently by keeping the last one).
+   resolve silently by keeping the last one). Aliases are bounded before anything is expanded:
+   at most ``MAX_ALIASES`` of them, and at most ``MAX_VALUES`` values once they are expanded (a
+   few nested anchors can otherwise stand for billions of values: an "alias bomb").
 2. Structure: ``matrix/axes.schema.json`` (JSON Schema, Draft 2020-12), compiled once per process.
 3. Meaning: versions, specifiers and requirements parse; constraints name known axes and
    components and can match something; constraints do not exclude a whole axis; the default
@@ -45,6 +47,11 @@ _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
 _CONDITION = re.compile(r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?P<spec>.*)", re.S)
 _RULE_ONLY = ("floor", "below", "prereleases", "per")
+MAX_ALIASES = 100
+"""Aliases (``*name``) allowed in one file; the repository's own axes.yaml uses none."""
+MAX_VALUES = 50_000
+"""Values (scalars, lists, mappings) allowed after aliases are expanded: about 100 times the
+repository's own axes.yaml."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,9 +112,22 @@ def _line(lines: dict[str, int], field: str) -> int | None:
     return lines.get(DOCUMENT)
 
 
+def _count_aliases(text: str, file: str) -> None:
+    """Refuse a file with more than MAX_ALIASES aliases, naming the line of the first one over."""
+    seen = 0
+    for event in yaml.parse(text, Loader=_SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            seen += 1
+            if seen > MAX_ALIASES:
+                raise ConfigError(file, DOCUMENT, f"*{event.anchor}",
+                                  f"more than {MAX_ALIASES} aliases: refused (an alias bomb?)",
+                                  line=event.start_mark.line + 1)
+
+
 def _parse(text: str, file: str) -> tuple[Any, dict[str, int]]:
     loader = _SafeLoader(text)
     try:
+        _count_aliases(text, file)
         node = loader.get_single_node()
         if node is None:
             return None, {DOCUMENT: 1}
@@ -139,11 +159,17 @@ class _Walker:
         self.file = file
         self.lines = lines
         self.active: set[int] = set()
+        self.values = 0
 
     def error(self, path: tuple, value: object, message: str, node) -> ConfigError:
         return ConfigError(self.file, _dot(path), value, message, line=node.start_mark.line + 1)
 
     def value(self, node, path: tuple) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            line = _line(self.lines, _dot(path)) or node.start_mark.line + 1
+            raise ConfigError(self.file, _dot(path), None,
+                              f"aliases expand to more than {MAX_VALUES} values: refused (an alias bomb?)", line=line)
         if isinstance(node, yaml.ScalarNode):
             return self.loader.construct_object(node)
         if id(node) in self.active:
