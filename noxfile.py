@@ -9,6 +9,7 @@
 #   "pypi-simple>=1.6",
 #   "rich>=13",
 #   "jinja2>=3.1",
+#   "pygithub>=2.6",
 #   "uv>=0.5",
 #   "pip>=23",
 # ]
