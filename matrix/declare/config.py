@@ -58,6 +58,8 @@ class Component:
     :mod:`matrix.env.builds`; empty for packages installed as published wheels."""
     build_server: bool = False
     """Also build llama.cpp's native ``llama-server`` from the same source distribution."""
+    upstream_issues: bool = False
+    """The bot may file issues in ``repo`` (an explicit allowlist; else only the bot's own repository)."""
 
     def probe_roles(self, role: str) -> tuple[str, ...]:
         return dict(self.probe).get(role, ())
@@ -115,6 +117,14 @@ class Constraint:
 
 
 @dataclass(frozen=True)
+class BotSettings:
+    """The GitHub bot's settings (``bot:`` in axes.yaml)."""
+
+    close_after: int = 3
+    """Consecutive scheduled runs a release newer than first bad must pass before an issue is closed."""
+
+
+@dataclass(frozen=True)
 class Matrix:
     """The whole of ``axes.yaml``."""
 
@@ -126,6 +136,7 @@ class Matrix:
     reference: dict[str, str] = field(default_factory=dict)
     """Pinned versions of the reference path that produces goldens (package -> version)."""
     suite_version: str = "1"
+    bot: BotSettings = field(default_factory=BotSettings)
     lines: dict[str, int] = field(default_factory=dict, compare=False)
     """Line of each field path in ``source`` (``axes.engine.transformers.versions``), for errors."""
 

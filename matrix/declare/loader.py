@@ -28,7 +28,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from matrix.declare.config import AXES, Component, Condition, Constraint, Matrix, Model, Runner, VersionRule
+from matrix.declare.config import (AXES, BotSettings, Component, Condition, Constraint, Matrix, Model, Runner,
+                                   VersionRule)
 from matrix.errors import ConfigError
 
 __all__ = ["load", "load_default", "parse_condition", "satisfiable", "DEFAULT_PATH", "SCHEMA_PATH", "CAPABILITIES"]
@@ -404,6 +405,7 @@ class _Builder:
             constraints=constraints,
             reference=reference,
             suite_version=self.data["suite_version"],
+            bot=BotSettings(close_after=self.data.get("bot", {}).get("close_after", 3)),
             lines=self.lines,
         )
 
@@ -476,7 +478,15 @@ class _Builder:
             ecosystem=ecosystem,
             build=tuple(sorted((str(k), str(v)) for k, v in c.get("build", {}).get("env", {}).items())),
             build_server=bool(c.get("build", {}).get("server", False)),
+            upstream_issues=self.upstream_issues(base, c),
         )
+
+    def upstream_issues(self, base: str, c: dict) -> bool:
+        """``upstream_issues: true`` allows the bot to file in the component's ``repo``, so it needs one."""
+        allowed = bool(c.get("upstream_issues", False))
+        if allowed and not c.get("repo"):
+            raise self.error(f"{base}.upstream_issues", True, "upstream issues need the component's repo (owner/name)")
+        return allowed
 
     def npm_component(self, base: str, c: dict) -> None:
         """An npm component: one npm package, run by Node (so a runner must provide ``node``)."""
