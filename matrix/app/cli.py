@@ -138,6 +138,33 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    """The store's durable history on a git data branch (GitHub Actions keeps nothing between runs)."""
+    import subprocess
+
+    from matrix import paths
+    from reports import history
+
+    remote = args.remote
+    if "/" not in remote and ":" not in remote:  # a remote's name in this checkout: its URL
+        proc = subprocess.run(["git", "remote", "get-url", remote], capture_output=True, text=True)
+        if proc.returncode:
+            raise LlmcompatError(f"--remote {remote!r}: not a remote of this checkout ({proc.stderr.strip()})")
+        remote = proc.stdout.strip()
+    store = paths.store_path()
+    if args.action == "pull":
+        if store.exists() and not args.replace:
+            raise LlmcompatError(f"{store} exists: pass --replace to rebuild it from {args.branch}")
+        found = history.pull(remote, args.branch, store)
+        print(f"store rebuilt from {args.branch}" if found else f"{args.branch} has no history yet: starting empty")
+    else:
+        if not store.exists():
+            raise LlmcompatError(f"{store}: no store to push")
+        sha = history.push(remote, args.branch, store, args.message or "llmcompat: store after run")
+        print(f"{args.branch} at {sha}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmcompat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--check", action="store_true", help="fail (exit 1) when goldens would change")
     p.set_defaults(func=cmd_goldens)
+
+    p = sub.add_parser("history", help="pull the store from, or push it to, the git data branch")
+    p.add_argument("action", choices=["pull", "push"])
+    p.add_argument("--remote", default="origin", help="git remote name or URL (default: origin)")
+    p.add_argument("--branch", default="llmcompat-data", help="the data branch (default: llmcompat-data)")
+    p.add_argument("--message", help="commit message for push")
+    p.add_argument("--replace", action="store_true", help="pull over an existing store")
+    p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("report", help="publish the page from the store")
     p.add_argument("--site", type=Path)
