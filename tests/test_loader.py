@@ -189,7 +189,7 @@ def test_shipped_axes_yaml_default_selection():
     assert defaults == {
         "engine": ["transformers", "mistralrs", "onnxruntime-genai"],
         "tokenizer": ["tokenizers"],
-        "template": ["hf-jinja2"],
+        "template": ["hf-jinja2", "llama.cpp-templates"],  # the corpus renders in every cell
         "client": ["openai"],
     }
     assert [r.name for r in m.runners if r.default] == ["cpu"]

@@ -90,7 +90,7 @@ def discover(matrix: Matrix, components, index, python: str = "3.11"):
     from matrix.releases import npm
 
     comps = [matrix.component(a, n) for a, n in components]
-    fetched = index.releases_many(sorted({c.primary for c in comps if c.ecosystem == "pypi"}))
+    fetched = index.releases_many(sorted({c.primary for c in comps if c.ecosystem in ("pypi", "corpus")}))
     for c in comps:
         if c.ecosystem == "npm":
             fetched[c.primary] = npm.releases(c.primary, paths.cache_dir(), ttl=index.ttl, offline=index.offline)
@@ -192,7 +192,18 @@ def prepare(opts: Options) -> Prepared:
         matrix, versions, releases, cells = planned.matrix, planned.versions, planned.releases, planned.cells
     models = {name: build_model(matrix, name) for name in sorted({c.model for c in cells})}
     suites = {name: suite_for(opts.suite, m) for name, m in models.items()}
+    suites = with_corpus(matrix, opts, versions, models, suites)
     return Prepared(matrix, versions, releases, cells, suites, models, seen)
+
+
+def with_corpus(matrix: Matrix, opts: Options, versions: dict, models: dict, suites: dict) -> dict:
+    """Each model's suite carrying the run's template corpus (matrix/app/corpus.py), if one is selected."""
+    from matrix.app import corpus
+
+    selected = selected_components(matrix, opts.with_components)
+    found = corpus.load(matrix, selected, versions, offline=opts.offline)
+    names = [c.name for c in corpus.components(matrix, selected)]
+    return {name: corpus.attach(matrix, models[name], s, found, names) for name, s in suites.items()}
 
 
 def _parse_cell(matrix: Matrix, cell_id: str) -> Cell:

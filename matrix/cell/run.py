@@ -56,6 +56,9 @@ class SuiteRef:
     cases: tuple[dict, ...]
     tricky: dict = field(default_factory=dict)
     """Goldens of the tokenize stage's tricky texts, by name."""
+    corpus: dict = field(default_factory=dict)
+    """The template corpus the probe renders (``matrix/app/corpus.py``: templates, reference goldens);
+    ``digest`` covers it."""
 
 
 @dataclass
@@ -153,6 +156,7 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
         **({"client_target": target} if target else {}),
         "cases": list(suite.cases),
         "tricky": dict(suite.tricky),
+        **({"corpus": suite.corpus} if suite.corpus else {}),
         "max_new_tokens": 16,
         "limits": {"render_seconds": 5, "render_chars": 1_000_000, "request_seconds": 60,
                    "server_start_seconds": 120},

@@ -52,12 +52,18 @@ class Component:
     """What the probe exercises through it, e.g. ``(("renderers", ("jinja2",)),)``."""
     ecosystem: str = "pypi"
     """Where its packages come from: ``pypi`` (installed into the cell's Python environment) or
-    ``npm`` (one npm package, installed by :func:`matrix.releases.npm.ensure_package` and run by Node)."""
+    ``npm`` (one npm package, installed by :func:`matrix.releases.npm.ensure_package` and run by Node)
+    or ``corpus`` (templates read out of the primary's source distribution, nothing installed)."""
     build: tuple[tuple[str, str], ...] = ()
     """Built from source once per version and these variables (``CMAKE_ARGS``...) by
     :mod:`matrix.env.builds`; empty for packages installed as published wheels."""
     build_server: bool = False
     """Also build llama.cpp's native ``llama-server`` from the same source distribution."""
+    corpus_path: str | None = None
+    """``ecosystem: corpus``: the folder inside the primary's sdist whose ``*.jinja`` are the corpus
+    (a template source rendered in every cell, never a planning choice; ``matrix/env/template_corpus.py``)."""
+    corpus_templates: tuple[str, ...] | None = None
+    """The corpus narrowed to these template names; None: every template under ``corpus_path``."""
     upstream_issues: bool = False
     """The bot may file issues in ``repo`` (an explicit allowlist; else only the bot's own repository)."""
 

@@ -479,7 +479,20 @@ class _Builder:
             build=tuple(sorted((str(k), str(v)) for k, v in c.get("build", {}).get("env", {}).items())),
             build_server=bool(c.get("build", {}).get("server", False)),
             upstream_issues=self.upstream_issues(base, c),
+            **self.corpus(base, ecosystem, c),
         )
+
+    def corpus(self, base: str, ecosystem: str, c: dict) -> dict:
+        """The corpus fields of an ``ecosystem: corpus`` component (the schema requires ``corpus``)."""
+        if "corpus" in c and ecosystem != "corpus":
+            raise self.error(f"{base}.corpus", c["corpus"], "corpus is only for components with ecosystem: corpus")
+        if ecosystem != "corpus":
+            return {}
+        for key in ("extras", "requires", "build", "probe"):
+            if key in c:
+                raise self.error(f"{base}.{key}", c[key], "a corpus component installs nothing: it has no " + key)
+        templates = c["corpus"].get("templates")
+        return {"corpus_path": c["corpus"]["path"], "corpus_templates": tuple(templates) if templates else None}
 
     def upstream_issues(self, base: str, c: dict) -> bool:
         """``upstream_issues: true`` allows the bot to file in the component's ``repo``, so it needs one."""

@@ -83,7 +83,8 @@ def _select_components(matrix: Matrix, components: Collection[tuple[str, str]] |
         named.setdefault(axis, set()).add(name)
     out: dict[str, list[Component]] = {}
     for axis in AXES:
-        comps = matrix.axes.get(axis, ())
+        # a corpus (ecosystem: corpus) is a template source every cell renders, never a choice
+        comps = [c for c in matrix.axes.get(axis, ()) if c.ecosystem != "corpus"]
         if axis in named:
             out[axis] = [c for c in comps if c.name in named[axis]]
         else:
