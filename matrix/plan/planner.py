@@ -365,7 +365,8 @@ def coverage_report(
 def github_matrix(cells: Sequence[Cell], matrix: Matrix, max_jobs: int = GITHUB_MAX_JOBS) -> list[dict]:
     """GitHub Actions ``strategy.matrix`` objects for ``cells``.
 
-    Each is ``{"include": [{"cell": id, "runner": name, "runs-on": [labels...]}, ...]}`` with
+    Each is ``{"include": [{"cell": id, "runner": name, "runs-on": [labels...], "environment":
+    "uv" | "image"}, ...]}`` with
     at most ``max_jobs`` entries and cells of one runner only; runners in matrix order, cells in
     the given order, each cell id once.
     """
@@ -381,7 +382,8 @@ def github_matrix(cells: Sequence[Cell], matrix: Matrix, max_jobs: int = GITHUB_
         if cell.id in ids:
             continue
         ids.add(cell.id)
-        groups[runner.name].append({"cell": cell.id, "runner": runner.name, "runs-on": list(runner.labels)})
+        groups[runner.name].append({"cell": cell.id, "runner": runner.name, "runs-on": list(runner.labels),
+                                    "environment": getattr(runner, "environment", "uv")})
     out: list[dict] = []
     for jobs in groups.values():
         for start in range(0, len(jobs), max_jobs):
