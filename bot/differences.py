@@ -21,6 +21,7 @@ from packaging.version import InvalidVersion, Version
 
 from bot.fingerprint import fingerprint
 from matrix.declare.config import AXES
+from matrix.outcome import Finding
 
 STAGE_AXIS = {"template": "template", "tokenize": "tokenizer", "inference": "engine",
               "postprocess": "engine", "client": "client"}
@@ -73,7 +74,7 @@ def _vkey(v: str):
         return (1, Version("0"), v)
 
 
-def differences(rows: Iterable[Mapping], owners: Owners) -> list[dict]:
+def differences(rows: Iterable[Mapping], owners: Owners) -> list[Finding]:
     """The latest run's failing checks grouped into difference findings (no time fields)."""
     groups: dict[str, dict] = {}
     for row in rows:
@@ -101,15 +102,15 @@ def differences(rows: Iterable[Mapping], owners: Owners) -> list[dict]:
         g["case_id"] = cases[0]
         g["versions"] = sorted(g.pop("_versions"), key=_vkey)
         g["cells"] = len(g.pop("_cells"))
-        out.append(g)
-    return sorted(out, key=lambda f: (f["stage"], f["component"], f["check_name"], f["klass"]))
+        out.append(Finding.from_row(g))
+    return sorted(out, key=lambda f: (f.stage, f.component, f.check_name, f.klass))
 
 
-def resolved(open_findings: Iterable[Mapping], rows: Iterable[Mapping], current: Iterable[Mapping],
+def resolved(open_findings: Iterable[Finding], rows: Iterable[Mapping], current: Iterable[Finding],
              owners: Owners) -> dict[str, str]:
     """Open differences the latest run no longer shows although it ran their check on their
     component: fingerprint -> the newest version of the component that now passes."""
-    still = {f["fingerprint"] for f in current}
+    still = {f.fingerprint for f in current}
     ran: dict[tuple[str, str, str], set[str]] = {}
     for row in rows:
         if row.get("case_id") is None or row.get("outcome") not in ("pass", "fail", "xfail"):
@@ -118,9 +119,9 @@ def resolved(open_findings: Iterable[Mapping], rows: Iterable[Mapping], current:
         ran.setdefault((comp, row["stage"], row["check_name"]), set()).add(row[f"{axis}_version"])
     out = {}
     for f in open_findings:
-        if f.get("kind") != "difference" or f["fingerprint"] in still:
+        if f.kind != "difference" or f.fingerprint in still:
             continue
-        versions = ran.get((f["component"], f["stage"], f["check_name"]))
+        versions = ran.get((f.component, f.stage, f.check_name))
         if versions:
-            out[f["fingerprint"]] = max(versions, key=_vkey)
+            out[f.fingerprint] = max(versions, key=_vkey)
     return out

@@ -10,9 +10,10 @@ import json
 import sqlite3
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
+from dataclasses import fields, replace
 from pathlib import Path
 
-from matrix.outcome import failure_class
+from matrix.outcome import Bisection, Finding, failure_class
 
 MIGRATIONS: list[str] = [
     # 1: runs, cells (by key), per-case results, stage outcomes, releases seen.
@@ -259,8 +260,9 @@ class Store:
                                else r for r in self.results(cell["key"])]
             cells.append(cell)
         return {"schema_version": self.version, "runs": self.runs(), "cells": cells,
-                "findings": [{**f, "class": failure_class(f["klass"], f["stage"]).value} for f in self.findings()],
-                "bisections": self.bisections(),
+                "findings": [{**f.as_dict(), "class": failure_class(f.klass, f.stage).value}
+                             for f in self.findings()],
+                "bisections": [b.as_dict() for b in self.bisections()],
                 "issues": self.issues(), "ttf_events": self.ttf_events(),
                 "quarantine": list(self.quarantine().values())}
 
@@ -312,30 +314,24 @@ class Store:
                               (package, version)).fetchone()
         return row[0] if row else None
 
-    def _select(self, table: str, order: str, json_columns: tuple[str, ...] = (), **where) -> list[dict]:
-        """Rows of ``table`` where each given column equals its value (None: any), in ``order``;
-        ``json_columns`` decoded."""
+    def _select(self, table: str, order: str, **where) -> list[dict]:
+        """Rows of ``table`` where each given column equals its value (None: any), in ``order``."""
         given = {c: v for c, v in where.items() if v is not None}
         sql = f"SELECT * FROM {table}"
         if given:
             sql += " WHERE " + " AND ".join(f"{c} = ?" for c in given)
-        out = []
-        for row in self.db.execute(f"{sql} ORDER BY {order}", list(given.values())):
-            d = dict(row)
-            for c in json_columns:
-                d[c] = json.loads(d[c])
-            out.append(d)
-        return out
+        return [dict(row) for row in self.db.execute(f"{sql} ORDER BY {order}", list(given.values()))]
 
-    def finding(self, fingerprint: str) -> dict | None:
-        rows = self._select("findings", "fingerprint", _JSON_COLUMNS, fingerprint=fingerprint)
-        return rows[0] if rows else None
+    def finding(self, fingerprint: str) -> Finding | None:
+        rows = self._select("findings", "fingerprint", fingerprint=fingerprint)
+        return Finding.from_row(rows[0]) if rows else None
 
-    def findings(self, status: str | None = None, kind: str | None = None) -> list[dict]:
-        return self._select("findings", "first_seen, fingerprint", _JSON_COLUMNS, status=status, kind=kind)
+    def findings(self, status: str | None = None, kind: str | None = None) -> list[Finding]:
+        rows = self._select("findings", "first_seen, fingerprint", status=status, kind=kind)
+        return [Finding.from_row(r) for r in rows]
 
-    def bisections(self, fingerprint: str | None = None) -> list[dict]:
-        return self._select("bisections", "id", ("versions", "probes"), fingerprint=fingerprint)
+    def bisections(self, fingerprint: str | None = None) -> list[Bisection]:
+        return [Bisection.from_row(r) for r in self._select("bisections", "id", fingerprint=fingerprint)]
 
     def issues(self, fingerprint: str | None = None) -> list[dict]:
         return self._select("issues", "created, repo, number", fingerprint=fingerprint)
@@ -356,21 +352,24 @@ class Store:
             rows = [r for r in rows if _dt(r["until"]) > _dt(now)]
         return {r["subject"]: r for r in rows}
 
-    def save_finding(self, finding: dict, bisection: dict | None = None, events: Iterable[dict] = ()) -> None:
+    def save_finding(self, finding: Finding | Mapping, bisection: Bisection | Mapping | None = None,
+                     events: Iterable[dict] = ()) -> None:
         """Upsert a finding (first_seen kept, last_seen and the range updated, reopened if it was
         fixed), with its bisection and time-to-fix events (the first of each kind is kept), in one
         transaction."""
         self.save_regressions([(finding, bisection, list(events))])
 
-    def save_regressions(self, items: Iterable[tuple[dict, dict | None, list[dict]]],
+    def save_regressions(self, items: Iterable[tuple[Finding | Mapping, Bisection | Mapping | None, list[dict]]],
                          quarantine: Iterable[dict] = ()) -> None:
-        """Several (finding, bisection, events) and quarantine entries, all in one transaction."""
+        """Several (finding, bisection, events) and quarantine entries, all in one transaction.
+        Records or mappings with their fields (extra keys are left out)."""
         with self.transaction() as db:
-            for finding, bisection, events in items:
+            for item, bisection, events in items:
+                finding = _finding(item)
                 _upsert_finding(db, finding)
                 if bisection is not None:
-                    _insert_bisection(db, finding["fingerprint"], bisection)
-                _insert_events(db, finding["fingerprint"], events)
+                    _insert_bisection(db, finding.fingerprint, _bisection(bisection))
+                _insert_events(db, finding.fingerprint, events)
             for q in quarantine:
                 db.execute("INSERT OR REPLACE INTO quarantine (subject, reason, until) VALUES (?, ?, ?)",
                            (q["subject"], q["reason"], q["until"]))
@@ -379,14 +378,15 @@ class Store:
         with self.transaction() as db:
             _mark_fixed(db, fingerprint, fixed_in, time)
 
-    def save_differences(self, current: Iterable[dict], fixed: Mapping[str, str], time: str) -> None:
+    def save_differences(self, current: Iterable[Finding | Mapping], fixed: Mapping[str, str], time: str) -> None:
         """The latest run's differences (upserted: first_seen kept, reopened if they were fixed,
         ``detected`` recorded once) and those it no longer shows (fixed), in one transaction."""
         with self.transaction() as db:
-            for finding in current:
-                _upsert_finding(db, {**finding, "kind": "difference", "status": "open", "fixed_in": None,
-                                     "first_seen": time, "last_seen": time})
-                _insert_events(db, finding["fingerprint"], [{"event": "detected", "time": time}])
+            for item in current:
+                finding = replace(_finding(item), kind="difference", status="open", fixed_in=None,
+                                  first_seen=time, last_seen=time)
+                _upsert_finding(db, finding)
+                _insert_events(db, finding.fingerprint, [{"event": "detected", "time": time}])
             for fp, version in fixed.items():
                 _mark_fixed(db, fp, version, time)
 
@@ -413,25 +413,22 @@ class Store:
         self.save_regressions([], [{"subject": subject, "reason": reason, "until": until}])
 
 
-FINDING_COLUMNS = (
-    "fingerprint", "case_id", "stage", "component", "axis", "last_good", "first_bad", "good_key", "bad_key",
-    "compare_url", "repro", "status", "first_seen", "last_seen", "fixed_in",
-    "kind", "check_name", "klass", "detail", "cases", "versions", "cells",
-)
-_JSON_COLUMNS = ("cases", "versions")
+FINDING_COLUMNS = tuple(f.name for f in fields(Finding))
 _UPDATED_ON_CONFLICT = tuple(c for c in FINDING_COLUMNS if c not in ("fingerprint", "first_seen", "kind"))
+BISECTION_COLUMNS = tuple(f.name for f in fields(Bisection) if f.name != "id")
 
 
-def _upsert_finding(db: sqlite3.Connection, finding: dict) -> None:
-    row = {c: finding.get(c) for c in FINDING_COLUMNS}
-    row["status"] = row["status"] or "open"
+def _finding(f: Finding | Mapping) -> Finding:
+    return f if isinstance(f, Finding) else Finding.from_row(f)
+
+
+def _bisection(b: Bisection | Mapping) -> Bisection:
+    return b if isinstance(b, Bisection) else Bisection.from_row(b)
+
+
+def _upsert_finding(db: sqlite3.Connection, finding: Finding) -> None:
+    row = finding.as_row()
     row["last_seen"] = row["last_seen"] or row["first_seen"]
-    row["kind"] = row["kind"] or "regression"
-    row["cells"] = int(row["cells"] or 0)
-    for c in ("good_key", "bad_key", "compare_url", "repro", "check_name", "klass", "detail"):
-        row[c] = row[c] or ""
-    for c in _JSON_COLUMNS:
-        row[c] = json.dumps(list(row[c] or []))
     db.execute(
         f"INSERT INTO findings ({', '.join(FINDING_COLUMNS)}) VALUES ({', '.join('?' for _ in FINDING_COLUMNS)})"
         " ON CONFLICT (fingerprint) DO UPDATE SET "
@@ -446,13 +443,13 @@ def _mark_fixed(db: sqlite3.Connection, fingerprint: str, fixed_in: str, time: s
     _insert_events(db, fingerprint, [{"event": "fixed", "time": time, "version": fixed_in}])
 
 
-def _insert_bisection(db: sqlite3.Connection, fingerprint: str, b: dict) -> None:
+def _insert_bisection(db: sqlite3.Connection, fingerprint: str, b: Bisection) -> None:
+    """A new bisection row of ``fingerprint`` (its own ``id`` and ``fingerprint`` are not used)."""
+    row = {**b.as_row(), "fingerprint": fingerprint}
     db.execute(
-        "INSERT INTO bisections (fingerprint, component, versions, probes, last_good, first_bad, status,"
-        " started, finished, compare_url, repro) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (fingerprint, b["component"], json.dumps(list(b.get("versions", []))),
-         json.dumps([list(p) for p in b.get("probes", [])]), b.get("last_good"), b.get("first_bad"),
-         b["status"], b["started"], b.get("finished"), b.get("compare_url") or "", b.get("repro") or ""),
+        f"INSERT INTO bisections ({', '.join(BISECTION_COLUMNS)})"
+        f" VALUES ({', '.join('?' for _ in BISECTION_COLUMNS)})",
+        [row[c] for c in BISECTION_COLUMNS],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -41,18 +42,18 @@ def test_one_finding_per_component_stage_check_and_class_with_its_cases_and_vers
     rows += [row(case="c1", stage="tokenize", check="tokenizers", tok="0.23.3")]
     rows += [row(case="c9", check="jinja2", outcome="pass")]
     found = differences(rows, OWNERS)
-    assert [(f["component"], f["stage"], f["check_name"]) for f in found] == [
+    assert [(f.component, f.stage, f.check_name) for f in found] == [
         ("transformers", "template", "transformers"), ("tokenizers", "tokenize", "tokenizers")]
     tf = found[0]
-    assert tf["cases"] == [f"c{i}" for i in range(5)] and tf["versions"] == ["5.23.0", "5.24.0"]
-    assert tf["cells"] == 2 and tf["kind"] == "difference" and tf["axis"] == "engine"
-    assert found[1]["versions"] == ["0.23.3"] and found[1]["axis"] == "tokenizer"
+    assert tf.cases == tuple(f"c{i}" for i in range(5)) and tf.versions == ("5.23.0", "5.24.0")
+    assert tf.cells == 2 and tf.kind == "difference" and tf.axis == "engine"
+    assert found[1].versions == ("0.23.3",) and found[1].axis == "tokenizer"
 
 
 def test_classes_split_findings_and_passes_or_skips_make_none():
     rows = [row(klass="mismatch"), row(case="c2", klass="undeclared-requirement"),
             row(case="c3", outcome="skipped"), row(case="c4", outcome="infra")]
-    assert sorted(f["klass"] for f in differences(rows, OWNERS)) == ["mismatch", "undeclared-requirement"]
+    assert sorted(f.klass for f in differences(rows, OWNERS)) == ["mismatch", "undeclared-requirement"]
 
 
 versions = st.from_regex(r"[1-9]\.[0-9]{1,2}\.[0-9]{1,2}", fullmatch=True)
@@ -60,17 +61,17 @@ versions = st.from_regex(r"[1-9]\.[0-9]{1,2}\.[0-9]{1,2}", fullmatch=True)
 
 @given(versions, versions, st.text(min_size=1, max_size=40))
 def test_fingerprint_is_stable_across_versions_and_details(a, b, detail):
-    fa = differences([row(tf=a, detail="x")], OWNERS)[0]["fingerprint"]
-    fb = differences([row(tf=b, detail=detail, case="other")], OWNERS)[0]["fingerprint"]
+    fa = differences([row(tf=a, detail="x")], OWNERS)[0].fingerprint
+    fb = differences([row(tf=b, detail=detail, case="other")], OWNERS)[0].fingerprint
     assert fa == fb
 
 
 def test_resolved_only_when_the_check_ran_on_the_component_and_passed():
     old = differences([row(tf="5.23.0")], OWNERS)
-    open_ = [dict(f, status="open") for f in old]
+    open_ = [replace(f, status="open") for f in old]
     # the next run ran transformers' template check on 5.24.0 and it passed: fixed there
     now = [row(tf="5.24.0", outcome="pass"), row(tf="5.25.0", outcome="pass", key="k2")]
-    assert resolved(open_, now, differences(now, OWNERS), OWNERS) == {old[0]["fingerprint"]: "5.25.0"}
+    assert resolved(open_, now, differences(now, OWNERS), OWNERS) == {old[0].fingerprint: "5.25.0"}
     # a run that did not run that check says nothing
     other = [row(check="jinja2", outcome="pass")]
     assert resolved(open_, other, differences(other, OWNERS), OWNERS) == {}
@@ -90,16 +91,16 @@ def test_store_keeps_first_seen_reopens_and_fixes(tmp_path):
     with Store(tmp_path / "s.sqlite") as s:
         s.save_differences([f], {}, "2026-11-01T00:00:00+00:00")
         s.save_differences([f], {}, "2026-11-02T00:00:00+00:00")
-        got = s.finding(f["fingerprint"])
-        assert got["first_seen"].startswith("2026-11-01") and got["last_seen"].startswith("2026-11-02")
-        assert got["cases"] == ["c1"] and got["versions"] == ["5.23.0"] and got["kind"] == "difference"
+        got = s.finding(f.fingerprint)
+        assert got.first_seen.startswith("2026-11-01") and got.last_seen.startswith("2026-11-02")
+        assert got.cases == ("c1",) and got.versions == ("5.23.0",) and got.kind == "difference"
         assert s.export()["findings"][0]["class"] == "backend-specific"  # klass "mismatch"
-        s.save_differences([], {f["fingerprint"]: "5.24.0"}, "2026-11-03T00:00:00+00:00")
-        assert s.finding(f["fingerprint"])["status"] == "fixed"
-        assert [e["event"] for e in s.ttf_events(f["fingerprint"])] == ["detected", "fixed"]
+        s.save_differences([], {f.fingerprint: "5.24.0"}, "2026-11-03T00:00:00+00:00")
+        assert s.finding(f.fingerprint).status == "fixed"
+        assert [e["event"] for e in s.ttf_events(f.fingerprint)] == ["detected", "fixed"]
         s.save_differences([f], {}, "2026-11-04T00:00:00+00:00")  # seen again: reopened
-        got = s.finding(f["fingerprint"])
-        assert got["status"] == "open" and got["fixed_in"] is None
+        got = s.finding(f.fingerprint)
+        assert got.status == "open" and got.fixed_in is None
         assert s.findings(kind="regression") == [] and len(s.findings(kind="difference")) == 1
 
 
@@ -116,17 +117,17 @@ def test_a_version_2_store_gains_the_columns_and_keeps_its_regressions(tmp_path)
     with Store(path) as s:
         assert s.version == len(MIGRATIONS)
         (old,) = s.findings()
-        assert old["kind"] == "regression" and old["cases"] == [] and old["check_name"] == ""
+        assert old.kind == "regression" and old.cases == () and old.check_name == ""
 
 
 def test_page_lists_differences_escaped_and_apart_from_regressions():
     f = differences([row(case="<img src=x onerror=alert(1)>", detail="<script>alert(1)</script>")], OWNERS)[0]
     export = {"cells": [], "runs": [], "findings": [
-        {**f, "status": "open", "first_seen": "t", "fixed_in": None},
+        {**f.as_dict(), "status": "open", "first_seen": "t", "fixed_in": None},
         {"fingerprint": "r1", "kind": "regression", "status": "open", "component": "jinja2", "last_good": "1",
          "first_bad": "2", "stage": "template", "case_id": "c", "repro": "", "compare_url": "", "first_seen": "t"}]}
     data = page.page_data(export)
-    assert [d["fingerprint"] for d in data["differences"]] == [f["fingerprint"]]
+    assert [d["fingerprint"] for d in data["differences"]] == [f.fingerprint]
     assert [r["fingerprint"] for r in data["findings"]] == ["r1"]
     html = page.render(data)
     assert 'id="differences"' in html and "<script>alert" not in html and "<img src=x" not in html

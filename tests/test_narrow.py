@@ -67,8 +67,8 @@ def test_the_pipeline_stores_why_a_llama_cpp_finding_was_not_narrowed(store, mon
     (finding,) = report.findings
     assert (finding["last_good"], finding["first_bad"]) == ("0.3.7", "0.3.8")
     rows = store.bisections(finding["fingerprint"])
-    assert [r["component"] for r in rows] == ["llama-cpp-python", "llama.cpp"]
-    assert rows[1]["status"] == f"not narrowed: {narrow.NOT_CONFIGURED}"
+    assert [r.component for r in rows] == ["llama-cpp-python", "llama.cpp"]
+    assert rows[1].status == f"not narrowed: {narrow.NOT_CONFIGURED}"
     assert "llama.cpp narrowing of llama-cpp-python 0.3.7 -> 0.3.8" in capsys.readouterr().err
 
 
@@ -86,8 +86,8 @@ def test_the_pipeline_stores_the_narrowed_range_beside_the_release_bisection(sto
     report = regress(store, "r2", rerun=_rerun, releases=lambda a, c: ["0.3.7", "0.3.8", "0.3.9"], now=NOW,
                      narrow=narrower)
     assert seen == [("single-user", "0.3.7", "0.3.8")]
-    (row,) = [r for r in store.bisections() if r["component"] == "llama.cpp"]
-    assert (row["last_good"], row["first_bad"], row["compare_url"], row["repro"]) == ("b1", "b2", "u", "r")
+    (row,) = [r for r in store.bisections() if r.component == "llama.cpp"]
+    assert (row.last_good, row.first_bad, row.compare_url, row.repro) == ("b1", "b2", "u", "r")
     assert report.narrowed[0]["first_bad"] == "b2"
     assert len(store.findings()) == 1
 
@@ -115,7 +115,7 @@ def demo(tmp_path_factory):
 def _narrow_once(demo) -> tuple[narrow.NarrowResult, float]:
     repo = gitsrc.open_repo(str(demo["git"]))
     py_repo = gitsrc.open_repo(str(demo["python_git"]))
-    probe = narrow.CommitProbe(repo, narrow.case_check("single-user", "inference"))
+    probe = narrow.CommitTest(repo, narrow.case_check("single-user", "inference"))
     t = time.perf_counter()
     res = narrow.narrow_releases(repo, "0.3.8", "0.3.9", probe, py_repo=py_repo)
     return res, time.perf_counter() - t

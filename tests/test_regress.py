@@ -108,24 +108,24 @@ def test_pipeline_end_to_end(store):
 
     # one finding: chat/template, engine eng, bisected to 1.1.1 -> 1.2
     (finding,) = store.findings()
-    assert finding["case_id"] == "chat" and finding["stage"] == "template"
-    assert (finding["component"], finding["axis"]) == ("eng", "engine")
-    assert (finding["last_good"], finding["first_bad"]) == ("1.1.1", "1.2")
-    assert (finding["good_key"], finding["bad_key"]) == ("k-good", "k-bad")
-    assert finding["compare_url"] == "https://github.com/acme/eng/compare/v1.1.1...v1.2"
-    assert finding["repro"] == f'nox -s "cell({cell_id("1.2")})"'
-    assert finding["status"] == "open" and finding["first_seen"] == NOW
+    assert finding.case_id == "chat" and finding.stage == "template"
+    assert (finding.component, finding.axis) == ("eng", "engine")
+    assert (finding.last_good, finding.first_bad) == ("1.1.1", "1.2")
+    assert (finding.good_key, finding.bad_key) == ("k-good", "k-bad")
+    assert finding.compare_url == "https://github.com/acme/eng/compare/v1.1.1...v1.2"
+    assert finding.repro == f'nox -s "cell({cell_id("1.2")})"'
+    assert finding.status == "open" and finding.first_seen == NOW
 
     # confirmation: the bad cell's infra re-run was repeated (3 counted), the good cell re-run 3 times
     assert world.calls[cell_id("1.3")] == 4 and world.calls[cell_id("1.0")] == 3
     # bisection: the confirmed ends are not re-run; pre-release 2.0rc1 and out-of-range versions never probed
-    (b,) = store.bisections(finding["fingerprint"])
-    assert b["versions"] == ["1.0", "1.1", "1.1.1", "1.2", "1.3"] and b["status"] == "found"
+    (b,) = store.bisections(finding.fingerprint)
+    assert b.versions == ("1.0", "1.1", "1.1.1", "1.2", "1.3") and b.status == "found"
     probed = [cid for cid in world.log if cid not in (cell_id("1.3"), cell_id("1.0"))]
     assert set(probed) <= {cell_id(v) for v in ("1.1", "1.1.1", "1.2")} and len(probed) == report.probes
-    assert dict((v, Verdict(x)) for v, x in b["probes"])["1.2"] is Verdict.BAD
+    assert dict((v, Verdict(x)) for v, x in b.probes)["1.2"] is Verdict.BAD
 
-    events = {e["event"]: e for e in store.ttf_events(finding["fingerprint"])}
+    events = {e["event"]: e for e in store.ttf_events(finding.fingerprint)}
     assert events["detected"]["time"] == NOW and events["detected"]["version"] == "1.2"
     assert events["released"]["time"].startswith("2025-12-04") and events["released"]["version"] == "1.2"
 
@@ -133,11 +133,11 @@ def test_pipeline_end_to_end(store):
     again = regress(store, "r2", rerun=World().rerun, releases=releases, now="2026-01-09T00:00:00+00:00")
     assert [c.case for c in again.quarantined] == ["tools"]
     (same,) = store.findings()
-    assert same["fingerprint"] == finding["fingerprint"]
-    assert same["first_seen"] == NOW and same["last_seen"] == "2026-01-09T00:00:00+00:00"
+    assert same.fingerprint == finding.fingerprint
+    assert same.first_seen == NOW and same.last_seen == "2026-01-09T00:00:00+00:00"
     assert len(store.bisections()) == 2
     # time-to-fix keeps the first detection
-    assert {e["event"]: e["time"] for e in store.ttf_events(finding["fingerprint"])}["detected"] == NOW
+    assert {e["event"]: e["time"] for e in store.ttf_events(finding.fingerprint)}["detected"] == NOW
 
 
 def test_not_reproduced_and_persistent_infra(store):
@@ -216,10 +216,10 @@ def test_migration_1_to_2_in_place(tmp_path):
     with Store(path) as s:  # reopening does not migrate again
         assert s.version == len(MIGRATIONS)
         f = s.finding("f1")
-        assert f["status"] == "fixed" and f["fixed_in"] == "1.4"
+        assert f.status == "fixed" and f.fixed_in == "1.4"
         assert [e["event"] for e in s.ttf_events("f1")] == ["detected", "filed", "fixed"]
         assert s.issues("f1")[0]["number"] == 7
-        assert s.bisections("f1")[0]["probes"] == [["1.2", "bad"]]
+        assert s.bisections("f1")[0].probes == (("1.2", "bad"),)
 
 
 def test_save_regressions_is_one_transaction(tmp_path):

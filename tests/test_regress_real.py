@@ -38,6 +38,6 @@ def test_regression_is_confirmed_and_bisected_to_the_release(tmp_path, monkeypat
         assert finding["stage"] == "template"
         assert finding["compare_url"].endswith("/huggingface/transformers/compare/v5.22.1...v5.22.2")
         stored = store.findings()
-        assert {f["fingerprint"] for f in stored} == {f["fingerprint"] for f in report.findings}
-        assert all(f["first_bad"] == "5.22.2" for f in stored)
+        assert {f.fingerprint for f in stored} == {f["fingerprint"] for f in report.findings}
+        assert all(f.first_bad == "5.22.2" for f in stored)
         assert not report.flaky

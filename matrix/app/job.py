@@ -20,7 +20,7 @@ from matrix import paths
 from matrix.plan.cells import Cell
 from matrix.declare.config import Matrix
 from matrix.errors import ConfigError, LlmcompatError
-from matrix.outcome import Outcome
+from matrix.outcome import Finding, Outcome
 from matrix.cell.run import CellReport, CellRunner, ModelRef, SuiteRef, now_iso
 
 
@@ -228,7 +228,7 @@ class RunSummary:
     seconds: float
     regressions: object = None
     """The :class:`bot.regress.RegressReport` of this run, when it had candidates."""
-    differences: list = field(default_factory=list)
+    differences: list[Finding] = field(default_factory=list)
     """Difference findings of this run (:func:`record_differences`)."""
 
     @property
@@ -302,9 +302,8 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
     if summary.differences:
         console.print(f"differences from the reference path: {len(summary.differences)} finding(s)")
         for f in summary.differences:
-            versions = ", ".join(f["versions"])
-            console.print(f"  difference {f['fingerprint']}: {f['component']} {versions} ({f['stage']}, "
-                          f"check {f['check_name']}, {f['klass']}, {len(f['cases'])} case(s))", markup=False)
+            console.print(f"  difference {f.fingerprint}: {f.component} {', '.join(f.versions)} ({f.stage}, "
+                          f"check {f.check_name}, {f.klass}, {len(f.cases)} case(s))", markup=False)
     reg = summary.regressions
     if reg is not None:
         console.print(f"regressions: {len(reg.findings)} finding(s), {len(reg.flaky)} flaky (quarantined), "
@@ -334,7 +333,7 @@ def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
     return summary, site
 
 
-def record_differences(matrix: Matrix, store, run_id: str) -> list[dict]:
+def record_differences(matrix: Matrix, store, run_id: str) -> list[Finding]:
     """The run's disagreements with the reference path, as findings (one per component, stage,
     check and class); open differences it ran but no longer shows are marked fixed."""
     from bot.differences import differences, owners_of, resolved

@@ -21,7 +21,7 @@ from matrix.env import uv as envs
 from matrix.plan.cells import Cell
 from matrix.declare.config import Matrix
 from matrix.plan.key import cell_key, digest
-from matrix.outcome import Outcome
+from matrix.outcome import Outcome, worst
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 PROBE_TIMEOUT = 900
@@ -199,10 +199,8 @@ def run_probe(python: Path, job: dict, timeout: float = PROBE_TIMEOUT) -> tuple[
 
 
 def overall(stages: dict) -> Outcome:
-    """A cell's outcome: the worst of its stages (fail > infra > flaky > pass > skipped)."""
-    order = [Outcome.FAIL, Outcome.INFRA, Outcome.FLAKY, Outcome.PASS, Outcome.XFAIL, Outcome.SKIPPED]
-    got = {Outcome(s["outcome"]) for s in stages.values()}
-    return next((o for o in order if o in got), Outcome.SKIPPED)
+    """A cell's outcome: the worst of its stages (:data:`matrix.outcome.WORST_FIRST`)."""
+    return worst((Outcome(s["outcome"]) for s in stages.values()), default=Outcome.SKIPPED)
 
 
 class CellRunner:

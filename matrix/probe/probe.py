@@ -19,7 +19,19 @@ import sys
 import time
 import traceback
 
+# The vocabulary, a standard-library copy of matrix/outcome.py's (the probe cannot import matrix;
+# tests/test_outcome.py holds the two equal).
 STAGES = ("template", "tokenize", "inference", "postprocess", "client")
+OUTCOMES = ("pass", "fail", "flaky", "infra", "unresolvable", "skipped", "xfail")
+WORST_FIRST = ("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable")
+"""How check outcomes combine into a stage's, worst first (see ``matrix.outcome.WORST_FIRST``)."""
+_RANK = {o: i for i, o in enumerate(WORST_FIRST)}
+
+
+def severity(outcome: str) -> int:
+    """Position in WORST_FIRST; an outcome nobody knows ranks with ``fail``."""
+    return _RANK.get(outcome, 0)
+
 STAGE_MODULES = {
     "template": "stage_template",
     "tokenize": "stage_tokenize",
@@ -77,10 +89,8 @@ def versions(names) -> dict:
 
 
 class Recorder:
-    """Collects check records; a stage's outcome is the worst of its checks."""
-
-    ORDER = {"skipped": 0, "pass": 1, "xfail": 2, "flaky": 3, "infra": 4, "fail": 5}
-    """Worst first from the right: a stage is ``skipped`` only when every check of it was."""
+    """Collects check records; a stage's outcome is the worst of its checks (:data:`WORST_FIRST`:
+    a stage is ``skipped`` only when every check of it was)."""
 
     def __init__(self, mode: str):
         self.mode = mode
@@ -106,7 +116,7 @@ class Recorder:
             elif not recs:
                 summary[stage] = {"outcome": "skipped", "detail": "no applicable check"}
             else:
-                worst = max(recs, key=lambda r: self.ORDER.get(r["outcome"], 5))
+                worst = min(recs, key=lambda r: severity(r["outcome"]))
                 counts: dict = {}
                 for r in recs:
                     counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
