@@ -1,4 +1,4 @@
-"""The compatibility page: the front of :mod:`reports.site` that the CLI and the main job call.
+"""The compatibility page: the front of :mod:`reports.web` that the CLI and the main job call.
 
 ``publish`` builds the whole static site (matrix views, version, cell and finding pages, the
 five questions, ``matrix.json``, badges, the Atom feed) from the store and swaps it into place;
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reports.site import render as _render
-from reports.site.data import axis_pairs, js_data, matrix_view, site_data
-from reports.site.publish import publish as _publish
+from reports.web import render as _render
+from reports.web.data import axis_pairs, js_data, matrix_view, site_data
+from reports.web.publish import publish as _publish
 
 
 def page_data(export: dict, run_cells: list[dict] | None = None) -> dict:

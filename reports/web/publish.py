@@ -1,0 +1,122 @@
+"""The one adapter of the site: read the store, build every file into a temporary directory
+beside the site, then swap it into place.
+
+A kill at any moment leaves either the old site or the new one at ``site`` (never a mix, never
+a half-written file), plus at most a temporary sibling that the next publish removes first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from reports.web import exports, render
+from reports.web.data import site_data
+from reports.web.questions import answers
+
+LOG_TAIL = 4000
+
+
+def clean_stale(site: Path) -> list[Path]:
+    """Remove what killed publishes left: temporary and old sites beside ``site`` and
+    temporary files inside it (``.results.json.*.tmp`` from the single-file writer)."""
+    removed = []
+    parent = site.parent
+    if parent.is_dir():
+        for p in parent.glob(f".{site.name}.*"):
+            if p.name.endswith((".building", ".old")) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    if site.is_dir():
+        for p in site.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def read_store(store, results_dir: Path | None = None) -> tuple[dict, list[dict]]:
+    """The export, each cell's log tail (from its result file, when at hand) and run membership."""
+    export = store.export()
+    if results_dir is not None and results_dir.is_dir():
+        for cell in export["cells"]:
+            if cell.get("log"):
+                continue
+            path = results_dir / f"{cell['key']}.json"
+            try:
+                cell["log"] = str(json.loads(path.read_text(encoding="utf-8")).get("log") or "")[-LOG_TAIL:]
+            except (OSError, ValueError, AttributeError):
+                pass
+    run_cells = [dict(r) for r in store.db.execute("SELECT run_id, key, reused FROM run_cells")]
+    return export, run_cells
+
+
+def build(export: dict, run_cells: list[dict], out: Path, ttf: dict | None = None,
+          generated: str | None = None) -> dict:
+    """Write the whole site under ``out`` (a fresh directory); returns the site data."""
+    generated = generated or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    site = site_data(export, run_cells, ttf=ttf)
+    site["bisections"] = {}
+    for b in export.get("bisections", []):
+        site["bisections"].setdefault(str(b.get("fingerprint")), []).append(b)
+    q = answers(site, export)
+    dirs: set[Path] = set()
+    files = {**render.static_files()}
+    for rel, text in render.pages(site, q, generated):
+        files[rel] = text
+    files["matrix.json"] = json.dumps(exports.matrix_json(site, generated), indent=1, ensure_ascii=False)
+    files["matrix.schema.json"] = exports.SCHEMA_PATH.read_text(encoding="utf-8")
+    files["results.json"] = json.dumps(export, indent=1, sort_keys=True, ensure_ascii=False)
+    files["feed.xml"] = exports.feed(site, generated)
+    for rel, body in exports.badges(site).items():
+        files[rel] = json.dumps(body)
+    for rel, text in files.items():
+        path = out / rel
+        if path.parent not in dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dirs.add(path.parent)
+        path.write_text(text, encoding="utf-8")
+    return site
+
+
+def publish(store, site: Path, ttf: dict | None = None, results_dir: Path | None = None) -> Path:
+    """Build the site from ``store`` and swap it into ``site``; returns ``site``."""
+    site = Path(site)
+    site.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(site)
+    export, run_cells = read_store(store, results_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{site.name}.", suffix=".building", dir=site.parent))
+    try:
+        build(export, run_cells, tmp, ttf=ttf)
+        _fsync_dir(tmp)
+        swap(tmp, site)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return site
+
+
+def swap(new: Path, site: Path) -> None:
+    """Put ``new`` at ``site``: the old site is renamed aside first and removed after."""
+    if site.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{site.name}.", suffix=".old", dir=site.parent))
+        os.rmdir(old)
+        os.rename(site, old)
+        os.rename(new, site)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, site)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
