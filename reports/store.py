@@ -151,6 +151,29 @@ MIGRATIONS: list[str] = [
     ALTER TABLE bisections ADD COLUMN compare_url TEXT NOT NULL DEFAULT '';
     ALTER TABLE bisections ADD COLUMN repro TEXT NOT NULL DEFAULT '';
     """,
+    # 5 (#15: triage, standalone reproductions, time-to-fix): a finding's triage verdict
+    #    (component-bug | matrix-configuration | undetermined) and its reason; whether its
+    #    standalone reproduction showed the problem in the bad (and not in the good) environment
+    #    (NULL: none, or it could not run) and what the runs printed. ttf_events gains 'closed'
+    #    (the issue's close time); SQLite cannot alter a CHECK, so that table is rebuilt.
+    """
+    ALTER TABLE findings ADD COLUMN triage TEXT NOT NULL DEFAULT '';
+    ALTER TABLE findings ADD COLUMN triage_reason TEXT NOT NULL DEFAULT '';
+    ALTER TABLE findings ADD COLUMN repro_verified INTEGER;
+    ALTER TABLE findings ADD COLUMN repro_detail TEXT NOT NULL DEFAULT '';
+    CREATE TABLE ttf_events_v5 (
+        fingerprint TEXT NOT NULL REFERENCES findings(fingerprint),
+        event TEXT NOT NULL CHECK (event IN
+            ('introduced', 'released', 'detected', 'filed', 'fixed', 'fix-released', 'closed')),
+        time TEXT NOT NULL,
+        version TEXT,
+        PRIMARY KEY (fingerprint, event)
+    );
+    INSERT INTO ttf_events_v5 (fingerprint, event, time, version)
+        SELECT fingerprint, event, time, version FROM ttf_events;
+    DROP TABLE ttf_events;
+    ALTER TABLE ttf_events_v5 RENAME TO ttf_events;
+    """,
 ]
 
 CELL_COLUMNS = (
@@ -401,20 +424,48 @@ class Store:
             _insert_events(db, fingerprint, [{"event": "filed", "time": created}])
 
     def close_issue(self, repo: str, number: int, closed: str) -> None:
+        """The issue closed at ``closed``; its finding's time-to-fix gets the ``closed`` event."""
         with self.transaction() as db:
             db.execute("UPDATE issues SET state = 'closed', closed = ? WHERE repo = ? AND number = ?",
                        (closed, repo, number))
+            for (fp,) in db.execute("SELECT fingerprint FROM issues WHERE repo = ? AND number = ?",
+                                    (repo, number)).fetchall():
+                _insert_events(db, fp, [{"event": "closed", "time": closed}])
+
+    def reopen_issue(self, repo: str, number: int) -> None:
+        """The issue open again: not closed, and its finding's ``closed`` event is withdrawn."""
+        with self.transaction() as db:
+            db.execute("UPDATE issues SET state = 'open', closed = NULL WHERE repo = ? AND number = ?",
+                       (repo, number))
+            db.execute("DELETE FROM ttf_events WHERE event = 'closed' AND fingerprint IN"
+                       " (SELECT fingerprint FROM issues WHERE repo = ? AND number = ?)", (repo, number))
 
     def add_ttf_event(self, fingerprint: str, event: str, time: str, version: str | None = None) -> None:
         with self.transaction() as db:
             _insert_events(db, fingerprint, [{"event": event, "time": time, "version": version}])
+
+    def set_triage(self, verdicts: Mapping[str, tuple[str, str]]) -> None:
+        """Findings' triage (fingerprint -> (verdict, reason)), in one transaction (bot.triage)."""
+        with self.transaction() as db:
+            db.executemany("UPDATE findings SET triage = ?, triage_reason = ? WHERE fingerprint = ?",
+                           [(v, r, fp) for fp, (v, r) in verdicts.items()])
+
+    def set_repro(self, results: Mapping[str, tuple[bool | None, str]]) -> None:
+        """Findings' standalone-reproduction results (fingerprint -> (verified, detail)), in one
+        transaction (bot.repro); verified None: no reproduction, or it could not run."""
+        with self.transaction() as db:
+            db.executemany("UPDATE findings SET repro_verified = ?, repro_detail = ? WHERE fingerprint = ?",
+                           [(None if v is None else int(bool(v)), d, fp) for fp, (v, d) in results.items()])
 
     def set_quarantine(self, subject: str, reason: str, until: str) -> None:
         self.save_regressions([], [{"subject": subject, "reason": reason, "until": until}])
 
 
 FINDING_COLUMNS = tuple(f.name for f in fields(Finding))
-_UPDATED_ON_CONFLICT = tuple(c for c in FINDING_COLUMNS if c not in ("fingerprint", "first_seen", "kind"))
+_SET_BY_OWN_STEP = ("triage", "triage_reason", "repro_verified", "repro_detail")
+"""Written by set_triage/set_repro (#15) after the finding is saved: an upsert keeps them."""
+_UPDATED_ON_CONFLICT = tuple(c for c in FINDING_COLUMNS if c not in ("fingerprint", "first_seen", "kind")
+                             and c not in _SET_BY_OWN_STEP)
 BISECTION_COLUMNS = tuple(f.name for f in fields(Bisection) if f.name != "id")
 
 
