@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
+from matrix.errors import LlmcompatError
 from matrix.outcome import Bisection, Finding, failure_class
 
 MIGRATIONS: list[str] = [
@@ -184,11 +185,42 @@ CELL_COLUMNS = (
 )
 
 
+class StoreDamaged(LlmcompatError):
+    """The store file is not a sound SQLite database (issue 12). Results are files, so the way
+    out is ``llmcompat store rebuild``: a fresh store from them, the damaged file kept aside."""
+
+    def __init__(self, path: Path, detail: str):
+        super().__init__(f"{path}: the store is damaged ({detail}); the results are files, so "
+                         f"`llmcompat store rebuild` makes a fresh store from them and keeps the damaged "
+                         f"file aside (findings, bisections and issues recorded in it are not in the files)")
+
+
+class RunExists(LlmcompatError):
+    """A run id that the store already holds (issue 12): refused, never an IntegrityError."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"--run-id: {run_id!r}: the store already holds a run with this id; "
+                         f"choose another id or leave --run-id out for a unique one")
+
+
 class Store:
     """A handle on the SQLite store. ``readonly`` handles never migrate or write."""
 
     def __init__(self, path: Path | str, readonly: bool = False):
         self.path = Path(path)
+        try:
+            self._open(readonly)
+        except sqlite3.DatabaseError as exc:
+            if getattr(self, "db", None) is not None:
+                self.db.close()
+            if type(exc) is sqlite3.DatabaseError or "malformed" in str(exc):  # not a db / corrupt pages
+                raise StoreDamaged(self.path, str(exc)) from None
+            raise LlmcompatError(f"{self.path}: cannot open the store: {exc} "
+                                 f"(is {self.path.parent} writable, with space left?)") from None
+        self.db.row_factory = sqlite3.Row
+
+    def _open(self, readonly: bool) -> None:
+        self.db = None
         if readonly:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         else:
@@ -196,8 +228,11 @@ class Store:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check(3)")]  # every page read once
+        if problems != ["ok"]:
+            raise StoreDamaged(self.path, "; ".join(problems)[:300])
+        if not readonly:
             self.migrate()
-        self.db.row_factory = sqlite3.Row
 
     def close(self) -> None:
         self.db.close()
@@ -240,6 +275,13 @@ class Store:
 
     def keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM cells")}
+
+    def reusable_keys(self) -> set[str]:
+        """Keys whose result stands: every key but those of ``infra`` results, which are retried."""
+        return {r[0] for r in self.db.execute("SELECT key FROM cells WHERE outcome != 'infra'")}
+
+    def has_run(self, run_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
 
     def cells(self, run_id: str | None = None) -> list[dict]:
         if run_id is None:
@@ -291,8 +333,11 @@ class Store:
 
     # ---- the single writer ---------------------------------------------------------------
     def ingest_run(self, run: dict, results: Iterable[dict], reused: Iterable[str], releases=()) -> None:
-        """Record one run atomically: its new cell results, the reused keys, releases seen."""
+        """Record one run atomically: its new cell results, the reused keys, releases seen.
+        A run id the store already holds is refused (:class:`RunExists`) and nothing is written."""
         with self.transaction() as db:
+            if self.has_run(run["id"]):
+                raise RunExists(run["id"])
             db.execute(
                 "INSERT INTO runs (id, started, finished, kind, meta) VALUES (?, ?, ?, ?, ?)",
                 (run["id"], run["started"], run.get("finished"), run.get("kind", "matrix"),
@@ -547,7 +592,7 @@ def _insert_cell(db: sqlite3.Connection, result: dict) -> None:
         "INSERT OR REPLACE INTO results (key, case_id, stage, check_name, outcome, klass, detail)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
-            (result["key"], r["case"], r["stage"], r["check"], r["outcome"], r.get("klass", ""), r.get("detail", ""))
+            (result["key"], r["case"], r["stage"], r["check"], r["outcome"], r.get("klass") or "", r.get("detail") or "")
             for r in result.get("records", [])
         ],
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -38,14 +39,19 @@ def _options(args):
 
 
 def cmd_run(args) -> int:
+    from matrix import paths
     from matrix.app.job import main_job
+    from matrix.app.preflight import check_state
 
+    check_state(cache=True, site=None if args.no_page else paths.site_dir())  # before any work starts
     return main_job(_options(args))
 
 
 def cmd_aa(args) -> int:
     from matrix.app.job import aa_run
+    from matrix.app.preflight import check_state
 
+    check_state(cache=True)
     meta = aa_run(_options(args))
     print(f"A/A over {meta['cells']} cells: {meta['samples']} (case, stage) pairs, spurious rate {meta['aa_rate']:.4f}")
     return 0
@@ -96,16 +102,20 @@ def cmd_ingest(args) -> int:
     """Ingest result files made elsewhere (GitHub Actions shard jobs) as one run."""
     from matrix import paths
     from matrix.app.job import find_regressions, load_matrix, prepare, record_differences
+    from matrix.app.preflight import check_state
     from matrix.cell.run import now_iso
-    from reports.aggregate import ingest
-    from reports.store import Store
+    from reports.aggregate import ingest, result_files
+    from reports.store import RunExists, Store
 
     opts = _options(args)
-    files = sorted(p for d in args.dirs for p in Path(d).rglob("*.json"))
-    run = {"id": args.run_id or now_iso(), "started": now_iso(), "finished": now_iso(), "kind": "ingest",
-           "meta": {"files": len(files)}}
+    files = result_files(args.dirs)  # a missing path, a file or an empty directory: exit 2, nothing stored
+    check_state()
+    run = {"id": args.run_id or unique_run_id("ingest"), "started": now_iso(), "finished": now_iso(),
+           "kind": "ingest", "meta": {"files": len(files)}}
     with Store(paths.store_path()) as store:
-        known = store.keys()
+        if store.has_run(run["id"]):
+            raise RunExists(run["id"])
+        known = store.reusable_keys()  # an infra result in the store is replaced, not "already known"
         new = [f for f in files if f.stem not in known]
         n = ingest(store, run, new, [f.stem for f in files if f.stem in known])
         print(f"ingested {n} new cell results ({len(files) - len(new)} already known) as run {run['id']}")
@@ -129,12 +139,45 @@ def cmd_goldens(args) -> int:
 
 def cmd_report(args) -> int:
     from matrix import paths
+    from matrix.app.preflight import check_state
     from reports import page
     from reports.store import Store
 
+    check_state(site=args.site or paths.site_dir())
     with Store(paths.store_path()) as store:
         site = page.publish(store, args.site or paths.site_dir())
     print(site / "index.html")
+    return 0
+
+
+def unique_run_id(kind: str) -> str:
+    """A run id no other run gets, even two started in the same second: time plus a random part."""
+    import time
+    import uuid
+
+    return f"{kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def cmd_store_rebuild(args) -> int:
+    """A fresh store from the result files (results are files; the store derives from them).
+    The old store, damaged or not, is kept aside under a new name, never overwritten."""
+    from matrix import paths
+    from matrix.app.preflight import check_state
+    from matrix.cell.run import now_iso
+    from reports.aggregate import rebuild
+
+    check_state()
+    results = args.results or paths.results_dir()
+    run = {"id": unique_run_id("rebuild"), "started": now_iso(), "finished": now_iso(), "kind": "rebuild",
+           "meta": {"results": str(results)}}
+    aside, n, skipped = rebuild(paths.store_path(), results, run)
+    for problem in skipped:
+        print(f"skipped: {problem}", file=sys.stderr)
+    print(f"rebuilt {paths.store_path()} from {n} result file(s) under {results} as run {run['id']}"
+          + (f"; {len(skipped)} unreadable file(s) skipped" if skipped else ""))
+    if aside is not None:
+        print(f"the previous store is kept as {aside} (its findings, bisections and issues are not in the "
+              f"result files: the next run finds the differences and regressions again)")
     return 0
 
 
@@ -223,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="publish the page from the store")
     p.add_argument("--site", type=Path)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("store", help="store maintenance: `store rebuild` re-ingests the result files")
+    p.add_argument("action", choices=["rebuild"])
+    p.add_argument("--results", type=Path, help="the result files (default: the state directory's results/)")
+    p.set_defaults(func=cmd_store_rebuild)
     return parser
 
 
@@ -236,6 +284,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("llmcompat: interrupted", file=sys.stderr)
         return 130
+    except sqlite3.DatabaseError as exc:  # damage found after the store opened sound
+        if type(exc) is not sqlite3.DatabaseError and "malformed" not in str(exc):
+            raise
+        from matrix import paths
+        from reports.store import StoreDamaged
+
+        print(f"llmcompat: error: {StoreDamaged(paths.store_path(), str(exc))}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
