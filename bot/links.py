@@ -6,10 +6,9 @@ No I/O. The host of compare links is GitHub's web UI (the repository's ``owner/n
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import shlex
-from typing import Iterable
+from collections.abc import Iterable
+from urllib.parse import quote
 
 GITHUB = "https://github.com"
 
@@ -42,8 +41,14 @@ def repro_command(
     bad: str | None = None,
     repo: str | None = None,
     tag_format: str | None = None,
+    find_fix: bool = False,
+    samples: int | None = None,
+    timeout: float | None = None,
+    jobs: int | None = None,
+    offline: bool = False,
 ) -> str:
-    """The one ``llmcompat bisect`` command line that reproduces a bisection (shell-quoted).
+    """The one ``llmcompat bisect`` command line that reproduces a bisection (shell-quoted): every
+    option that changes what is searched or how (output options such as ``--json`` left out).
 
     ``versions`` is a PEP 440 range (``>=20,<24``) or an explicit list of versions (joined with
     commas, ``20.0,21.3,22.0``, which the command reads back as a list).
@@ -62,6 +67,16 @@ def repro_command(
         argv += ["--repo", repo]
     if tag_format:
         argv += ["--tag-format", tag_format]
+    if find_fix:
+        argv.append("--find-fix")
+    if samples is not None:
+        argv += ["--samples", str(samples)]
+    if timeout is not None:
+        argv += ["--timeout", f"{timeout:g}"]
+    if jobs is not None:
+        argv += ["--jobs", str(jobs)]
+    if offline:
+        argv.append("--offline")
     return shlex.join(argv)
 
 

@@ -3,18 +3,20 @@
 Bisection over releases ends at two adjacent llama-cpp-python releases, often hundreds of
 llama.cpp commits apart. Here the vendored commits of those releases (:mod:`matrix.env.gitsrc`) are
 the ends; the candidates between them (build tags ``b<N>``, else first-parent commits) are
-searched with :func:`bot.search.bisect` unchanged: a probe builds ``llama-server`` at the commit
-(:func:`matrix.env.builds.llama_server_tree`: content-keyed, incremental) and runs a check with it:
+searched with :func:`bot.search.bisect` unchanged: a test (:class:`CommitTest`) builds
+``llama-server`` at the commit (:func:`matrix.env.builds.llama_server_tree`: content-keyed,
+incremental) and runs a check with it:
 
 - :func:`case_check`: one suite case and stage through the probe with the native llama-server
   as renderer (``template``) or engine (``inference``), as cells run it; pass GOOD, fail BAD,
   anything else UNKNOWN;
-- :func:`script_check`: a check script, as ``llmcompat bisect`` runs one (exit 0 good, 125
-  skip, 1..127 bad, >= 128 abort), with ``LLMCOMPAT_LLAMA_SERVER`` set to the binary.
+- :func:`script_check`: a check script, as ``llmcompat bisect`` runs one (:mod:`bot.check`: exit
+  0 good, 125 skip, 1..127 bad, >= 128 abort; its process group killed on timeout), with
+  ``LLMCOMPAT_LLAMA_SERVER`` set to the binary.
 
 A commit that does not build is UNKNOWN and searched around. Both ends are verified (a range
 that the native server does not reproduce says so in its status). When adjacent build tags
-still span untagged commits, the range is refined over those commits (no probe is repeated).
+still span untagged commits, the range is refined over those commits (no commit is tested twice).
 """
 
 from __future__ import annotations
@@ -22,16 +24,23 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Sequence
 
-from bot.bisect_cmd import ABORT_FROM, CHECK_TIMEOUT, BisectAborted, check_command, verdict_for_exit
-from bot.search import BisectResult, Verdict, bisect, bisect_parallel, probe_bound
+from bot.check import (
+    CHECK_TIMEOUT,
+    BisectAborted,
+    CheckInterrupted,
+    check_command,
+    killing_checks_on_signals,
+    run_check,
+    verdict_of_run,
+)
+from bot.search import BisectResult, Verdict, bisect, bisect_bound, bisect_parallel
 from matrix.env import gitsrc
 from matrix.env.gitsrc import Candidate, GitSourceError, ReleaseCommit, Repo
 
@@ -49,7 +58,9 @@ Check = Callable[[Path, Candidate], tuple[Verdict, str]]
 # ----------------------------------------------------------------------------- result (pure)
 
 @dataclass
-class ProbeNote:
+class Tested:
+    """What happened when one commit was tested: verdict, why, how long, how its binary came."""
+
     ref: str
     verdict: Verdict
     reason: str = ""
@@ -67,7 +78,7 @@ class NarrowResult:
     first_bad: Candidate | None
     unknown_between: list[Candidate] = field(default_factory=list)
     rounds: int = 0
-    notes: dict[str, ProbeNote] = field(default_factory=dict)
+    notes: dict[str, Tested] = field(default_factory=dict)
     repo: str = gitsrc.LLAMACPP_REPO
     repro: str = ""
     releases: tuple[ReleaseCommit, ReleaseCommit] | None = None
@@ -86,7 +97,7 @@ class NarrowResult:
 
     @property
     def bound(self) -> int:
-        return probe_bound(len(self.candidates)) + (probe_bound(len(self.refined) + 2) - 2 if self.refined else 0)
+        return bisect_bound(len(self.candidates)) + (bisect_bound(len(self.refined) + 2) - 2 if self.refined else 0)
 
     def bisection(self, started: str, finished: str | None = None) -> dict:
         """The store's ``bisections`` row (component ``llama.cpp``): candidates by tag or id."""
@@ -112,18 +123,30 @@ def _cand(c: Candidate | None) -> dict | None:
     return None if c is None else {"ref": c.ref, "commit": c.commit, "tag": c.tag}
 
 
+STATUS_WORDS = {
+    "found": "found: the first bad commit is known",
+    "both-old": "good at both ends: the newer end passes too; nothing to narrow between these commits",
+    "both-new": "bad at both ends: the older end fails too; the change is older than this range",
+    "reversed": "reversed: the older end fails and the newer passes; this range holds a fix",
+    "new-end-unknown": "the newer end cannot be tested (it does not build, or the check skipped it)",
+    "no-old-found": "no commit before the newer end that could be tested passes",
+    "same-commit": "both releases vendor the same llama.cpp commit: nothing to narrow",
+}
+
+
 def format_result(result: NarrowResult) -> str:
-    """The printed report: last good, first bad, probes used, compare URL, reproduction."""
+    """The printed report: status in words, last good, first bad, tests used, compare URL, reproduction."""
     n = len(result.candidates)
     lines = [f"narrow llama.cpp: {result.status} over {n} candidates"
-             + (f" (+{len(result.refined)} untagged commits)" if result.refined else "")]
+             + (f" (+{len(result.refined)} untagged commits)" if result.refined else ""),
+             f"  status:     {STATUS_WORDS.get(result.status, result.status)}"]
     if result.releases:
         lines.append("  releases:   " + ", ".join(f"{PACKAGE} {r.version} vendors {r.commit[:12]} ({r.how})"
                                                   for r in result.releases))
     for label, c in (("last good", result.last_good), ("first bad", result.first_bad)):
         lines.append(f"  {label}:  {'-' if c is None else (c.tag + ' ' + c.commit[:12] if c.tag else c.commit)}")
     used = ", ".join(f"{c} {v.value}" + _build_word(result.notes.get(c.commit)) for c, v in result.probes)
-    lines.append(f"  probes:     {len(result.probes)} (bound {result.bound}): {used}")
+    lines.append(f"  tests:      {len(result.probes)} (bound {result.bound}): {used}")
     skipped = [(c, result.notes.get(c.commit)) for c, v in result.probes if v is Verdict.UNKNOWN]
     if skipped:
         lines.append("  skipped:    " + "; ".join(f"{c} ({n.reason if n else 'unknown'})" for c, n in skipped))
@@ -136,7 +159,7 @@ def format_result(result: NarrowResult) -> str:
     return "\n".join(lines)
 
 
-def _build_word(note: ProbeNote | None) -> str:
+def _build_word(note: Tested | None) -> str:
     if note is None or not note.build:
         return ""
     b = note.build
@@ -169,22 +192,22 @@ def not_narrowed(reason: str, started: str | None = None) -> dict:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- probing
 
 @dataclass
-class CommitProbe:
-    """Build ``llama-server`` at a candidate and run ``check`` with it: a :func:`bisect` probe.
-    A commit that does not build is UNKNOWN (searched around); each commit is probed once."""
+class CommitTest:
+    """A bisection's test at one commit: build ``llama-server`` at the candidate and run ``check``
+    with it. A commit that does not build is UNKNOWN (searched around); each commit is tested once."""
 
     repo: Repo
     check: Check
     build_env: dict | None = None
     bin_root: Path | None = None
     work_root: Path | None = None
-    notes: dict[str, ProbeNote] = field(default_factory=dict)
+    notes: dict[str, Tested] = field(default_factory=dict)
 
     def __call__(self, cand: Candidate) -> Verdict:
         if cand.commit in self.notes:
@@ -198,11 +221,11 @@ class CommitProbe:
                                                 root=self.bin_root, work_root=self.work_root)
         except (builds.BuildError, GitSourceError) as exc:
             first = str(exc).splitlines()[0]
-            self.notes[cand.commit] = ProbeNote(cand.ref, Verdict.UNKNOWN, f"does not build: {first}",
+            self.notes[cand.commit] = Tested(cand.ref, Verdict.UNKNOWN, f"does not build: {first}",
                                                 time.perf_counter() - started)
             return Verdict.UNKNOWN
         verdict, reason = self.check(exe, cand)
-        self.notes[cand.commit] = ProbeNote(cand.ref, verdict, reason, time.perf_counter() - started, how)
+        self.notes[cand.commit] = Tested(cand.ref, verdict, reason, time.perf_counter() - started, how)
         return verdict
 
 
@@ -218,15 +241,8 @@ def script_check(script: str, *, timeout: float = CHECK_TIMEOUT, cwd: Path | Non
         cmd = check_command(script)
         if cmd[0] == "python":
             cmd[0] = sys.executable
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
-            code, output = proc.returncode, (proc.stdout + proc.stderr)[-4000:]
-        except subprocess.TimeoutExpired:
-            code, output = ABORT_FROM + 9, f"check timed out after {timeout:.0f}s"
-        verdict = verdict_for_exit(code)
-        if verdict is None:
-            raise BisectAborted(cand.ref, code, output)
-        return verdict, f"exit {code}"
+        run = run_check(cmd, env=env, timeout=timeout, cwd=cwd)
+        return verdict_of_run(run, cand.ref, timeout), f"exit {run.code}"
 
     return check
 
@@ -292,31 +308,29 @@ def case_job(case: str, stage: str, *, model: str = "tiny-qwen2", suite: str = "
 
 # ----------------------------------------------------------------------------- narrowing
 
-def _search(cands: Sequence[Candidate], probe: Callable[[Candidate], Verdict], jobs: int) -> BisectResult:
+def _search(cands: Sequence[Candidate], test: Callable[[Candidate], Verdict], jobs: int) -> BisectResult:
     if jobs <= 1:
-        return bisect(list(cands), probe, good=0, bad=len(cands) - 1)
+        return bisect(list(cands), test, old=0, new=len(cands) - 1)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return bisect_parallel(list(cands), lambda batch: dict(zip(batch, pool.map(probe, batch))), jobs,
-                               good=0, bad=len(cands) - 1)
+        return bisect_parallel(list(cands), lambda batch: dict(zip(batch, pool.map(test, batch))), jobs,
+                               old=0, new=len(cands) - 1)
 
 
-def narrow(repo: Repo, good: str | Candidate, bad: str | Candidate, probe: Callable[[Candidate], Verdict], *,
+def narrow(repo: Repo, good: str | Candidate, bad: str | Candidate, test: Callable[[Candidate], Verdict], *,
            jobs: int = 1, repo_name: str = gitsrc.LLAMACPP_REPO, repro: str = "") -> NarrowResult:
-    """Search the candidates from ``good`` to ``bad`` (refs or candidates) with ``probe``."""
+    """Search the candidates from ``good`` to ``bad`` (refs or candidates) with ``test``."""
     g = good.commit if isinstance(good, Candidate) else repo.commit_of(good)
     b = bad.commit if isinstance(bad, Candidate) else repo.commit_of(bad)
     cands = repo.candidates(g, b)
     memo: dict[str, Verdict] = {}
-    inner = probe
-
-    def probe(c: Candidate) -> Verdict:  # noqa: F811 - each commit once, across both searches
+    def once(c: Candidate) -> Verdict:  # each commit once, across both searches
         if c.commit not in memo:
-            memo[c.commit] = inner(c)
+            memo[c.commit] = test(c)
         return memo[c.commit]
 
-    res = _search(cands, probe, jobs)
+    res = _search(cands, once, jobs)
     probes = list(res.probes)
     rounds = res.rounds
     refined: list[Candidate] = []
@@ -326,7 +340,7 @@ def narrow(repo: Repo, good: str | Candidate, bad: str | Candidate, probe: Calla
         line = repo.between(res.last_good, res.first_bad)
         if len(line) > 2 and not between:  # adjacent build tags, untagged commits between them
             refined = line[1:-1]
-            res2 = _search(line, probe, jobs)  # both ends are known: the probe does not run them again
+            res2 = _search(line, once, jobs)  # both ends are known: they are not tested again
             probes += [p for p in res2.probes if p[0].commit not in {c.commit for c, _ in probes}]
             rounds += res2.rounds
             if res2.found:
@@ -334,7 +348,7 @@ def narrow(repo: Repo, good: str | Candidate, bad: str | Candidate, probe: Calla
             else:
                 status = res2.status
     return NarrowResult(status, cands, probes, last_good, first_bad, between, rounds,
-                        dict(getattr(inner, "notes", {}) or {}), repo_name, repro, refined=refined)
+                        dict(getattr(test, "notes", {}) or {}), repo_name, repro, refined=refined)
 
 
 def release_ends(repo: Repo, good_version: str, bad_version: str, *, py_repo: Repo | None = None,
@@ -356,16 +370,16 @@ def release_ends(repo: Repo, good_version: str, bad_version: str, *, py_repo: Re
     return ends
 
 
-def narrow_releases(repo: Repo, good_version: str, bad_version: str, probe: CommitProbe, *,
+def narrow_releases(repo: Repo, good_version: str, bad_version: str, test: CommitTest, *,
                     py_repo: Repo | None = None, jobs: int = 1, repro: str = "") -> NarrowResult:
     """Narrow ``llama-cpp-python`` ``good_version``..``bad_version`` to llama.cpp commits."""
-    ends = release_ends(repo, good_version, bad_version, py_repo=py_repo, build_env=probe.build_env,
-                        bin_root=probe.bin_root)
+    ends = release_ends(repo, good_version, bad_version, py_repo=py_repo, build_env=test.build_env,
+                        bin_root=test.bin_root)
     if ends[0].commit == ends[1].commit:
         res = NarrowResult("same-commit", [repo.candidate(ends[0].commit)], [], None, None, repo=repo.source)
         res.releases = ends
         return res
-    res = narrow(repo, Candidate(ends[0].commit), Candidate(ends[1].commit), probe, jobs=jobs, repro=repro)
+    res = narrow(repo, Candidate(ends[0].commit), Candidate(ends[1].commit), test, jobs=jobs, repro=repro)
     res.releases = ends
     return res
 
@@ -393,8 +407,8 @@ def pipeline_narrower(finding: dict, bisection: dict, *, source: str | None = No
         repo = gitsrc.open_repo(source)
         py_source = gitsrc.configured(python_source, gitsrc.ENV_PYTHON_GIT)
         py_repo = gitsrc.open_repo(py_source, what=gitsrc.ENV_PYTHON_GIT) if py_source else None
-        probe = CommitProbe(repo, case_check(case, stage, model=model), _build_env())
-        res = narrow_releases(repo, bisection["last_good"], bisection["first_bad"], probe, py_repo=py_repo)
+        test = CommitTest(repo, case_check(case, stage, model=model), _build_env())
+        res = narrow_releases(repo, bisection["last_good"], bisection["first_bad"], test, py_repo=py_repo)
         if res.found:
             res.repro = repro_command(res.last_good.ref, res.first_bad.ref, git=source, case=case, stage=stage,
                                       model=model, python_git=py_source)
@@ -437,25 +451,33 @@ def cmd_narrow(args) -> int:
     try:
         repo = gitsrc.open_repo(source)
         py_repo = gitsrc.open_repo(py_source, what=gitsrc.ENV_PYTHON_GIT) if py_source else None
-        check = script_check(args.script) if args.script else case_check(args.case, args.stage, model=args.model)
-        probe = CommitProbe(repo, check)
+        timeout = getattr(args, "timeout", CHECK_TIMEOUT)
+        check = (script_check(args.script, timeout=timeout) if args.script
+                 else case_check(args.case, args.stage, model=args.model))
+        test = CommitTest(repo, check)
         repro = repro_command(good, bad, git=source, script=args.script, case=getattr(args, "case", None),
                               stage=getattr(args, "stage", None),
                               model=args.model if getattr(args, "case", None) and args.model != "tiny-qwen2" else None,
                               python_git=py_source)
-        if not repo.has(good) and not repo.has(bad) and _is_version(good) and _is_version(bad):
-            result = narrow_releases(repo, good, bad, probe, py_repo=py_repo, jobs=args.jobs, repro=repro)
-        else:
-            result = narrow(repo, good, bad, probe, jobs=args.jobs, repro=repro)
+        with killing_checks_on_signals():
+            if not repo.has(good) and not repo.has(bad) and _is_version(good) and _is_version(bad):
+                result = narrow_releases(repo, good, bad, test, py_repo=py_repo, jobs=args.jobs, repro=repro)
+            else:
+                result = narrow(repo, good, bad, test, jobs=args.jobs, repro=repro)
     except BisectAborted as exc:
-        print(f"llmcompat bisect: {exc}\n{exc.output}", file=sys.stderr)
+        print(f"llmcompat bisect: aborted: {exc}\n{exc.output}", file=sys.stderr)
+        return 3
+    except (CheckInterrupted, KeyboardInterrupt) as exc:
+        print(f"llmcompat bisect: aborted: {exc or 'interrupted'}; the running check's process group was killed",
+              file=sys.stderr)
         return 3
     except (GitSourceError, LlmcompatError, ValueError) as exc:
         print(f"llmcompat bisect: error: {exc}", file=sys.stderr)
         return 2
-    print(format_result(result))
     if getattr(args, "json", False):
         print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(format_result(result))
     return 0 if result.found else 1
 
 

@@ -312,7 +312,7 @@ def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_ca
     versions = _between([_version_str(r) for r in releases(axis, component)], good_v, bad_v)
     started = now_s
     result: BisectResult = bisect(versions, lambda v: cell_verdict(with_version(base, axis, v)),
-                                  good=0, bad=len(versions) - 1)
+                                  old=0, new=len(versions) - 1)
     if result.found:
         last_good, first_bad = result.last_good, result.first_bad
     else:  # the range stays as detected; the bisection's status says why

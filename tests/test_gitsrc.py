@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot import narrow
-from tests import narrow_demo
 from bot.search import Verdict
 from matrix.env import gitsrc
 from matrix.env.gitsrc import Candidate
+from tests import narrow_demo
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 ENV = narrow_demo.DEMO_ENV
@@ -62,13 +62,14 @@ def test_the_printed_result_and_the_stored_row_name_range_probes_link_and_comman
     g, m, b = Candidate("1" * 40, "b10"), Candidate("2" * 40, "b11"), Candidate("3" * 40, "b12")
     res = narrow.NarrowResult("found", [g, m, b], [(g, Verdict.GOOD), (b, Verdict.BAD), (m, Verdict.GOOD)],
                               m, b, rounds=3,
-                              notes={b.commit: narrow.ProbeNote("b12", Verdict.BAD, "fail",
+                              notes={b.commit: narrow.Tested("b12", Verdict.BAD, "fail",
                                                                 build={"reused": False, "seconds": 40, "compiled": 3})},
                               repro=narrow.repro_command("b10", "b12", git="/src/llama.cpp", case="single-user",
                                                          stage="inference"))
     text = narrow.format_result(res)
     assert "last good:  b11 2222222222" in text and "first bad:  b12 3333333333" in text
-    assert "probes:     3 (bound 4): b10 good, b12 bad [built 40s, 3 units], b11 good" in text
+    assert "tests:      3 (bound 4): b10 good, b12 bad [built 40s, 3 units], b11 good" in text
+    assert "status:     found: the first bad commit is known" in text
     assert "compare:    https://github.com/ggml-org/llama.cpp/compare/b11...b12" in text
     assert ("reproduce:  llmcompat bisect llama.cpp b10..b12 --case single-user --stage inference "
             "--git /src/llama.cpp") in text
@@ -176,7 +177,8 @@ def test_a_commit_that_does_not_build_is_searched_around(history):
     assert res.found and res.last_good.commit == ids[4] and res.first_bad.commit == ids[6]
     assert [c.commit for c in res.unknown_between] == [ids[5]]
     res = narrow.narrow(repo, ids[0], ids[-1], lambda c: Verdict.BAD)
-    assert res.status == "good-end-bad"
+    assert res.status == "both-new" and res.first_bad is None  # bad at both ends: no range
+    assert "bad at both ends" in narrow.format_result(res)
 
 
 @needs_git
@@ -223,7 +225,7 @@ def test_without_a_configured_source_the_pipeline_says_why_it_did_not_narrow(mon
     row = narrow.pipeline_narrower(finding, found)
     assert row["component"] == "llama.cpp"
     assert row["status"] == f"not narrowed: no llama.cpp git source configured (set {gitsrc.ENV_GIT} or pass --git)"
-    assert narrow.pipeline_narrower(finding, {**found, "status": "good-end-bad"})["status"].startswith(
+    assert narrow.pipeline_narrower(finding, {**found, "status": "both-new"})["status"].startswith(
         "not narrowed: the release bisection did not find a range")
     row = narrow.pipeline_narrower({**finding, "stage": "client"}, found, source="/x")
     assert row["status"] == "not narrowed: stage client is not checked through the native llama-server"

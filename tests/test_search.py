@@ -1,4 +1,5 @@
-"""Bisection: the probe bound, correctness, UNKNOWNs, the backward search, parallel rounds."""
+"""Bisection: the bound over the interval searched, correctness in both directions, UNKNOWNs, the
+backward search, parallel rounds, both transitions of a range whose ends pass."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from hypothesis import strategies as st
 
 from bot.search import (
     BisectResult,
+    Direction,
     Verdict,
     bench_probe_counts,
     bisect,
+    bisect_bound,
     bisect_parallel,
     isolate_axis,
-    probe_bound,
+    sample_order,
+    transitions,
 )
 
 G, B, U = Verdict.GOOD, Verdict.BAD, Verdict.UNKNOWN
@@ -61,8 +65,8 @@ def test_bound_property(data):
     versions = [f"1.{i}.0" for i in range(n)]
     res = bisect(versions, lambda v: G if versions.index(v) < first_bad else B)
     assert (res.last_good, res.first_bad) == (versions[first_bad - 1], versions[first_bad])
-    assert res.last_good_index + 1 == res.first_bad_index == first_bad
-    assert len(res.probes) <= probe_bound(n)
+    assert res.last_old_index + 1 == res.first_new_index == first_bad
+    assert len(res.probes) <= bisect_bound(n)
     assert res.probes[0] == (versions[0], G) and res.probes[1] == (versions[-1], B)
 
 
@@ -95,23 +99,25 @@ def test_unknowns_widen_the_range():
     assert (res.last_good, res.first_bad, res.unknown_between) == (3, 7, [4, 5, 6])
 
 
-def test_good_end_bad_and_bad_end_good_stop_with_no_range():
+def test_ends_that_agree_stop_with_no_range_after_testing_both():
     res = bisect(range(10), Recorder(first_bad=0))
-    assert (res.status, res.last_good, res.first_bad) == ("good-end-bad", None, None)
-    assert res.probes == [(0, B)]
+    assert (res.status, res.last_good, res.first_bad) == ("both-new", None, None)
+    assert res.probes == [(0, B), (9, B)]  # both ends: "bad at both ends", not "good end bad"
     res = bisect(range(10), Recorder(first_bad=99))
-    assert (res.status, res.last_good, res.first_bad) == ("bad-end-good", None, None)
+    assert (res.status, res.last_good, res.first_bad) == ("both-old", None, None)
     assert res.probes == [(0, G), (9, G)]
-    assert bisect(range(10), Recorder(5, {9})).status == "bad-end-unknown"
+    assert bisect(range(10), Recorder(5, {9})).status == "new-end-unknown"
+    reversed_history = bisect(range(10), lambda v: B if v < 4 else G)
+    assert reversed_history.status == "reversed" and reversed_history.first_new is None
 
 
 def test_explicit_ends_and_negative_bad():
     rec = Recorder(first_bad=6)
-    res = bisect(range(20), rec, good=3, bad=-12)
+    res = bisect(range(20), rec, old=3, new=-12)
     assert (res.last_good, res.first_bad) == (5, 6)
     assert min(rec.calls) == 3 and max(rec.calls) == 8
     with pytest.raises(ValueError):
-        bisect(range(5), rec, good=4, bad=2)
+        bisect(range(5), rec, old=4, new=2)
     with pytest.raises(ValueError):
         bisect([1, 1, 2], rec)
 
@@ -121,7 +127,7 @@ def test_backward_search_without_a_good_start(data):
     n = data.draw(st.integers(2, 300))
     first_bad = data.draw(st.integers(1, n - 1))
     rec = Recorder(first_bad)
-    res = bisect(range(n), rec, good=None)
+    res = bisect(range(n), rec, old=None)
     assert_adjacent(res, first_bad)
     distance = n - first_bad
     # growing steps: about 2*log2(distance) probes, independent of how long the list is
@@ -130,13 +136,14 @@ def test_backward_search_without_a_good_start(data):
 
 def test_backward_search_steps_1_2_4():
     rec = Recorder(first_bad=80)
-    bisect(range(101), rec, good=None)
+    bisect(range(101), rec, old=None)
     assert rec.calls[:5] == [100, 99, 98, 96, 92]
 
 
 def test_no_good_found_and_unknown_good_end():
-    res = bisect(range(10), Recorder(first_bad=0), good=None)
-    assert (res.status, res.last_good, res.first_bad) == ("no-good-found", None, 0)
+    res = bisect(range(10), Recorder(first_bad=0), old=None)
+    # never a "first bad" that is only the oldest version tested
+    assert (res.status, res.last_good, res.first_bad) == ("no-old-found", None, None)
     res = bisect(range(10), Recorder(first_bad=4, unknown={0}))  # good end cannot be built
     assert_adjacent(res, 4)
 
@@ -164,7 +171,7 @@ def test_parallel_with_unknowns_and_no_good_start(data):
     unknown = data.draw(st.sets(st.integers(0, n - 2), max_size=n // 2))
     if not set(range(first_bad)) - unknown:
         unknown.discard(0)
-    res = bisect_parallel(range(n), Recorder(first_bad, unknown).many, k, good=None)
+    res = bisect_parallel(range(n), Recorder(first_bad, unknown).many, k, old=None)
     assert res.status == "found"
     assert res.last_good < first_bad <= res.first_bad
     assert set(res.unknown_between) <= unknown
@@ -214,4 +221,134 @@ def test_isolate_axis_single_pair_and_unbuildable():
 def test_bench_probe_counts_n40():
     counts = bench_probe_counts(40)
     assert len(counts) == 39
-    assert max(counts) <= probe_bound(40) == 8
+    assert max(counts) <= bisect_bound(40) == 8
+
+
+# ------------------------------------------------------------------------- both directions
+
+
+def history(n: int, bad: set[int], unknown=frozenset()):
+    """A test over range(n): ``bad`` fail, ``unknown`` cannot be tested, the rest pass; it counts calls."""
+    calls: list[int] = []
+
+    def test(v: int) -> Verdict:
+        calls.append(v)
+        return U if v in unknown else B if v in bad else G
+
+    test.calls = calls  # type: ignore[attr-defined]
+    return test
+
+
+def assert_verified_pair(res: BisectResult, verdicts: dict, direction: Direction) -> None:
+    """A found answer is an adjacent pair (but for untestable versions) whose verdicts were seen."""
+    assert res.found
+    assert verdicts[res.last_old] is direction.old and verdicts[res.first_new] is direction.new
+    assert res.last_old_index < res.first_new_index
+    assert res.unknown_between == list(range(res.last_old + 1, res.first_new))
+    assert all(verdicts.get(v, U) is U for v in res.unknown_between)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_both_directions_within_the_bound_of_the_interval_searched(data):
+    n = data.draw(st.integers(2, 300))
+    direction = data.draw(st.sampled_from(Direction))
+    old = data.draw(st.integers(0, n - 2))
+    new = data.draw(st.integers(old + 1, n - 1))
+    change = data.draw(st.integers(old + 1, new))  # the first index showing the new term
+    bad = set(range(change, n)) if direction is Direction.INTRODUCED else set(range(change))
+    test = history(n, bad)
+    res = bisect(range(n), test, old=old, new=new, direction=direction)
+    assert res.found and (res.last_old, res.first_new) == (change - 1, change)
+    assert len(res.probes) <= math.ceil(math.log2(new - old + 1)) + 2 == res.bound
+    assert len(test.calls) == len(set(test.calls)) == len(res.probes)
+    assert res.interval == (old, new) and min(test.calls) == old and max(test.calls) == new
+    if direction is Direction.FIXED:
+        assert (res.first_bad, res.last_good) == (change - 1, change)  # last bad, first fixed
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_any_history_gets_a_verified_pair_or_an_honest_none(data):
+    """Arbitrary (not monotone) histories with untestable versions, both directions, parallel or not:
+    the answer is a verified adjacent pair, or no pair at all with a status that says why."""
+    n = data.draw(st.integers(2, 80))
+    verdicts = dict(enumerate(data.draw(st.lists(st.sampled_from(Verdict), min_size=n, max_size=n))))
+    direction = data.draw(st.sampled_from(Direction))
+    k = data.draw(st.integers(1, 4))
+    old = data.draw(st.one_of(st.none(), st.integers(0, n - 2)))
+
+    def many(vs):
+        return {v: verdicts[v] for v in vs}
+
+    res = bisect_parallel(range(n), many, k, old=old, direction=direction)
+    seen = dict(res.probes)
+    assert len(res.probes) == len(seen)  # each version tested once
+    assert all(seen[v] is verdicts[v] for v in seen)
+    if res.found:
+        assert_verified_pair(res, seen, direction)
+    else:
+        assert res.last_old is None and res.first_new is None
+        new_end = seen[n - 1]
+        expected = {U: "new-end-unknown"}.get(new_end)
+        if expected:
+            assert res.status == expected
+        elif new_end is direction.old:
+            assert res.status in ("both-old", "reversed")
+        elif old is not None and seen[old] is direction.new:
+            assert res.status == "both-new"
+        else:  # no tested version below the new end shows the old term
+            assert res.status == "no-old-found"
+            assert not any(v is direction.old for i, v in seen.items() if i < n - 1)
+
+
+def test_fix_direction_names_last_bad_and_first_fixed():
+    versions = ["1.0", "1.1", "1.2", "1.3", "1.4"]
+    res = bisect(versions, lambda v: B if v < "1.3" else G, direction=Direction.FIXED)
+    assert (res.status, res.last_old, res.first_new) == ("found", "1.2", "1.3")
+    assert res.probes[:2] == [("1.0", B), ("1.4", G)]
+    # the same history asked the other way round is "reversed", with both ends tested
+    other = bisect(versions, lambda v: B if v < "1.3" else G)
+    assert (other.status, len(other.probes)) == ("reversed", 2)
+
+
+# ------------------------------------------------------------------------- both transitions
+
+
+def test_sample_order_is_coarse_to_fine_and_complete():
+    assert sample_order(0, 8) == [4, 2, 6, 1, 3, 5, 7]
+    for lo, hi in [(0, 2), (3, 20), (0, 101)]:
+        order = sample_order(lo, hi)
+        assert sorted(order) == list(range(lo + 1, hi))
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_transitions_find_introduced_and_fixed_within_their_bound(data):
+    n = data.draw(st.integers(3, 200))
+    start = data.draw(st.integers(1, n - 2))
+    stop = data.draw(st.integers(start, n - 2))  # bad from start to stop inclusive
+    samples = data.draw(st.integers(1, 10))
+    given_bad = data.draw(st.one_of(st.none(), st.integers(start, stop)))
+    test = history(n, set(range(start, stop + 1)))
+    res = transitions(range(n), test, bad=given_bad, samples=samples)
+    assert len(test.calls) == len(set(test.calls)) == len(res.probes) <= res.bound
+    if res.status == "no-bad-found":
+        assert given_bad is None and len(res.sampled) == res.sample_limit == min(samples, n - 2)
+        assert not set(res.sampled) & set(range(start, stop + 1))
+        return
+    assert res.found and start <= res.bad <= stop
+    assert (res.introduced.last_good, res.introduced.first_bad) == (start - 1, start)
+    assert (res.fixed.first_bad, res.fixed.last_good) == (stop, stop + 1)
+    assert res.introduced.direction is Direction.INTRODUCED and res.fixed.direction is Direction.FIXED
+
+
+def test_transitions_sample_a_short_bad_stretch_and_a_given_bad_that_passes():
+    test = history(17, {11, 12})
+    res = transitions(range(17), test, samples=8)
+    assert res.sampled == [8, 4, 12] and res.bad == 12
+    assert (res.introduced.first_bad, res.fixed.last_good) == (11, 13)
+    res = transitions(range(17), history(17, {11, 12}), bad=5)
+    assert (res.status, res.sampled, res.introduced) == ("bad-end-good", [5], None)
+    with pytest.raises(ValueError):
+        transitions(range(5), test, good=3, good_end=2)
