@@ -97,10 +97,10 @@ def bench_pairwise() -> None:
 
 def bench_bisect_probes(n: int = 40) -> None:
     """Probes per bisection over n releases, for every change point, against ceil(log2 n) + 2."""
-    from bot.search import bench_probe_counts, probe_bound
+    from bot.search import bench_probe_counts, bisect_bound
 
     counts = bench_probe_counts(n)
-    bound = probe_bound(n)
+    bound = bisect_bound(n)
     report(f"bisect probes, n={n}", max(counts) <= bound,
            f"max {max(counts)}, mean {sum(counts) / len(counts):.2f} over {len(counts)} change points; "
            f"bound ceil(log2 n)+2 = {bound} (max/bound {max(counts) / bound:.2f})")
@@ -190,7 +190,7 @@ def bench_narrow() -> None:
     def once(base: Path, bin_root=None, work_root=None):
         repo = gitsrc.open_repo(str(base / "llama.cpp"))
         py = gitsrc.open_repo(str(base / "py"))
-        probe = narrow.CommitProbe(repo, narrow.case_check("single-user", "inference"), bin_root=bin_root,
+        probe = narrow.CommitTest(repo, narrow.case_check("single-user", "inference"), bin_root=bin_root,
                                    work_root=work_root)
         t = time.perf_counter()
         res = narrow.narrow_releases(repo, "0.3.8", "0.3.9", probe, py_repo=py)
