@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from packaging.version import InvalidVersion, Version
 
@@ -41,10 +41,10 @@ def parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        t = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        t = datetime.fromisoformat(str(text))
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _days(a: datetime | None, b: datetime | None) -> float | None:
@@ -188,7 +188,7 @@ class Stat:
     p90: float | None
 
     @classmethod
-    def of(cls, values: Iterable[float | None]) -> "Stat":
+    def of(cls, values: Iterable[float | None]) -> Stat:
         xs = [v for v in values if v is not None]
         return cls(len(xs), median(xs), p90(xs))
 
@@ -287,10 +287,11 @@ def _pair(s: Stat) -> str:
 
 def render_table(stats: list[ProjectStats], console) -> None:
     """The per-project table (readable in 80 columns): durations as median/p90 in days."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="time to fix (median/p90, days)", title_justify="left", pad_edge=False)
-    table.add_column("project", overflow="fold", max_width=26)
+    table = Table(title="time to fix (median/p90, days)", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("project", overflow="fold", max_width=30)
     for name in ("found", "open", "exposure", "detection", "to close"):
         table.add_column(name, justify="right", no_wrap=True)
     for s in stats:
@@ -309,15 +310,11 @@ def cmd_ttf(args) -> int:
     if not path.is_file():
         print(f"llmcompat ttf: error: no store at {path} (run the matrix first)")
         return 2
-    matrix = index = None
-    try:
-        from matrix.declare import loader
-        from matrix.releases.index import PackageIndex
+    from matrix.declare import loader
+    from matrix.releases.index import PackageIndex
 
-        matrix = loader.load(args.axes) if getattr(args, "axes", None) else loader.load_default()
-        index = PackageIndex(paths.cache_dir() / "index", offline=getattr(args, "offline", False))
-    except Exception:  # noqa: BLE001 - the table stands without project names or index times
-        pass
+    matrix = loader.load(args.axes) if getattr(args, "axes", None) else loader.load_default()
+    index = PackageIndex(paths.cache_dir() / "index", offline=getattr(args, "offline", False))
     with Store(path, readonly=True) as store:
         lines = collect(store, matrix, index)
     stats = summarize(lines)

@@ -137,6 +137,12 @@ def cmd_goldens(args) -> int:
     return regenerate(_options(args), check=args.check)
 
 
+def cmd_ttf(args) -> int:
+    from bot.ttf import cmd_ttf as ttf
+
+    return ttf(args)
+
+
 def cmd_report(args) -> int:
     from matrix import paths
     from matrix.app.preflight import check_state
@@ -266,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="publish the page from the store")
     p.add_argument("--site", type=Path)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ttf", help="time to fix per project: exposure, detection delay, time to close (#15)")
+    p.add_argument("--json", action="store_true", help="every finding's timeline and the per-project figures as JSON")
+    p.add_argument("--axes", type=Path, help="the matrix file (default: matrix/axes.yaml): projects and packages")
+    p.add_argument("--offline", action="store_true", help="use the cached package index only (upload times)")
+    p.set_defaults(func=cmd_ttf)
 
     p = sub.add_parser("store", help="store maintenance: `store rebuild` re-ingests the result files")
     p.add_argument("action", choices=["rebuild"])
