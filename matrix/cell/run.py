@@ -352,7 +352,8 @@ class CellRunner:
             "reason": reason,
             "stages": stages,
             "records": (probe or {}).get("records", []),
-            "facts": (probe or {}).get("facts", {}),
+            # what the cell asked uv for (extras included): triage reads the extras it requested (#15)
+            "facts": {**(probe or {}).get("facts", {}), "requirements": requirements(self.matrix, cell)},
             "versions": (probe or {}).get("versions", {}),
             "lock": lock.to_json() if lock else {},
             "model_hash": model.hash,
