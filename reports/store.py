@@ -175,6 +175,32 @@ MIGRATIONS: list[str] = [
     DROP TABLE ttf_events;
     ALTER TABLE ttf_events_v5 RENAME TO ttf_events;
     """,
+    # 6 (#15, the GitHub bot): its cache per (fingerprint, target repository): the issue number,
+    #    the state last posted (and its hash), the passing streak seen, whether it waits in the
+    #    queue (over the per-run cap) and since when; the labels known to exist per repository.
+    #    The issue's hidden marker stays the source of truth; this is what a dry run reads.
+    """
+    CREATE TABLE bot_state (
+        fingerprint TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        number INTEGER,
+        title TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL DEFAULT '{}',
+        state_hash TEXT NOT NULL DEFAULT '',
+        issue_state TEXT NOT NULL DEFAULT 'open',
+        labels TEXT NOT NULL DEFAULT '[]',
+        passing_runs INTEGER NOT NULL DEFAULT 0,
+        queued INTEGER NOT NULL DEFAULT 0,
+        queued_since TEXT,
+        updated TEXT NOT NULL,
+        PRIMARY KEY (fingerprint, repo)
+    );
+    CREATE TABLE bot_labels (
+        repo TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (repo, name)
+    );
+    """,
 ]
 
 CELL_COLUMNS = (
@@ -504,6 +530,40 @@ class Store:
 
     def set_quarantine(self, subject: str, reason: str, until: str) -> None:
         self.save_regressions([], [{"subject": subject, "reason": reason, "until": until}])
+
+    # ---- the GitHub bot's cache (migration 6, #15) ---------------------------------------
+    def bot_states(self) -> list[dict]:
+        """The bot's rows per (fingerprint, repo), ``state`` and ``labels`` decoded."""
+        rows = [dict(r) for r in self.db.execute("SELECT * FROM bot_state ORDER BY queued_since, fingerprint, repo")]
+        for r in rows:
+            r["state"], r["labels"] = json.loads(r["state"]), json.loads(r["labels"])
+        return rows
+
+    def bot_labels(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for repo, name in self.db.execute("SELECT repo, name FROM bot_labels"):
+            out.setdefault(repo, set()).add(name)
+        return out
+
+    def save_bot_state(self, rows: Iterable[Mapping], labels: Iterable[tuple[str, str]] = ()) -> None:
+        """Upsert the bot's rows (a row's missing columns keep their stored value) and known
+        labels, in one transaction."""
+        columns = ("number", "title", "state", "state_hash", "issue_state", "labels", "passing_runs", "queued",
+                   "queued_since", "updated")
+        with self.transaction() as db:
+            for row in rows:
+                given = {c: row[c] for c in columns if c in row}
+                for c in ("state", "labels"):
+                    if c in given:
+                        given[c] = json.dumps(given[c], sort_keys=True)
+                names = ["fingerprint", "repo", *given]
+                db.execute(
+                    f"INSERT INTO bot_state ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+                    " ON CONFLICT (fingerprint, repo) DO UPDATE SET "
+                    + ", ".join(f"{c} = excluded.{c}" for c in given),
+                    [row["fingerprint"], row["repo"], *given.values()],
+                )
+            db.executemany("INSERT OR IGNORE INTO bot_labels (repo, name) VALUES (?, ?)", list(labels))
 
 
 FINDING_COLUMNS = tuple(f.name for f in fields(Finding))
