@@ -216,3 +216,234 @@ def test_compare_url_encodes_scoped_npm_tags():
 
     url = compare_url("huggingface/huggingface.js", "@huggingface/jinja@{version}", "0.5.10", "0.5.11")
     assert url.endswith("/compare/%40huggingface%2Fjinja%400.5.10...%40huggingface%2Fjinja%400.5.11")
+
+
+# ------------------------------------------------------------------------- every form, for real
+#
+# attrs 21.1.0 made ``attr.evolve(outer, inner=Inner(...))`` raise TypeError (it evolved nested
+# attrs instances recursively, #759); 21.2.0 reverted that (#806), and 21.1.0 was yanked from the
+# index. So over attrs 20.2.0, 20.3.0, 21.1.0 (yanked), 21.2.0, 21.3.0 the check passes, passes,
+# fails, passes, passes: a regression and its fix, both at a yanked release.
+
+EVOLVE_CHECK = """\
+import sys
+import attr
+
+@attr.s
+class Inner:
+    x = attr.ib()
+
+@attr.s
+class Outer:
+    inner = attr.ib()
+
+try:
+    evolved = attr.evolve(Outer(Inner(1)), inner=Inner(2))
+except TypeError as exc:
+    print(f"attrs {attr.__version__}: evolve() with a new nested instance raised {exc}")
+    sys.exit(1)
+print(f"attrs {attr.__version__}: evolve() ok")
+sys.exit(0 if evolved.inner == Inner(2) else 1)
+"""
+
+
+@pytest.fixture(scope="module")
+def cli_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli-cache")
+
+
+@pytest.fixture
+def cli(cli_cache, tmp_path, monkeypatch, capsys):
+    """Run ``llmcompat bisect ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from matrix.releases.index import IndexUnavailable, PackageIndex
+
+    monkeypatch.setenv("LLMCOMPAT_CACHE", str(cli_cache))
+    try:
+        PackageIndex(cli_cache / "index").releases("attrs")
+    except IndexUnavailable as exc:
+        pytest.skip(f"no package index: {exc}")
+    evolve = tmp_path / "evolve.py"
+    evolve.write_text(EVOLVE_CHECK)
+    legacy = tmp_path / "legacy.py"
+    legacy.write_text(LEGACY_CHECK)
+
+    def run(*args: str):
+        argv = [str(evolve) if a == "EVOLVE" else str(legacy) if a == "LEGACY" else a for a in args]
+        rc = main(argv)
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+def _json(out: str) -> dict:
+    import json
+
+    return json.loads(out)
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_find_fix_finds_the_first_fixed_release_after_a_yanked_bad_one(cli):
+    rc, out, err = cli("attrs", ">=21.1,<21.4", "EVOLVE", "--find-fix", "--json")
+    res = _json(out)
+    assert rc == 0 and res["status"] == "found" and res["direction"] == "fixed", (out, err)
+    assert res["versions"] == ["21.1.0", "21.2.0", "21.3.0"] and res["yanked"] == ["21.1.0"]
+    fixed = res["fixed"]
+    assert (fixed["last_bad"], fixed["first_fixed"], fixed["yanked"]) == ("21.1.0", "21.2.0", ["21.1.0"])
+    assert res["introduced"] is None
+    assert len(res["tests"]) <= res["bound"] == math.ceil(math.log2(3)) + 2
+    assert res["reproduce"].endswith("--find-fix")
+    # the same in words
+    rc, out, _ = cli("attrs", ">=21.1,<21.4", "EVOLVE", "--find-fix")
+    assert rc == 0
+    assert "last bad:   21.1.0 (yanked)" in out and "first fixed: 21.2.0" in out
+    assert "status:     found: it passes again from 21.2.0 (it still fails in 21.1.0 (yanked))" in out
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_both_ends_good_finds_a_bad_release_then_introduced_and_fixed(cli):
+    rc, out, err = cli("attrs", ">=20.2,<=21.3", "EVOLVE", "--json")
+    res = _json(out)
+    assert rc == 0 and res["status"] == "found-both", (out, err)
+    assert res["ends"] == ["20.2.0", "21.3.0"] and res["bad"] == "21.1.0"
+    assert res["sampled"] and res["sampled"][-1] == "21.1.0" and len(res["sampled"]) <= res["sample_limit"]
+    assert (res["introduced"]["last_good"], res["introduced"]["first_bad"]) == ("20.3.0", "21.1.0")
+    assert (res["fixed"]["last_bad"], res["fixed"]["first_fixed"]) == ("21.1.0", "21.2.0")
+    versions = [t["version"] for t in res["tests"]]
+    assert len(versions) == len(set(versions)) <= res["bound"]
+    rc, out, _ = cli("attrs", ">=20.2,<=21.3", "EVOLVE")
+    assert "sampled:" in out and "21.1.0 (yanked) bad" in out
+    # the newer end passed where a bad end was expected: its output is shown, unasked
+    assert "test 21.3.0: good" in out and "| attrs 21.3.0: evolve() ok" in out
+    # a --bad inside the range: the search ends there, and the newest release is tested for a fix
+    rc, out, err = cli("attrs", ">=20.2,<=21.3", "EVOLVE", "--bad", "21.1.0", "--json")
+    res = _json(out)
+    assert rc == 0 and res["status"] == "found-both", (out, err)
+    assert res["newest"] == {"version": "21.3.0", "verdict": "good"}
+    assert res["fixed"]["first_fixed"] == "21.2.0"
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_bad_at_both_ends_says_so_and_names_no_first_bad(cli):
+    rc, out, err = cli("packaging", "22.0,23.0", "LEGACY")
+    assert rc == 1, (out, err)
+    assert "bad at both ends: no transition in this range (the check fails in 22.0 and in 23.0)" in out
+    assert "--find-fix" in out  # the way on
+    assert "first bad" not in out and "last good" not in out
+    assert "test 22.0: bad (exit 1" in out  # the old end was expected good: shown
+    res = _json(cli("packaging", "22.0,23.0", "LEGACY", "--json")[1])
+    assert res["status"] == "bad-at-both-ends" and res["introduced"]["first_bad"] is None
+    assert [(t["version"], t["verdict"]) for t in res["tests"]] == [("22.0", "bad"), ("23.0", "bad")]
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_yanked_release_is_the_first_bad(cli):
+    rc, out, err = cli("attrs", ">=20.2,<21.2", "EVOLVE", "-v", "--repo", "python-attrs/attrs",
+                       "--tag-format", "{version}")
+    assert rc == 0, (out, err)
+    assert "last good:  20.3.0" in out and "first bad:  21.1.0 (yanked)" in out
+    assert "compare:    https://github.com/python-attrs/attrs/compare/20.3.0...21.1.0" in out
+    # -v: every test with the last lines of the check's output
+    assert "| attrs 21.1.0: evolve() with a new nested instance raised" in out
+    assert "| attrs 20.2.0: evolve() ok" in out
+    assert "--repo python-attrs/attrs --tag-format '{version}'" in out
+    # the reversed question says what the range holds and gives the command for it
+    rc, out, _ = cli("attrs", "21.1.0,21.2.0", "EVOLVE")
+    assert rc == 1 and "reversed: the check fails in the older end 21.1.0 (yanked)" in out
+    assert "next:       find the fix: llmcompat bisect attrs 21.1.0,21.2.0" in out and "--find-fix" in out
+
+
+@pytest.mark.network
+def test_usage_errors_exit_2(cli, tmp_path):
+    rc, _, err = cli("attrs", ">=20.2,<=21.3", "EVOLVE", "--good", "21.2.0", "--bad", "20.3.0")
+    assert rc == 2 and "--good 21.2.0 is not older than --bad 20.3.0" in err and "--find-fix" in err
+    rc, _, err = cli("attrs", ">=20.2,<=21.3", "EVOLVE", "--find-fix", "--good", "20.3.0", "--bad", "21.2.0")
+    assert rc == 2 and "--bad 21.2.0 is not older than --good 20.3.0" in err
+    rc, _, err = cli("attrs", ">=20.2,<=21.3", "EVOLVE", "--bad", "9.9")
+    assert rc == 2 and "--bad 9.9 is not among the versions" in err
+    rc, _, err = cli("attrs", ">=20.2,<=21.3", str(tmp_path / "nope.py"))
+    assert rc == 2 and "does not exist" in err
+    rc, _, err = cli("not a/package", ">=1", "EVOLVE")
+    assert rc == 2 and "'not a/package' is not a valid package name" in err
+    rc, _, err = cli("attrs", ">=20.2,<=21.3", "EVOLVE", "--timeout", "0")
+    assert rc == 2 and "--timeout" in err
+
+
+SPAWNER = """\
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+with open(os.environ["PIDFILE"], "w") as f:
+    f.write(str(child.pid))
+if os.environ.get("HANG"):
+    time.sleep(300)
+sys.exit(0)
+"""
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its reaper is gone for our purposes
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, seconds: float = 10) -> bool:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_timeout_and_sigterm_kill_the_checks_whole_process_group(cli, cli_cache, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spawner = tmp_path / "spawner.py"
+    spawner.write_text(SPAWNER)
+    pidfile = tmp_path / "child.pid"
+    monkeypatch.setenv("PIDFILE", str(pidfile))
+    # 1. a check that exits at once but leaves a child behind: the child goes with its group
+    rc, out, err = cli("packaging", "21.3,22.0", str(spawner), "--json")
+    assert rc == 1 and _json(out)["status"] == "good-at-both-ends", (out, err)
+    assert _wait_gone(int(pidfile.read_text()))
+    # 2. a check that hangs: --timeout kills its group, the bisection aborts (exit 3)
+    monkeypatch.setenv("HANG", "1")
+    started = time.monotonic()
+    rc, out, err = cli("packaging", "21.3,22.0", str(spawner), "--timeout", "2")
+    assert rc == 3 and "timed out after 2s at 21.3" in err and "process group was killed" in err
+    assert time.monotonic() - started < 60
+    assert _wait_gone(int(pidfile.read_text()))
+    # 3. SIGTERM to the bisection itself: the running check's group is killed, exit 3
+    pidfile.unlink()
+    proc = subprocess.Popen([sys.executable, "-m", "matrix.app.cli", "bisect", "packaging", "21.3,22.0", str(spawner)],
+                            env={**os.environ, "LLMCOMPAT_CACHE": str(cli_cache)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    child = int(pidfile.read_text())
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, (out, err)
+    assert "interrupted by SIGTERM" in err
+    assert _wait_gone(child)
