@@ -91,6 +91,24 @@ class Runner:
     """Overrides applied to every resolution on this runner, e.g. ``torch==2.13.0+cpu``."""
     python: str = "3.11"
     default: bool = True
+    environment: str = "uv"
+    """Where its cells run: ``uv`` (an environment on the runner) or ``image`` (a container image
+    per cell, :mod:`matrix.env.image`)."""
+    image: ImageConfig = field(default_factory=lambda: ImageConfig())
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """A runner's cell images: the base, vendor images per engine family, the container's limits."""
+
+    base: str = "debootstrap:bookworm"
+    """``debootstrap:SUITE`` (a minbase Debian with Python, built and imported here) or an image
+    reference pinned by digest (``name:version@sha256:...``), e.g. a CUDA runtime image."""
+    engines: tuple[tuple[str, str], ...] = ()
+    """Engine family -> vendor image pinned by digest (vLLM's, SGLang's, Ollama's), used as base."""
+    memory: str = "8g"
+    pids: int = 4096
+    seconds: int = 900
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from matrix.declare.config import (AXES, BotSettings, Component, Condition, Constraint, Matrix, Model, Runner,
-                                   VersionRule)
+from matrix.declare.config import (AXES, BotSettings, Component, Condition, Constraint, ImageConfig, Matrix, Model,
+                                   Runner, VersionRule)
 from matrix.errors import ConfigError
 
 __all__ = ["load", "load_default", "parse_condition", "satisfiable", "DEFAULT_PATH", "SCHEMA_PATH", "CAPABILITIES"]
@@ -432,7 +432,14 @@ class _Builder:
             pins=self.requirements(f"{base}.pins", r.get("pins", [])),
             python=r.get("python", "3.11"),
             default=r.get("default", True),
+            environment=r.get("environment", "uv"),
+            image=self.image_config(r.get("image", {})),
         )
+
+    def image_config(self, i: dict) -> ImageConfig:
+        return ImageConfig(base=i.get("base", ImageConfig.base), engines=tuple(sorted(i.get("engines", {}).items())),
+                           memory=str(i.get("memory", ImageConfig.memory)), pids=i.get("pids", ImageConfig.pids),
+                           seconds=i.get("seconds", ImageConfig.seconds))
 
     def model(self, name: str, m: dict) -> Model:
         base = f"models.{name}"
