@@ -33,9 +33,9 @@ def bars(title: str, items: list[tuple[str, float, str]], desc: str = "") -> Mar
 
 
 def stacked(title: str, rows: list[tuple[str, list[int]]], legend: list[str], desc: str = "") -> Markup:
-    """One bar per row split into parts (e.g. reproducibility levels), each part labelled by
-    its legend name and count in text, and patterned differently."""
-    height = len(rows) * (BAR_H + GAP) + GAP + 22
+    """One bar per row split into parts (e.g. reproducibility levels): each part is named inside
+    it when it is wide enough, and every part's name and count is written beside the bar."""
+    height = len(rows) * (BAR_H + GAP) + GAP
     width = LABEL_W + BAR_W + VALUE_W
     out = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
            f'preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">',
@@ -55,9 +55,6 @@ def stacked(title: str, rows: list[tuple[str, list[int]]], legend: list[str], de
             x += w
         text = ", ".join(f"{legend[j]} {n}" for j, n in enumerate(parts) if n)
         out.append(f'<text x="{LABEL_W + BAR_W + 4}" y="{y + BAR_H - 5}" class="val">{escape(text)}</text>')
-    y = GAP + len(rows) * (BAR_H + GAP) + 12
-    out.append(f'<text x="{LABEL_W}" y="{y}" class="val">'
-               + escape(" · ".join(f"{name}: part {j + 1}" for j, name in enumerate(legend))) + "</text>")
     out.append("</svg>")
     return Markup("".join(out))
 

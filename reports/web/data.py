@@ -51,7 +51,7 @@ WHAT_TO_DO = {
 }
 LEVELS = ("L0", "L1", "L2", "L3")
 _SLUG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
-_EXPECTED_GOT = re.compile(r"expected (.+?), got (.+?)(?:;|$)", re.S)
+_EXPECTED_GOT = re.compile(r"(?<!\()expected (.+?), got (.+?)(?:;|$)", re.S)
 CASES_SHOWN = 8
 DEFAULT_PAIRS = (("engine", "client"), ("engine", "tokenizer"))
 
