@@ -578,12 +578,24 @@ def verify(finding, cells: Mapping[str, Mapping], *, env_root: Path | None = Non
     return judge(bad, good)
 
 
-def verify_store(store, findings=None, *, env_root: Path | None = None) -> dict[str, Verification]:
-    """Verify every open finding's reproduction (or ``findings``); the result is saved on the
-    finding (``repro_verified``, ``repro_detail``) when the store can hold it."""
+def verified_under(finding) -> str:
+    """The tag a verification is saved under: the bad and good cell keys it ran in. A finding whose
+    range moved (other cells) is verified again; one whose cells are the same is not."""
+    return f"[{(_get(finding, 'bad_key') or '')[:12]}/{(_get(finding, 'good_key') or '')[:12]}] "
+
+
+def is_stale(finding) -> bool:
+    return not str(_get(finding, "repro_detail") or "").startswith(verified_under(finding))
+
+
+def verify_store(store, findings=None, *, env_root: Path | None = None, stale_only: bool = False,
+                 timeout: float = TIMEOUT) -> dict[str, Verification]:
+    """Verify every open finding's reproduction (or ``findings``; with ``stale_only`` only those
+    not yet verified in their current cells); saved on the finding (``repro_verified``,
+    ``repro_detail``, the latter tagged with the cells, :func:`verified_under`)."""
     cells = {c["key"]: c for c in store.cells()}
-    out = {_get(f, "fingerprint"): verify(f, cells, env_root=env_root)
-           for f in (findings if findings is not None else store.findings(status="open"))}
-    if hasattr(store, "set_repro"):
-        store.set_repro({fp: (v.verified, v.detail) for fp, v in out.items()})
-    return out
+    chosen = findings if findings is not None else store.findings(status="open")
+    out = {_get(f, "fingerprint"): (f, verify(f, cells, env_root=env_root, timeout=timeout))
+           for f in chosen if not stale_only or is_stale(f)}
+    store.set_repro({fp: (v.verified, verified_under(f) + v.detail) for fp, (f, v) in out.items()})
+    return {fp: v for fp, (_, v) in out.items()}

@@ -343,17 +343,35 @@ def facts_for(finding, cell_row: Mapping | None, matrix=None, *, env_root: Path 
                 meta = env_metadata(env.path, package)
             except (envs.ResolveError, OSError):
                 meta = None
-    return Facts(meta, requested_extras(cell_requirements(cell_row, matrix), package), pins, python)
+    requested = requested_extras(cell_requirements(cell_row, matrix), package)
+    if meta is not None and not _recorded(cell_row):
+        requested = consistent_extras(meta, requested, pins, python)
+    return Facts(meta, requested, pins, python)
+
+
+def _recorded(cell_row: Mapping) -> bool:
+    import json
+
+    facts = cell_row.get("facts") or {}
+    return bool((json.loads(facts) if isinstance(facts, str) else facts).get("requirements"))
+
+
+def consistent_extras(meta: PackageMeta, extras: Iterable[str], pins: Mapping[str, str], python: str) -> frozenset[str]:
+    """Of ``extras`` (today's matrix, for a cell that did not record what it asked for), those its
+    lock can have been resolved with: an extra whose requirement the pins break was not requested
+    (uv resolves requested extras with everything else)."""
+    env = marker_env(python)
+    broken = {e for d in declared(meta, env) if d.extras and _violation(d.req, pins) is not None for e in d.extras}
+    return frozenset(e for e in extras if canonicalize_name(e) not in broken)
 
 
 def triage_store(store, matrix=None, findings=None, *, env_root: Path | None = None) -> dict[str, Triage]:
     """Triage every open finding of ``store`` (or ``findings``) in its bad cell; the verdicts are
-    saved on the findings (``triage``, ``triage_reason``) when the store can hold them."""
+    saved on the findings (``triage``, ``triage_reason``)."""
     out: dict[str, Triage] = {}
     cells = {c["key"]: c for c in store.cells()}
     for f in findings if findings is not None else store.findings(status="open"):
         row = cells.get(_get(f, "bad_key") or "")
         out[_get(f, "fingerprint")] = triage(f, facts_for(f, row, matrix, env_root=env_root))
-    if hasattr(store, "set_triage"):
-        store.set_triage({fp: (t.verdict, t.reason) for fp, t in out.items()})
+    store.set_triage({fp: (t.verdict, t.reason) for fp, t in out.items()})
     return out

@@ -329,8 +329,38 @@ def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
         summary.differences = record_differences(prep.matrix, store, summary.run_id)
         if opts.regress:
             summary.regressions = find_regressions(prep, opts, store, summary.run_id)
+        before_filing(prep.matrix, opts, store, console)
         site = page.publish(store, paths.site_dir()) if opts.page else None
+        if site is not None:
+            write_repro_scripts(store, site)
     return summary, site
+
+
+def before_filing(matrix: Matrix, opts: Options, store, console=None) -> dict:
+    """What the bot needs before it files (#15): every open finding triaged against its failing
+    package's own metadata, its standalone reproduction run in its bad and good environments
+    (again only when its cells changed), and its time-to-fix events (the upload times of the bad
+    and the fix release). Returns fingerprint -> :class:`bot.triage.Triage`."""
+    from bot import repro, triage, ttf
+
+    verdicts = triage.triage_store(store, matrix)
+    repro.verify_store(store, stale_only=True)
+    ttf.record(store, matrix, package_index(opts.offline))
+    if console is not None and verdicts:
+        console.print(f"triage of {len(verdicts)} open finding(s) (only component bugs go upstream):")
+        for f in store.findings(status="open"):
+            shown = {True: "reproduced", False: "NOT reproduced", None: "no standalone reproduction"}
+            console.print(f"  {f.triage} {f.fingerprint} ({shown[f.repro_verified]}): {f.triage_reason}",
+                          markup=False)
+    return verdicts
+
+
+def write_repro_scripts(store, site: Path) -> dict:
+    """Each open finding's standalone reproduction beside the page: ``repro/<fingerprint>.py``."""
+    from bot import repro
+
+    cells = {c["key"]: c for c in store.cells()}
+    return repro.write_scripts(store.findings(status="open"), site / "repro", cells)
 
 
 def record_differences(matrix: Matrix, store, run_id: str) -> list[Finding]:
