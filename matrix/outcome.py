@@ -209,6 +209,8 @@ class Finding(_Record):
     first_seen: str = ""
     last_seen: str = ""
     fixed_in: str | None = None
+    last_bad: str | None = None
+    """#10: the last release that still fails, just before ``fixed_in`` (when the fix was bisected)."""
     triage: str = ""
     """#15 (bot.triage): ``component-bug`` | ``matrix-configuration`` | ``undetermined``; "" not triaged."""
     triage_reason: str = ""
@@ -243,5 +245,9 @@ class Bisection(_Record):
     finished: str | None = None
     compare_url: str = ""
     repro: str = ""
+    direction: str = "introduced"
+    """#10: ``introduced`` (last good -> first bad) or ``fixed`` (last bad -> first fixed; then
+    ``last_good`` holds the first fixed release and ``first_bad`` the last bad one: each column
+    keeps a release of the verdict it names)."""
 
     _JSON = {"versions": _strings, "probes": _pairs}

@@ -201,6 +201,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (repo, name)
     );
     """,
+    # 7 (#10, bisection in both directions): a bisection's direction ('introduced': last good ->
+    #    first bad; 'fixed': last bad -> first fixed, last_good then holding the first fixed release
+    #    and first_bad the last bad one) and a finding's last bad release before its fixed_in.
+    """
+    ALTER TABLE bisections ADD COLUMN direction TEXT NOT NULL DEFAULT 'introduced'
+        CHECK (direction IN ('introduced', 'fixed'));
+    ALTER TABLE findings ADD COLUMN last_bad TEXT;
+    """,
 ]
 
 CELL_COLUMNS = (
