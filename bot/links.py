@@ -1,33 +1,17 @@
 """Pure link and command builders: compare URLs for a bisected range, one-line reproductions.
 
-No I/O. The host of compare links is GitHub's web UI (the repository's ``owner/name`` comes from
-:attr:`matrix.declare.config.Component.repo`, the tag from its ``tag_format``).
+No I/O. Tags and compare URLs are :mod:`matrix.releases.tags`' (the llama.cpp git source below
+the bot names ranges with them too); they are re-exported here for the bot's modules.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable
-from urllib.parse import quote
 
-GITHUB = "https://github.com"
+from matrix.releases.tags import GITHUB, compare_url, tag
 
-
-def tag(tag_format: str, version: str) -> str:
-    """The upstream tag of ``version``: ``tag_format`` with ``{version}`` filled in (``v{version}``)."""
-    if "{version}" not in tag_format:
-        raise ValueError(f"tag format {tag_format!r} has no {{version}} placeholder")
-    return tag_format.replace("{version}", str(version))
-
-
-def compare_url(repo: str, tag_format: str, good: str, bad: str) -> str:
-    """``https://github.com/{repo}/compare/{tag(good)}...{tag(bad)}``: what changed in the range."""
-    repo = repo.strip().strip("/")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ValueError(f"repository {repo!r} is not owner/name")
-    # tags such as "@huggingface/jinja@0.5.11" hold '@' and '/': encode them as path segments
-    good_tag, bad_tag = (quote(tag(tag_format, v), safe="") for v in (good, bad))
-    return f"{GITHUB}/{repo}/compare/{good_tag}...{bad_tag}"
+__all__ = ["GITHUB", "cell_repro", "compare_url", "repro_command", "tag"]
 
 
 def repro_command(

@@ -36,12 +36,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
-from packaging.utils import canonicalize_name, parse_sdist_filename
+from packaging.utils import canonicalize_name
 
 from matrix import atomic
+from matrix.env import gitsrc
+from matrix.env import uv as envs
+from matrix.releases import sources
 
 MARKER = "llmcompat-build.json"
 KEY_FORMAT = 1
@@ -189,114 +190,15 @@ def info(path: Path) -> dict:
 
 # --------------------------------------------------------------------------- source distributions
 
-def _sdist_candidates(package: str, version: str) -> list[tuple[str, str | None]]:
-    """(url, sha256 or None) of ``package==version``'s sdists on the configured indexes and
-    find-links, in pip's order of preference (index first)."""
-    import pypi_simple
-    import requests
-
-    from matrix.releases.index import pip_config
-
-    name = canonicalize_name(package)
-    config = pip_config()
-    found: list[tuple[str, str | None]] = []
-
-    def take(packages):
-        for p in packages:
-            if p.package_type != "sdist" or not p.filename.endswith(".tar.gz"):
-                continue
-            try:
-                n, v = parse_sdist_filename(p.filename)
-            except Exception:  # noqa: BLE001 - foreign file names on a find-links page
-                continue
-            if n == name and str(v) == str(version) and not p.is_yanked:
-                found.append((p.url, (p.digests or {}).get("sha256")))
-
-    for index in config.indexes:
-        scheme = urlsplit(index).scheme.lower()
-        try:
-            if scheme in ("http", "https"):
-                r = requests.get(index.rstrip("/") + f"/{name}/", timeout=(10, config.timeout or 60),
-                                 headers={"Accept": pypi_simple.ACCEPT_JSON_PREFERRED},
-                                 verify=config.cert or True)
-                if r.status_code in (404, 410):
-                    continue
-                r.raise_for_status()
-                take(pypi_simple.ProjectPage.from_response(r, name).packages)
-            elif scheme == "file":
-                page = Path(url2pathname(urlsplit(index).path)) / name / "index.html"
-                if page.is_file():
-                    take(pypi_simple.ProjectPage.from_html(name, page.read_bytes(), base_url=page.as_uri()).packages)
-        except (requests.RequestException, OSError) as exc:
-            found.append(("error:" + str(exc), None))
-    for location in config.find_links:
-        p = Path(url2pathname(urlsplit(location).path)) if location.startswith("file:") else Path(location)
-        if p.is_dir():
-            for f in sorted(p.glob("*.tar.gz")):
-                try:
-                    n, v = parse_sdist_filename(f.name)
-                except Exception:  # noqa: BLE001
-                    continue
-                if n == name and str(v) == str(version):
-                    found.append((f.as_uri(), None))
-    return found
+cached_sdist = sources.cached_sdist
 
 
 def sdist(package: str, version: str, root: Path | None = None) -> Path:
-    """``package==version``'s source distribution, fetched once into ``cache_dir()/sdists``."""
-    import requests
-
-    from matrix.releases.index import pip_config
-
-    root = root or _cache() / "sdists"
-    found = cached_sdist(package, version, root)
-    if found is not None:
-        return found
-    candidates = _sdist_candidates(package, version)
-    errors = [u[6:] for u, _ in candidates if u.startswith("error:")]
-    candidates = [c for c in candidates if not c[0].startswith("error:")]
-    if not candidates:
-        raise BuildError(f"no source distribution of {package}=={version} on the configured index"
-                         + (f" ({'; '.join(errors)})" if errors else ""))
-    url, sha256 = candidates[0]
-    filename = Path(url2pathname(urlsplit(url).path)).name
-    path = root / filename
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{filename}.")
+    """:func:`matrix.releases.sources.sdist`, its failure a build error (no sources, no build)."""
     try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            if urlsplit(url).scheme == "file":
-                with open(url2pathname(urlsplit(url).path), "rb") as src:
-                    for chunk in iter(lambda: src.read(1 << 20), b""):
-                        h.update(chunk)
-                        out.write(chunk)
-            else:
-                config = pip_config()
-                with requests.get(url, stream=True, timeout=(10, config.timeout or 60),
-                                  verify=config.cert or True) as r:
-                    r.raise_for_status()
-                    for chunk in r.iter_content(1 << 20):
-                        h.update(chunk)
-                        out.write(chunk)
-        if sha256 and h.hexdigest() != sha256:
-            raise BuildError(f"{filename}: sha256 {h.hexdigest()} does not match the index's {sha256}")
-        os.replace(tmp, path)
-    except requests.RequestException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise BuildError(f"downloading {url}: {exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def cached_sdist(package: str, version: str, root: Path | None = None) -> Path | None:
-    """``package==version``'s source distribution if it is already in the cache (no index)."""
-    root = root or _cache() / "sdists"
-    name = canonicalize_name(package)
-    cached = sorted(root.glob(f"{name.replace('-', '_')}-{version}.tar.gz")) if root.is_dir() else []
-    return cached[0] if cached else None
+        return sources.sdist(package, version, root)
+    except sources.SdistError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def _cache() -> Path:
@@ -319,8 +221,6 @@ def wheel(package: str, version: str, build_env: dict | None = None, *, python: 
     :data:`DEFAULT_BUILD_ENV`, overridden per entry), for ``python`` (``major.minor``, default
     this interpreter's). Built once per key with ``uv build --wheel`` on the sdist; pass the
     directory to uv as ``--find-links`` and it installs this wheel instead of compiling."""
-    from matrix.env import uv as envs
-
     python = python or default_python()
     doc = key_doc("wheel", package, version, build_env, python=python, platform_tag=platform_tag(),
                   compiler=compiler_id())
@@ -384,8 +284,6 @@ def llama_server(version: str, build_env: dict | None = None, *, package: str = 
     def build(tmp: Path) -> dict:
         src_archive = sdist(package, version)
         with tempfile.TemporaryDirectory(prefix="llmcompat-llama-src-") as work:
-            from matrix.env import gitsrc
-
             work = Path(work)
             try:
                 src = gitsrc.extract_vendored(src_archive, work)
@@ -494,8 +392,6 @@ def _tree_hash(directory: Path, git_dir: Path) -> str | None:
     """The git tree hash of ``directory``'s files (None without git): the content key."""
     if shutil.which("git") is None:
         return None
-    from matrix.env import gitsrc
-
     try:
         return gitsrc.tree_of_dir(directory, git_dir).tree
     except gitsrc.GitSourceError:
@@ -505,8 +401,6 @@ def _tree_hash(directory: Path, git_dir: Path) -> str | None:
 def _git_run(args: list[str], cwd: Path, timeout: float = 1800.0) -> str:
     """git's stdout alone (a warning on stderr never mixes into a hash): gitsrc's runner, with
     its failures and timeouts as build errors."""
-    from matrix.env import gitsrc
-
     what = f"git {' '.join(args[:2])}"
     try:
         return gitsrc._git(args, cwd=cwd, timeout=timeout, what=what)

@@ -41,6 +41,8 @@ from typing import Iterable, Mapping, Sequence
 
 from matrix import atomic
 from matrix.errors import LlmcompatError
+from matrix.releases import sources
+from matrix.releases import tags as release_tags
 
 ENV_GIT = "LLMCOMPAT_LLAMACPP_GIT"
 ENV_PYTHON_GIT = "LLMCOMPAT_LLAMACPP_PYTHON_GIT"
@@ -111,11 +113,9 @@ def order_candidates(commits: Sequence[str], tags: Mapping[str, Iterable[str]]) 
 def compare_url(good: Candidate | str, bad: Candidate | str, repo: str = LLAMACPP_REPO) -> str:
     """``https://github.com/<repo>/compare/<good>...<bad>`` with build tags where the commits have
     them, else commit ids (GitHub's compare view takes both)."""
-    from bot import links
-
     g = good.ref if isinstance(good, Candidate) else str(good)
     b = bad.ref if isinstance(bad, Candidate) else str(bad)
-    return links.compare_url(repo, "{version}", g, b)
+    return release_tags.compare_url(repo, "{version}", g, b)
 
 
 def is_url(source: str) -> bool:
@@ -282,9 +282,7 @@ def open_repo(source: str, *, cache: Path | None = None, what: str = ENV_GIT) ->
 def vendored_commit(py_repo: Repo, version: str, tag_format: str = PYTHON_TAG_FORMAT,
                     path: str = VENDOR_PATH) -> str:
     """The llama.cpp commit llama-cpp-python ``version`` vendors: its tag's submodule pointer."""
-    from bot import links
-
-    tag = links.tag(tag_format, version)
+    tag = release_tags.tag(tag_format, version)
     out = py_repo.git("ls-tree", tag, path, what=f"git ls-tree {tag} {path}").split()
     if len(out) < 3 or out[1] != "commit":
         raise GitSourceError(f"{py_repo.source or py_repo.path}: tag {tag} has no submodule at {path}")
@@ -399,13 +397,11 @@ def release_commit(repo: Repo, version: str, end: str, *, py_repo: Repo | None =
                                  f"(vendored by {package} {version}): fetch it or point {ENV_GIT} at a newer clone")
         return ReleaseCommit(version, commit, "submodule")
     if sdist is None:
-        from matrix.env import builds
-
-        sdist = builds.cached_sdist(package, version)
+        sdist = sources.cached_sdist(package, version)
         if sdist is None:
             try:
-                sdist = builds.sdist(package, version)
-            except builds.BuildError as exc:
+                sdist = sources.sdist(package, version)
+            except sources.SdistError as exc:
                 raise GitSourceError(f"{package} {version}: no llama-cpp-python repository configured "
                                      f"({ENV_PYTHON_GIT}) and no source distribution: {str(exc).splitlines()[0]}") from None
     vt = vendored_tree(sdist)

@@ -176,12 +176,6 @@ class Environment:
         return self.path / "bin" / "python"
 
 
-def _build_key(directory: Path) -> str:
-    from matrix.env import builds
-
-    return builds.info(directory)["key"]
-
-
 def envs_root() -> Path:
     from matrix.paths import cache_dir
 
@@ -192,13 +186,14 @@ def ensure(lock: Lock, root: Path | None = None, *, built: dict[str, Path] | Non
     """The environment for ``lock``, built once: same lock, same directory, never rebuilt.
 
     ``built`` maps a package to the directory of its wheel built by :mod:`matrix.env.builds`: it
-    is installed from there and never compiled here; its build key is part of the directory.
+    is installed from there and never compiled here; its build key (the directory's name, a
+    prefix of the key, as every build made once under a key is named) is part of the directory.
     """
     from matrix.plan.key import digest
 
     built = built or {}
     root = root or envs_root()
-    keys = sorted(f"{name}={_build_key(d)}" for name, d in built.items())
+    keys = sorted(f"{name}={Path(d).name}" for name, d in built.items())
     path = root / (digest(lock.digest, *keys)[:24] if keys else lock.digest[:24])
     if (path / MARKER).is_file():
         return Environment(path, lock)
