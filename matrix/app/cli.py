@@ -35,6 +35,7 @@ def _options(args):
         cells=tuple(getattr(args, "cells", ()) or ()), jobs=getattr(args, "jobs", 2),
         force=getattr(args, "force", False), page=not getattr(args, "no_page", False),
         regress=not getattr(args, "no_regress", False),
+        bot_dry_run=getattr(args, "bot_dry_run", False),
     )
 
 
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run cells even when their key has a result")
     p.add_argument("--no-page", action="store_true", help="do not publish the page")
     p.add_argument("--no-regress", action="store_true", help="do not look for regressions after the run")
+    p.add_argument("--bot-dry-run", action="store_true",
+                   help="then print what the GitHub bot would file (no token, no network)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("aa", help="A/A: run the planned cells twice to measure the spurious rate")
@@ -268,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--message", help="commit message for push")
     p.add_argument("--replace", action="store_true", help="pull over an existing store")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("bot", help="file, update, close and reopen GitHub issues for the store's findings")
+    from bot.github.run import build_parser as bot_parser, cmd_bot
+
+    bot_parser(p)
+    p.set_defaults(func=cmd_bot)
 
     p = sub.add_parser("report", help="publish the page from the store")
     p.add_argument("--site", type=Path)

@@ -42,6 +42,8 @@ class Options:
     page: bool = True
     regress: bool = True
     """After ingesting, look for regressions against history, confirm and bisect them."""
+    bot_dry_run: bool = False
+    """Then print what the GitHub bot would file (``--bot-dry-run``)."""
 
 
 @dataclass
@@ -438,6 +440,15 @@ def aa_run(opts: Options, console=None) -> dict:
     return meta
 
 
+def bot_dry_run(opts: Options, out=None) -> None:
+    """What the GitHub bot would file after this run (``--bot-dry-run``): no token, no network."""
+    from bot.github.run import BotOptions, run
+    from reports.store import Store
+
+    with Store(paths.store_path(), readonly=True) as store:
+        run(store, load_matrix(opts), BotOptions(dry_run=True), out=out)
+
+
 def main_job(opts: Options, console=None) -> int:
     """The README's first command ends here: run the default matrix and publish the page."""
     from rich.console import Console
@@ -445,6 +456,8 @@ def main_job(opts: Options, console=None) -> int:
     console = console or Console()
     summary, site = run_job(opts, console)
     print_summary(summary, console, site)
+    if opts.bot_dry_run:
+        bot_dry_run(opts)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         with Path(os.environ["GITHUB_STEP_SUMMARY"]).open("a") as f:
             f.write(json.dumps(dict(summary.counts), sort_keys=True) + "\n")
