@@ -130,6 +130,13 @@ def aa(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def bot(session: nox.Session) -> None:
+    """The GitHub bot: file, update, close and reopen issues for the store's findings
+    (nox -s bot -- --repo OWNER/NAME; --dry-run prints them without a token or network)."""
+    _llmcompat(session, "bot", *session.posargs)
+
+
+@nox.session(python=False)
 def report(session: nox.Session) -> None:
     """Publish the page from the store."""
     _llmcompat(session, "report", *session.posargs)
