@@ -31,7 +31,7 @@ def cell(tok_version: str, outcomes: dict[str, str], n: int = 0, cases=("non-asc
     cid = f"cpu/tiny-qwen2/transformers@5.24.0/tokenizers@{tok_version}/hf-jinja2@3.1.6/openai@3.57.0/{n}"
     records = []
     for check, outcome in outcomes.items():
-        stage, klass, detail = CHECKS[check]
+        stage, klass, detail = CHECKS.get(check, ("postprocess", "mismatch", f"{check}: expected 'a', got 'b'"))
         for case in cases:
             records.append({"case": case, "stage": stage, "check": check, "outcome": outcome,
                             "klass": klass if outcome == "fail" else "", "detail": detail if outcome == "fail" else ""})

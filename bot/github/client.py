@@ -18,40 +18,20 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
 
 from bot.github import body as bodies
+from bot.github.connection import DEFAULT_API, Connection
 from bot.github.decide import Action, Comment, Issue
 from matrix.errors import LlmcompatError
 
 __all__ = ["BotAuthError", "Connection", "Remote", "auth_from_env", "connect"]
 
-DEFAULT_API = "https://api.github.com"
-
-
 class BotAuthError(LlmcompatError):
     """No usable credentials (exit 2, naming what is missing; never the secret)."""
-
-
-@dataclass(frozen=True)
-class Connection:
-    """How to reach GitHub. Defaults suit github.com; tests shorten the waits."""
-
-    api_url: str = DEFAULT_API
-    per_page: int = 100
-    total: int = 8
-    backoff: float = 1.0
-    backoff_max: float = 60.0
-    secondary_wait: float = 60.0
-    max_wait: float | None = 900.0
-    throttle: bool = True
-    """PyGithub's pauses between requests (0.25 s) and writes (1 s), which GitHub asks for to stay
-    under the secondary rate limit."""
-    timeout: int = 30
 
 
 class _Retry(GithubRetry):

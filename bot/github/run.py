@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from bot.differences import owners_of
 from bot.github import body as bodies
-from bot.github.client import Connection, Remote, auth_from_env, connect
+from bot.github.connection import Connection
 from bot.github.decide import Context, Issue, Plan, Settings, decide
 from bot.github.evidence import evidence
 from matrix.errors import LlmcompatError
@@ -127,7 +127,7 @@ def print_plan(plan: Plan, settings: Settings, out) -> None:
         print(f"queued {repo}: finding {fp} (over the cap of {settings.max_new} new issues per run)", file=out)
 
 
-def run(store, matrix, opts: BotOptions, out=None, env=None, remote: Remote | None = None) -> Plan:
+def run(store, matrix, opts: BotOptions, out=None, env=None, remote=None) -> Plan:
     """One bot run over ``store``; returns the plan it carried out (or, dry, printed)."""
     out = out or sys.stdout
     env = os.environ if env is None else env
@@ -145,6 +145,8 @@ def run(store, matrix, opts: BotOptions, out=None, env=None, remote: Remote | No
         return plan
     states = {(r["fingerprint"], r["repo"]): r for r in store.bot_states()}
     if remote is None:
+        from bot.github.client import Remote, auth_from_env, connect
+
         auth = auth_from_env(env, opts.app_id, opts.app_key_file, opts.installation_id)
         remote = Remote(connect(auth, opts.conn), opts.conn, auth)
     repos = {settings.repo} | set(settings.upstream.values())
@@ -196,7 +198,7 @@ def _row(fp: str, repo: str, issue: Issue, now: str, **extra) -> dict:
             "issue_state": issue.state, "labels": list(issue.labels), "queued": 0, "updated": now, **extra}
 
 
-def _apply(store, remote: Remote, plan: Plan, settings: Settings, states, ctx, out, now: str) -> None:
+def _apply(store, remote, plan: Plan, settings: Settings, states, ctx, out, now: str) -> None:
     for a in plan.actions:
         where = f"{a.repo}#{a.number}" if a.number else a.repo
         if a.verb == "label-create":
