@@ -84,7 +84,7 @@ def test_cell_view_has_packages_first_divergence_history(built):
     assert cell["first"]["stage"] == "tokenize"  # the first failing stage in chain order
     expected, actual = cell["first_sides"]
     assert expected.startswith("[") and actual.startswith("[") and expected != actual  # token ids, side by side
-    assert f"expected {expected}, got {actual}" in cell["first"]["detail"]
+    assert f"expected {expected}, got {actual}" in cell["sides_record"]["detail"]
     assert [(h["run"], h["key"] == "k-j6-second") for h in cell["history"]] == [("r2", True), ("r1", False)]
     assert cell["levels"] == {"transformers": "L0"}
 

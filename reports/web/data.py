@@ -343,7 +343,7 @@ def _cell_view(c: dict, fps: list[str], by_fp: dict) -> dict:
         "stage_states": {s: stage_state(c, s) for s in STAGE_NAMES},
         "findings": [by_fp[fp] for fp in dict.fromkeys(fps)],
         "failures": failures[:50], "more_failures": max(0, len(failures) - 50),
-        "first": first, "first_sides": expected_actual(first.get("detail", "")) if first else None,
+        "first": first, **_sides(failures),
         "checks": sorted(((s or "", k or "", dict(n)) for (s, k), n in checks.items()),
                          key=lambda t: (STAGE_NAMES.index(t[0]) if t[0] in STAGE_NAMES else 9, t[1])),
         "pins": sorted((pins or {}).items()) if isinstance(pins, dict) else [],
@@ -354,6 +354,15 @@ def _cell_view(c: dict, fps: list[str], by_fp: dict) -> dict:
         "levels": levels,
         "case_fails": sorted({(r.get("case_id"), r.get("stage")) for r in failures if r.get("case_id")}),
     }
+
+
+def _sides(failures: list[dict]) -> dict:
+    """The first failing check (in chain order) whose detail gives expected and actual."""
+    for r in failures:
+        sides = expected_actual(r.get("detail", ""))
+        if sides:
+            return {"first_sides": sides, "sides_record": r}
+    return {"first_sides": None, "sides_record": None}
 
 
 def _history(export: dict, run_cells: list[dict]) -> dict[str, list[dict]]:
