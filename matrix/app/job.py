@@ -249,7 +249,7 @@ def run_cells(prep: Prepared, opts: Options, store, console=None) -> RunSummary:
 
     started_at, started = now_iso(), time.perf_counter()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    runner = CellRunner(prep.matrix, prep.suites, prep.models, known_keys=store.keys())
+    runner = CellRunner(prep.matrix, prep.suites, prep.models, known_keys=store.reusable_keys())  # infra: retried
     reports: list[CellReport] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[current]}"), console=console,
@@ -273,10 +273,14 @@ def run_cells(prep: Prepared, opts: Options, store, console=None) -> RunSummary:
 
 
 def _one(runner: CellRunner, cell: Cell, force: bool) -> CellReport:
-    report = runner.execute(cell, force=force)
-    if report.outcome is Outcome.INFRA and not report.reused:  # infra is retried once, never filed
-        report = runner.execute(cell, force=True)
-    return report
+    """One cell, its infra retried once; whatever goes wrong stays this cell's (issue 12)."""
+    try:
+        report = runner.execute(cell, force=force)
+        if report.outcome is Outcome.INFRA and not report.reused:  # infra is retried once, never filed
+            report = runner.execute(cell, force=True)
+        return report
+    except Exception as exc:  # noqa: BLE001 - execute already turns a cell's errors into infra
+        return CellReport(cell, Outcome.INFRA, reason=f"llmcompat error in this cell: {type(exc).__name__}: {exc}")
 
 
 def print_summary(summary: RunSummary, console, site: Path | None) -> None:

@@ -2,21 +2,27 @@
 
 A cell's worker writes exactly one result file, named by its key, atomically. It never
 touches the store: the aggregator is the single writer. A cell whose key already has a
-result is reused and never run again.
+result is reused and never run again, except an ``infra`` result (or an unreadable file),
+which is retried. A cached environment whose interpreter is gone or cannot start is removed
+and rebuilt once before the cell is called ``infra``; an unexpected error of one cell makes
+that cell ``infra`` with the error as its reason, never an exception for the whole run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from matrix import atomic, paths
+from matrix import atomic, paths, scratch
 from matrix.env import uv as envs
 from matrix.plan.cells import Cell
 from matrix.declare.config import Matrix
@@ -25,11 +31,16 @@ from matrix.outcome import Outcome, worst
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 PROBE_TIMEOUT = 900
+HEALTH_TIMEOUT = 60
 # Only these reach a cell's probe: no tokens or other secrets of the caller's environment.
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
               "OLLAMA_BIN", "CUDA_VISIBLE_DEVICES")  # the runner's Ollama runtime; its GPU selection
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+class BrokenEnvironment(Exception):
+    """A cell's environment that does not start even after one rebuild: the cell is infra."""
 
 
 def harness_digest() -> str:
@@ -179,23 +190,65 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def run_probe(python: Path, job: dict, timeout: float = PROBE_TIMEOUT) -> tuple[dict | None, str]:
     """Run the probe in a cell's interpreter; (result, log). None when the probe itself died."""
-    with tempfile.TemporaryDirectory(prefix="llmcompat-probe-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="probe-", dir=scratch.directory()) as tmp:
         job_path, out_path = Path(tmp, "job.json"), Path(tmp, "result.json")
         job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         env.update(OFFLINE_ENV)
         env["HF_HOME"] = str(Path(tmp, "hf"))
+        # LLMCOMPAT_PROBE_WRAPPER: a command the probe runs under (nice, a fault injector...)
+        wrapper = shlex.split(os.environ.get("LLMCOMPAT_PROBE_WRAPPER", ""))
         try:
             proc = subprocess.run(
-                [str(python), "-I", str(PROBE_DIR / "probe.py"), str(job_path), str(out_path)],
+                [*wrapper, str(python), "-I", str(PROBE_DIR / "probe.py"), str(job_path), str(out_path)],
                 capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp,
             )
         except subprocess.TimeoutExpired as exc:
             return None, f"probe timed out after {timeout:.0f}s\n{exc.stderr or ''}"
+        except OSError as exc:  # the interpreter vanished or cannot be executed
+            return None, f"probe could not start: {exc}"
         log = (proc.stdout + proc.stderr)[-20000:]
         if proc.returncode != 0 or not out_path.is_file():
             return None, f"probe exited {proc.returncode}\n{log}"
-        return json.loads(out_path.read_text(encoding="utf-8")), log
+        try:
+            return json.loads(out_path.read_text(encoding="utf-8")), log
+        except (OSError, ValueError) as exc:
+            return None, f"probe wrote an unreadable result: {exc}\n{log}"
+
+
+def env_problem(python: Path, timeout: float = HEALTH_TIMEOUT) -> str | None:
+    """Why a cached environment's interpreter cannot run a probe (missing, not executable, fails
+    to start), or None when it starts."""
+    if not python.exists():
+        return f"{python} is missing"
+    try:
+        proc = subprocess.run([str(python), "-I", "-c", "import sys, json"], capture_output=True, text=True,
+                              timeout=timeout, env={"PATH": os.environ.get("PATH", "")})
+    except subprocess.TimeoutExpired:
+        return f"{python} did not start within {timeout:.0f}s"
+    except OSError as exc:
+        return f"{python} cannot start: {exc}"
+    if proc.returncode != 0:
+        return f"{python} exited {proc.returncode} at start: {(proc.stderr or proc.stdout).strip()[-500:]}"
+    return None
+
+
+def reusable(path: Path, known: bool) -> dict | None:
+    """The result a key already has and that stands (reused, never run again), or None: no
+    result, an unreadable file, or an ``infra`` result (retried on the next run)."""
+    if not path.is_file():
+        return {} if known else None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("outcome") in (None, Outcome.INFRA.value):
+        return None
+    try:
+        Outcome(data["outcome"])
+    except ValueError:
+        return None
+    return data
 
 
 def overall(stages: dict) -> Outcome:
@@ -267,8 +320,21 @@ class CellRunner:
         return self.results_dir / f"{key}.json"
 
     def execute(self, cell: Cell, resolved=None, *, force: bool = False) -> CellReport:
-        """Run one cell (or reuse its result). Never raises for a cell's own failure."""
+        """Run one cell (or reuse its result). Never raises for a cell's own failure: an
+        unexpected error makes the cell ``infra``, with the error as its reason, in its result file."""
         started = time.perf_counter()
+        seen: dict = {}
+        try:
+            return self._execute(cell, resolved, force, started, seen)
+        except Exception as exc:  # noqa: BLE001 - one cell's error must never abort the others
+            reason = f"llmcompat error in this cell: {type(exc).__name__}: {exc}\n" + traceback.format_exc()[-3000:]
+            key = seen.get("key") or digest("error", cell.id, self.harness)
+            try:
+                return self._finish(cell, key, Outcome.INFRA, {}, started, lock=seen.get("lock"), reason=reason)
+            except Exception:  # noqa: BLE001 - not even a result file: the run still goes on
+                return CellReport(cell, Outcome.INFRA, key, reason=reason, seconds=time.perf_counter() - started)
+
+    def _execute(self, cell: Cell, resolved, force: bool, started: float, seen: dict) -> CellReport:
         try:
             resolved = resolved or self.resolve(cell)
         except envs.ResolveError as exc:
@@ -278,17 +344,20 @@ class CellRunner:
             key = digest("unresolvable", *resolved.requirements, cell.runner)
             return self._finish(cell, key, Outcome.UNRESOLVABLE, {}, started, reason=resolved.reason)
         key = self.key(cell, resolved)
+        seen.update(key=key, lock=resolved)
         path = self.result_path(key)
-        if not force and (key in self.known_keys or path.is_file()):
-            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        data = None if force else reusable(path, key in self.known_keys)
+        if data is not None:
             return CellReport(cell, Outcome(data.get("outcome", "pass")), key, reused=True,
                               path=path if path.is_file() else None, stages=data.get("stages", {}),
                               seconds=time.perf_counter() - started)
         try:
-            env = envs.ensure(resolved, built=self.built(cell))
+            env = self.healthy_env(resolved, cell)
         except envs.ResolveError as exc:
             return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
                                 reason=f"environment build failed: {exc}"[:4000])
+        except BrokenEnvironment as exc:
+            return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=str(exc))
         try:
             node_modules = self.npm_packages(cell)
         except Exception as exc:  # noqa: BLE001 - npm down or a failed install is infra
@@ -296,6 +365,7 @@ class CellRunner:
                                 reason=f"npm install failed: {exc}"[:4000])
         job = probe_job(self.matrix, cell, self.models[cell.model], self.suites[cell.model],
                         node_modules=node_modules)
+        job["cell"] = cell.id  # for the log and a probe wrapper; the probe itself ignores it
         job["llama_server_bin"] = self.llama_server(cell)
         try:
             job["exports"] = self.exports(cell, job["engines"])
@@ -310,6 +380,21 @@ class CellRunner:
                                   lock=resolved, probe=result, log=log)
         report.env_seconds = env.seconds
         return report
+
+    def healthy_env(self, lock, cell: Cell):
+        """The cell's environment, checked: an interpreter that is gone or cannot start gets the
+        cached environment removed and rebuilt once; still broken: :class:`BrokenEnvironment`."""
+        env = envs.ensure(lock, built=self.built(cell))
+        problem = env_problem(env.python)
+        if problem is None:
+            return env
+        shutil.rmtree(env.path, ignore_errors=True)
+        env = envs.ensure(lock, built=self.built(cell))
+        again = env_problem(env.python)
+        if again is not None:
+            raise BrokenEnvironment(f"environment {env.path} is broken ({problem}); rebuilt once, "
+                                    f"still broken: {again}")
+        return env
 
     def llama_server(self, cell: Cell) -> str | None:
         """llama.cpp's native server built from a component's sources, when it asks for one.

@@ -116,7 +116,9 @@ def resolve(
     wheels built by :mod:`matrix.env.builds`, offered beside the index.
     """
     reqs = tuple(requirements)
-    with tempfile.TemporaryDirectory(prefix="llmcompat-resolve-") as tmp:
+    from matrix import scratch  # a killed run's leftovers go at the next start, not into /tmp
+
+    with tempfile.TemporaryDirectory(prefix="resolve-", dir=scratch.directory()) as tmp:
         req_file = Path(tmp, "requirements.in")
         req_file.write_text("".join(f"{r}\n" for r in reqs))
         cmd = [
