@@ -1,4 +1,4 @@
-"""Benchmark: the tokenize stage in-process over many texts with one front end (goal: >= 500 texts/s).
+"""Benchmark: the tokenize stage in-process over many texts with one front end (goal: >= 5,000 texts/s).
 
 Standard library only at import, like the probe; it runs inside a cell's environment (where the
 tokenizer library is), so the stage, the checks and the recorder all run in one process:
@@ -36,7 +36,7 @@ def bench_texts(n: int) -> list[str]:
 
 
 def bench_in_process(n: int = 500, model_dir: str | None = None, front_end: str = "tokenizers") -> float:
-    """Texts per second of the tokenize stage over ``n`` (>= 500 by default) texts, in this process.
+    """Texts per CPU second of the tokenize stage over ``n`` texts, in this process (wall clock in ``.last``).
 
     ``model_dir`` defaults to ``$LLMCOMPAT_MODEL_DIR``. Raises when a check does not pass.
     """
@@ -56,13 +56,15 @@ def bench_in_process(n: int = 500, model_dir: str | None = None, front_end: str 
     for case in cases:
         case["expect"]["ids"] = golden.produced[case["id"]]["ids"]
     check = Recorder("check")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     stage_tokenize.run(dict(job, mode="check"), check, tricky=[])
-    seconds = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    seconds = max(cpu, 1e-9)  # CPU time: the stage's cost on a shared machine (TOKENIZERS_PARALLELISM=false)
     bad = [r for r in check.records if r["outcome"] != "pass"]
     if bad:
         raise RuntimeError(f"{len(bad)} checks did not pass, first: {bad[0]}")
-    bench_in_process.last = {"texts": n, "seconds": round(seconds, 4), "records": len(check.records)}
+    bench_in_process.last = {"texts": n, "cpu_seconds": round(seconds, 4), "wall_seconds": round(wall, 4),
+                             "records": len(check.records)}
     return n / seconds
 
 

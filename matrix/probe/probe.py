@@ -44,6 +44,8 @@ STAGE_MODULES = {
 def _first_difference(expected, actual) -> int | None:
     """Index of the first differing item of two sequences (their common length when one is a
     prefix of the other); None when they are equal."""
+    if expected == actual:  # the common case, at C speed
+        return None
     n = min(len(expected), len(actual))
     i = next((k for k in range(n) if expected[k] != actual[k]), n)
     return None if i == n and len(expected) == len(actual) else i

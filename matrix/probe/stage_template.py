@@ -37,17 +37,39 @@ class OutputTooLarge(Exception):
     pass
 
 
+def _on_alarm(signum, frame):
+    raise RenderTimeout(f"render took longer than {_LIMIT[0]}s")
+
+
+_LIMIT = [0.0, False]
+"""The current limit (for the message) and whether ``alarm_handler`` holds the handler."""
+
+
 @contextmanager
 def time_limit(seconds: float):
-    def on_alarm(signum, frame):
-        raise RenderTimeout(f"render took longer than {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
+    """SIGALRM after ``seconds``. The handler is installed once and stays while limits nest
+    or follow each other (``alarm_handler``), so a case costs two ``setitimer`` calls only."""
+    installed = _LIMIT[1]
+    old = None if installed else signal.signal(signal.SIGALRM, _on_alarm)
+    _LIMIT[0] = seconds
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        if not installed:
+            signal.signal(signal.SIGALRM, old)
+
+
+@contextmanager
+def alarm_handler():
+    """The render-timeout handler for a whole stage run (restored after it)."""
+    old, outer = signal.signal(signal.SIGALRM, _on_alarm), _LIMIT[1]
+    _LIMIT[1] = True
+    try:
+        yield
+    finally:
+        _LIMIT[1] = outer
         signal.signal(signal.SIGALRM, old)
 
 
@@ -520,6 +542,11 @@ def has_tool_calls(case: dict) -> bool:
 
 
 def run(job: dict, rec) -> None:
+    with alarm_handler():
+        _run(job, rec)
+
+
+def _run(job: dict, rec) -> None:
     import toolcalls
 
     limits = job.get("limits", {})

@@ -112,9 +112,19 @@ def tokenizers_front(model_dir: str) -> FrontEnd:
 
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     bos, specials = model_special_tokens(model_dir)
+    post = getattr(tok, "post_process", None)
+    last: list = [None, None]  # the last text encoded without special tokens, and its encoding
 
     def encode(text, add_special_tokens=False):
-        return list(tok.encode(text, add_special_tokens=add_special_tokens).ids)
+        """The stage encodes each text plain, then with special tokens (the BOS count): the second
+        is the first's encoding through the tokenizer's own post-processor (``post_process``, what
+        ``encode`` itself ends with), not a second pass over the text."""
+        if add_special_tokens and post is not None and last[0] == text:
+            return list(post(last[1], add_special_tokens=True).ids)
+        enc = tok.encode(text, add_special_tokens=add_special_tokens)
+        if not add_special_tokens:
+            last[0], last[1] = text, enc
+        return list(enc.ids)
 
     literal = None
     if hasattr(tok, "encode_special_tokens"):
