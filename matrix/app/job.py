@@ -398,6 +398,7 @@ def find_regressions(prep: Prepared, opts: Options, store, run_id: str):
     """Detection against history, confirmation by re-runs, bisection: findings into the store.
     Quarantined cell cases are re-tested too (their reused keys would never run again)."""
     from bot.detect import detect
+    from bot.narrow import pipeline_narrower
     from bot.regress import (cell_rerunner, history_records, index_releases, regress, repo_links,
                              retest_quarantine)
 
@@ -413,7 +414,7 @@ def find_regressions(prep: Prepared, opts: Options, store, run_id: str):
             need, of = rerun_plan(store, len(candidates))
             report = regress(store, run_id, rerun=rerun,
                              releases=index_releases(prep.matrix, package_index(opts.offline)),
-                             repos=repo_links(prep.matrix), need=need, of=of)
+                             repos=repo_links(prep.matrix), need=need, of=of, narrow=pipeline_narrower)
         retest_quarantine(store, rerun)
         return report
     finally:
