@@ -18,10 +18,13 @@ from matrix.errors import LlmcompatError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--axes", type=Path, help="the matrix file (default: matrix/axes.yaml)")
+    p.add_argument("--axes", type=Path, default=os.environ.get("LLMCOMPAT_AXES") or None,
+                   help="the matrix file (default: $LLMCOMPAT_AXES, else matrix/axes.yaml)")
     p.add_argument("--offline", action="store_true", help="use the cached package index only")
     p.add_argument("--with", dest="with_components", action="append", default=[], metavar="AXIS/NAME",
                    help="add an opt-in component, e.g. engine/llama-cpp-python (repeatable)")
+    p.add_argument("--only", action="append", default=[], metavar="AXIS/NAME",
+                   help="on that axis, test just this component, e.g. client/openai (repeatable)")
     p.add_argument("--runner", dest="runners", action="append", default=[], help="plan for this runner (repeatable)")
     p.add_argument("--model", dest="models", action="append", default=[], help="plan for this model (repeatable)")
 
@@ -31,6 +34,7 @@ def _options(args):
 
     return Options(
         axes_file=args.axes, offline=args.offline, with_components=tuple(args.with_components),
+        only=tuple(getattr(args, "only", ()) or ()),
         runners=tuple(args.runners), models=tuple(args.models),
         cells=tuple(getattr(args, "cells", ()) or ()), jobs=getattr(args, "jobs", 2),
         force=getattr(args, "force", False), page=not getattr(args, "no_page", False),
@@ -80,11 +84,17 @@ def cmd_plan(args) -> int:
 
 
 def cmd_gha_matrix(args) -> int:
-    from matrix.app.job import plan_cells
+    from matrix.app.job import known_cell_ids, plan_cells, seen_versions
     from matrix.plan.planner import github_matrix
 
-    planned = plan_cells(_options(args))
-    matrices = github_matrix(planned.cells, planned.matrix, max_jobs=args.max_jobs)
+    planned = plan_cells(_options(args), seen_versions())  # sweeps: releases the history has not seen
+    cells = planned.cells
+    if args.skip_known:
+        known = known_cell_ids()
+        cells = [c for c in cells if c.id not in known]
+        print(f"{len(planned.cells) - len(cells)} of {len(planned.cells)} planned cells already have a result: "
+              "skipped", file=sys.stderr)
+    matrices = github_matrix(cells, planned.matrix, max_jobs=args.max_jobs)
     if len(matrices) > args.shards:
         raise LlmcompatError(f"the plan needs {len(matrices)} matrices of at most {args.max_jobs} jobs; "
                              f"the workflow has {args.shards} shard jobs: raise --shards and add jobs")
@@ -196,12 +206,17 @@ def cmd_history(args) -> int:
     from reports import history
 
     remote = args.remote
-    if "/" not in remote and ":" not in remote:  # a remote's name in this checkout: its URL
+    if args.action != "merge" and "/" not in remote and ":" not in remote:  # a remote's name in this checkout: its URL
         proc = subprocess.run(["git", "remote", "get-url", remote], capture_output=True, text=True)
         if proc.returncode:
             raise LlmcompatError(f"--remote {remote!r}: not a remote of this checkout ({proc.stderr.strip()})")
         remote = proc.stdout.strip()
     store = paths.store_path()
+    if args.action == "merge":
+        for other in args.stores:
+            added = history.merge(store, other)
+            print(f"merged {other}: {sum(added.values())} rows added")
+        return 0
     if args.action == "pull":
         if store.exists() and not args.replace:
             raise LlmcompatError(f"{store} exists: pass --replace to rebuild it from {args.branch}")
@@ -212,6 +227,70 @@ def cmd_history(args) -> int:
             raise LlmcompatError(f"{store}: no store to push")
         sha = history.push(remote, args.branch, store, args.message or "llmcompat: store after run")
         print(f"{args.branch} at {sha}")
+    return 0
+
+
+def _run_id(store, run_id: str | None) -> str:
+    runs = store.runs()
+    if run_id is None:
+        if not runs:
+            raise LlmcompatError("the store has no run yet")
+        return max(runs, key=lambda r: r["started"])["id"]
+    if run_id not in {r["id"] for r in runs}:
+        raise LlmcompatError(f"--run-id {run_id!r}: no such run in the store")
+    return run_id
+
+
+def _shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N")
+    return int(i), int(n)
+
+
+def cmd_regress(args) -> int:
+    """Confirm and bisect a run's candidate regressions: all of them, or one job's share."""
+    from matrix import paths
+    from matrix.app.actions import regress_matrix
+    from matrix.app.job import find_regressions, prepare, regression_candidates
+    from reports.store import Store
+
+    opts = _options(args)
+    with Store(paths.store_path()) as store:
+        run_id = _run_id(store, args.run_id)
+        if args.plan_jobs:
+            m = regress_matrix(len(regression_candidates(store, run_id)), args.plan_jobs)
+            print(json.dumps(m, separators=(",", ":")))
+            if os.environ.get("GITHUB_OUTPUT"):
+                with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as f:
+                    f.write(f"regress={json.dumps(m, separators=(',', ':'))}\n")
+            return 0
+        report = find_regressions(prepare(opts), opts, store, run_id, shard=args.shard)
+        found = report.findings if report is not None else []
+        print(f"regressions (shard {args.shard[0]}/{args.shard[1]}): {len(found)} finding(s)")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    """A run's headline: printed, and in GitHub Actions the step summary and annotations."""
+    from matrix import paths
+    from matrix.app.actions import annotations, headline, markdown
+    from matrix.app.job import regression_candidates
+    from reports.store import Store
+
+    with Store(paths.store_path(), readonly=True) as store:
+        run_id = _run_id(store, args.run_id)
+        run = next(r for r in store.runs() if r["id"] == run_id)
+        candidates = len(regression_candidates(store, run_id)) if args.regressed else None
+        h = headline(run, store.cells(run_id), store.findings(), candidates)
+    text = markdown(h)
+    print(text)
+    if args.github:
+        for line in annotations(h):
+            print(line)
+        if os.environ.get("GITHUB_STEP_SUMMARY"):
+            with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+                f.write(text + "\n")
     return 0
 
 
@@ -249,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--max-jobs", type=int, default=256)
     p.add_argument("--shards", type=int, default=4, help="shard jobs in the workflow (default 4)")
+    p.add_argument("--skip-known", action="store_true",
+                   help="leave out cells whose id already has a result (not infra) in the store")
     p.set_defaults(func=cmd_gha_matrix)
 
     p = sub.add_parser("ingest", help="ingest result files (from shard jobs) into the store as one run")
@@ -265,12 +346,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_goldens)
 
     p = sub.add_parser("history", help="pull the store from, or push it to, the git data branch")
-    p.add_argument("action", choices=["pull", "push"])
+    p.add_argument("action", choices=["pull", "push", "merge"])
+    p.add_argument("stores", nargs="*", type=Path, help="merge: stores whose rows to add (regress shards)")
     p.add_argument("--remote", default="origin", help="git remote name or URL (default: origin)")
     p.add_argument("--branch", default="llmcompat-data", help="the data branch (default: llmcompat-data)")
     p.add_argument("--message", help="commit message for push")
     p.add_argument("--replace", action="store_true", help="pull over an existing store")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("regress", help="confirm and bisect a run's candidate regressions (or one shard of them)")
+    _common(p)
+    p.add_argument("--run-id", help="the run (default: the latest)")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="this job's share (default 0/1)")
+    p.add_argument("--plan-jobs", type=int, metavar="N",
+                   help="print the fan-out matrix for at most N jobs (GitHub output `regress`) and stop")
+    p.set_defaults(func=cmd_regress)
+
+    p = sub.add_parser("summary", help="a run's headline; --github adds the step summary and annotations")
+    p.add_argument("--run-id", help="the run (default: the latest)")
+    p.add_argument("--regressed", action="store_true", help="count spurious candidates (after regress)")
+    p.add_argument("--github", action="store_true")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("bot", help="file, update, close and reopen GitHub issues for the store's findings")
     from bot.github.run import build_parser as bot_parser, cmd_bot

@@ -32,6 +32,8 @@ class Options:
     offline: bool = False
     with_components: tuple[str, ...] = ()
     """Opt-in components as ``axis/name`` (e.g. ``engine/llama-cpp-python``)."""
+    only: tuple[str, ...] = ()
+    """A component subset as ``axis/name``: on each axis named, just these components."""
     runners: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     cells: tuple[str, ...] = ()
@@ -71,18 +73,24 @@ def package_index(offline: bool):
     return PackageIndex(paths.cache_dir() / "index", offline=offline)
 
 
-def selected_components(matrix: Matrix, with_components) -> set[tuple[str, str]]:
-    """Default components plus the opt-in ones; unknown names are errors naming the value."""
+def _component_arg(matrix: Matrix, option: str, item: str) -> tuple[str, str]:
+    axis, sep, name = item.partition("/")
+    if not sep or axis not in matrix.axes:
+        raise ConfigError(option, "component", item, f"expected axis/name with axis in {sorted(matrix.axes)}")
+    if name not in {c.name for c in matrix.axes[axis]}:
+        known = ", ".join(c.name for c in matrix.axes[axis])
+        raise ConfigError(matrix.source, f"axes.{axis}", name, f"unknown component (known: {known})")
+    return axis, name
+
+
+def selected_components(matrix: Matrix, with_components, only=()) -> set[tuple[str, str]]:
+    """Default components plus the opt-in ones, narrowed to ``only`` on each axis it names;
+    unknown names are errors naming the value."""
     chosen = {(axis, c.name) for axis, comps in matrix.axes.items() for c in comps if c.default}
-    for item in with_components:
-        axis, sep, name = item.partition("/")
-        if not sep or axis not in matrix.axes:
-            raise ConfigError("--with", "component", item, f"expected axis/name with axis in {sorted(matrix.axes)}")
-        if name not in {c.name for c in matrix.axes[axis]}:
-            known = ", ".join(c.name for c in matrix.axes[axis])
-            raise ConfigError(matrix.source, f"axes.{axis}", name, f"unknown component (known: {known})")
-        chosen.add((axis, name))
-    return chosen
+    chosen |= {_component_arg(matrix, "--with", item) for item in with_components}
+    subset = {_component_arg(matrix, "--only", item) for item in only}
+    narrowed = {axis for axis, _ in subset}
+    return {(a, n) for a, n in chosen if a not in narrowed} | subset
 
 
 def discover(matrix: Matrix, components, index, python: str = "3.11"):
@@ -161,7 +169,7 @@ def plan_cells(opts: Options, seen: dict | None = None) -> Planned:
     from matrix.plan.planner import plan
 
     matrix = load_matrix(opts)
-    components = selected_components(matrix, opts.with_components)
+    components = selected_components(matrix, opts.with_components, opts.only)
     versions, releases = discover(matrix, components, package_index(opts.offline))
     cells = plan(matrix, versions, components=components, runners=opts.runners or None,
                  models=opts.models or None, seen=seen or {})
@@ -177,6 +185,17 @@ def seen_versions() -> dict:
         return {}
     with Store(path, readonly=True) as store:
         return store.seen_versions()
+
+
+def known_cell_ids() -> set[str]:
+    """Cell ids with a stored result other than infra (which is always retried)."""
+    from reports.store import Store
+
+    path = paths.store_path()
+    if not path.is_file():
+        return set()
+    with Store(path, readonly=True) as store:
+        return {c["cell_id"] for c in store.cells() if c["outcome"] != "infra"}
 
 
 def prepare(opts: Options) -> Prepared:
@@ -394,18 +413,25 @@ def rerun_plan(store, candidates: int) -> tuple[int, int]:
     return plan_reruns(noise, candidates)
 
 
-def find_regressions(prep: Prepared, opts: Options, store, run_id: str):
-    """Detection against history, confirmation by re-runs, bisection: findings into the store.
-    Quarantined cell cases are re-tested too (their reused keys would never run again)."""
+def regression_candidates(store, run_id: str) -> list:
+    """The run's candidate regressions: a case that passed in history and fails now."""
     from bot.detect import detect
-    from bot.narrow import pipeline_narrower
-    from bot.regress import (cell_rerunner, history_records, index_releases, regress, repo_links,
-                             retest_quarantine)
+    from bot.regress import history_records
 
     records = history_records(store.case_rows())
     current = [r for r in records if r["run"] == run_id and not r["reused"]]
-    candidates = [c for c in detect(records, current).candidates if c.kind == "regression"]
-    if not candidates and not store.quarantine(now_iso()):
+    return [c for c in detect(records, current).candidates if c.kind == "regression"]
+
+
+def find_regressions(prep: Prepared, opts: Options, store, run_id: str, shard: tuple[int, int] = (0, 1)):
+    """Detection against history, confirmation by re-runs, bisection: findings into the store.
+    Quarantined cell cases are re-tested too (their reused keys would never run again).
+    ``shard`` ``(i, n)``: this job's share of the candidates when n jobs confirm and bisect."""
+    from bot.narrow import pipeline_narrower
+    from bot.regress import cell_rerunner, index_releases, regress, repo_links, retest_quarantine
+
+    candidates = regression_candidates(store, run_id)[shard[0]::shard[1]]
+    if not candidates and (shard[0] or not store.quarantine(now_iso())):
         return None
     rerun = cell_rerunner(CellRunner(prep.matrix, prep.suites, prep.models))
     try:
@@ -414,8 +440,10 @@ def find_regressions(prep: Prepared, opts: Options, store, run_id: str):
             need, of = rerun_plan(store, len(candidates))
             report = regress(store, run_id, rerun=rerun,
                              releases=index_releases(prep.matrix, package_index(opts.offline)),
-                             repos=repo_links(prep.matrix), need=need, of=of, narrow=pipeline_narrower)
-        retest_quarantine(store, rerun)
+                             repos=repo_links(prep.matrix), need=need, of=of, shard=shard,
+                             narrow=pipeline_narrower)
+        if shard[0] == 0:  # one job re-tests the quarantine
+            retest_quarantine(store, rerun)
         return report
     finally:
         rerun.cleanup()
