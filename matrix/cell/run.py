@@ -260,8 +260,10 @@ class CellRunner:
     """Runs cells of one matrix against one suite and its models. Thread-safe per cell."""
 
     def __init__(self, matrix: Matrix, suites: dict[str, SuiteRef], models: dict[str, ModelRef],
-                 results_dir: Path | None = None, known_keys: set[str] | None = None):
+                 results_dir: Path | None = None, known_keys: set[str] | None = None, env: str | None = None):
         self.matrix = matrix
+        self.env = env
+        """``uv`` or ``image`` for every cell (``--env``); None: each runner's ``environment``."""
         self.suites = suites
         self.models = models
         self.results_dir = results_dir or paths.results_dir()
@@ -351,8 +353,9 @@ class CellRunner:
             return CellReport(cell, Outcome(data.get("outcome", "pass")), key, reused=True,
                               path=path if path.is_file() else None, stages=data.get("stages", {}),
                               seconds=time.perf_counter() - started)
+        in_image = self.environment(cell) == "image"
         try:
-            env = self.healthy_env(resolved, cell)
+            env = None if in_image else self.healthy_env(resolved, cell)
         except envs.ResolveError as exc:
             return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
                                 reason=f"environment build failed: {exc}"[:4000])
@@ -372,14 +375,23 @@ class CellRunner:
         except Exception as exc:  # noqa: BLE001 - a failed model export is infra, not the engine's fault
             return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
                                 reason=f"model export failed: {exc}"[:4000])
-        result, log = run_probe(env.python, job)
+        if in_image:
+            from matrix.cell import in_image as image_path
+
+            result, log = image_path.probe(self, cell, key, resolved, job, OFFLINE_ENV)
+        else:
+            result, log = run_probe(env.python, job)
         if result is None:
             report = self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=log[-4000:])
         else:
             report = self._finish(cell, key, overall(result["stages"]), result["stages"], started,
                                   lock=resolved, probe=result, log=log)
-        report.env_seconds = env.seconds
+        report.env_seconds = env.seconds if env else 0.0
         return report
+
+    def environment(self, cell: Cell) -> str:
+        """Where the cell runs: ``uv`` (an environment on this machine) or ``image`` (its container image)."""
+        return self.env or self.runner(cell.runner).environment
 
     def healthy_env(self, lock, cell: Cell):
         """The cell's environment, checked: an interpreter that is gone or cannot start gets the
