@@ -150,7 +150,7 @@ def render(spec: ImageSpec) -> str:
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)  # noqa: S701 - a Dockerfile, not HTML
+                             keep_trailing_newline=True, autoescape=False)  # a Dockerfile, not HTML
     text = env.get_template(spec.template).render(
         cell_id=spec.cell_id, template=spec.template, base=spec.base, python=spec.python, layers=spec.layers,
         family=spec.family, family_files=spec.family_files, labels=spec.labels, vendor=spec.vendor)

