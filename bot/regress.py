@@ -29,12 +29,20 @@ Steps (:func:`regress`):
    time-to-fix events (``released`` = the first bad release's upload time when known, ``detected``
    = now); all findings, bisections, events and new quarantine entries are saved in ONE
    transaction.
-6. a finding in a component that vendors llama.cpp (:data:`NARROWED`) is narrowed further to
-   llama.cpp build tags or commits by ``narrow(finding, bisection) -> row`` (default
-   :func:`bot.narrow.pipeline_narrower`, which needs ``LLMCOMPAT_LLAMACPP_GIT``); its row is a
-   second bisection of the finding with component ``llama.cpp``: the narrowed range, or the
-   status ``not narrowed: <why>``. Its ``versions`` are the candidates; ``compare_url`` and
-   ``repro`` are llama.cpp's own.
+6. fixed-in: when the component has releases newer than the bad cell's, the newest is tested on
+   the same cell; if it passes, the releases from the bad one to it are bisected in the other
+   direction (:attr:`bot.search.Direction.FIXED`) to the first fixed release. The finding gets
+   ``fixed_in`` and ``last_bad`` and is ``fixed`` (events ``fixed`` now and ``fix-released`` at the
+   fix's upload time); the search is a second bisection row with ``direction`` ``fixed``.
+7. a finding in a component that vendors llama.cpp (:data:`NARROWED`) is narrowed further to
+   llama.cpp build tags or commits by ``narrow(finding, bisection) -> row``, handed in by the
+   application layer (:func:`bot.narrow.pipeline_narrower`, which needs
+   ``LLMCOMPAT_LLAMACPP_GIT``; without one, no narrowing is tried); its row is another bisection
+   of the finding with component ``llama.cpp``: the narrowed range, or the status
+   ``not narrowed: <why>``. Its ``versions`` are the candidates; ``compare_url`` and ``repro``
+   are llama.cpp's own.
+
+:func:`bisect_fixes` does step 6 for difference findings a run no longer shows.
 """
 
 from __future__ import annotations
@@ -43,10 +51,10 @@ import json
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 from packaging.version import InvalidVersion, Version
 
@@ -54,10 +62,10 @@ from bot import links
 from bot.confirm import Confirmation, Quarantine, confirm, release_if_passing
 from bot.detect import Candidate, detect
 from bot.fingerprint import fingerprint
-from bot.search import BisectResult, Verdict, bisect, isolate_axis
-from matrix.plan.cells import Cell, Choice
+from bot.search import BisectResult, Direction, Verdict, bisect, isolate_axis
 from matrix.declare.config import AXES
 from matrix.outcome import Outcome, worst
+from matrix.plan.cells import Cell, Choice
 from matrix.releases.versions import Release
 
 Outcomes = Mapping[tuple[str, str], str] | str
@@ -238,15 +246,24 @@ def regress(
         if conf.verdict == "infra":
             report.requeue += [c for c in (cand.bad_cell, cand.good_cell) if c not in report.requeue]
             continue
-        # --- bisection
-        finding, bisection = _bisect_candidate(cand, probe, releases, repos or {}, by_cell_case, report, now_s)
+        # --- bisection: introduced-in, then fixed-in when a newer release passes
+        finding, bisection, fix = _bisect_candidate(cand, probe, releases, repos or {}, by_cell_case, report,
+                                                    now_s)
         events = [{"event": "detected", "time": now_s, "version": finding["first_bad"]}]
         released = _upload_time(releases, finding["axis"], finding["component"], finding["first_bad"])
         if released:
             events.append({"event": "released", "time": released, "version": finding["first_bad"]})
+        if finding["fixed_in"]:
+            events.append({"event": "fixed", "time": now_s, "version": finding["fixed_in"]})
+            fix_released = _upload_time(releases, finding["axis"], finding["component"], finding["fixed_in"])
+            if fix_released:
+                events.append({"event": "fix-released", "time": fix_released, "version": finding["fixed_in"]})
         report.findings.append(finding)
         report.bisections.append(bisection)
         saved.append((finding, bisection, events))
+        if fix is not None:
+            report.bisections.append(fix)
+            saved.append((finding, fix, []))
         if finding["component"] in NARROWED:
             row = _narrow(narrow, finding, bisection)
             if row is not None:
@@ -263,7 +280,7 @@ def _narrow(narrow, finding: dict, bisection: dict) -> dict | None:
     import sys
 
     if narrow is None:
-        from bot.narrow import pipeline_narrower as narrow
+        return None
     row = narrow(finding, bisection)
     if row is not None:
         print(f"llama.cpp narrowing of {finding['component']} {finding['last_good']} -> {finding['first_bad']} "
@@ -287,7 +304,7 @@ def _once_per_cell(probe: Rerun) -> Rerun:
 
 
 def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_case, report: RegressReport,
-                      now_s: str) -> tuple[dict, dict]:
+                      now_s: str) -> tuple[dict, dict, dict | None]:
     case, stage = cand.case, cand.stage
     verdicts: dict[str, Verdict] = {cand.good_cell: Verdict.GOOD, cand.bad_cell: Verdict.BAD}
 
@@ -309,10 +326,14 @@ def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_ca
     good_v, bad_v = cand.changed[axis]
     # Other guilty axes (a failure that needs several together) are held at their bad versions.
     base = mixed({a: cand.changed[a][1] for a in guilty[1:]})
-    versions = _between([_version_str(r) for r in releases(axis, component)], good_v, bad_v)
+    known = [_version_str(r) for r in releases(axis, component)]
+    versions = _between(known, good_v, bad_v)
     started = now_s
-    result: BisectResult = bisect(versions, lambda v: cell_verdict(with_version(base, axis, v)),
-                                  old=0, new=len(versions) - 1)
+
+    def test(v: str) -> Verdict:
+        return cell_verdict(with_version(base, axis, v))
+
+    result: BisectResult = bisect(versions, test, old=0, new=len(versions) - 1)
     if result.found:
         last_good, first_bad = result.last_good, result.first_bad
     else:  # the range stays as detected; the bisection's status says why
@@ -329,16 +350,49 @@ def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_ca
         "good_key": good_rec.get("key", ""), "bad_key": bad_rec.get("key", ""),
         "compare_url": links.compare_url(repo[0], repo[1], last_good, first_bad) if repo else "",
         "repro": links.cell_repro(first_bad_cell), "status": "open",
-        "first_seen": now_s, "last_seen": now_s, "fixed_in": None,
+        "first_seen": now_s, "last_seen": now_s, "fixed_in": None, "last_bad": None,
         "guilty_axes": guilty, "first_bad_cell": first_bad_cell,
     }
-    bisection = {
-        "component": component, "versions": versions,
+    bisection = bisection_row(component, versions, result, started)
+    fix = None
+    newer = _newer(known, bad_v)
+    if newer and test(newer[-1]) is Verdict.GOOD:
+        fix_result = bisect(newer, test, old=0, new=len(newer) - 1, direction=Direction.FIXED)
+        fix = bisection_row(component, newer, fix_result, _now(None).isoformat(timespec="seconds"))
+        if fix_result.found:
+            finding.update(fixed_in=fix_result.first_new, last_bad=fix_result.last_old, status="fixed")
+            if repo:
+                fix["compare_url"] = links.compare_url(repo[0], repo[1], fix_result.last_old, fix_result.first_new)
+            fix["repro"] = links.cell_repro(with_version(base, axis, fix_result.first_new))
+    return finding, bisection, fix
+
+
+def bisection_row(component: str, versions: Sequence[str], result: BisectResult, started: str) -> dict:
+    """The store's ``bisections`` row of one search, in either direction (see
+    :attr:`matrix.outcome.Bisection.direction`: ``last_good``/``first_bad`` name a good and a bad
+    release whichever way the search went)."""
+    return {
+        "component": component, "versions": list(versions),
         "probes": [(v, verdict.value) for v, verdict in result.probes],
         "last_good": result.last_good, "first_bad": result.first_bad, "status": result.status,
+        "direction": result.direction.value,
         "started": started, "finished": _now(None).isoformat(timespec="seconds"),
     }
-    return finding, bisection
+
+
+def _newer(versions: Iterable[str], bad: str) -> list[str]:
+    """``bad`` and the final releases after it, ascending; empty when none is newer."""
+    versions = list(versions)
+    b = Version(bad)
+    newer = [(v, s) for s in versions if (v := _parse(s)) is not None and v > b and not v.is_prerelease]
+    return _between(versions, bad, max(newer)[1]) if newer else []
+
+
+def _parse(s: str) -> Version | None:
+    try:
+        return Version(s)
+    except InvalidVersion:
+        return None
 
 
 def _subjects(cand: Candidate) -> list[str]:
@@ -380,9 +434,9 @@ def _upload_time(releases, axis: str, component: str, version: str) -> str | Non
 
 def _now(now: str | datetime | None) -> datetime:
     if now is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     t = now if isinstance(now, datetime) else datetime.fromisoformat(now)
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 # ----------------------------------------------------------------------------- production adapters

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from bot import narrow
-from tests import narrow_demo
 from bot.search import Verdict
-from matrix.env import builds
-from matrix.env import gitsrc
+from matrix.env import builds, gitsrc
+from tests import narrow_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 T1, T2, NOW = "2026-01-01T00:00:00+00:00", "2026-01-08T00:00:00+00:00", "2026-01-08T12:00:00+00:00"
@@ -63,7 +62,9 @@ def test_the_pipeline_stores_why_a_llama_cpp_finding_was_not_narrowed(store, mon
     from bot.regress import regress
 
     monkeypatch.delenv(gitsrc.ENV_GIT, raising=False)
-    report = regress(store, "r2", rerun=_rerun, releases=lambda a, c: ["0.3.7", "0.3.8", "0.3.9"], now=NOW)
+    # the application layer hands the narrower in (bot.regress does not import bot.narrow)
+    report = regress(store, "r2", rerun=_rerun, releases=lambda a, c: ["0.3.7", "0.3.8", "0.3.9"], now=NOW,
+                     narrow=narrow.pipeline_narrower)
     (finding,) = report.findings
     assert (finding["last_good"], finding["first_bad"]) == ("0.3.7", "0.3.8")
     rows = store.bisections(finding["fingerprint"])
@@ -190,7 +191,7 @@ def test_the_bisect_command_narrows_llama_cpp_with_a_check_script(demo, tmp_path
     check = tmp_path / "check.py"
     check.write_text(CHECK.replace('sys.argv[1]', repr(str(model.path / "model.gguf"))))
     proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bisect", "llama.cpp", "b5000..b5004", str(check),
-                           "--git", str(demo["git"])], capture_output=True, text=True, cwd=ROOT, timeout=3000)
+                           "--git", str(demo["git"])], capture_output=True, text=True, cwd=ROOT, timeout=3000, check=False)
     print(proc.stdout, proc.stderr[-3000:])
     assert proc.returncode == 0
     assert "last good:  b5002" in proc.stdout and "first bad:  b5003" in proc.stdout
@@ -198,7 +199,7 @@ def test_the_bisect_command_narrows_llama_cpp_with_a_check_script(demo, tmp_path
     assert f"reproduce:  llmcompat bisect llama.cpp b5000..b5004 {check} --git {demo['git']}" in proc.stdout
     # no git source: said plainly, exit 2
     proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bisect", "llama.cpp", "b5000..b5004", str(check)],
-                          capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+                          capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, check=False)
     assert proc.returncode == 2 and "no llama.cpp git source configured" in proc.stderr
 
 

@@ -3,7 +3,7 @@ bisection -> findings, driven by plain functions that stand in for cell runs."""
 
 import sqlite3
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -80,7 +80,7 @@ def _v(s):
 
 def releases(axis, component):
     assert (axis, component) == ("engine", "eng")
-    return [Release(v, datetime(2025, 12, i + 1, tzinfo=timezone.utc)) for i, v in enumerate(ENGINE_RELEASES)]
+    return [Release(v, datetime(2025, 12, i + 1, tzinfo=UTC)) for i, v in enumerate(ENGINE_RELEASES)]
 
 
 def test_history_records(store):
@@ -123,7 +123,7 @@ def test_pipeline_end_to_end(store):
     assert b.versions == ("1.0", "1.1", "1.1.1", "1.2", "1.3") and b.status == "found"
     probed = [cid for cid in world.log if cid not in (cell_id("1.3"), cell_id("1.0"))]
     assert set(probed) <= {cell_id(v) for v in ("1.1", "1.1.1", "1.2")} and len(probed) == report.probes
-    assert dict((v, Verdict(x)) for v, x in b.probes)["1.2"] is Verdict.BAD
+    assert {v: Verdict(x) for v, x in b.probes}["1.2"] is Verdict.BAD
 
     events = {e["event"]: e for e in store.ttf_events(finding.fingerprint)}
     assert events["detected"]["time"] == NOW and events["detected"]["version"] == "1.2"
@@ -248,3 +248,52 @@ def test_quarantined_case_is_retested_and_released_or_extended(tmp_path):
         assert "cellA#k/template" not in active and "cellB#k/template" in active
         assert active["cellB#k/template"]["until"].startswith("2026-12-08")
         assert "k/template" in active  # not re-run: case-wide
+
+
+def test_a_regression_fixed_in_a_newer_release_is_bisected_to_its_fix(store):
+    """Engine releases after the bad cell's 1.3: 1.4 still fails, 1.5 fixed it, 1.6 passes. The
+    pipeline tests the newest on the bad cell, and since it passes, bisects 1.3..1.6 to the fix."""
+    rels = ENGINE_RELEASES[:-1] + ["1.4", "1.5", "1.6"]
+    seen = []
+
+    def rerun(cid):
+        seen.append(cid)
+        engine = _v(cid.split("/")[2].split("@")[1])
+        chat = "fail" if _v("1.2") <= engine < _v("1.5") else "pass"
+        return {("chat", "template"): chat, ("tools", "template"): "pass"}
+
+    def releases_(axis, component):
+        return [Release(v, datetime(2025, 12, i + 1, tzinfo=UTC)) for i, v in enumerate(rels)]
+
+    report = regress(store, "r2", rerun=rerun, releases=releases_, repos={"eng": ("acme/eng", "v{version}")}, now=NOW)
+    (finding,) = store.findings()
+    assert (finding.last_good, finding.first_bad) == ("1.1.1", "1.2")  # introduced-in
+    assert (finding.last_bad, finding.fixed_in, finding.status) == ("1.4", "1.5", "fixed")  # fixed-in
+    introduced, fixed = store.bisections(finding.fingerprint)
+    assert (introduced.direction, fixed.direction) == ("introduced", "fixed")
+    assert fixed.versions == ("1.3", "1.4", "1.5", "1.6") and fixed.status == "found"
+    assert (fixed.first_bad, fixed.last_good) == ("1.4", "1.5")  # the last bad and the first fixed release
+    assert fixed.compare_url == "https://github.com/acme/eng/compare/v1.4...v1.5"
+    assert fixed.repro == f'nox -s "cell({cell_id("1.5")})"'
+    assert len(fixed.probes) <= 4  # ceil(log2 4) + 2 over the interval searched
+    assert cell_id("1.6") in seen and len(report.bisections) == 2
+    events = {e["event"]: e for e in store.ttf_events(finding.fingerprint)}
+    assert events["fixed"]["version"] == "1.5"
+    assert events["fix-released"]["version"] == "1.5" and events["fix-released"]["time"].startswith("2025-12-07")
+    exported = store.export()
+    (f,) = exported["findings"]
+    assert (f["first_bad"], f["last_bad"], f["fixed_in"]) == ("1.2", "1.4", "1.5")
+    assert [b["direction"] for b in exported["bisections"]] == ["introduced", "fixed"]
+
+
+def test_a_regression_still_failing_in_the_newest_release_stays_open(store):
+    rels = ENGINE_RELEASES[:-1] + ["1.4"]
+
+    def rerun(cid):
+        engine = _v(cid.split("/")[2].split("@")[1])
+        return {("chat", "template"): "fail" if engine >= _v("1.2") else "pass", ("tools", "template"): "pass"}
+
+    regress(store, "r2", rerun=rerun, releases=lambda a, c: rels, now=NOW)
+    (finding,) = store.findings()
+    assert (finding.fixed_in, finding.last_bad, finding.status) == (None, None, "open")
+    assert [b.direction for b in store.bisections(finding.fingerprint)] == ["introduced"]
