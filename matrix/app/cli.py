@@ -39,7 +39,7 @@ def _options(args):
         cells=tuple(getattr(args, "cells", ()) or ()), jobs=getattr(args, "jobs", 2),
         force=getattr(args, "force", False), page=not getattr(args, "no_page", False),
         regress=not getattr(args, "no_regress", False),
-        bot_dry_run=getattr(args, "bot_dry_run", False),
+        bot_dry_run=getattr(args, "bot_dry_run", False), env=getattr(args, "env", None),
     )
 
 
@@ -50,6 +50,12 @@ def cmd_run(args) -> int:
 
     check_state(cache=True, site=None if args.no_page else paths.site_dir())  # before any work starts
     return main_job(_options(args))
+
+
+def cmd_images(args) -> int:
+    from matrix.app.images import build_images
+
+    return build_images(_options(args))
 
 
 def cmd_aa(args) -> int:
@@ -307,7 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-regress", action="store_true", help="do not look for regressions after the run")
     p.add_argument("--bot-dry-run", action="store_true",
                    help="then print what the GitHub bot would file (no token, no network)")
+    p.add_argument("--env", choices=["uv", "image"],
+                   help="run every cell in a uv environment or in its container image (default: the runner's)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("images", help="build the planned cells' container images (or --cell ids) without running them")
+    _common(p)
+    p.add_argument("--cell", dest="cells", action="append", default=[], help="this cell id only (repeatable)")
+    p.add_argument("--force", action="store_true", help="build again (through the layer cache) even when it exists")
+    p.set_defaults(func=cmd_images)
 
     p = sub.add_parser("aa", help="A/A: run the planned cells twice to measure the spurious rate")
     _common(p)

@@ -46,6 +46,8 @@ class Options:
     """After ingesting, look for regressions against history, confirm and bisect them."""
     bot_dry_run: bool = False
     """Then print what the GitHub bot would file (``--bot-dry-run``)."""
+    env: str | None = None
+    """``uv`` or ``image``: where every cell runs (``--env``); None: each runner's ``environment``."""
 
 
 @dataclass
@@ -268,7 +270,8 @@ def run_cells(prep: Prepared, opts: Options, store, console=None) -> RunSummary:
 
     started_at, started = now_iso(), time.perf_counter()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    runner = CellRunner(prep.matrix, prep.suites, prep.models, known_keys=store.reusable_keys())  # infra: retried
+    runner = CellRunner(prep.matrix, prep.suites, prep.models, known_keys=store.reusable_keys(),  # infra: retried
+                        env=opts.env)
     reports: list[CellReport] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[current]}"), console=console,
