@@ -12,6 +12,7 @@
 #   "pygithub>=2.6",
 #   "uv>=0.5",
 #   "pip>=23",
+#   "docker>=7.1",
 # ]
 # ///
 """The front door: the main job, one session per planned cell, goldens, tests and benchmarks.
@@ -96,6 +97,19 @@ def matrix(session: nox.Session) -> None:
 def cell(session: nox.Session, cell: str) -> None:
     """One planned cell: resolve, build its uv environment by key, run the probe, ingest."""
     _llmcompat(session, "run", "--cell", cell, *session.posargs)
+
+
+@nox.session(python=False)
+@nox.parametrize("cell", [nox.param(cid, id=cid) for cid in _planned_cell_ids()])
+def image(session: nox.Session, cell: str) -> None:
+    """One planned cell in its container image: build it (once per key), run the probe inside, ingest."""
+    _llmcompat(session, "run", "--env", "image", "--cell", cell, *session.posargs)
+
+
+@nox.session(python=False)
+def images(session: nox.Session) -> None:
+    """Build the planned cells' container images (skipped where the image of a key exists); run none."""
+    _llmcompat(session, "images", *session.posargs)
 
 
 @nox.session(python=False)
