@@ -230,8 +230,11 @@ def _sources(path: Path, names: Iterable[str]) -> str:
     return "\n\n\n".join(out)
 
 
-_RENDER_HELPERS = ("OutputTooLarge", "_plain", "_REASONING_FIELDS", "CONTINUE_TAG", "prepare_messages",
-                   "cut_continued", "default_generation_prompt", "jinja2_renderer")
+_MESSAGE_HELPERS = ("_plain", "_REASONING_FIELDS", "CONTINUE_TAG", "prepare_messages", "cut_continued",
+                    "default_generation_prompt")
+"""Of the probe's ``chat_messages.py``: the messages as transformers hands them to a template."""
+_RENDER_HELPERS = ("OutputTooLarge", "jinja2_renderer")
+"""Of the probe's ``stage_template.py``: the jinja2 renderer the way transformers runs it."""
 
 
 def _safe(text: str) -> str:
@@ -357,14 +360,15 @@ def _pass_line(spec: Spec) -> str:
 
 def _render_body(spec: Spec) -> str:
     if spec.front == "jinja2":
-        helpers = "import jinja2  # noqa: F401 - the library under test\n\n\n" + _sources(
-            PROBE / "stage_template.py", _RENDER_HELPERS)
+        helpers = ("import jinja2  # noqa: F401 - the library under test\n\n\n"
+                   + _sources(PROBE / "chat_messages.py", _MESSAGE_HELPERS) + "\n\n\n"
+                   + _sources(PROBE / "stage_template.py", _RENDER_HELPERS))
         load = ("def load():\n    import jinja2\n    special = {k: v for k, v in json.loads(zlib.decompress(base64.b85decode("
                 "FILES['tokenizer_config.json']))).items() if k in ('bos_token', 'eos_token', 'pad_token', 'unk_token')"
                 " and isinstance(v, str)}\n    return lambda: jinja2_renderer(TEMPLATE, special, {})\n")
         render = "    render = lib()\n    text = render(CASE)\n"
     else:
-        helpers = _sources(PROBE / "stage_template.py", ("default_generation_prompt",))
+        helpers = _sources(PROBE / "chat_messages.py", ("default_generation_prompt",))
         load = ("def load():\n    from transformers import AutoTokenizer\n"
                 "    return AutoTokenizer.from_pretrained(model_dir())\n")
         render = ("    kwargs = dict(CASE.get('template_kwargs', {}))\n"

@@ -17,6 +17,7 @@ from tests.conftest import or_skip as _or_skip
 PROBE_DIR = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 
+import engine_registry  # noqa: E402
 import engines  # noqa: E402  (probe-side modules: standard library only)
 import engines_extra  # noqa: E402
 import stage_inference as si  # noqa: E402
@@ -30,19 +31,20 @@ MODULES = {"mistralrs": "mistralrs", "onnxruntime-genai": "onnxruntime_genai", "
 
 
 @pytest.fixture
-def registry(monkeypatch):
-    """engines.ENGINES with the extra adapters, as the lead's registration makes it."""
-    monkeypatch.setattr(engines, "ENGINES", {**engines.ENGINES, **engines_extra.ADAPTERS})
+def registry():
+    """engine_registry.ENGINES holds the extra adapters (built explicitly, no registration step)."""
+    assert set(engines_extra.ADAPTERS.items()) <= set(engine_registry.ENGINES.items())
 
 
 # --------------------------------------------------------------------------- contract (no engine)
 
 def test_adapters_are_named_engines_with_the_common_interface():
     assert set(engines_extra.ADAPTERS) == {"mistralrs", "onnxruntime-genai", "openvino-genai"}
-    assert engines.add_adapters(engines_extra.ADAPTERS, {"mistralrs": None})["mistralrs"] is None  # never replaces
+    with pytest.raises(ValueError, match="'mistralrs' is registered twice"):  # never replaces
+        engine_registry.build(engines_extra.ADAPTERS, {"mistralrs": engines.Engine})
     for name, cls in engines_extra.ADAPTERS.items():
         assert cls.name == name and issubclass(cls, engines.Engine) and not cls.server
-        assert name not in engines.ENGINES or engines.ENGINES[name] is cls  # no clash with engines.py
+        assert name not in engine_registry.ENGINES or engine_registry.ENGINES[name] is cls  # no clash with engines.py
     assert issubclass(engines_extra.PromptMismatch, engines.ProtocolError)
 
 

@@ -23,6 +23,7 @@ from tests.conftest import or_skip
 PROBE_DIR = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 
+import engine_registry  # noqa: E402
 import engines  # noqa: E402  (probe-side modules: standard library only)
 import engines_gpu as eg  # noqa: E402
 import servers  # noqa: E402
@@ -46,17 +47,18 @@ def _flag(cmd: list[str], name: str) -> str:
 def test_the_three_adapters_are_registered_servers_without_clashes():
     assert set(eg.ADAPTERS) == {"vllm", "sglang", "ollama"}
     for name, cls in eg.ADAPTERS.items():
-        assert engines.ENGINES[name] is cls and cls.name == name
+        assert engine_registry.ENGINES[name] is cls and cls.name == name
         assert issubclass(cls, engines.ServerEngine) and cls.server
-        assert isinstance(engines.make(name, dict(JOB)), cls)
-    assert engines.add_adapters(eg.ADAPTERS, {"vllm": None})["vllm"] is None  # never replaces a registered name
+        assert isinstance(engine_registry.make(name, dict(JOB)), cls)
+    with pytest.raises(ValueError, match="'vllm' is registered twice"):  # never replaces a registered name
+        engine_registry.build(eg.ADAPTERS, {"vllm": engines.Engine})
     assert {"vllm", "sglang", "ollama"} <= set(__import__("matrix.cell.run", fromlist=["SERVER_ENGINES"]).SERVER_ENGINES)
 
 
 # --------------------------------------------------------------------------- vLLM
 
 def test_vllm_command_pins_precision_seed_eager_generation_config_and_logprobs():
-    eng = engines.make({"name": "vllm", "seed": 7}, dict(JOB))
+    eng = engine_registry.make({"name": "vllm", "seed": 7}, dict(JOB))
     cmd = eng.command()
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert _flag(cmd, "--model") == "/models/tiny"
@@ -69,13 +71,13 @@ def test_vllm_command_pins_precision_seed_eager_generation_config_and_logprobs()
     # the server fills in a free loopback port
     srv = servers.Server(cmd, name="vllm")
     assert _flag(srv.cmd, "--host") == "127.0.0.1" and int(_flag(srv.cmd, "--port")) == srv.port > 0
-    older = engines.make({"name": "vllm", "logprobs_mode": None, "dtype": "bfloat16", "extra_args": ["--x", 1]},
+    older = engine_registry.make({"name": "vllm", "logprobs_mode": None, "dtype": "bfloat16", "extra_args": ["--x", 1]},
                          dict(JOB)).command()
     assert "--logprobs-mode" not in older and _flag(older, "--dtype") == "bfloat16" and older[-2:] == ["--x", "1"]
 
 
 def test_vllm_request_gives_the_golden_ids_greedy_with_top_k_logprobs():
-    eng = engines.make("vllm", dict(JOB))
+    eng = engine_registry.make("vllm", dict(JOB))
     eng.model_name = eg.SERVED_NAME
     body = eng.body(CASE, "ids")
     assert body["prompt"] == [11, 12, 13, 14] and body["model"] == eg.SERVED_NAME
@@ -111,7 +113,7 @@ VLLM_ANSWER = {
 
 
 def test_vllm_answer_parses_into_ids_with_top_k_best_first():
-    gen = engines.make("vllm", dict(JOB))._parse(json.loads(json.dumps(VLLM_ANSWER)), "ids")
+    gen = engine_registry.make("vllm", dict(JOB))._parse(json.loads(json.dumps(VLLM_ANSWER)), "ids")
     assert (gen.by, gen.tokens, gen.text, gen.finish_reason) == ("ids", [5, 6, 7], "abc", "length")
     assert gen.topk[0] == [[5, -0.1], [9, -2.5], [3, -3.0], [1, -4.0], [2, -4.5]]  # k = 5 of 6
     assert gen.topk[2] == [[7, -0.5], [1, -3.0]]  # sorted, not in answer order
@@ -122,25 +124,25 @@ def test_vllm_answer_parses_into_ids_with_top_k_best_first():
     plain = json.loads(json.dumps(VLLM_ANSWER))
     plain["choices"][0]["logprobs"]["tokens"] = ["a", "b", "c"]
     plain["choices"][0]["logprobs"]["top_logprobs"] = [{"a": -0.1}, {"b": -0.2}, {"c": -0.3}]
-    assert engines.make("vllm", dict(JOB))._parse(plain, "ids").by == "pieces"
+    assert engine_registry.make("vllm", dict(JOB))._parse(plain, "ids").by == "pieces"
 
 
 # --------------------------------------------------------------------------- SGLang
 
 def test_sglang_command_pins_precision_seed_and_disables_graphs_and_prefix_cache():
-    cmd = engines.make("sglang", dict(JOB)).command()
+    cmd = engine_registry.make("sglang", dict(JOB)).command()
     assert cmd[:3] == [sys.executable, "-m", "sglang.launch_server"]
     assert _flag(cmd, "--model-path") == "/models/tiny" and _flag(cmd, "--host") == "{host}"
     assert _flag(cmd, "--port") == "{port}" and _flag(cmd, "--dtype") == "float32"
     assert _flag(cmd, "--random-seed") == "0" and _flag(cmd, "--context-length") == "512"
     assert _flag(cmd, "--attention-backend") == "torch_native" and _flag(cmd, "--sampling-backend") == "pytorch"
     assert {"--disable-cuda-graph", "--disable-radix-cache"} <= set(cmd)
-    kept = engines.make({"name": "sglang", "radix_cache": True, "deterministic_inference": True}, dict(JOB)).command()
+    kept = engine_registry.make({"name": "sglang", "radix_cache": True, "deterministic_inference": True}, dict(JOB)).command()
     assert "--disable-radix-cache" not in kept and "--enable-deterministic-inference" in kept
 
 
 def test_sglang_request_is_native_generate_from_ids_with_top_logprobs():
-    body = engines.make("sglang", dict(JOB)).body(CASE)
+    body = engine_registry.make("sglang", dict(JOB)).body(CASE)
     assert body["input_ids"] == [11, 12, 13, 14] and "text" not in body
     assert body["return_logprob"] is True and body["top_logprobs_num"] == 5 and body["logprob_start_len"] == -1
     p = body["sampling_params"]
@@ -148,7 +150,7 @@ def test_sglang_request_is_native_generate_from_ids_with_top_logprobs():
     assert p["max_new_tokens"] == 3 and p["ignore_eos"] is True and p["skip_special_tokens"] is False
     assert "sampling_seed" not in p  # greedy: no seed needed (and older servers reject the field)
     sampled = dict(CASE, sampling=dict(CASE["sampling"], temperature=0.7, top_k=40, seed=3))
-    assert engines.make("sglang", dict(JOB)).body(sampled)["sampling_params"]["sampling_seed"] == 3
+    assert engine_registry.make("sglang", dict(JOB)).body(sampled)["sampling_params"]["sampling_seed"] == 3
 
 
 # /generate with return_logprob, as SGLang's native API docs show it: meta_info carries
@@ -171,7 +173,7 @@ SGLANG_ANSWER = {
 
 
 def test_sglang_answer_parses_into_ids_and_top_k():
-    eng = engines.make("sglang", dict(JOB))
+    eng = engine_registry.make("sglang", dict(JOB))
     gen = eng.parse(json.loads(json.dumps(SGLANG_ANSWER)), 4)
     assert (gen.by, gen.tokens, gen.text, gen.finish_reason) == ("ids", [5, 6, 7], "abc", "length")
     assert gen.topk[1] == [[6, -0.25], [8, -1.9]]
@@ -188,7 +190,7 @@ def test_sglang_answer_parses_into_ids_and_top_k():
 # --------------------------------------------------------------------------- Ollama
 
 def test_ollama_request_is_raw_text_with_every_option_pinned():
-    eng = engines.make("ollama", dict(JOB))
+    eng = engine_registry.make("ollama", dict(JOB))
     eng.model_name = eg.SERVED_NAME
     body = eng.body(CASE)
     assert body["prompt"] == CASE["prompt_text"] and body["raw"] is True and body["stream"] is False
@@ -219,7 +221,7 @@ OLLAMA_ANSWER = {
 
 
 def test_ollama_answer_parses_into_pieces_or_text_only():
-    eng = engines.make("ollama", dict(JOB))
+    eng = engine_registry.make("ollama", dict(JOB))
     gen = eng.parse(json.loads(json.dumps(OLLAMA_ANSWER)), 4)
     assert (gen.by, gen.tokens, gen.text, gen.finish_reason, gen.prompt_kind) == (
         "pieces", ["a", "b", "c"], "abc", "length", "text")
@@ -253,12 +255,12 @@ def test_vllm_and_sglang_without_their_package_or_a_gpu_are_unavailable_with_the
     for name in ("vllm", "sglang"):
         if not engines.have(name):
             with pytest.raises(engines.EngineUnavailable, match=f"{name} is not installed in this cell"):
-                engines.make(name, dict(JOB)).start()
+                engine_registry.make(name, dict(JOB)).start()
     monkeypatch.setattr(eg, "have", lambda mod: True)
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
     for name in ("vllm", "sglang"):
         with pytest.raises(engines.EngineUnavailable, match=r"needs a GPU runner: no NVIDIA GPU \(nvidia-smi not found\)"):
-            engines.make(name, dict(JOB)).start()
+            engine_registry.make(name, dict(JOB)).start()
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit 9\n")
     smi.chmod(0o755)
@@ -270,17 +272,17 @@ def test_ollama_without_its_binary_or_model_files_is_unavailable_with_the_reason
     monkeypatch.setenv("PATH", str(tmp_path))
     job = {"model_dir": str(tmp_path)}
     with pytest.raises(engines.EngineUnavailable, match="no ollama binary on PATH"):
-        engines.make("ollama", job).start()
+        engine_registry.make("ollama", job).start()
     with pytest.raises(engines.EngineUnavailable, match="does not exist"):
-        engines.make({"name": "ollama", "bin": str(tmp_path / "nope")}, job).start()
+        engine_registry.make({"name": "ollama", "bin": str(tmp_path / "nope")}, job).start()
     exe = tmp_path / "ollama"
     exe.write_text("#!/bin/sh\nexit 1\n")
     exe.chmod(0o755)
     with pytest.raises(engines.EngineUnavailable, match="no Ollama Modelfile"):
-        engines.make("ollama", job).start()
+        engine_registry.make("ollama", job).start()
     (tmp_path / "Modelfile").write_text("FROM ./model.gguf\n")
     with pytest.raises(engines.EngineUnavailable, match="no GGUF file"):
-        engines.make("ollama", job).start()
+        engine_registry.make("ollama", job).start()
 
 
 def test_a_start_that_fails_is_infra_with_the_log_and_leaves_nothing_behind(tmp_path):
@@ -299,7 +301,7 @@ def test_a_start_that_fails_is_infra_with_the_log_and_leaves_nothing_behind(tmp_
     assert (r["outcome"], r["klass"]) == ("infra", "engine-start")
     assert "exited with 1" in r["detail"] and "bind: address already in use" in r["detail"]
     assert "127.0.0.1:" in r["detail"]  # OLLAMA_HOST: a loopback port of its own
-    eng = engines.make(job["engines"][0], job)
+    eng = engine_registry.make(job["engines"][0], job)
     with pytest.raises(engines.EngineInfra, match="exited with 1"):
         eng.start()
     store = eng._tmp

@@ -14,6 +14,7 @@ import pytest
 PROBE_DIR = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 
+import engine_registry  # noqa: E402
 import engines  # noqa: E402  (probe-side modules: standard library only)
 import servers  # noqa: E402
 import stage_inference as si  # noqa: E402
@@ -169,12 +170,12 @@ def _stub_run(tmp_path, mode):
             "sampling": dict(engines.DEFAULT_SAMPLING), "expect": {"gen": REF}}
     rec = Recorder("check")
     facts: dict = {}
-    orig = engines.make
-    engines.make = lambda spec, job: eng
+    orig = engine_registry.make
+    engine_registry.make = lambda spec, job: eng
     try:
         si.run_engine("stub-server", job, [case], rec, facts)
     finally:
-        engines.make = orig
+        engine_registry.make = orig
     assert eng.srv.proc is None  # stopped in `finally`
     return {r["check"]: r for r in rec.records}, facts["stub-server"]
 

@@ -21,6 +21,7 @@ PROBE_DIR = ROOT / "matrix" / "probe"
 if str(PROBE_DIR) not in sys.path:
     sys.path.insert(0, str(PROBE_DIR))
 
+import engine_registry  # noqa: E402
 import engines  # noqa: E402
 import probe  # noqa: E402
 import stage_template  # noqa: E402
@@ -209,8 +210,8 @@ def test_a_killed_probe_leaves_no_llama_server_behind(tmp_path, model):
 def test_the_engine_generates_from_ids_with_top_k_and_is_skipped_without_a_binary(tmp_path, model):
     job = {"model_dir": str(model.path), "limits": {"server_start_seconds": 20}}
     with pytest.raises(engines.EngineUnavailable, match="llama_server_bin"):
-        engines.make("llama-server", job).start()
-    eng = engines.make({"name": "llama-server", "parallel": 2}, {**job, "llama_server_bin": str(stub_server(tmp_path, "ok"))})
+        engine_registry.make("llama-server", job).start()
+    eng = engine_registry.make({"name": "llama-server", "parallel": 2}, {**job, "llama_server_bin": str(stub_server(tmp_path, "ok"))})
     try:
         eng.start()
         gen = eng.generate({"id": "x", "prompt_ids": [1, 2, 3], "max_new_tokens": 3})

@@ -655,30 +655,6 @@ class OpenAIEndpointEngine(ServerEngine):
         self.model_name = self.options.get("model") or self._first_model()
 
 
-ENGINES = {cls.name: cls for cls in (TransformersEngine, LlamaCppEngine, LlamaCppServerEngine,
-                                     TransformersServeEngine, OpenAIEndpointEngine, LlamaServerEngine)}
-
-
-def add_adapters(adapters: dict, registry: dict) -> dict:
-    """Add adapters (name -> class) to an engine registry; names it already has are left alone.
-    The modules of further adapters (engines_extra, engines_gpu) register themselves with it."""
-    for name, cls in adapters.items():
-        registry.setdefault(name, cls)
-    return registry
-
-
-def make(spec, job: dict) -> Engine:
-    """An adapter from a ``job["engines"]`` entry (a name, or a mapping with ``name``)."""
-    if isinstance(spec, str):
-        name, opts = spec, {}
-    else:
-        opts = dict(spec)
-        name = opts.pop("name")
-    opts = {**(job.get("engine_options", {}).get(name) or {}), **opts}
-    cls = ENGINES.get(name)
-    if cls is None:
-        raise EngineUnavailable(f"unknown engine {name!r} (known: {', '.join(sorted(ENGINES))})")
-    return cls(job, opts)
-
-import engines_extra  # noqa: E402,F401 - registers mistralrs, onnxruntime-genai, openvino-genai
-import engines_gpu  # noqa: E402,F401 - registers vllm, sglang, ollama
+ADAPTERS = {cls.name: cls for cls in (TransformersEngine, LlamaCppEngine, LlamaCppServerEngine,
+                                      TransformersServeEngine, OpenAIEndpointEngine, LlamaServerEngine)}
+"""The core adapters by name; :mod:`engine_registry` joins them with the others."""

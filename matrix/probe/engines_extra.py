@@ -3,8 +3,7 @@
 Same contract as :mod:`engines` (``start`` / ``generate`` / ``facts`` / ``close``; a missing
 package raises :class:`engines.EngineUnavailable`, so the engine's checks are ``skipped``).
 Standard library only at import time; each engine is imported lazily in ``start``, inside the
-cell's environment. Registration: ``engines.py`` ends with ``import engines_extra``; this module
-then adds :data:`ADAPTERS` to ``engines.ENGINES`` itself (either import order works).
+cell's environment. :data:`ADAPTERS` joins the others in :mod:`engine_registry`.
 
 ``mistralrs``          the ``mistralrs`` wheel's ``Runner`` on the model directory (safetensors,
                        float32; option ``source: gguf`` loads ``model.gguf`` instead). Its Python
@@ -377,18 +376,10 @@ class OpenVINOGenAIEngine(ExportEngine):
 
 
 ADAPTERS = {cls.name: cls for cls in (MistralRsEngine, OnnxRuntimeGenAIEngine, OpenVINOGenAIEngine)}
-"""Engine name -> adapter class, for ``engines.ENGINES``."""
+"""Engine name -> adapter class, for :mod:`engine_registry`."""
 
 EXPORT_ENGINES = {"onnxruntime-genai": "onnxruntime-genai", "openvino-genai": "openvino-genai"}
 """Engines that need a host-made export: engine name -> key in ``job["exports"]``."""
 
 __all__ = ["ADAPTERS", "EXPORT_ENGINES", "MistralRsEngine", "OnnxRuntimeGenAIEngine", "OpenVINOGenAIEngine",
            "PromptMismatch"]
-
-
-# Self-registration, safe in either import order: engines.py ends with `import engines_extra`;
-# here `engines` is either fully imported or stopped at that last line, with ENGINES and
-# add_adapters defined.
-import engines as _engines  # noqa: E402
-
-_engines.add_adapters(ADAPTERS, _engines.ENGINES)

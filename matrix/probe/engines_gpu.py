@@ -454,12 +454,7 @@ class OllamaEngine(ServerEngine):
 # --------------------------------------------------------------------------- registration
 
 ADAPTERS = {cls.name: cls for cls in (VllmEngine, SGLangEngine, OllamaEngine)}
-"""Engine name -> adapter class, for ``engines.ENGINES``."""
+"""Engine name -> adapter class, for :mod:`engine_registry`."""
 
 __all__ = ["ADAPTERS", "OllamaEngine", "SGLangEngine", "VllmEngine", "gpu_reason", "modelfile_for",
            "ollama_binary"]
-
-
-import engines as _engines  # noqa: E402  (either import order works, as in engines_extra)
-
-_engines.add_adapters(ADAPTERS, _engines.ENGINES)

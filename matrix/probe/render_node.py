@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from chat_messages import cut_continued, default_generation_prompt, prepare_messages
+
 PACKAGE = "@huggingface/jinja"
 SCRIPT = Path(__file__).resolve().with_name("render_hf_jinja.mjs")
 MIN_NODE_MAJOR = 18
@@ -181,8 +183,6 @@ def _node_binary(job: dict) -> tuple[str, str]:
 def _payload(case: dict) -> dict:
     """What node renders for a case: messages as a transformers.js caller passes them (no
     reasoning alias), with ``continue_final_message`` marked as transformers marks it."""
-    from stage_template import default_generation_prompt, prepare_messages
-
     try:
         messages, _ = prepare_messages(case, alias_reasoning=False)
     except ValueError:
@@ -360,8 +360,6 @@ def node_renderer(template_src: str, special: dict, limits: dict, job: dict | No
             answer = batch.run([payload])[payload["id"]]
         if "text" in answer:
             if case.get("continue_final_message"):
-                from stage_template import cut_continued, prepare_messages
-
                 _, final = prepare_messages(case, alias_reasoning=False)
                 return cut_continued(answer["text"], final)
             return answer["text"]

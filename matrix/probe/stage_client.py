@@ -534,11 +534,12 @@ class Target:
                 self.base_url = self.base_url[:-3]
             self.facts = {"kind": "url", "base_url": self.base_url}
         else:
+            import engine_registry
             import engines
 
             name = spec.pop("engine", None) or spec.pop("name", None)
             try:
-                eng = engines.make({"name": name, **spec}, self.job)
+                eng = engine_registry.make({"name": name, **spec}, self.job)
             except engines.EngineUnavailable as exc:
                 raise Skip(str(exc)) from None
             if not getattr(eng, "server", False):

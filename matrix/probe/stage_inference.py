@@ -323,13 +323,14 @@ def _name(spec) -> str:
 
 
 def run_engine(spec, job: dict, cases: list[dict], rec, facts: dict, skipped: list | None = None) -> None:
+    import engine_registry
     import engines
 
     name = _name(spec)
     started = time.perf_counter()
     info: dict = {}
     try:
-        eng = engines.make(spec, job)
+        eng = engine_registry.make(spec, job)
     except engines.EngineUnavailable as exc:
         _skip(name, str(exc), facts, skipped)
         return

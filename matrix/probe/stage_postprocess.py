@@ -1021,12 +1021,13 @@ def stream_request(client, path: str, body: dict) -> list:
 
 
 def server_checks(ctx: _Ctx, spec, name: str) -> None:
+    import engine_registry
     import engines
     from probe import first_divergence
     from servers import HTTPStatusError
 
     try:
-        eng = engines.make(spec, ctx.job)
+        eng = engine_registry.make(spec, ctx.job)
     except engines.EngineUnavailable as exc:
         raise Unavailable(str(exc)) from None
     try:
