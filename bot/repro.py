@@ -293,7 +293,7 @@ def script(finding, inputs: Inputs | None = None, *, cell_row: Mapping | None = 
         "FILES = {",
         *[f"    {name!r}: {_packed(data)!r}," for name, data in sorted(inputs.files.items())],
         "}",
-        f"CASE = json.loads({json.dumps(inputs.case, ensure_ascii=False, sort_keys=True)!r})",
+        f"CASE = json.loads({json.dumps(inputs.case, ensure_ascii=False)!r})",
         f"TEMPLATE = {inputs.template!r}",
         f"WEIGHTS = os.environ.get('REPRO_WEIGHTS', {inputs.weights!r})",
         "",
