@@ -146,8 +146,13 @@ def _parse(text: str, file: str) -> tuple[Any, dict[str, int]]:
             where = f" started at line {cm.line + 1}" if cm and mark and cm.line != mark.line else ""
             message += f" ({exc.context}{where})"
         raise ConfigError(file, DOCUMENT, snippet, message, line=line) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else None
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise ConfigError(file, DOCUMENT, None, f"malformed YAML: unacceptable character {char}: {exc.reason}",
+                          line=line) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(file, DOCUMENT, None, f"malformed YAML: {exc}") from None
+        raise ConfigError(file, DOCUMENT, None, "malformed YAML: " + " ".join(str(exc).split())) from None
     finally:
         loader.dispose()
 
