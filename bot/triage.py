@@ -219,8 +219,11 @@ def triage(finding, facts: Facts) -> Triage:
     for d in implicated:
         why = _violation(d.req, facts.installed)
         if d.extras and why is not None:
-            ranked = sorted(d.extras, key=lambda e: (e in AGGREGATE_EXTRAS, e))
-            return Triage(MATRIX_CONFIGURATION, f"{who} declares {_bare(d.req)} in {_extras_text(d.extras)}; the cell "
+            name = canonicalize_name(d.req.name)
+            extras = {e for o in implicated if canonicalize_name(o.req.name) == name and o.extras
+                      and _violation(o.req, facts.installed) is not None for e in o.extras}
+            ranked = sorted(extras, key=lambda e: (e in AGGREGATE_EXTRAS, e))
+            return Triage(MATRIX_CONFIGURATION, f"{who} declares {_bare(d.req)} in {_extras_text(extras)}; the cell "
                           f"installed {meta.name} without it and has {d.req.name} {why}: install "
                           f"{meta.name}[{ranked[0]}]", False)
     if klass in REQUIREMENT_KLASSES:

@@ -8,6 +8,8 @@ import math
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from packaging.specifiers import SpecifierSet
 
 from bot import links
@@ -15,6 +17,7 @@ from bot.bisect_cmd import (
     LEGACY_CHECK,
     BisectUsageError,
     PackageTest,
+    answer,
     main,
     parse_versions_arg,
     run_bisection,
@@ -22,7 +25,7 @@ from bot.bisect_cmd import (
     versions_to_bisect,
 )
 from bot.check import BisectAborted, check_command, verdict_for_exit
-from bot.search import Verdict, bisect_bound
+from bot.search import Direction, Verdict, bisect_bound
 from matrix.releases.versions import Release
 
 RANGE = ">=20,<24"
@@ -96,6 +99,45 @@ def test_run_bisection_with_plain_probe():
         run_bisection(versions, lambda v: Verdict.GOOD, bad="9.9")
     with pytest.raises(BisectUsageError, match="not older than"):
         run_bisection(versions, lambda v: Verdict.GOOD, good="1.6", bad="1.2")
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_answer_over_any_good_bad_good_history(data):
+    """A history good..bad..good (each stretch possibly empty), asked either way, with or without
+    ends given: every version is tested once, within the bound printed, and a found answer is a
+    verified adjacent pair of the direction it names."""
+    n = data.draw(st.integers(2, 60))
+    start = data.draw(st.integers(0, n))
+    stop = data.draw(st.integers(start, n))  # bad: start <= i < stop
+    versions = [f"1.{i}" for i in range(n)]
+    verdict = {v: Verdict.BAD if start <= i < stop else Verdict.GOOD for i, v in enumerate(versions)}
+    direction = data.draw(st.sampled_from(Direction))
+    calls = []
+
+    def test(v):
+        calls.append(v)
+        return verdict[v]
+
+    res = answer(versions, test, direction=direction, samples=data.draw(st.integers(0, 6)))
+    assert len(calls) == len(set(calls)) == len(res.probes) <= res.bound
+    for r in (res.introduced, res.fixed):
+        if r is not None and r.found:
+            assert verdict[r.last_good] is Verdict.GOOD and verdict[r.first_bad] is Verdict.BAD
+            assert abs(versions.index(r.last_good) - versions.index(r.first_bad)) == 1
+    ends = (verdict[versions[0]], verdict[versions[-1]])
+    if ends == (Verdict.BAD, Verdict.BAD):
+        assert res.status == "bad-at-both-ends" and not res.found
+    elif ends == (Verdict.GOOD, Verdict.GOOD):
+        assert res.status in ("found-both", "good-at-both-ends")
+        if res.status == "good-at-both-ends":
+            assert not any(verdict[v] is Verdict.BAD for v in res.sampled)
+        else:
+            assert res.introduced.first_bad == versions[start] and res.fixed.last_good == versions[stop]
+    elif (direction is Direction.INTRODUCED) == (ends == (Verdict.GOOD, Verdict.BAD)):
+        assert res.status == "found" and res.found
+    else:
+        assert res.status == "reversed" and not res.found
 
 
 # ------------------------------------------------------------------------- real bisection
