@@ -241,9 +241,17 @@ def bench_narrow() -> None:
                   + ", ".join(f"{m['seconds']:.0f}s ({m['compiled']} TUs)" for m in fulls))
 
 
+def bench_images() -> None:
+    """Cell images with the real Docker engine: cached rebuild, a shared engine layer, size per engine."""
+    from tests.bench_images import run
+
+    run(report)
+
+
 BENCHES = {"env": bench_env_creation, "rerun": bench_second_run, "pairwise": bench_pairwise,
            "bisect": bench_bisect_probes, "noise": bench_noise, "bisect-real": bench_bisect_real,
-           "stages": bench_stages_in_process, "cell-suite": bench_cell_suite, "narrow": bench_narrow}
+           "stages": bench_stages_in_process, "cell-suite": bench_cell_suite, "narrow": bench_narrow,
+           "images": bench_images}
 
 
 def main(argv=None) -> int:

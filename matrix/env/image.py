@@ -199,10 +199,11 @@ def index_secret(config=None, ca: str | None = None) -> str:
 
 
 def ca_bundle(explicit: str | None = None, config=None) -> str | None:
-    """The CA bundle a build trusts: an explicit one, else pip's ``cert`` (``PIP_CERT``), else
-    ``SSL_CERT_FILE``; None when none is set (the index is then trusted by public roots only)."""
+    """The CA bundle a build trusts: an explicit one (or ``$LLMCOMPAT_BUILD_CA``), else pip's
+    ``cert`` (``PIP_CERT``), else ``SSL_CERT_FILE``; None when none is set (public roots only)."""
     from matrix.releases.index import pip_config
 
+    explicit = explicit or os.environ.get("LLMCOMPAT_BUILD_CA")
     for candidate in (explicit, (config or pip_config()).cert, os.environ.get("SSL_CERT_FILE")):
         if candidate and Path(candidate).is_file():
             return candidate
