@@ -42,7 +42,8 @@ Steps (:func:`regress`):
    ``not narrowed: <why>``. Its ``versions`` are the candidates; ``compare_url`` and ``repro``
    are llama.cpp's own.
 
-:func:`bisect_fixes` does step 6 for difference findings a run no longer shows.
+:func:`bisect_fixes` does step 6 for difference findings a run no longer shows: their first fixed
+release, on the cell they failed in.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from bot.detect import Candidate, detect
 from bot.fingerprint import fingerprint
 from bot.search import BisectResult, Direction, Verdict, bisect, isolate_axis
 from matrix.declare.config import AXES
-from matrix.outcome import Outcome, worst
+from matrix.outcome import Finding, Outcome, worst
 from matrix.plan.cells import Cell, Choice
 from matrix.releases.versions import Release
 
@@ -439,12 +440,82 @@ def _now(now: str | datetime | None) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+# ----------------------------------------------------------------------------- fixed differences
+
+CheckOutcomes = Mapping[tuple[str, str, str], str] | str
+"""A re-run's outcomes per (case, stage, check), or one outcome for a cell without results."""
+
+
+def check_verdict(outcomes: CheckOutcomes, finding: Finding) -> Verdict:
+    """A difference's test at one cell: BAD when its check fails in any of its cases, GOOD when it
+    ran and passed in them, UNKNOWN when it did not run (infra, unresolvable, skipped)."""
+    if isinstance(outcomes, str):
+        return Verdict.UNKNOWN
+    cases = set(finding.cases) or {finding.case_id}
+    seen = [o for (case, stage, check), o in outcomes.items()
+            if check == finding.check_name and stage == finding.stage and case in cases]
+    if "fail" in seen:
+        return Verdict.BAD
+    return Verdict.GOOD if "pass" in seen else Verdict.UNKNOWN
+
+
+def bisect_fixes(store, *, rerun: Callable[[str], CheckOutcomes], releases: Callable[[str, str], Sequence],
+                 repos: Mapping[str, tuple[str, str]] | None = None, now: str | datetime | None = None) -> list[dict]:
+    """Difference findings marked fixed (a run no longer showed them) whose fix is not bisected yet,
+    bisected to their first fixed release. On the cell a difference was seen failing in (its
+    ``bad_key``), the component's releases from that cell's version to ``fixed_in`` (the version
+    that passed) are searched in the fixed direction with :func:`check_verdict`; the finding's
+    ``fixed_in`` becomes the first fixed release and ``last_bad`` the last bad one (event
+    ``fix-released`` at its upload time). Each search is stored as a bisection row with
+    ``direction`` ``fixed`` (also when it found nothing, so it is not repeated). Returns the rows."""
+    from dataclasses import replace
+
+    now_s = _now(now).isoformat(timespec="seconds")
+    cell_of = {c["key"]: c["cell_id"] for c in store.cells()}
+    done = {b.fingerprint for b in store.bisections() if b.direction == "fixed"}
+    rows: list[dict] = []
+    saved = []
+    for f in store.findings(status="fixed", kind="difference"):
+        bad_cell = cell_of.get(f.bad_key)
+        if f.fingerprint in done or not f.fixed_in or f.last_bad or bad_cell is None:
+            continue
+        bad_v = Cell.parse(bad_cell).as_dict[f.axis].version
+        if _parse(bad_v) is None or _parse(f.fixed_in) is None or Version(f.fixed_in) <= Version(bad_v):
+            continue
+        versions = _between([_version_str(r) for r in releases(f.axis, f.component)], bad_v, f.fixed_in)
+        verdicts = {bad_v: Verdict.BAD}  # seen failing there
+
+        def test(v: str, f=f, bad_cell=bad_cell, verdicts=verdicts) -> Verdict:
+            if v not in verdicts:
+                verdicts[v] = check_verdict(rerun(with_version(bad_cell, f.axis, v)), f)
+            return verdicts[v]
+
+        result = bisect(versions, test, old=0, new=len(versions) - 1, direction=Direction.FIXED)
+        row = bisection_row(f.component, versions, result, now_s)
+        events = []
+        if result.found:
+            repo = (repos or {}).get(f.component)
+            if repo:
+                row["compare_url"] = links.compare_url(repo[0], repo[1], result.last_old, result.first_new)
+            row["repro"] = links.cell_repro(with_version(bad_cell, f.axis, result.first_new))
+            f = replace(f, fixed_in=result.first_new, last_bad=result.last_old)
+            released = _upload_time(releases, f.axis, f.component, result.first_new)
+            if released:
+                events.append({"event": "fix-released", "time": released, "version": result.first_new})
+        rows.append(row)
+        saved.append((f, row, events))
+    if saved:
+        store.save_regressions(saved)
+    return rows
+
+
 # ----------------------------------------------------------------------------- production adapters
 
 
-def cell_rerunner(runner, results_dir: Path | None = None) -> Rerun:
+def cell_rerunner(runner, results_dir: Path | None = None, *, checks: bool = False) -> Rerun:
     """``rerun(cell_id)`` for a :class:`matrix.cell.run.CellRunner`: ``execute(cell, force=True)`` with a
-    runner writing into a temporary results directory (never the store's), read back as outcomes."""
+    runner writing into a temporary results directory (never the store's), read back as outcomes:
+    per (case, stage), or with ``checks`` per (case, stage, check) (what :func:`bisect_fixes` needs)."""
     from matrix.cell.run import CellRunner
 
     scratch = CellRunner(runner.matrix, runner.suites, runner.models,
@@ -457,7 +528,11 @@ def cell_rerunner(runner, results_dir: Path | None = None) -> Rerun:
             data = json.loads(Path(report.path).read_text(encoding="utf-8"))
             records = data.get("records", [])
             Path(report.path).unlink(missing_ok=True)  # the next re-run of the same key must really run
-        return outcomes_from_records(records) if records else report.outcome.value
+        if not records:
+            return report.outcome.value
+        if checks:
+            return {(str(r["case"]), str(r["stage"]), str(r["check"])): str(r["outcome"]) for r in records}
+        return outcomes_from_records(records)
 
     rerun.results_dir = scratch.results_dir  # type: ignore[attr-defined]
     rerun.cleanup = lambda: shutil.rmtree(scratch.results_dir, ignore_errors=True)  # type: ignore[attr-defined]

@@ -297,3 +297,46 @@ def test_a_regression_still_failing_in_the_newest_release_stays_open(store):
     (finding,) = store.findings()
     assert (finding.fixed_in, finding.last_bad, finding.status) == (None, None, "open")
     assert [b.direction for b in store.bisections(finding.fingerprint)] == ["introduced"]
+
+
+def test_a_difference_that_disappears_is_bisected_to_its_first_fixed_release(tmp_path):
+    """A template renderer's check fails at tpl 1.0 and passes at 1.3 in a later run: the
+    difference is marked fixed, then bisected on the cell it failed in to the release that fixed
+    it (1.2), checked per check (another check of the same case failing does not count)."""
+    from bot.differences import differences, resolved
+    from bot.regress import bisect_fixes
+
+    def tpl_cell(v):
+        return f"cpu/tiny/eng@1.0/tok@0.1/tpl@{v}/cli@2.0"
+
+    owners = {"tpl": {"jinja2"}}
+    calls = []
+
+    def rerun(cid):
+        calls.append(cid)
+        tpl = _v(cid.split("/")[4].split("@")[1])
+        return {("chat", "template", "jinja2"): "fail" if tpl < _v("1.2") else "pass",
+                ("chat", "template", "other-renderer"): "fail"}
+
+    with Store(tmp_path / "s.sqlite") as s:
+        s.ingest_run({"id": "r1", "started": T1, "finished": T1}, [result("k1", tpl_cell("1.0"), {"chat": "fail"})], [])
+        s.save_differences(differences(s.case_rows("r1"), owners), {}, T1)
+        (diff,) = s.findings(kind="difference")
+        s.ingest_run({"id": "r2", "started": T2, "finished": T2}, [result("k2", tpl_cell("1.3"), {"chat": "pass"})], [])
+        rows = s.case_rows("r2")
+        current = differences(rows, owners)
+        fixed = resolved(s.findings(status="open", kind="difference"), rows, current, owners)
+        assert fixed == {diff.fingerprint: "1.3"}
+        s.save_differences(current, fixed, T2)
+
+        stored = bisect_fixes(s, rerun=rerun, releases=lambda a, c: ["0.9", "1.0", "1.1", "1.1.1", "1.2", "1.3", "1.4"],
+                              repos={"tpl": ("acme/tpl", "v{version}")}, now=NOW)
+        (f,) = s.findings(kind="difference")
+        assert (f.status, f.last_bad, f.fixed_in) == ("fixed", "1.1.1", "1.2")
+        (b,) = s.bisections(f.fingerprint)
+        assert (b.direction, b.status, b.versions) == ("fixed", "found", ("1.0", "1.1", "1.1.1", "1.2", "1.3"))
+        assert b.compare_url == "https://github.com/acme/tpl/compare/v1.1.1...v1.2" and stored[0]["status"] == "found"
+        assert tpl_cell("1.0") not in calls and len(calls) == len(set(calls)) <= 4  # the failing end is known
+        # done once: a second pass has nothing left to bisect
+        assert bisect_fixes(s, rerun=rerun, releases=lambda a, c: [], now=NOW) == []
+        assert s.export()["findings"][0]["last_bad"] == "1.1.1"

@@ -357,6 +357,7 @@ def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
         summary.differences = record_differences(prep.matrix, store, summary.run_id)
         if opts.regress:
             summary.regressions = find_regressions(prep, opts, store, summary.run_id)
+            fix_differences(prep, opts, store)
         before_filing(prep.matrix, opts, store, console)
         site = page.publish(store, paths.site_dir()) if opts.page else None
         if site is not None:
@@ -448,6 +449,21 @@ def find_regressions(prep: Prepared, opts: Options, store, run_id: str, shard: t
         if shard[0] == 0:  # one job re-tests the quarantine
             retest_quarantine(store, rerun)
         return report
+    finally:
+        rerun.cleanup()
+
+
+def fix_differences(prep: Prepared, opts: Options, store) -> list[dict]:
+    """Difference findings this run no longer shows, bisected to their first fixed release on the
+    cell they failed in (:func:`bot.regress.bisect_fixes`); the bisection rows stored."""
+    from bot.regress import bisect_fixes, cell_rerunner, index_releases, repo_links
+
+    if all(f.last_bad for f in store.findings(status="fixed", kind="difference")):
+        return []
+    rerun = cell_rerunner(CellRunner(prep.matrix, prep.suites, prep.models), checks=True)
+    try:
+        return bisect_fixes(store, rerun=rerun, releases=index_releases(prep.matrix, package_index(opts.offline)),
+                            repos=repo_links(prep.matrix))
     finally:
         rerun.cleanup()
 
