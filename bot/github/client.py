@@ -77,14 +77,14 @@ def connect(auth, conn: Connection = Connection()) -> Github:
                    allowed_methods={"GET", "HEAD", "PATCH", "PUT", "DELETE", "POST"})
     kw = {} if conn.throttle else {"seconds_between_requests": None, "seconds_between_writes": None}
     return Github(auth=auth, base_url=conn.api_url.rstrip("/"), per_page=conn.per_page, retry=retry,
-                  timeout=conn.timeout, **kw)
+                  timeout=conn.timeout, lazy=True, **kw)
 
 
 def _iso(dt) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
-_TRANSIENT = (requests.ConnectionError, requests.Timeout)
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -96,6 +96,7 @@ class Remote:
 
     def __init__(self, gh: Github, conn: Connection = Connection(), auth=None):
         self.gh, self.conn, self._auth = gh, conn, auth
+        self._lazy = gh  # connect() makes it lazy: get_repo costs no request
         self._login: str | None = None
         self._repos: dict = {}
         self._gh_issues: dict = {}
@@ -103,7 +104,7 @@ class Remote:
 
     def _repo(self, name: str):
         if name not in self._repos:
-            self._repos[name] = self.gh.get_repo(name, lazy=True)
+            self._repos[name] = self._lazy.get_repo(name)
         return self._repos[name]
 
     @property
@@ -118,8 +119,21 @@ class Remote:
         return self._login
 
     # ---- reads
+    def _read(self, fn):
+        """A whole listing, again from the start when an answer broke off mid-way (urllib3 retries
+        only what fails before the body arrives)."""
+        for attempt in range(self.attempts):
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - sorted by _again
+                self._again(attempt, exc)
+        raise AssertionError("unreachable")
+
     def issues(self, repo: str, label: str | None = None, creator: str | None = None) -> list[Issue]:
         """Every issue (open and closed) with the bot's label, or opened by ``creator``; pull requests left out."""
+        return self._read(lambda: self._issues(repo, label, creator))
+
+    def _issues(self, repo: str, label: str | None, creator: str | None) -> list[Issue]:
         kw = {"labels": [label]} if label else {"creator": creator}
         out = []
         for i in self._repo(repo).get_issues(state="all", **kw):
@@ -132,6 +146,9 @@ class Remote:
         return out
 
     def comments(self, repo: str, number: int) -> list[Comment]:
+        return self._read(lambda: self._comments(repo, number))
+
+    def _comments(self, repo: str, number: int) -> list[Comment]:
         out = []
         for c in self._issue(repo, number).get_comments():
             is_bot = bodies.parse_marker(c.body, "comment") is not None or (c.user and c.user.type == "Bot")
@@ -146,7 +163,7 @@ class Remote:
         return self._gh_issues[key]
 
     def labels(self, repo: str) -> set[str]:
-        return {lb.name for lb in self._repo(repo).get_labels()}
+        return self._read(lambda: {lb.name for lb in self._repo(repo).get_labels()})
 
     def find(self, repo: str, fingerprint: str, label: str | None, creator: str | None) -> Issue | None:
         for issue in self.issues(repo, label, creator):

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta, timezone
 
 from bot.github import body as bodies
 from bot.github import escape
-from bot.github.evidence import Evidence, vkey
+from bot.github.evidence import Evidence, newer, vkey
 from matrix.outcome import failure_class
 
 __all__ = ["Action", "Comment", "Context", "Issue", "Plan", "Settings", "changes", "decide", "labels_for",
@@ -66,6 +66,8 @@ class Issue:
     comments: tuple[Comment, ...] = ()
     closed_at: str | None = None
     url: str = ""
+    digest: str | None = None
+    """The body's :func:`digest` when the body itself is not at hand (a dry run reads the store's cache)."""
 
     @property
     def marker(self) -> dict | None:
@@ -139,10 +141,19 @@ def _dt(t: str | None) -> datetime | None:
 def state_of(f, ctx: Context, status: str | None = None) -> dict:
     """The state an issue shows (bounded: versions capped, so the marker stays small)."""
     versions = sorted({str(v)[:64] for v in f.versions}, key=vkey)[-STATE_VERSIONS:]
-    fixed = f.fixed_in if f.status == "fixed" else None
+    bar = f.first_bad or max(f.versions, key=vkey, default=None)
+    fixed = f.fixed_in if f.status == "fixed" and f.fixed_in and newer(f.fixed_in, bar) else None  # a re-run: no fix
     return {"kind": f.kind, "last_good": f.last_good, "first_bad": f.first_bad, "fixed_in": fixed,
             "cells": max(int(f.cells or 0), len(ctx.evidence.cell_ids)), "versions": versions,
             "status": status or ("fixed" if f.status == "fixed" else "open")}
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _same_body(issue: Issue, body: str) -> bool:
+    return body == issue.body or (issue.digest is not None and issue.digest == digest(body))
 
 
 def _hash(state: dict) -> str:
@@ -302,7 +313,7 @@ def _existing(f, ctx: Context, issue: Issue, want: tuple[str, ...], settings: Se
     held = bool(old and (old.get("status") == "closed" or old.get("held")))  # a person reopened it: not again
     if (ev.passing_runs >= settings.close_after and settings.keep_open not in issue.labels and not held
             and not _human_recently(issue, settings)):
-        fixed = f.fixed_in if f.status == "fixed" and f.fixed_in else ev.passing_version
+        fixed = ev.passing_version
         state = {**state_of(f, ctx, "closed"), "fixed_in": fixed, "closed": settings.now}
         note = (f"Closing: {escape.code(ev.passing_version)} (newer than first bad) passed the check on "
                 f"{ev.passing_runs} consecutive scheduled runs.")
@@ -323,7 +334,7 @@ def _existing(f, ctx: Context, issue: Issue, want: tuple[str, ...], settings: Se
         text = _comment(f.fingerprint, old, state, lines)
         if not _already_commented(issue, text):
             acts.append(Action("comment", issue.repo, issue.number, f.fingerprint, t, text))
-    if body != issue.body or labels is not None or t != issue.title:
+    if not _same_body(issue, body) or labels is not None or t != issue.title:
         acts.append(Action("update", issue.repo, issue.number, f.fingerprint, t, body, labels))
     return acts
 

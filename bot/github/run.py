@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from bot.differences import owners_of
 from bot.github import body as bodies
 from bot.github.connection import Connection
-from bot.github.decide import Context, Issue, Plan, Settings, decide
+from bot.github.decide import Context, Issue, Plan, Settings, decide, digest
 from bot.github.evidence import evidence
 from matrix.errors import LlmcompatError
 
@@ -93,7 +93,7 @@ def _cached(store) -> tuple[list[Issue], dict[str, set[str]], list[tuple[str, st
         if row["number"] is not None:
             body = bodies.marker("finding", {"fp": row["fingerprint"], "state": row["state"]})
             issues.append(Issue(row["repo"], row["number"], row["title"], body, row["issue_state"],
-                                tuple(row["labels"])))
+                                tuple(row["labels"]), digest=row["state_hash"] or None))
     return issues, labels, queued
 
 
@@ -134,9 +134,8 @@ def run(store, matrix, opts: BotOptions, out=None, env=None, remote=None) -> Pla
     now = _now()
     settings = settings_for(matrix, opts, env, now)
     findings = store.findings()
-    triages = None
-    if not opts.dry_run and not any(getattr(f, "triage", "") for f in findings):
-        triages = _live_triage(store, matrix, findings, out)
+    untriaged = [f for f in findings if f.status == "open" and not getattr(f, "triage", "")]
+    triages = _live_triage(store, matrix, untriaged, out) if untriaged and not opts.dry_run else None
     ctx = contexts(store, matrix, findings, triages)
     if opts.dry_run:
         issues, labels, queued = _cached(store)
@@ -175,7 +174,7 @@ def _live_triage(store, matrix, findings, out):
     try:
         from bot.triage import triage_store
 
-        return triage_store(store, matrix, [f for f in findings if f.status == "open"])
+        return triage_store(store, matrix, findings)
     except Exception as exc:  # noqa: BLE001 - no triage is "not triaged", not a failed run
         print(f"bot: triage skipped: {type(exc).__name__}: {exc}", file=out)
         return None
@@ -195,7 +194,8 @@ def _record_found(store, plan: Plan, states, now: str) -> None:
 def _row(fp: str, repo: str, issue: Issue, now: str, **extra) -> dict:
     m = issue.marker or {}
     return {"fingerprint": fp, "repo": repo, "number": issue.number, "title": issue.title, "state": m.get("state", {}),
-            "issue_state": issue.state, "labels": list(issue.labels), "queued": 0, "updated": now, **extra}
+            "state_hash": digest(issue.body), "issue_state": issue.state, "labels": list(issue.labels), "queued": 0,
+            "updated": now, **extra}
 
 
 def _apply(store, remote, plan: Plan, settings: Settings, states, ctx, out, now: str) -> None:
