@@ -474,18 +474,19 @@ def test_timeout_and_sigterm_kill_the_checks_whole_process_group(cli, cli_cache,
     assert rc == 3 and "timed out after 2s at 21.3" in err and "process group was killed" in err
     assert time.monotonic() - started < 60
     assert _wait_gone(int(pidfile.read_text()))
-    # 3. SIGTERM to the bisection itself: the running check's group is killed, exit 3
-    pidfile.unlink()
-    proc = subprocess.Popen([sys.executable, "-m", "matrix.app.cli", "bisect", "packaging", "21.3,22.0", str(spawner)],
-                            env={**os.environ, "LLMCOMPAT_CACHE": str(cli_cache)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not pidfile.exists() or not pidfile.read_text():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    child = int(pidfile.read_text())
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 3, (out, err)
-    assert "interrupted by SIGTERM" in err
-    assert _wait_gone(child)
+    # 3. SIGTERM or SIGINT to the bisection itself: the running check's group is killed, exit 3
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        pidfile.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "matrix.app.cli", "bisect", "packaging", "21.3,22.0",
+                                 str(spawner)], env={**os.environ, "LLMCOMPAT_CACHE": str(cli_cache)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        child = int(pidfile.read_text())
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 3, (sig, out, err)
+        assert f"interrupted by {sig.name}" in err
+        assert _wait_gone(child)
