@@ -156,3 +156,29 @@ def test_cli_without_a_store_exits_2(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LLMCOMPAT_HOME", str(tmp_path / "none"))
     assert main(["ttf"]) == 2
+
+
+def test_migration_5_keeps_the_events_of_an_older_store(tmp_path):
+    """A store made before migration 5: its time-to-fix events survive the table's rebuild, and
+    the new ``closed`` event and the triage/reproduction columns are there afterwards."""
+    import sqlite3
+
+    from reports.store import MIGRATIONS, Store
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:4], start=1):
+        db.executescript(script)
+        db.execute(f"PRAGMA user_version = {number}")
+    db.execute("INSERT INTO findings (fingerprint, case_id, stage, component, axis, first_seen, last_seen)"
+               " VALUES ('f', 'c', 'template', 'transformers', 'engine', 't', 't')")
+    db.execute("INSERT INTO ttf_events VALUES ('f', 'detected', '2026-01-01T00:00:00Z', NULL)")
+    db.commit()
+    db.close()
+    with Store(path) as store:
+        assert store.version >= 5
+        assert [e["event"] for e in store.ttf_events()] == ["detected"]
+        store.add_ttf_event("f", "closed", "2026-01-02T00:00:00Z")
+        f = store.finding("f")
+        assert (f.triage, f.triage_reason, f.repro_verified, f.repro_detail) == ("", "", None, "")
+        assert [e["event"] for e in store.ttf_events()] == ["detected", "closed"]
