@@ -202,8 +202,66 @@ def test_generated_dockerfiles_pass_hadolint(variant, tmp_path):
 def test_gpu_image_builds_and_sees_the_gpu():
     """Needs a GPU runner with the NVIDIA container toolkit and its CUDA base image."""
     c = image.client()
-    base = load_matrix(Options()).runners[1].image.base
+    base = next(r for r in load_matrix(Options()).runners if r.name == "gpu").image.base
     ref = image.ensure_base(c, base)
     out = c.containers.run(ref, ["nvidia-smi", "-L"], remove=True, network_mode="none",
                            device_requests=[__import__("docker").types.DeviceRequest(count=-1, capabilities=[["gpu"]])])
     assert b"GPU" in out
+
+
+def test_annotated_lock_gives_pins_and_who_requires_whom():
+    text = ("huggingface-hub==2.4.0\n    # via tokenizers\nidna==3.20\n    # via\n    #   anyio\n    #   httpx2\n"
+            "anyio==4.16.0\n    # via httpx2\nhttpx2==2.16.2\n    # via huggingface-hub\ntokenizers==0.23.3\n"
+            "    # via -r lock.in\ntorch==2.13.0+cpu\n    # via\n    #   -r lock.in\n    #   --override overrides.txt\n")
+    pins, graph = dockerfile.parse_annotated(text)
+    assert pins["torch"] == "2.13.0+cpu" and pins["idna"] == "3.20"
+    assert graph["tokenizers"] == {"huggingface-hub"} and graph["anyio"] == {"idna"} and graph["httpx2"] == {"anyio", "idna"}
+    assert dockerfile.closure({"tokenizers"}, graph) == {"tokenizers", "huggingface-hub", "httpx2", "anyio", "idna"}
+
+
+def test_build_steps_counts_cached_layers():
+    log = ("#1 [internal] load build definition\n#5 [stage-0 1/4] FROM base\n#6 [stage-0 2/4] COPY uv /usr/local/bin/uv\n"
+           "#6 CACHED\n#7 [stage-0 3/4] RUN uv venv\n#7 CACHED\n#8 [stage-0 4/4] COPY probe/ /opt/llmcompat/probe/\n"
+           "#8 DONE 0.1s\n")
+    assert image.build_steps(log) == (3, 2)
+
+
+def test_index_secret_holds_remote_indexes_and_the_ca_path_only(tmp_path):
+    from matrix.releases.index import IndexConfig
+
+    local = tmp_path / "simple"
+    cfg = IndexConfig("https://user:pw@mirror.invalid/simple", (local.as_uri(), "https://extra.invalid/simple"),
+                      (str(tmp_path),))
+    text = image.index_secret(cfg, ca="/etc/ca.pem")
+    assert "UV_INDEX_URL=https://user:pw@mirror.invalid/simple" in text
+    assert "UV_EXTRA_INDEX_URL=https://extra.invalid/simple" in text and local.as_uri() not in text
+    assert "SSL_CERT_FILE=/run/secrets/ca" in text and "/etc/ca.pem" not in text
+    assert "UV_OFFLINE=1" in image.index_secret(IndexConfig(local.as_uri()), ca=None)
+
+
+def test_local_wheels_come_from_find_links_and_file_indexes(tmp_path):
+    from matrix.releases.index import IndexConfig
+
+    links, files, simple = tmp_path / "links", tmp_path / "files", tmp_path / "simple"
+    for d in (links, files, simple / "jinja2"):
+        d.mkdir(parents=True)
+    (links / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"w")
+    (links / "torch-2.12.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"w")
+    (files / "jinja2-3.1.6-py3-none-any.whl").write_bytes(b"w")
+    (simple / "jinja2" / "index.html").write_text('<a href="../../files/jinja2-3.1.6-py3-none-any.whl#sha256=00">x</a>')
+    cfg = IndexConfig("https://mirror.invalid/simple", (simple.as_uri(),), (str(links),))
+    found = image.local_wheels({"torch": "2.13.0+cpu", "jinja2": "3.1.6", "idna": "3.20"}, cfg)
+    assert {k: [p.name for p in v] for k, v in found.items()} == {
+        "torch": ["torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"],
+        "jinja2": ["jinja2-3.1.6-py3-none-any.whl"]}
+
+
+def test_container_job_maps_host_paths_to_read_only_mounts(tmp_path):
+    job = {"model_dir": str(tmp_path / "m"), "exports": {"onnxruntime-genai": str(tmp_path / "onnx")},
+           "llama_server_bin": "/cache/bin/llama-server", "node_modules": {}, "cases": []}
+    out, volumes = image.container_job(job)
+    assert out["model_dir"] == image.MODEL_DIR and out["llama_server_bin"] == image.LLAMA_SERVER
+    assert out["exports"] == {"onnxruntime-genai": f"{image.EXPORTS_DIR}/onnxruntime-genai"}
+    assert all(v["mode"] == "ro" for v in volumes.values()) and len(volumes) == 2
+    with pytest.raises(image.ImageError, match="npm"):
+        image.container_job({"node_modules": {"@huggingface/jinja": "/x"}})
