@@ -447,8 +447,10 @@ def explain(a: Answer, sel: Selection, *, find_fix_cmd: str = "", introduced_cmd
                 ("widen the range to older releases to find where it broke, or search a newer range with "
                  "--find-fix to find where it was fixed"))
     if a.status == "good-at-both-ends":
-        return ((f"good at both ends: the check passes in {old} and in {new}, and in all {len(a.sampled)} "
-                 f"releases sampled between them: no bad release found"),
+        sampled = len(a.sampled)
+        between = (f", and in the {sampled} release{'s' if sampled != 1 else ''} sampled between them" if sampled
+                   else " (no release between them was sampled)")
+        return (f"good at both ends: the check passes in {old} and in {new}{between}: no bad release found",
                 "give a release where it fails with --bad V, or sample more with --samples N")
     if a.status == "bad-passes":
         given = a.ends[1] if a.direction is Direction.INTRODUCED else a.ends[0]
