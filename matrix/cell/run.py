@@ -270,6 +270,16 @@ class CellRunner:
         self.known_keys = known_keys if known_keys is not None else set()
         self.harness = harness_digest()
         self._built: dict[str, dict[str, Path]] = {}
+        from matrix.cell.client_server import ClientServer
+
+        self.client_server = ClientServer(matrix)
+        """The shared ``transformers serve`` for cells with clients and no server engine (started on first use)."""
+
+    def wants_client_server(self, cell: Cell) -> bool:
+        """A cell whose client SDKs would have no wire: it brings clients but no server engine."""
+        comps = [self.matrix.component(a, c.component) for a, c in cell.choices]
+        engines = {e for comp in comps for e in comp.probe_roles("engines")}
+        return any(comp.probe_roles("clients") for comp in comps) and not engines & set(SERVER_ENGINES)
 
     def runner(self, name: str):
         return next(r for r in self.matrix.runners if r.name == name)
@@ -311,6 +321,8 @@ class CellRunner:
                 pins["build:llama-server"] = builds.server_key(choice.version, dict(comp.build))
         if any("ollama" in self.matrix.component(a, c.component).probe_roles("engines") for a, c in cell.choices):
             pins["runtime:ollama"] = ollama_version()
+        if self.wants_client_server(cell):
+            pins["server:client"] = self.client_server.key_part()
         npm = npm_pins(self.matrix, cell)
         if npm:
             pins |= {f"npm:{p}": v for p, v in npm.items()}
@@ -370,6 +382,8 @@ class CellRunner:
                         node_modules=node_modules)
         job["cell"] = cell.id  # for the log and a probe wrapper; the probe itself ignores it
         job["llama_server_bin"] = self.llama_server(cell)
+        if "client" in job["stages"] and "client_target" not in job and self.wants_client_server(cell):
+            job["client_target"] = self.client_server.target(self.models[cell.model].path)
         try:
             job["exports"] = self.exports(cell, job["engines"])
         except Exception as exc:  # noqa: BLE001 - a failed model export is infra, not the engine's fault

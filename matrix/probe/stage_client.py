@@ -526,13 +526,16 @@ class Target:
         elif isinstance(spec, str):
             spec = {"engine": spec}
         spec = dict(spec)
+        if spec.get("unavailable"):  # the host could not bring up the server it meant to give
+            raise Infra(str(spec["unavailable"]))
         if spec.get("api_key_env"):
             self.api_key = os.environ.get(spec["api_key_env"]) or API_KEY
         if spec.get("base_url"):
             self.base_url = spec["base_url"].rstrip("/")
             if self.base_url.endswith("/v1"):
                 self.base_url = self.base_url[:-3]
-            self.facts = {"kind": "url", "base_url": self.base_url}
+            self.facts = {"kind": "url", "base_url": self.base_url,
+                          **({"shared": spec["shared"]} if spec.get("shared") else {})}
         else:
             import engine_registry
             import engines
@@ -609,7 +612,8 @@ def run(job: dict, rec) -> None:
             rec.add("*", STAGE, "target", "skipped", str(exc))
             return
         except Infra as exc:
-            rec.add("*", STAGE, "target", "infra", f"{exc}\n--- server log (tail) ---\n{exc.log_tail}")
+            tail = f"\n--- server log (tail) ---\n{exc.log_tail}" if exc.log_tail else ""
+            rec.add("*", STAGE, "target", "infra", f"{exc}{tail}")
             return
         facts["target"] = target.facts
         from wire import RecordingProxy

@@ -1,0 +1,76 @@
+"""The shared client server: every default cell's client stage gets a real OpenAI-compatible
+wire (``transformers serve`` on the tiny model), and the cells that use it are keyed by it."""
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import or_skip
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE_DIR = ROOT / "matrix" / "probe"
+if str(PROBE_DIR) not in sys.path:
+    sys.path.insert(0, str(PROBE_DIR))
+
+
+def _runner():
+    from matrix.app.job import Options, prepare
+    from matrix.cell.run import CellRunner
+
+    prep = or_skip(prepare, Options())
+    return prep, CellRunner(prep.matrix, prep.suites, prep.models)
+
+
+def test_every_default_cell_wants_the_shared_server_and_is_keyed_by_it():
+    from matrix.cell import client_server
+    from matrix.env import uv as envs
+
+    prep, runner = _runner()
+    assert prep.cells and all(runner.wants_client_server(c) for c in prep.cells)
+    assert client_server.requirements(prep.matrix)[0] == f"transformers[serving]=={prep.matrix.reference['transformers']}"
+    part = runner.client_server.key_part()
+    assert part.startswith("transformers-serve@") and not part.endswith("unresolvable")
+    cell = prep.cells[0]
+    lock = or_skip(runner.resolve, cell)
+    assert isinstance(lock, envs.Lock)
+    before = runner.key(cell, lock)
+    runner.client_server._resolved = envs.Lock((("transformers", "0"),), "3.11")  # another server environment
+    assert runner.key(cell, lock) != before
+
+
+def test_a_real_server_answers_the_client_stage_in_once_and_stream_modes():
+    """The server comes up on the tiny model; the stage's raw-http client (the control) agrees
+    with the recorded wire in both modes, and the target facts name the shared server."""
+    import probe
+    import stage_client
+
+    prep, runner = _runner()
+    model = prep.models["tiny-qwen2"]
+    try:
+        target = runner.client_server.target(model.path)
+        assert "base_url" in target, target
+        with urllib.request.urlopen(target["base_url"] + "/v1/models", timeout=30) as resp:
+            ids = [m["id"] for m in json.loads(resp.read())["data"]]
+        assert str(model.path) in ids
+        rec = probe.Recorder("check")
+        job = {"model_dir": str(model.path), "client_target": target, "clients": ["raw-http"],
+               "cases": [], "limits": {"request_seconds": 120}}
+        stage_client.run(job, rec)
+    finally:
+        runner.client_server.close()
+    modes = {r["check"].split(":")[1] for r in rec.records if r["stage"] == "client" and r["case"] != "*"}
+    assert modes == {"once", "stream"}
+    bad = [r for r in rec.records if r["outcome"] != "pass"]
+    assert not bad, bad[:3]
+    assert rec.facts["client"]["target"]["shared"] == "transformers-serve"
+
+
+def test_a_server_that_cannot_start_is_infra_for_the_stage():
+    import probe
+    import stage_client
+
+    rec = probe.Recorder("check")
+    stage_client.run({"client_target": {"unavailable": "transformers-serve did not start: boom"},
+                      "clients": ["raw-http"], "cases": []}, rec)
+    assert [(r["outcome"], r["detail"]) for r in rec.records] == [("infra", "transformers-serve did not start: boom")]
