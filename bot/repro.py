@@ -48,6 +48,10 @@ MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.js
 RENDERERS = ("jinja2", "transformers")
 TOKENIZERS = ("tokenizers", "transformers", "transformers-slow")
 DETOKENIZERS = ("tokenizers", "transformers")
+TEXT_ENGINES = {"mistralrs": "mistralrs", "onnxruntime-genai": "onnxruntime-genai"}
+"""Engines whose own detokenization (``<engine>:text``) a script checks: engine -> distribution."""
+EXPORTED = {"onnxruntime-genai"}
+"""Engines that run a host-made export of the model (read from a path, like the weights)."""
 TRICKY_PREFIX, DETOK_PREFIX = "_tricky/", "_detok/"
 TIMEOUT = 600.0
 
@@ -94,6 +98,8 @@ def spec_for(finding) -> Spec:
         return Spec("incremental", head, packages=_packages(head))
     elif stage == "inference" and check == "transformers":
         return Spec("generate", "transformers", packages=("transformers", "torch"))
+    elif stage == "postprocess" and head in TEXT_ENGINES and suffix == "text":
+        return Spec("engine-text", head, packages=(TEXT_ENGINES[head],))
     raise Unsupported(f"no standalone reproduction for the {stage} check {check!r} yet")
 
 
@@ -112,6 +118,8 @@ class Inputs:
     weights: str | None = None
     cell_id: str = ""
     versions: Mapping[str, str] = None
+    export: str | None = None
+    """The engine's export of the model (a directory), for engines that run one."""
 
 
 def _model_dir_for(model_hash: str, model_name: str) -> Path | None:
@@ -151,7 +159,7 @@ def _case(case_id: str, suite_cases: Iterable[Mapping], goldens) -> dict:
             if not gen.get("ids"):
                 raise Unsupported(f"no golden generation for {name[4:]!r}")
             return {"id": case_id, "ids": [int(i) for i in gen["ids"]]}
-        texts = _assign(PROBE / "stage_postprocess.py", "TEXTS")
+        texts = _assign(PROBE / "postprocess_rules.py", "TEXTS")
         if name not in texts:
             raise Unsupported(f"unknown detokenization text {name!r}")
         return {"id": case_id, "text": texts[name]}
@@ -192,12 +200,21 @@ def inputs_for(finding, cell_row: Mapping | None = None, *, suite: str = "core")
     case = _case(_get(finding, "case_id") or "", the_suite.cases, goldens)
     files = {n: (model_dir / n).read_bytes() for n in MODEL_FILES if (model_dir / n).is_file()}
     template = _template_of(spec.source, model_dir) if spec.kind in ("render", "needles") else None
-    weights = str(model_dir / "model.safetensors") if spec.kind == "generate" else None
     versions = {}
     for axis in ("engine", "tokenizer", "template", "client"):
         if row.get(axis):
             versions[row[axis]] = row.get(f"{axis}_version", "")
-    return Inputs(files, case, template, None, weights, row.get("cell_id", ""), versions)
+    export = None
+    if spec.kind == "engine-text" and spec.front in EXPORTED:
+        from matrix.env import model_exports
+
+        try:
+            export = str(model_exports.ensure_export(model_dir, spec.front, versions.get(spec.front)).path)
+        except Exception as exc:  # noqa: BLE001 - an export that cannot be made: no reproduction here
+            raise Unsupported(f"the {spec.front} export of the model cannot be made here: {str(exc)[:200]}") from None
+    needs_weights = spec.kind == "generate" or (spec.kind == "engine-text" and spec.front not in EXPORTED)
+    weights = str(model_dir / "model.safetensors") if needs_weights else None
+    return Inputs(files, case, template, None, weights, row.get("cell_id", ""), versions, export)
 
 
 # ------------------------------------------------------------------------------------ the script
@@ -260,6 +277,8 @@ WHAT = {
                    "concatenate to the full decode, with no U+FFFD the full decode lacks",
     "generate": "generates greedily with {front} (float32, CPU) from the golden prompt ids and compares the "
                 "new ids with the reference path's golden generation",
+    "engine-text": "generates greedily with {front} (float32, CPU) from the golden prompt; when its ids are the "
+                   "reference's golden ids, the engine's own text must equal the reference decode of them",
 }
 
 
@@ -280,7 +299,8 @@ def script(finding, inputs: Inputs | None = None, *, cell_row: Mapping | None = 
         f"What it checks: it {what}.",
         "",
         f"Needs only: {', '.join(spec.packages)} (the cell's packages); the tiny model's tokenizer and template",
-        "files are inline" + (", its weights are read from WEIGHTS (or $REPRO_WEIGHTS)." if inputs.weights else "."),
+        "files are inline" + (", its weights are read from WEIGHTS (or $REPRO_WEIGHTS)." if inputs.weights else
+                              f", the {spec.front} export from EXPORT (or $REPRO_EXPORT)." if inputs.export else "."),
         f"Seen failing with: {versions or 'see the finding'}" + (f" (cell {_safe(inputs.cell_id)})." if inputs.cell_id
                                                                 else "."),
         "",
@@ -296,6 +316,11 @@ def script(finding, inputs: Inputs | None = None, *, cell_row: Mapping | None = 
         f"CASE = json.loads({json.dumps(inputs.case, ensure_ascii=False)!r})",
         f"TEMPLATE = {inputs.template!r}",
         f"WEIGHTS = os.environ.get('REPRO_WEIGHTS', {inputs.weights!r})",
+        *([f"EXPORT = os.environ.get('REPRO_EXPORT', {inputs.export!r})"] if inputs.export else []),
+        "",
+        "",
+        "class Skip(Exception):",
+        '    """The check cannot be judged here (git bisect skip)."""',
         "",
         "",
         "def model_dir():",
@@ -335,6 +360,9 @@ def script(finding, inputs: Inputs | None = None, *, cell_row: Mapping | None = 
         f"        return {SKIP}",
         "    try:",
         "        problem = check(lib)",
+        "    except Skip as exc:",
+        f"        print(f'SKIP {spec.front}: {{exc}}')",
+        f"        return {SKIP}",
         "    except Exception as exc:  # the library raising is the problem being reproduced",
         "        problem = f'{type(exc).__name__}: {exc}'.splitlines()[0][:500]",
         "    if problem:",
@@ -355,7 +383,8 @@ def _pass_line(spec: Spec) -> str:
     return {"render": "the render equals the golden", "needles": "every needle survives into the render",
             "ids": "the ids equal the golden and decode back to the text", "bos": "at most one BOS at the start",
             "incremental": "the pieces concatenate to the full decode",
-            "generate": "the generated ids equal the golden"}[spec.kind]
+            "generate": "the generated ids equal the golden",
+            "engine-text": "identical ids, and the engine's text equals the reference decode"}[spec.kind]
 
 
 def _render_body(spec: Spec) -> str:
@@ -460,8 +489,61 @@ def _generate_body(spec: Spec) -> str:
             "    return diverges(gen['ids'], out[0, prompt.shape[1]:].tolist(), 'generated ids')\n")
 
 
+_MISTRALRS_ARCH = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama", "mistral": "Mistral", "gemma": "Gemma",
+                   "gemma2": "Gemma2", "phi3": "Phi3"}
+
+
+def _engine_text_body(spec: Spec) -> str:
+    same = ("    if ids != gen['ids']:\n"
+            "        raise Skip('the engine generated other ids than the golden (not this check): '"
+            " + diverges(gen['ids'], ids, 'ids'))\n")
+    if spec.front == "mistralrs":
+        return ("IDENTITY = \"{%- for message in messages %}{{ message['content'] }}{%- endfor %}\"\n"
+                f"ARCH = {_MISTRALRS_ARCH!r}\n\n\n"
+                "def load():\n    os.environ.setdefault('MISTRALRS_CPU_KV_F32', '1')\n"
+                "    os.environ.setdefault('RAYON_NUM_THREADS', '2')\n"
+                "    import mistralrs\n    from mistralrs import ChatCompletionRequest, Runner, Which\n"
+                "    d = model_dir()\n    with open(os.path.join(d, 'identity.jinja'), 'w') as f:\n"
+                "        f.write(IDENTITY)\n"
+                "    model_type = json.loads(zlib.decompress(base64.b85decode(FILES['config.json']))).get('model_type', '')\n"
+                "    arch = getattr(getattr(mistralrs, 'Architecture', None), ARCH.get(model_type, ''), None)\n"
+                "    dtype = getattr(getattr(mistralrs, 'ModelDType', None), 'F32', None)\n"
+                "    which = Which.Plain(model_id=d, arch=arch, **({'dtype': dtype} if dtype is not None else {}))\n"
+                "    kw = {'token_source': 'none', 'jinja_explicit': os.path.join(d, 'identity.jinja'), 'prefix_cache_n': 16}\n"
+                "    try:\n        runner = Runner(which=which, no_paged_attn=True, **kw)\n"
+                "    except TypeError:  # older wheels take fewer keywords\n"
+                "        runner = Runner(which=which, **kw)\n"
+                "    return runner, ChatCompletionRequest\n\n\n"
+                "def check(lib):\n    runner, request = lib\n    gen = CASE['expect']['gen']\n"
+                "    req = request(messages=CASE['expect']['render'], model='default', max_tokens=gen['max_new_tokens'],\n"
+                "                  n_choices=1, logprobs=True, top_logprobs=5, temperature=0.0, top_k=1, top_p=1.0,\n"
+                "                  min_p=None, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,\n"
+                "                  ignore_eos=True)\n"
+                "    choice = runner.send_chat_completion_request(req).choices[0]\n    ids = []\n"
+                "    for step in (choice.logprobs.content if choice.logprobs is not None else None) or []:\n"
+                "        tops = [t for t in step.top_logprobs if t.logprob == step.logprob and t.bytes == step.token] \\\n"
+                "            or [t for t in step.top_logprobs if t.logprob == step.logprob]\n"
+                "        ids.append(int(tops[0].token) if tops else None)\n"
+                + same +
+                "    return diverges(gen['text'], choice.message.content, 'text chars')\n")
+    return ("def load():\n    import onnxruntime_genai as og\n"
+            "    if hasattr(og, 'Config'):\n        cfg = og.Config(EXPORT)\n        cfg.clear_providers()  # CPU\n"
+            "        model = og.Model(cfg)\n    else:\n        model = og.Model(EXPORT)\n"
+            "    return og, model, og.Tokenizer(model)\n\n\n"
+            "def check(lib):\n    og, model, tok = lib\n    gen = CASE['expect']['gen']\n"
+            "    prompt, n = [int(i) for i in CASE['expect']['ids']], gen['max_new_tokens']\n"
+            "    params = og.GeneratorParams(model)\n"
+            "    params.set_search_options(max_length=len(prompt) + n, min_length=0, num_beams=1, do_sample=False,\n"
+            "                              repetition_penalty=1.0)\n"
+            "    g = og.Generator(model, params)\n    g.append_tokens(prompt)\n    ids = []\n"
+            "    while len(ids) < n and not g.is_done():\n        g.generate_next_token()\n"
+            "        ids.append(int(g.get_next_tokens()[0]))\n"
+            + same +
+            "    return diverges(gen['text'], tok.decode(ids), 'text chars')\n")
+
+
 _BODIES = {"render": _render_body, "needles": _render_body, "ids": _ids_body, "bos": _ids_body,
-           "incremental": _incremental_body, "generate": _generate_body}
+           "incremental": _incremental_body, "generate": _generate_body, "engine-text": _engine_text_body}
 
 
 # ------------------------------------------------------------------------------------ files

@@ -34,13 +34,15 @@ def finding(**kw) -> dict:
     ("tokenize", "tokenizers:bos", "bos", "tokenizers", "hf"),
     ("postprocess", "tokenizers:incremental", "incremental", "tokenizers", "hf"),
     ("inference", "transformers", "generate", "transformers", "hf"),
+    ("postprocess", "mistralrs:text", "engine-text", "mistralrs", "hf"),
+    ("postprocess", "onnxruntime-genai:text", "engine-text", "onnxruntime-genai", "hf"),
 ])
 def test_spec_for_covers_the_default_matrix_checks(stage, check, kind, front, source):
     spec = repro.spec_for(finding(stage=stage, check_name=check))
     assert (spec.kind, spec.front, spec.source) == (kind, front, source)
 
 
-@pytest.mark.parametrize("stage,check", [("postprocess", "mistralrs:text"), ("template", "jinja2:roundtrip"),
+@pytest.mark.parametrize("stage,check", [("postprocess", "openvino-genai:text"), ("template", "jinja2:roundtrip"),
                                          ("postprocess", "reasoning:transformers:stream"), ("client", "openai")])
 def test_unsupported_checks_say_why(stage, check):
     with pytest.raises(repro.Unsupported, match="no standalone reproduction"):
@@ -92,7 +94,7 @@ def test_untrusted_names_cannot_break_out_of_the_docstring(model):
 
 
 def test_write_scripts_names_files_by_fingerprint(model, tmp_path):
-    fs = [finding(), finding(fingerprint="feedfacefeedface", stage="postprocess", check_name="mistralrs:text")]
+    fs = [finding(), finding(fingerprint="feedfacefeedface", stage="postprocess", check_name="openvino-genai:text")]
     written = repro.write_scripts(fs, tmp_path / "repro", {"bad": cell_row(model)})
     assert list(written) == ["0123456789abcdef"] and written["0123456789abcdef"].name == "0123456789abcdef.py"
     assert sorted(p.name for p in (tmp_path / "repro").iterdir()) == ["0123456789abcdef.py"]
@@ -228,3 +230,22 @@ def test_every_kind_of_script_passes_on_the_reference_path(model, reference_pyth
                               cwd=tmp_path, check=False)
         outs.append((check, case, proc.returncode, proc.stdout.strip() or proc.stderr[-500:]))
     assert all(code == 0 and out.startswith("PASS ") and "\n" not in out for _, _, code, out in outs), outs
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.parametrize("engine,version,case", [("mistralrs", "0.9.5", "multi-turn"),
+                                                 ("onnxruntime-genai", "0.18.0", "single-user")])
+def test_engine_detokenization_differences_reproduce_with_the_engine_alone(model, engine, version, case):
+    """The default matrix's ``<engine>:text`` differences (mistralrs drops the leading space,
+    onnxruntime-genai's decode stops at a lone U+FFFD byte): the engine generates the golden ids
+    from the tiny model (weights, or its export, by path) and its own text is not the decode."""
+    lock = _lock(f"{engine}=={version}")
+    row = dict(cell_row(model, lock), engine=engine, engine_version=version,
+               cell_id=f"cpu/tiny-qwen2/{engine}@{version}/tokenizers@0.23.3/hf-jinja2@3.1.6/openai@3.57.0")
+    f = finding(component=engine, stage="postprocess", check_name=f"{engine}:text", klass="backend-specific",
+                case_id=case)
+    text = repro.script(f, cell_row=row)
+    assert _imports(text) <= STDLIB | {engine.replace("-", "_"), "mistralrs", "onnxruntime_genai"}
+    v = repro.verify(f, {"bad": row})
+    assert v.verified is True and f"FAIL {engine}: text chars diverge" in v.detail, v.detail
