@@ -91,7 +91,7 @@ def run(report) -> None:
 def _steps(log: str) -> dict[str, str]:
     import re
 
-    return {m.group(1): m.group(2) for m in re.finditer(r"^#(\d+) \[[^\]]*\] (.*)$", log, re.MULTILINE)}
+    return {m.group(1): m.group(2) for m in re.finditer(r"^#(\d+) \[(?:stage-\d+ )?\s*\d+/\d+\] (.*)$", log, re.MULTILINE)}
 
 
 def _engine_steps(log: str) -> list[str]:

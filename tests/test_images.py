@@ -182,6 +182,14 @@ def test_layers_put_engine_dependencies_first_and_shared_packages_last():
     assert "--network" not in text and "secrets/ca" not in text.split("LABEL")[1]
 
 
+def test_an_engines_fixed_requirements_go_with_its_dependencies_before_the_engine():
+    pins = {"transformers": "5.24.0", "torch": "2.13.0+cpu", "sympy": "1.14.0", "tokenizers": "0.23.3"}
+    graph = {"transformers": {"tokenizers"}, "torch": {"sympy"}, "sympy": set(), "tokenizers": set()}
+    layers = dockerfile.split_layers(pins, graph, {"transformers", "torch"}, {"tokenizers"}, {"transformers"})
+    assert layers == [("engine dependencies", ["sympy", "torch"]), ("engine", ["transformers"]),
+                      ("cell", ["tokenizers"])]
+
+
 @pytest.mark.parametrize("variant", ["cpu", "cpu-llama", "gpu-cuda", "gpu-vllm"])
 def test_generated_dockerfiles_pass_hadolint(variant, tmp_path):
     hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).with_name("hadolint"))

@@ -25,6 +25,7 @@ def cell_inputs(runner, cell, key: str, lock) -> image.CellInputs:
     engine_roots: list[str] = []
     other_roots: list[str] = []
     engine = cell.choice("engine").component
+    engine_packages = tuple(matrix.component("engine", engine).packages)
     for axis, choice in cell.choices:
         comp = matrix.component(axis, choice.component)
         if comp.ecosystem != "pypi":
@@ -37,7 +38,7 @@ def cell_inputs(runner, cell, key: str, lock) -> image.CellInputs:
     return image.CellInputs(
         cell_id=cell.id, key=key, runner=cell.runner, gpu="gpu" in host.provides, base=host.image.base,
         engine=engine, vendor_base=dict(host.image.engines).get(family, ""), python=lock.python, pins=lock.pins,
-        engine_roots=tuple(engine_roots), other_roots=tuple(other_roots), overrides=tuple(host.pins),
+        engine_roots=tuple(engine_roots), engine_packages=engine_packages, other_roots=tuple(other_roots), overrides=tuple(host.pins),
         built=tuple(sorted((name, str(d)) for name, d in built.items())), llama_server=server,
         harness=runner.harness, suite=runner.suites[cell.model].digest)
 

@@ -86,16 +86,20 @@ def closure(roots: set[str], graph: dict[str, set[str]]) -> set[str]:
 
 
 def split_layers(pins: dict[str, str], graph: dict[str, set[str]], engine_roots: set[str],
-                 other_roots: set[str]) -> list[tuple[str, list[str]]]:
+                 other_roots: set[str], engine_packages: set[str] | None = None) -> list[tuple[str, list[str]]]:
     """The lock's packages in three groups: engine-only dependencies, the engine, the rest.
 
-    ``graph`` maps a package to its requirements (from the resolver's annotations); a package
-    needed by another component as well goes to the rest, so it cannot make the engine layers
-    differ between cells that share the engine.
+    ``graph`` maps a package to its requirements (from the resolver's annotations);
+    ``engine_roots`` are the engine component's packages and fixed requirements (transformers'
+    torch), ``engine_packages`` the packages whose version is the engine's (default: all roots).
+    The fixed requirements go with the dependencies, so a new engine release leaves that heavy
+    layer as it was. A package needed by another component as well goes to the rest, so it cannot
+    make the engine layers differ between cells that share the engine.
     """
-    engine = {canonicalize_name(r) for r in engine_roots} & set(pins)
+    roots = {canonicalize_name(r) for r in engine_roots} & set(pins)
+    engine = {canonicalize_name(r) for r in (engine_packages or engine_roots)} & set(pins)
     others = closure(other_roots, graph)
-    deps = (closure(engine, graph) - engine - others) & set(pins)
+    deps = (closure(roots, graph) - engine - others) & set(pins)
     rest = set(pins) - deps - engine
     groups = [("engine dependencies", deps), ("engine", engine), ("cell", rest)]
     return [(name, sorted(group)) for name, group in groups if group]

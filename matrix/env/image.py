@@ -265,7 +265,20 @@ def local_wheels(pins: dict[str, str], config=None) -> dict[str, list[Path]]:
 
 def dependency_graph(lock_pins: dict[str, str], *, python: str, overrides=(), find_links=()) -> dict[str, set[str]]:
     """Who requires whom among a lock's packages: the resolver run again on the exact pins, with
-    its ``# via`` annotations (the pins come back unchanged)."""
+    its ``# via`` annotations (the pins come back unchanged). Kept per lock: exact pins have one graph."""
+    from matrix import atomic
+
+    doc = json.dumps({"pins": sorted(lock_pins.items()), "python": python, "overrides": sorted(overrides)})
+    cache = paths.cache_dir() / "images" / "graphs" / f"{hashlib.sha256(doc.encode()).hexdigest()[:32]}.json"
+    with contextlib.suppress(OSError, ValueError):
+        return {k: set(v) for k, v in json.loads(cache.read_text(encoding="utf-8")).items()}
+    graph = _resolve_graph(lock_pins, python=python, overrides=overrides, find_links=find_links)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(cache, {k: sorted(v) for k, v in graph.items()})
+    return graph
+
+
+def _resolve_graph(lock_pins: dict[str, str], *, python: str, overrides=(), find_links=()) -> dict[str, set[str]]:
     from matrix.env import uv as envs
 
     with tempfile.TemporaryDirectory(prefix="llmcompat-graph-") as tmp:
@@ -338,6 +351,9 @@ class CellInputs:
     python: str = "3.11"
     pins: tuple[tuple[str, str], ...] = ()
     engine_roots: tuple[str, ...] = ()
+    """The engine component's packages and fixed requirements (the roots of its layers)."""
+    engine_packages: tuple[str, ...] = ()
+    """The engine component's own packages (their layer comes after its dependencies')."""
     other_roots: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
     built: tuple[tuple[str, str], ...] = ()
@@ -352,7 +368,8 @@ def spec_for(inputs: CellInputs, base_ref: str, graph: dict[str, set[str]], loca
     """The image spec of a cell and the wheels each layer's context directory holds."""
     pins = dict(inputs.pins)
     built = dict(inputs.built)
-    groups = dockerfile_mod.split_layers(pins, graph, set(inputs.engine_roots), set(inputs.other_roots))
+    groups = dockerfile_mod.split_layers(pins, graph, set(inputs.engine_roots), set(inputs.other_roots),
+                                         set(inputs.engine_packages) or None)
     layers, wheels = [], {}
     for i, (name, members) in enumerate(groups, 1):
         files = [f for m in members for f in local.get(m, [])]
