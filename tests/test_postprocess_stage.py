@@ -19,7 +19,11 @@ from tests.conftest import or_skip as _or_skip
 PROBE_DIR = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 
-import stage_postprocess as sp  # noqa: E402  (probe-side module: standard library only)
+import postprocess_context as pc  # noqa: E402  (probe-side modules: standard library only)
+import postprocess_detok as pd  # noqa: E402
+import postprocess_engines as pe  # noqa: E402
+import postprocess_rules as pr  # noqa: E402
+import stage_postprocess as sp  # noqa: E402
 import toolcalls  # noqa: E402
 from probe import Recorder  # noqa: E402
 
@@ -31,7 +35,7 @@ TOKENIZER_CELLS = {
 
 # --------------------------------------------------------------------------- fake byte-level decoders
 
-class ByteDetok(sp.Detokenizer):
+class ByteDetok(pd.Detokenizer):
     """One token per UTF-8 byte (ids 0..255), 300 = a control token ``<|c|>``, 301 = ``<think>``
     (added, not special): the hardest split a byte-level BPE can make."""
 
@@ -103,18 +107,18 @@ class SkipsAddedTokens(ByteDetok):
 def _run_detok(monkeypatch, tmp_path, cls) -> dict:
     (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": [
         {"id": 300, "content": "<|c|>", "special": True}, {"id": 301, "content": "<think>", "special": False}]}))
-    monkeypatch.setattr(sp, "make_detokenizer", lambda name, job: cls())
-    monkeypatch.setattr(sp, "SPECIAL_TEXT", "<|c|>a <think>\n你好🙂")
+    monkeypatch.setattr(pd, "make_detokenizer", lambda name, job: cls())
+    monkeypatch.setattr(pd, "SPECIAL_TEXT", "<|c|>a <think>\n你好🙂")
     rec = Recorder("check")
     job = {"model_dir": str(tmp_path), "postprocess": {"detokenizers": ["fake"]},
            "cases": [{"id": "g", "expect": {"gen": {"ids": [0xE4, 0xBD, 0xA0, 0x41]}}}]}
-    sp.detok_checks(sp._Ctx(job, rec))
+    pd.detok_checks(pc.Ctx(job, rec))
     return {(r["case"], r["check"]): r for r in rec.records}
 
 
 def test_a_correct_incremental_decoder_passes_on_every_multibyte_text(monkeypatch, tmp_path):
     recs = _run_detok(monkeypatch, tmp_path, ByteDetok)
-    assert {k[0] for k in recs} >= {f"_detok/{t}" for t in sp.TEXTS} | {"_detok/gen:g", "_special/mixed"}
+    assert {k[0] for k in recs} >= {f"_detok/{t}" for t in pr.TEXTS} | {"_detok/gen:g", "_special/mixed"}
     assert all(r["outcome"] == "pass" for r in recs.values()), recs
 
 
@@ -140,29 +144,29 @@ def test_skipping_a_non_special_added_token_is_caught(monkeypatch, tmp_path):
 
 def test_incremental_diff_bytes_and_text():
     full = "a你🙂".encode()
-    assert sp.incremental_diff([full[:2], full[2:5], full[5:]], full) == ""
-    assert "1 bytes lost" in sp.incremental_diff([full[:2], full[3:]], full)
-    assert sp.incremental_diff(["a", None, "你", "🙂"], "a你🙂") == ""
+    assert pr.incremental_diff([full[:2], full[2:5], full[5:]], full) == ""
+    assert "1 bytes lost" in pr.incremental_diff([full[:2], full[3:]], full)
+    assert pr.incremental_diff(["a", None, "你", "🙂"], "a你🙂") == ""
     # a U+FFFD the full decode also has (the model emitted invalid bytes) is not the decoder's fault
-    assert sp.incremental_diff(["a", "\ufffd", "b"], "a\ufffdb") == ""
-    assert "U+FFFD in piece 1" in sp.incremental_diff(["a", "\ufffd", "b"], "a你b")
+    assert pr.incremental_diff(["a", "\ufffd", "b"], "a\ufffdb") == ""
+    assert "U+FFFD in piece 1" in pr.incremental_diff(["a", "\ufffd", "b"], "a你b")
 
 
 # --------------------------------------------------------------------------- pure helpers
 
 def test_reference_reasoning_split_inverts_the_template():
-    assert sp.split_reasoning("<think>\nplan\n</think>\n\nanswer") == ("plan", "answer")
-    assert sp.split_reasoning("just text ") == (None, "just text")
-    assert sp.split_reasoning("prefilled\n</think>\n\nA") == ("prefilled", "A")
-    assert sp.split_reasoning("<think>\nunterminated") == ("unterminated", "")
-    assert sp.split_reasoning("<think>\n\n</think>\n\nA") == ("", "A")
+    assert pr.split_reasoning("<think>\nplan\n</think>\n\nanswer") == ("plan", "answer")
+    assert pr.split_reasoning("just text ") == (None, "just text")
+    assert pr.split_reasoning("prefilled\n</think>\n\nA") == ("prefilled", "A")
+    assert pr.split_reasoning("<think>\nunterminated") == ("unterminated", "")
+    assert pr.split_reasoning("<think>\n\n</think>\n\nA") == ("", "A")
 
 
 def test_compare_split_trim_and_strict():
-    assert sp.compare_split(("r", "c"), ("\nr\n", "\n\nc"), "trim") == ("", True)
-    diff, _ = sp.compare_split(("r", "c"), ("\nr\n", "c"), "strict")
+    assert pr.compare_split(("r", "c"), ("\nr\n", "\n\nc"), "trim") == ("", True)
+    diff, _ = pr.compare_split(("r", "c"), ("\nr\n", "c"), "strict")
     assert diff.startswith("reasoning:")
-    assert "content" in sp.compare_split(("r", "c"), ("r", "d"))[0]
+    assert "content" in pr.compare_split(("r", "c"), ("r", "d"))[0]
 
 
 def test_sse_parsing_and_accumulation_of_chat_deltas():
@@ -174,59 +178,59 @@ def test_sse_parsing_and_accumulation_of_chat_deltas():
              'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":": 1}"}}]}}]}', "",
              'data: {"choices":[{"delta":{},"finish_reason":"tool_calls"}]}', "", "data: [DONE]", "",
              'data: {"choices":[{"delta":{"content":"after done"}}]}', ""]
-    acc = sp.accumulate(sp.parse_sse([ln.encode() for ln in lines]), "chat")
+    acc = pe.streamed_answer(pe.sse_payloads("\n".join(lines).encode()))
     assert acc["text"] == "Hi " and acc["reasoning"] == "th" and acc["finish_reason"] == "tool_calls"
     assert acc["tool_calls"] == [{"name": "f", "arguments": '{"a": 1}'}]
-    comp = sp.accumulate(sp.parse_sse(['data: {"choices":[{"text":"a"}]}', "", 'data: {"choices":[{"text":"b",'
-                                       '"finish_reason":"length"}]}', ""]))
+    comp = pe.streamed_answer(pe.sse_payloads("\n".join(['data: {"choices":[{"text":"a"}]}', "", 'data: {"choices":[{"text":"b",'
+                                                          '"finish_reason":"length"}]}', ""])))
     assert (comp["text"], comp["finish_reason"]) == ("ab", "length")
 
 
 def test_stream_diff_names_what_differs():
     a = {"text": "abc", "finish_reason": "stop"}
-    assert sp.stream_diff(a, dict(a)) == ""
-    d = sp.stream_diff(a, {"text": "ab", "finish_reason": "length"})
+    assert pr.stream_diff(a, dict(a)) == ""
+    d = pr.stream_diff(a, {"text": "ab", "finish_reason": "length"})
     assert "text: first divergence at char 2" in d and "finish_reason 'stop' (plain) vs 'length'" in d
 
 
 def test_stop_across_picks_a_token_boundary_and_judge_stop():
     pieces = ["Hel", "lo", " wor", "ld"]
-    stop, before, i = sp.stop_across(pieces)
+    stop, before, i = pr.stop_across(pieces)
     assert stop in ("lw", "o w", "lo", "rl") and "".join(pieces).find(stop) == len(before)
-    assert sp.stop_across([" ", " "]) is None and sp.stop_across(["a", ""]) is None
-    assert sp.stop_across(["aa", "a"])[0] == "aaa"  # "aa" first occurs inside the first piece
-    assert sp.judge_stop("Hel", "stop", "Hel", "stop 'lo'", "lo")[0] == "pass"
-    assert sp.judge_stop("Hel", "length", "Hel", "x")[2] == "protocol"
-    outcome, detail, klass = sp.judge_stop("Hello", "stop", "Hel", "stop 'lo'", "lo")
+    assert pr.stop_across([" ", " "]) is None and pr.stop_across(["a", ""]) is None
+    assert pr.stop_across(["aa", "a"])[0] == "aaa"  # "aa" first occurs inside the first piece
+    assert pr.judge_stop("Hel", "stop", "Hel", "stop 'lo'", "lo")[0] == "pass"
+    assert pr.judge_stop("Hel", "length", "Hel", "x")[2] == "protocol"
+    outcome, detail, klass = pr.judge_stop("Hello", "stop", "Hel", "stop 'lo'", "lo")
     assert (outcome, klass) == ("fail", "protocol") and "returned at the end" in detail
-    assert sp.judge_stop("Hello w", "length", "Hel", "x")[2] == "backend-specific"
+    assert pr.judge_stop("Hello w", "length", "Hel", "x")[2] == "backend-specific"
 
 
 def test_whole_pieces_merge_split_characters():
     b = "a你🙂".encode()
-    pieces, ends = sp.whole_pieces([b[:2], b[2:4], b[4:6], b[6:]])
+    pieces, ends = pr.whole_pieces([b[:2], b[2:4], b[4:6], b[6:]])
     assert (pieces, ends) == (["a你", "🙂"], [1, 3])
-    assert sp.whole_pieces([b"a\xe4"]) == (["a\ufffd"], [0])  # an unfinished tail is still returned
+    assert pr.whole_pieces([b"a\xe4"]) == (["a\ufffd"], [0])  # an unfinished tail is still returned
 
 
 def test_gbnf_literal_escapes():
-    g = sp.gbnf_literal('a"\\\n東🙂\t')
+    g = pr.gbnf_literal('a"\\\n東🙂\t')
     assert g == 'root ::= "a\\"\\\\\\n\\u6771\\U0001F642\\x09"\n'
 
 
 def test_special_conventions():
-    kept, skipped = sp.special_expectations("<|a|>x<think>y<|b|>", ["<|a|>", "<|b|>"])
+    kept, skipped = pr.special_expectations("<|a|>x<think>y<|b|>", ["<|a|>", "<|b|>"])
     assert (kept, skipped) == ("<|a|>x<think>y<|b|>", "x<think>y")
-    assert sp.convention("x<think>y", kept, skipped) == "skipped"
-    assert sp.convention("xy", kept, skipped) == "neither"
+    assert pr.convention("x<think>y", kept, skipped) == "skipped"
+    assert pr.convention("xy", kept, skipped) == "neither"
 
 
 def test_reference_tool_parser_on_the_fixed_completions():
-    assert [c.name for c in toolcalls.parse(sp.TOOL_TEXTS["parallel"])] == ["get_weather", "get_time"]
-    (call,) = toolcalls.parse(sp.TOOL_TEXTS["nested-unicode"])
+    assert [c.name for c in toolcalls.parse(pr.TOOL_TEXTS["parallel"])] == ["get_weather", "get_time"]
+    (call,) = toolcalls.parse(pr.TOOL_TEXTS["nested-unicode"])
     assert call.arguments["guest"]["name"] == "Zoë 李" and call.arguments["note"] == 'quote " and \\ backslash'
-    got = sp.tool_calls_of([{"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}])
-    assert toolcalls.compare(toolcalls.parse(sp.TOOL_TEXTS["single"]), got) == ""
+    got = pr.tool_calls_of([{"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}])
+    assert toolcalls.compare(toolcalls.parse(pr.TOOL_TEXTS["single"]), got) == ""
 
 
 def test_golden_mode_records_nothing_and_an_empty_cell_is_one_skipped_record(tmp_path):
@@ -281,9 +285,9 @@ def test_stream_request_reads_sse_and_a_lossy_stream_is_a_failure(stub_url):
 
     client = OpenAIClient(stub_url, timeout=10)
     plain = client.completions({"prompt": "x"})["choices"][0]
-    streamed = sp.accumulate(sp.stream_request(client, "/completions", {"prompt": "x"}))
+    streamed = pe.streamed_answer(pe.stream_request(client, "/completions", {"prompt": "x"}))
     assert streamed["chunks"] == 3 and streamed["finish_reason"] == "length"
-    diff = sp.stream_diff({"text": plain["text"], "finish_reason": plain["finish_reason"]}, streamed)
+    diff = pr.stream_diff({"text": plain["text"], "finish_reason": plain["finish_reason"]}, streamed)
     assert "first divergence at char 1" in diff
 
 
@@ -291,8 +295,8 @@ def test_server_engine_checks_against_a_stub_openai_endpoint(stub_url, tmp_path)
     rec = Recorder("check")
     job = {"model_dir": str(tmp_path), "engines": [{"name": "openai-endpoint", "base_url": stub_url, "model": "m"}],
            "cases": [{"id": "c1", "stages": ["inference"], "expect": {"render": "hello", "ids": [1]}}]}
-    ctx = sp._Ctx(job, rec)
-    sp.engine_checks(ctx)
+    ctx = pc.Ctx(job, rec)
+    pe.engine_checks(ctx)
     recs = {r["check"]: r for r in rec.records}
     assert recs["openai-endpoint:stream"]["outcome"] == "fail"
     assert recs["openai-endpoint:stream"]["klass"] == "backend-specific"
@@ -334,17 +338,17 @@ def test_incremental_detokenization_and_parsers_with_real_tokenizers(cell, model
     print(cell, result["duration_s"], "s;", json.dumps(result["stages"]["postprocess"]))
     # 2. incremental detokenization: DecodeStream and TextStreamer, every multi-byte text
     for det in ("tokenizers", "transformers"):
-        for t in sp.TEXTS:
+        for t in pr.TEXTS:
             r = recs[(f"_detok/{t}", f"{det}:incremental")]
             assert r["outcome"] == "pass", r
         assert recs[("_special/mixed", f"{det}:special")]["outcome"] == "pass"
     assert facts["detokenizers"]["tokenizers"]["tokenizers"] == TOKENIZER_CELLS[cell][0].split("==")[1]
     assert facts["special_convention"]["tokenizers (skip=True)"] == "skipped"
     # 5 + 6: transformers' response-template parser against the reference on fixed texts
-    for name in sp.TOOL_TEXTS:
+    for name in pr.TOOL_TEXTS:
         assert recs[(f"_tools/{name}", "tools:transformers")]["outcome"] == "pass"
         assert recs[(f"_tools/{name}", "tools:transformers-stream")]["outcome"] == "pass"
-    for name in sp.REASONING_TEXTS:
+    for name in pr.REASONING_TEXTS:
         assert recs[(f"_reasoning/{name}", "reasoning:transformers")]["outcome"] == "pass"
     # a real finding, kept visible: streamed, the parser keeps the template's newlines that the
     # whole-text parse strips (transformers serve: stream and non-stream answers differ)
@@ -369,11 +373,11 @@ def test_llama_cpp_streaming_stops_and_specials_for_real(model, llama_python):
     result = run_postprocess(llama_python, job)
     recs = by_check(result)
     print(result["duration_s"], "s;", json.dumps(result["stages"]["postprocess"]))
-    for t in sp.TEXTS:
+    for t in pr.TEXTS:
         assert recs[(f"_detok/{t}", "llama-cpp:incremental")]["outcome"] == "pass"
     for eng in ("llama-cpp-python", "llama-cpp-server"):
         # forced multi-byte texts: the plain stream path holds split characters until whole
-        for t in sp.TEXTS:
+        for t in pr.TEXTS:
             assert recs[(f"_forced/{t}", f"{eng}:stream")]["outcome"] == "pass", recs[(f"_forced/{t}", f"{eng}:stream")]
         # llama-cpp-python 0.2.90 decodes each streamed token alone with errors="ignore" when
         # logprobs are asked for: every character split across tokens is lost

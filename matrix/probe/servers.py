@@ -224,6 +224,23 @@ class OpenAIClient:
         except NotJSON as exc:
             raise HTTPStatusError(200, "not JSON: " + exc.raw[:500].decode("utf-8", errors="replace"), url) from None
 
+    def stream(self, path: str, body: dict) -> bytes:
+        """POST ``body`` with ``stream: true``; the raw SSE body as it came (read it with
+        :func:`wire.parse_sse`). HTTP errors raise HTTPStatusError, transport failures TransportError."""
+        url = self.base_url + path
+        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(url, data=json.dumps(dict(body, stream=True)).encode("utf-8"), method="POST",
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as exc:
+            raise HTTPStatusError(exc.code, exc.read().decode("utf-8", errors="replace"), url) from None
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"POST {url}: {exc}") from None
+
     def models(self) -> dict:
         return self.request("GET", "/models")
 

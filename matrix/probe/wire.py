@@ -174,7 +174,8 @@ def accumulate(chunks, choice_index: int = 0) -> dict:
     """The message a stream of chat-completion chunks spells, by the OpenAI streaming rules.
 
     ``chunks``: decoded SSE payloads (dicts) or SDK chunk objects. Content (and
-    ``reasoning_content``/``reasoning``) deltas are concatenated in order; tool-call deltas are
+    ``reasoning_content``/``reasoning``) deltas, and the ``text`` of completions (not chat)
+    chunks, are concatenated in order; tool-call deltas are
     grouped by their ``index``: ``id``, ``type`` and ``function.name`` come from the first delta
     that carries them, ``function.arguments`` are concatenated in order. The last
     ``finish_reason`` and the last ``usage`` win. ``notes`` lists what the rules do not allow (a
@@ -197,9 +198,9 @@ def accumulate(chunks, choice_index: int = 0) -> dict:
             delta = _get(choice, "delta") or {}
             if _get(delta, "role") and out["role"] is None:
                 out["role"] = _get(delta, "role")
-            piece = _get(delta, "content")
-            if isinstance(piece, str):
-                out["content"] = (out["content"] or "") + piece
+            for piece in (_get(delta, "content"), _get(choice, "text")):  # chat delta, or completions text
+                if isinstance(piece, str):
+                    out["content"] = (out["content"] or "") + piece
             for key in ("reasoning_content", "reasoning"):
                 piece = _get(delta, key)
                 if isinstance(piece, str):
