@@ -248,10 +248,71 @@ def bench_images() -> None:
     run(report)
 
 
+def bench_page(cells: int = 10_000, findings: int = 500) -> None:
+    """The site for a synthetic store of 10,000 cells and 500 findings: build time (goal <= 5 s),
+    a filter applied in Chromium (goal <= 100 ms, change event to the next frame), and the
+    matrix view's page weight (reported)."""
+    import gzip
+
+    from reports.web.publish import publish
+    from tests.page_store import synthetic_store
+
+    with tempfile.TemporaryDirectory(prefix="llmcompat-bench-page-") as tmp:
+        store = synthetic_store(Path(tmp, "store.sqlite"), cells=cells, findings=findings)
+        t, cpu = time.perf_counter(), os.times()
+        site = publish(store, Path(tmp, "site"))
+        build, after = time.perf_counter() - t, os.times()
+        used = sum(after[:4]) - sum(cpu[:4])  # this process and its forked renderers
+        files = sum(1 for p in site.rglob("*") if p.is_file())
+        report(f"page build, {cells} cells", build <= 5.0,
+               f"{build:.2f}s wall for {files} files (goal <= 5 s, ratio {build / 5:.2f}); {used:.2f}s CPU "
+               f"over {os.cpu_count()} CPUs at load {os.getloadavg()[0]:.1f}")
+        weight = {n: (site / n).read_bytes() for n in ("index.html", "style.css", "app.js")}
+        raw = sum(len(b) for b in weight.values())
+        packed = sum(len(gzip.compress(b)) for b in weight.values())
+        report("page weight, matrix view", True,
+               f"{raw / 1024:.0f} KiB ({packed / 1024:.0f} KiB gzipped): "
+               + ", ".join(f"{n} {len(b) / 1024:.0f} KiB" for n, b in weight.items()))
+        ms = _filter_ms(site)
+        worst = max(ms.values())
+        report("page filter in Chromium", worst <= 100,
+               ", ".join(f"{k} {v:.0f} ms" for k, v in ms.items())
+               + f" (goal <= 100 ms each, worst ratio {worst / 100:.2f})")
+
+
+FILTER_JS = """async ([name, value]) => {
+  const sel = document.querySelector(`#filters select[name=${name}]`);
+  const t = performance.now();
+  sel.value = value;
+  sel.dispatchEvent(new Event("change", {bubbles: true}));
+  await new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
+  return performance.now() - t;
+}"""
+
+
+def _filter_ms(site: Path) -> dict[str, float]:
+    """Wall time in Chromium from a filter's change event to the next painted frame."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_page_browser import ARGS, CHROMIUM
+
+    out = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto((site / "index.html").as_uri())
+        page.wait_for_selector("#filters:not([hidden])")
+        for name, value in (("state", "broken"), ("stage", "inference"), ("component", "engine|mistralrs"),
+                            ("runner", "cpu")):
+            out[f"{name}={value}"] = min(page.evaluate(FILTER_JS, [name, value]) for _ in range(3))
+        browser.close()
+    return out
+
+
 BENCHES = {"env": bench_env_creation, "rerun": bench_second_run, "pairwise": bench_pairwise,
            "bisect": bench_bisect_probes, "noise": bench_noise, "bisect-real": bench_bisect_real,
            "stages": bench_stages_in_process, "cell-suite": bench_cell_suite, "narrow": bench_narrow,
-           "images": bench_images}
+           "images": bench_images, "page": bench_page}
 
 
 def main(argv=None) -> int:
