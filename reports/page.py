@@ -30,9 +30,10 @@ def _first_pages(data: dict):
     env = _render.environment()
     labels = {s["id"]: s for s in data["states"]}
     pairs = axis_pairs(data["cells"])
+    common = {"states": data["states"], "labels": labels, "last_run": data["last_run"], "generated": "",
+              "stages": data["stages"], "components": data["components"]}
     yield "index.html", env.get_template("index.html").render(
-        states=data["states"], labels=labels, last_run=data["last_run"], generated="", stages=data["stages"],
-        components=data["components"], cells=data["cells"], findings=data["findings"],
+        **common, chrome=_render.chrome(env, "", common), cells=data["cells"], findings=data["findings"],
         regressions=data["regressions"], differences=data["differences"], root="",
         mx=matrix_view(data["cells"], *pairs[0]), mx_json=_render.script_json(js_data(data["cells"])), pairs=pairs,
         pair_page=lambda a, b: _render.pair_page(a, b, pairs[0]),

@@ -182,12 +182,8 @@ def synthetic_store(path: Path, cells: int = 10_000, findings: int = 500, seed: 
             "repro": "nox -s cell", "reason": "" if outcome != "unresolvable" else "No solution found",
         })
     store = Store(path)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        files = [write(Path(tmp), r) for r in out]
-        ingest(store, {"id": "bench", "started": "2026-11-24T00:00:00+00:00",
-                       "finished": "2026-11-24T01:00:00+00:00"}, files, reused=[])
+    store.ingest_run({"id": "bench", "started": "2026-11-24T00:00:00+00:00", "finished": "2026-11-24T01:00:00+00:00"},
+                     out, reused=[])
     items = []
     for i in range(findings):
         e = engines[i % len(engines)]

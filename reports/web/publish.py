@@ -8,9 +8,11 @@ a half-written file), plus at most a temporary sibling that the next publish rem
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,31 +57,66 @@ def read_store(store, results_dir: Path | None = None) -> tuple[dict, list[dict]
 
 
 def build(export: dict, run_cells: list[dict], out: Path, ttf: dict | None = None,
-          generated: str | None = None) -> dict:
-    """Write the whole site under ``out`` (a fresh directory); returns the site data."""
+          generated: str | None = None, workers: int | None = None) -> dict:
+    """Write the whole site under ``out`` (a fresh directory); returns the site data. Big
+    sites render their pages in ``workers`` forked processes (default: one per CPU)."""
     generated = generated or datetime.now(timezone.utc).isoformat(timespec="seconds")
     site = site_data(export, run_cells, ttf=ttf)
     site["bisections"] = {}
     for b in export.get("bisections", []):
         site["bisections"].setdefault(str(b.get("fingerprint")), []).append(b)
     q = answers(site, export)
-    dirs: set[Path] = set()
     files = {**render.static_files()}
-    for rel, text in render.pages(site, q, generated):
-        files[rel] = text
-    files["matrix.json"] = json.dumps(exports.matrix_json(site, generated), indent=1, ensure_ascii=False)
+    files["matrix.json"] = json.dumps(exports.matrix_json(site, generated), ensure_ascii=False)
     files["matrix.schema.json"] = exports.SCHEMA_PATH.read_text(encoding="utf-8")
-    files["results.json"] = json.dumps(export, indent=1, sort_keys=True, ensure_ascii=False)
+    files["results.json"] = json.dumps(export, ensure_ascii=False)  # no indent: the C encoder
     files["feed.xml"] = exports.feed(site, generated)
     for rel, body in exports.badges(site).items():
         files[rel] = json.dumps(body)
-    for rel, text in files.items():
-        path = out / rel
-        if path.parent not in dirs:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            dirs.add(path.parent)
-        path.write_text(text, encoding="utf-8")
+    _write_all(out, files.items())
+    n = _workers(workers, len(site["cells"]))
+    if n == 1:
+        _write_all(out, render.pages(site, q, generated))
+    else:
+        _FORKED.update(site=site, answers=q, generated=generated, out=out, n=n)
+        ctx = multiprocessing.get_context("fork")
+        try:
+            with ctx.Pool(n) as pool:
+                pool.map(_render_share, range(n))
+        finally:
+            _FORKED.clear()
     return site
+
+
+PARALLEL_FROM = 2000
+"""Cells from which pages are rendered by several processes."""
+_FORKED: dict = {}
+
+
+def _workers(asked: int | None, cells: int) -> int:
+    """Forking is safe only with no other thread alive (the main job's pools are done by now)."""
+    if asked is not None:
+        return max(1, asked)
+    if cells < PARALLEL_FROM or threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _render_share(i: int) -> None:
+    """In a forked worker: render and write every n-th page."""
+    s = _FORKED
+    jobs = render.page_jobs(s["site"], s["answers"], s["generated"])
+    _write_all(s["out"], ((rel, make()) for k, (rel, make) in enumerate(jobs) if k % s["n"] == i))
+
+
+def _write_all(out: Path, items) -> None:
+    made: set[Path] = set()
+    for rel, text in items:
+        path = out / rel
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        path.write_text(text, encoding="utf-8")
 
 
 def publish(store, site: Path, ttf: dict | None = None, results_dir: Path | None = None) -> Path:

@@ -9,6 +9,8 @@ close the script element.
 from __future__ import annotations
 
 import json
+from functools import lru_cache, partial
+from html import escape
 from pathlib import Path
 
 from markupsafe import Markup
@@ -25,8 +27,29 @@ def environment():
     from jinja2 import Environment, FileSystemLoader
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(comp_page=comp_page, pair_page=pair_page, axes=AXES, stage_symbols=STAGE_SYMBOL)
+    env.globals.update(comp_page=comp_page, pair_page=pair_page, axes=AXES, stage_symbols=STAGE_SYMBOL, dots=dots)
     return env
+
+
+def dots(stages) -> Markup:
+    """One dot per stage: a symbol per outcome, its name in text for screen readers and tooltips."""
+    return _dots(tuple((s, o) for s, o in stages))
+
+
+@lru_cache(maxsize=4096)
+def _dots(stages: tuple) -> Markup:
+    parts = []
+    for stage, outcome in stages:
+        label = escape(f"{stage}: {outcome}")
+        parts.append(f'<span class="dot {escape(str(outcome))}" role="img" aria-label="{label}" title="{label}">'
+                     f"{escape(STAGE_SYMBOL.get(outcome, '?'))}</span>")
+    return Markup('<span class="dots">' + "".join(parts) + "</span>")
+
+
+def chrome(env, root: str, common: dict) -> dict:
+    """The head links, header and footer of pages at one depth, rendered once."""
+    mod = env.get_template("chrome.html").make_module({**common, "root": root})
+    return {"head": Markup(mod.head()), "header": Markup(mod.header()), "footer": Markup(mod.footer())}
 
 
 def comp_page(axis: str, name: str) -> str:
@@ -44,39 +67,53 @@ def script_json(data) -> Markup:
 
 def pages(site: dict, answers: dict, generated: str):
     """(relative path, text) for every page of the site."""
+    for rel, make in page_jobs(site, answers, generated):
+        yield rel, make()
+
+
+def page_jobs(site: dict, answers: dict, generated: str):
+    """(relative path, a function that renders it) for every page: cheap to list, so several
+    processes can share the rendering."""
     env = environment()
     labels = {s["id"]: s for s in site["states"]}
     common = {"states": site["states"], "labels": labels, "last_run": site["last_run"], "generated": generated,
               "stages": site["stages"], "components": site["components"]}
+    depth = {root: chrome(env, root, common) for root in ("", "../", "../../")}
     pairs = axis_pairs(site["cells"])
     default = pairs[0]
-    mx_json = script_json(js_data(site["cells"]))
+    mx_json = []
     index = env.get_template("index.html")
+
+    def matrix_page(rows: str, cols: str) -> str:
+        if not mx_json:
+            mx_json.append(script_json(js_data(site["cells"])))
+        return index.render(
+            **common, **_lists(site), root="", chrome=depth[""], mx=matrix_view(site["cells"], rows, cols),
+            mx_json=mx_json[0], pairs=pairs, pair_page=lambda a, b: pair_page(a, b, default),
+            show_cells=len(site["cells"]) <= SHOW_CELLS_ON_INDEX, counts=site["counts"],
+            outcome_counts=site["outcome_counts"], runners=site["runners"], models=site["models"])
+
+    def page(template: str, **extra):
+        return partial(env.get_template(template).render, **common, **extra)
+
     for rows, cols in pairs:
-        mx = matrix_view(site["cells"], rows, cols)
-        yield (pair_page(rows, cols, default), index.render(
-            **common, **_lists(site), root="", mx=mx, mx_json=mx_json, pairs=pairs,
-            pair_page=lambda a, b: pair_page(a, b, default), show_cells=len(site["cells"]) <= SHOW_CELLS_ON_INDEX,
-            counts=site["counts"], outcome_counts=site["outcome_counts"], runners=site["runners"],
-            models=site["models"]))
-    yield "cells.html", env.get_template("cells.html").render(**common, root="", cells=site["cells"])
-    yield "findings.html", env.get_template("findings.html").render(**common, **_lists(site), root="")
-    yield "components.html", env.get_template("components.html").render(**common, root="")
-    yield "questions.html", env.get_template("questions.html").render(**common, root="", q=answers,
-                                                                      charts=question_charts(answers))
-    cell = env.get_template("cell.html")
+        yield pair_page(rows, cols, default), partial(matrix_page, rows, cols)
+    yield "cells.html", page("cells.html", root="", chrome=depth[""], cells=site["cells"])
+    yield "findings.html", page("findings.html", **_lists(site), root="", chrome=depth[""])
+    yield "components.html", page("components.html", root="", chrome=depth[""])
+    yield "questions.html", page("questions.html", root="", chrome=depth[""], q=answers,
+                                 charts=question_charts(answers))
+    cell = env.get_template("cell.html").render
     for c in site["cells"]:
-        yield f"cells/{c['slug']}.html", cell.render(**common, root="../", c=c)
-    finding = env.get_template("finding.html")
+        yield f"cells/{c['slug']}.html", partial(cell, **common, root="../", chrome=depth["../"], c=c)
+    finding = env.get_template("finding.html").render
     bisections = site.get("bisections", {})
     for f in site["findings"]:
-        yield f"findings/{f['slug']}.html", finding.render(**common, root="../", f=f,
-                                                           bisections=bisections.get(f["fingerprint"], []))
-    component = env.get_template("component.html")
+        yield f"findings/{f['slug']}.html", partial(finding, **common, root="../", chrome=depth["../"], f=f,
+                                                    bisections=bisections.get(f["fingerprint"], []))
     for (axis, name), rows in site["versions"].items():
-        yield comp_page(axis, name), component.render(
-            **common, root="../../", axis=axis, name=name, rows=rows,
-            badge_path=f"badges/{slug(axis)}/{slug(name)}.json")
+        yield comp_page(axis, name), page("component.html", root="../../", chrome=depth["../../"], axis=axis,
+                                          name=name, rows=rows, badge_path=f"badges/{slug(axis)}/{slug(name)}.json")
 
 
 def _lists(site: dict) -> dict:

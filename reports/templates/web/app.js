@@ -68,18 +68,29 @@
         rowHas[c[2 + ra]] = true; colHas[c[2 + ca]] = true; n++;
       }
       var filtered = FILTERS.some(function (k) { return f[k]; }), shown = 0;
+      // only what changed is written: a big table's layout is the cost, not this loop
       for (var k in squares) {
-        var td = squares[k], g = groups[k], st = g ? combine(g, D) : 4;
-        var name = D.states[st];
-        td.className = "sq " + name + (want >= 0 && st !== want ? " dim" : "");
-        var sym = td.querySelector(".sym"), lab = td.querySelector(".lab");
-        if (sym) sym.textContent = D.symbols[st];
-        if (lab) lab.textContent = D.labels[st];
-        if (!(want >= 0 && st !== want) && g) shown++;
+        var td = squares[k], g = groups[k], st = g ? combine(g, D) : 4, dim = want >= 0 && st !== want;
+        if (td._st === undefined) td._st = D.states.indexOf(td.className.split(" ")[1]);
+        if (td._st !== st) {
+          td.classList.replace(D.states[td._st], D.states[st]);
+          var sym = td.querySelector(".sym"), lab = td.querySelector(".lab");
+          if (sym) sym.textContent = D.symbols[st];
+          if (lab) lab.textContent = D.labels[st];
+          td._st = st;
+        }
+        if (td.classList.contains("dim") !== dim) td.classList.toggle("dim", dim);
+        if (!dim && g) shown++;
       }
       var restrict = f.component || f.version || f.runner || f.model;
-      for (var r = 0; r < rowsEl.length; r++) rowsEl[r].hidden = !!restrict && !rowHas[rowsEl[r].dataset.r];
-      for (var q = 0; q < colsEl.length; q++) colsEl[q].hidden = !!restrict && !colHas[colsEl[q].dataset.c];
+      for (var r = 0; r < rowsEl.length; r++) {
+        var hr = !!restrict && !rowHas[rowsEl[r].dataset.r];
+        if (rowsEl[r].hidden !== hr) rowsEl[r].hidden = hr;
+      }
+      for (var q = 0; q < colsEl.length; q++) {
+        var hc = !!restrict && !colHas[colsEl[q].dataset.c];
+        if (colsEl[q].hidden !== hc) colsEl[q].hidden = hc;
+      }
       document.getElementById("shown").textContent = filtered ? n + " cells match, " + shown + " squares shown" : "";
       var p = new URLSearchParams();
       if (form.elements.rows.value !== table.dataset.rows || form.elements.cols.value !== table.dataset.cols) {
