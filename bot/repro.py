@@ -98,6 +98,8 @@ def spec_for(finding) -> Spec:
         return Spec("incremental", head, packages=_packages(head))
     elif stage == "inference" and check == "transformers":
         return Spec("generate", "transformers", packages=("transformers", "torch"))
+    elif stage == "postprocess" and check in ("reasoning:transformers:stream", "tools:transformers:stream"):
+        return Spec("parser-stream", "transformers", packages=("transformers", "tokenizers"))
     elif stage == "postprocess" and head in TEXT_ENGINES and suffix == "text":
         return Spec("engine-text", head, packages=(TEXT_ENGINES[head],))
     raise Unsupported(f"no standalone reproduction for the {stage} check {check!r} yet")
@@ -163,6 +165,13 @@ def _case(case_id: str, suite_cases: Iterable[Mapping], goldens) -> dict:
         if name not in texts:
             raise Unsupported(f"unknown detokenization text {name!r}")
         return {"id": case_id, "text": texts[name]}
+    if case_id.startswith(("_reasoning/", "_tools/")):
+        kind, _, name = case_id[1:].partition("/")
+        texts = _assign(PROBE / "postprocess_rules.py", "REASONING_TEXTS" if kind == "reasoning" else "TOOL_TEXTS")
+        if name not in texts:
+            raise Unsupported(f"unknown fixed completion {case_id!r}")
+        prefix = _assign(PROBE / "postprocess_rules.py", "PARSER_PREFIX") + ("<think>\n" if name == "prefilled-open" else "")
+        return {"id": case_id, "text": texts[name], "prefix": prefix}
     if case_id.startswith(TRICKY_PREFIX):
         name = case_id[len(TRICKY_PREFIX):]
         items = json.loads((PROBE / "tricky_texts.json").read_text(encoding="utf-8")).get("texts", [])
@@ -277,6 +286,9 @@ WHAT = {
                    "concatenate to the full decode, with no U+FFFD the full decode lacks",
     "generate": "generates greedily with {front} (float32, CPU) from the golden prompt ids and compares the "
                 "new ids with the reference path's golden generation",
+    "parser-stream": "parses a fixed completion with {front}'s response-template parser (what `transformers serve` "
+                     "runs), once whole and once fed token by token as its streamer does; reasoning, content and "
+                     "tool calls must be identical",
     "engine-text": "generates greedily with {front} (float32, CPU) from the golden prompt; when its ids are the "
                    "reference's golden ids, the engine's own text must equal the reference decode of them",
 }
@@ -384,7 +396,8 @@ def _pass_line(spec: Spec) -> str:
             "ids": "the ids equal the golden and decode back to the text", "bos": "at most one BOS at the start",
             "incremental": "the pieces concatenate to the full decode",
             "generate": "the generated ids equal the golden",
-            "engine-text": "identical ids, and the engine's text equals the reference decode"}[spec.kind]
+            "engine-text": "identical ids, and the engine's text equals the reference decode",
+            "parser-stream": "whole and streamed parses identical"}[spec.kind]
 
 
 def _render_body(spec: Spec) -> str:
@@ -542,8 +555,25 @@ def _engine_text_body(spec: Spec) -> str:
             "    return diverges(gen['text'], tok.decode(ids), 'text chars')\n")
 
 
+def _parser_stream_body(spec: Spec) -> str:
+    parser = _sources(PROBE / "postprocess_parsers.py", ("transformers_parser",))
+    return ("PARSER_PREFIX = CASE['prefix']\n\n\nclass Unavailable(ImportError):\n"
+            "    \"\"\"This transformers has no response parser: nothing to check (skip).\"\"\"\n\n\n"
+            + parser + "\n\n\ndef load():\n    whole, streamed, _ = transformers_parser({'model_dir': model_dir()})\n"
+            "    return whole, streamed\n\n\n"
+            "def check(lib):\n    whole, streamed = (f(CASE['text'], CASE['prefix']) for f in lib)\n    diffs = []\n"
+            "    for i, field in enumerate(('reasoning', 'content')):\n"
+            "        d = diverges(whole[i] or '', streamed[i] or '', field + ' chars')\n"
+            "        if d:\n            diffs.append(d)\n"
+            "    wa = [(c.name, c.arguments) for c in whole[2] or []]\n"
+            "    wb = [(c.name, c.arguments) for c in streamed[2] or []]\n"
+            "    if wa != wb:\n        diffs.append(f'tool calls: whole {wa!r}, streamed {wb!r}')\n"
+            "    return ('whole vs streamed: ' + '; '.join(diffs)) if diffs else ''\n")
+
+
 _BODIES = {"render": _render_body, "needles": _render_body, "ids": _ids_body, "bos": _ids_body,
-           "incremental": _incremental_body, "generate": _generate_body, "engine-text": _engine_text_body}
+           "incremental": _incremental_body, "generate": _generate_body, "engine-text": _engine_text_body,
+           "parser-stream": _parser_stream_body}
 
 
 # ------------------------------------------------------------------------------------ files

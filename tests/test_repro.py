@@ -36,6 +36,7 @@ def finding(**kw) -> dict:
     ("inference", "transformers", "generate", "transformers", "hf"),
     ("postprocess", "mistralrs:text", "engine-text", "mistralrs", "hf"),
     ("postprocess", "onnxruntime-genai:text", "engine-text", "onnxruntime-genai", "hf"),
+    ("postprocess", "reasoning:transformers:stream", "parser-stream", "transformers", "hf"),
 ])
 def test_spec_for_covers_the_default_matrix_checks(stage, check, kind, front, source):
     spec = repro.spec_for(finding(stage=stage, check_name=check))
@@ -43,7 +44,7 @@ def test_spec_for_covers_the_default_matrix_checks(stage, check, kind, front, so
 
 
 @pytest.mark.parametrize("stage,check", [("postprocess", "openvino-genai:text"), ("template", "jinja2:roundtrip"),
-                                         ("postprocess", "reasoning:transformers:stream"), ("client", "openai")])
+                                         ("postprocess", "reasoning:transformers"), ("client", "openai")])
 def test_unsupported_checks_say_why(stage, check):
     with pytest.raises(repro.Unsupported, match="no standalone reproduction"):
         repro.spec_for(finding(stage=stage, check_name=check))
@@ -211,7 +212,8 @@ REFERENCE_CHECKS = [
     ("transformers", "template", "reasoning-field-alias"), ("jinja2:needles", "template", "cap-reasoning"),
     ("tokenizers", "tokenize", "_tricky/emoji-zwj"), ("tokenizers", "tokenize", "multi-turn"),
     ("transformers:bos", "tokenize", "single-user"), ("transformers:incremental", "postprocess", "_detok/cjk"),
-    ("transformers", "inference", "multi-turn"),
+    ("transformers", "inference", "multi-turn"), ("reasoning:transformers:stream", "postprocess", "_reasoning/no-think"),
+    ("tools:transformers:stream", "postprocess", "_tools/parallel"),
 ]
 
 
@@ -249,3 +251,20 @@ def test_engine_detokenization_differences_reproduce_with_the_engine_alone(model
     assert _imports(text) <= STDLIB | {engine.replace("-", "_"), "mistralrs", "onnxruntime_genai"}
     v = repro.verify(f, {"bad": row})
     assert v.verified is True and f"FAIL {engine}: text chars diverge" in v.detail, v.detail
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_the_streamed_reasoning_parse_difference_reproduces(model, reference_python, tmp_path):
+    """transformers' response parser fed token by token keeps the newlines the whole parse strips
+    (the default matrix's reasoning:transformers:stream difference)."""
+    import subprocess
+
+    script = tmp_path / "repro.py"
+    script.write_text(repro.script(finding(stage="postprocess", check_name="reasoning:transformers:stream",
+                                           klass="backend-specific", case_id="_reasoning/think-then-answer"),
+                                   cell_row=cell_row(model)))
+    proc = subprocess.run([str(reference_python), "-I", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 1 and proc.stdout.startswith("FAIL transformers: whole vs streamed: reasoning"), (
+        proc.stdout + proc.stderr[-2000:])
