@@ -701,7 +701,9 @@ def verified_under(finding) -> str:
 
 
 def is_stale(finding) -> bool:
-    return not str(_get(finding, "repro_detail") or "").startswith(verified_under(finding))
+    """Not verified in its current cells, or without a verdict (no script then, or it could not run)."""
+    return (_get(finding, "repro_verified") is None
+            or not str(_get(finding, "repro_detail") or "").startswith(verified_under(finding)))
 
 
 def verify_store(store, findings=None, *, env_root: Path | None = None, stale_only: bool = False,
