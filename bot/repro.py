@@ -694,6 +694,38 @@ def verify(finding, cells: Mapping[str, Mapping], *, env_root: Path | None = Non
     return judge(bad, good)
 
 
+def with_check(finding, results: Iterable[Mapping]):
+    """A regression names a case and a stage, not a check (the worst check of that case and
+    stage regressed): the finding with the check its bad cell failed there (the first one a
+    script can reproduce, else the first), taken from the cell's ``results`` rows."""
+    if _get(finding, "check_name"):
+        return finding
+    failed = [r for r in results if r.get("case_id") == _get(finding, "case_id")
+              and r.get("stage") == _get(finding, "stage") and r.get("outcome") == "fail"]
+    if not failed:
+        return finding
+
+    def scriptable(r) -> bool:
+        try:
+            spec_for({"stage": r["stage"], "check_name": r["check_name"]})
+        except Unsupported:
+            return False
+        return True
+
+    r = next((r for r in failed if scriptable(r)), failed[0])
+    extra = {"check_name": r["check_name"], "klass": _get(finding, "klass") or r.get("klass") or ""}
+    if isinstance(finding, Mapping):
+        return {**finding, **extra}
+    from dataclasses import replace
+
+    return replace(finding, **extra)
+
+
+def checked(store, findings: Iterable) -> list:
+    """``findings`` with their checks named (:func:`with_check`, from the store's results)."""
+    return [with_check(f, store.results(_get(f, "bad_key") or "")) for f in findings]
+
+
 def verified_under(finding) -> str:
     """The tag a verification is saved under: the bad and good cell keys it ran in. A finding whose
     range moved (other cells) is verified again; one whose cells are the same is not."""
@@ -712,7 +744,7 @@ def verify_store(store, findings=None, *, env_root: Path | None = None, stale_on
     not yet verified in their current cells); saved on the finding (``repro_verified``,
     ``repro_detail``, the latter tagged with the cells, :func:`verified_under`)."""
     cells = {c["key"]: c for c in store.cells()}
-    chosen = findings if findings is not None else store.findings(status="open")
+    chosen = checked(store, findings if findings is not None else store.findings(status="open"))
     out = {_get(f, "fingerprint"): (f, verify(f, cells, env_root=env_root, timeout=timeout))
            for f in chosen if not stale_only or is_stale(f)}
     store.set_repro({fp: (v.verified, verified_under(f) + v.detail) for fp, (f, v) in out.items()})

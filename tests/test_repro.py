@@ -268,3 +268,18 @@ def test_the_streamed_reasoning_parse_difference_reproduces(model, reference_pyt
                           check=False)
     assert proc.returncode == 1 and proc.stdout.startswith("FAIL transformers: whole vs streamed: reasoning"), (
         proc.stdout + proc.stderr[-2000:])
+
+
+def test_a_regression_gets_the_check_its_bad_cell_failed():
+    reg = finding(kind="regression", check_name="", klass="", stage="tokenize", case_id="non-ascii")
+    results = [{"case_id": "non-ascii", "stage": "tokenize", "check_name": "llama-cpp", "outcome": "fail",
+                "klass": "mismatch"},
+               {"case_id": "non-ascii", "stage": "tokenize", "check_name": "transformers", "outcome": "fail",
+                "klass": "mismatch"},
+               {"case_id": "non-ascii", "stage": "tokenize", "check_name": "tokenizers", "outcome": "pass"},
+               {"case_id": "multi-turn", "stage": "tokenize", "check_name": "tokenizers", "outcome": "fail"}]
+    got = repro.with_check(reg, results)
+    assert (got["check_name"], got["klass"]) == ("transformers", "mismatch")  # the first one a script covers
+    assert repro.spec_for(got).kind == "ids"
+    assert repro.with_check(reg, results[2:3]) == reg  # nothing failed there: unchanged
+    assert repro.with_check(finding(), results)["check_name"] == "transformers"  # a difference keeps its own

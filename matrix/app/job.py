@@ -389,7 +389,7 @@ def write_repro_scripts(store, site: Path) -> dict:
     from bot import repro
 
     cells = {c["key"]: c for c in store.cells()}
-    return repro.write_scripts(store.findings(status="open"), site / "repro", cells)
+    return repro.write_scripts(repro.checked(store, store.findings(status="open")), site / "repro", cells)
 
 
 def record_differences(matrix: Matrix, store, run_id: str) -> list[Finding]:
