@@ -8,6 +8,7 @@ are results, not errors: the exit code is non-zero only for errors of llmcompat 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from matrix import paths
 from matrix.plan.cells import Cell
-from matrix.declare.config import Matrix
+from matrix.declare.config import AXES, Matrix
 from matrix.errors import ConfigError, LlmcompatError
 from matrix.outcome import Finding, Outcome
 from matrix.cell.run import CellReport, CellRunner, ModelRef, SuiteRef, now_iso
@@ -253,6 +254,8 @@ class RunSummary:
     """The :class:`bot.regress.RegressReport` of this run, when it had candidates."""
     differences: list[Finding] = field(default_factory=list)
     """Difference findings of this run (:func:`record_differences`)."""
+    findings: dict = field(default_factory=dict)
+    """How many findings are new, fixed (in this run) and open after it."""
 
     @property
     def counts(self) -> Counter:
@@ -306,18 +309,20 @@ def _one(runner: CellRunner, cell: Cell, force: bool) -> CellReport:
 
 
 def print_summary(summary: RunSummary, console, site: Path | None) -> None:
-    from rich.table import Table
+    """Plain lines that fit an 80-column log (reports.terminal): no table to wrap or clip."""
+    from reports.terminal import cell_lines, final_line
 
-    table = Table(title=f"run {summary.run_id}", show_lines=False)
-    table.add_column("cell", overflow="fold")
-    for col in ("outcome", "template", "tokenize", "inference", "seconds"):
-        table.add_column(col, no_wrap=True)
-    for r in summary.reports:
-        outcome = "reused:" + r.outcome.value if r.reused else r.outcome.value
-        stages = r.stages or {}
-        table.add_row(r.cell.id, outcome, *(stages.get(s, {}).get("outcome", "-")
-                                            for s in ("template", "tokenize", "inference")), f"{r.seconds:.1f}")
-    console.print(table)
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    say(f"run {summary.run_id}")
+    rows = [{"runner": r.cell.runner, "model": r.cell.model,
+             **{a: (r.cell.choice(a).component, r.cell.choice(a).version) for a in AXES},
+             "outcome": r.outcome.value, "reused": r.reused, "seconds": r.seconds,
+             "stages": {k: (v or {}).get("outcome", "skipped") for k, v in (r.stages or {}).items()}}
+            for r in summary.reports]
+    for line in cell_lines(rows) if rows else []:
+        say(line)
     c = summary.counts
     console.print(
         f"[bold]summary[/]: {len(summary.reports)} cells in {summary.seconds:.1f}s: "
@@ -339,8 +344,8 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
         for f in reg.findings:
             console.print(f"  finding {f['fingerprint']}: {f['component']} {f['last_good']} -> {f['first_bad']} "
                           f"({f['stage']}, case {f['case_id']}) {f.get('compare_url') or ''}", markup=False)
-    if site:
-        console.print(f"page: {site / 'index.html'}")
+    counts = summary.findings or {"new": 0, "fixed": 0, "open": 0}
+    say(final_line(str(site / "index.html") if site else None, counts))
 
 
 def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
@@ -362,7 +367,36 @@ def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
         site = page.publish(store, paths.site_dir()) if opts.page else None
         if site is not None:
             write_repro_scripts(store, site)
+        summary.findings = finding_counts(store, summary.run_id)
     return summary, site
+
+
+def finding_counts(store, run_id: str) -> dict[str, int]:
+    """New, fixed (both in run ``run_id``) and open findings, for the summary's last line."""
+    from reports.terminal import finding_counts as counts
+
+    started = next((r["started"] for r in store.runs() if r["id"] == run_id), "")
+    return counts(store.findings(), started)
+
+
+NOISY_LOGGERS_BELOW = logging.WARNING
+
+
+def quiet_third_party_logs() -> None:
+    """nox sets the root logger to DEBUG: keep other libraries' (urllib3, httpx, filelock...)
+    debug and info lines out of the main job's output; warnings and ours still show."""
+    ours = ("matrix", "bot", "reports", "llmcompat", "nox")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= NOISY_LOGGERS_BELOW or record.name.split(".")[0] in ours
+
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(getattr(f, "llmcompat_quiet", False) for f in handler.filters):
+            keep.llmcompat_quiet = True  # type: ignore[attr-defined]
+            handler.addFilter(keep)
+    for name in ("urllib3", "httpx", "httpcore", "filelock", "huggingface_hub", "fsspec", "asyncio", "docker"):
+        logging.getLogger(name).setLevel(max(logging.getLogger(name).level, NOISY_LOGGERS_BELOW))
 
 
 def before_filing(matrix: Matrix, opts: Options, store, console=None) -> dict:
@@ -506,6 +540,7 @@ def main_job(opts: Options, console=None) -> int:
     from rich.console import Console
 
     console = console or Console()
+    quiet_third_party_logs()
     summary, site = run_job(opts, console)
     print_summary(summary, console, site)
     if opts.bot_dry_run:
