@@ -167,8 +167,11 @@ def cmd_report(args) -> int:
     from reports.store import Store
 
     check_state(site=args.site or paths.site_dir())
+    from matrix.app.job import write_repro_scripts
+
     with Store(paths.store_path()) as store:
         site = page.publish(store, args.site or paths.site_dir())
+        write_repro_scripts(store, site)  # the standalone reproductions beside it (#15): repro/<fingerprint>.py
     print(site / "index.html")
     return 0
 
