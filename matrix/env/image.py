@@ -106,7 +106,11 @@ def exists(c, ref: str) -> bool:
 
 # --------------------------------------------------------------------------- base images
 
-def base_inputs(suite: str, include: tuple[str, ...] = ("python3",)) -> dict:
+BASE_PACKAGES = ("python3", "libgomp1")
+"""Python for the cell, and the OpenMP runtime that compiled engines (llama.cpp) link against."""
+
+
+def base_inputs(suite: str, include: tuple[str, ...] = BASE_PACKAGES) -> dict:
     """What makes a debootstrap base: the image name is their digest (same inputs, same image)."""
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
                           check=False).stdout.strip()
