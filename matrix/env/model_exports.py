@@ -11,8 +11,9 @@ process, never in the cell's environment, so the versions under test stay untouc
 - onnxruntime-genai: the builder of the *same* onnxruntime-genai version as the cell's engine
   (its genai_config.json must suit that runtime), plus onnx, onnx-ir, CPU torch and the reference
   transformers.
-- openvino-genai: optimum-intel[openvino] together with the cell's openvino-genai version, so
-  openvino and openvino-tokenizers (whose custom ops the tokenizer IR uses) match the runtime;
+- openvino-genai: optimum-intel[openvino] together with the cell's openvino-genai version and
+  openvino and openvino-tokenizers of that exact release (the tokenizer IR uses the custom ops of
+  openvino-tokenizers, which load only into the openvino they were built for);
   optimum-intel pulls torchvision, which breaks against the CPU torch build: it is dropped from
   the lock before the environment is made.
 
@@ -58,7 +59,8 @@ class Exporter:
     """Files a good export has (checked before it is renamed into place)."""
 
     def requirements_for(self, version: str, transformers: str) -> list[str]:
-        return [r.format(version=version, transformers=transformers) for r in self.requirements]
+        release = ".".join(version.split(".")[:3])  # openvino-genai 2026.4.0.0 -> openvino 2026.4.0
+        return [r.format(version=version, release=release, transformers=transformers) for r in self.requirements]
 
 
 EXPORTERS = {
@@ -71,7 +73,11 @@ EXPORTERS = {
     ),
     "openvino-genai": Exporter(
         engine="openvino-genai",
-        requirements=("optimum-intel[openvino]", "openvino-genai=={version}", "torch"),
+        # openvino itself pinned to the genai release: openvino-genai 2026.4.0.0 accepts openvino
+        # 2026.4.1, whose runtime refuses openvino-tokenizers 2026.4.0's ops ("Couldn't create
+        # operation: SpecialTokensSplit"), and optimum then exports no tokenizer IR without a word
+        requirements=("optimum-intel[openvino]", "openvino-genai=={version}", "openvino=={release}",
+                      "openvino-tokenizers=={version}", "torch"),
         command=("{python}", "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model", "{src}",
                  "--task", "text-generation-with-past", "--weight-format", "fp32", "{out}"),
         drop=("torchvision",),
