@@ -350,7 +350,6 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
 
 def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
     """Plan, run, ingest and publish; returns the run's summary and the page's directory."""
-    from reports import page
     from reports.store import Store
 
     prep = prepare(opts)
@@ -364,9 +363,7 @@ def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
             summary.regressions = find_regressions(prep, opts, store, summary.run_id)
             fix_differences(prep, opts, store)
         before_filing(prep.matrix, opts, store, console)
-        site = page.publish(store, paths.site_dir()) if opts.page else None
-        if site is not None:
-            write_repro_scripts(store, site)
+        site = publish_page(store, prep.matrix) if opts.page else None
         summary.findings = finding_counts(store, summary.run_id)
     return summary, site
 
@@ -416,6 +413,17 @@ def before_filing(matrix: Matrix, opts: Options, store, console=None) -> dict:
             console.print(f"  {f.triage} {f.fingerprint} ({shown[f.repro_verified]}): {f.triage_reason}",
                           markup=False)
     return verdicts
+
+
+def publish_page(store, matrix: Matrix | None = None, site: Path | None = None) -> Path:
+    """The site from the store, with the bot's time to fix per project and the standalone
+    reproductions (``repro/``) built into it before it is swapped in (reports never import bot)."""
+    from bot import ttf
+    from reports import page
+
+    stats = [s.as_dict() for s in ttf.summarize(ttf.collect(store, matrix))]
+    return page.publish(store, site or paths.site_dir(), ttf=stats, results_dir=paths.results_dir(),
+                        extra=lambda new: write_repro_scripts(store, new))
 
 
 def write_repro_scripts(store, site: Path) -> dict:
