@@ -163,15 +163,14 @@ def cmd_ttf(args) -> int:
 def cmd_report(args) -> int:
     from matrix import paths
     from matrix.app.preflight import check_state
-    from reports import page
     from reports.store import Store
 
     check_state(site=args.site or paths.site_dir())
-    from matrix.app.job import write_repro_scripts
+    from matrix.app.job import Options, load_matrix, publish_page
 
     with Store(paths.store_path()) as store:
-        site = page.publish(store, args.site or paths.site_dir())
-        write_repro_scripts(store, site)  # the standalone reproductions beside it (#15): repro/<fingerprint>.py
+        # with the standalone reproductions (#15, repro/<fingerprint>.py) and the bot's time to fix
+        site = publish_page(store, load_matrix(Options()), args.site or paths.site_dir())
     print(site / "index.html")
     return 0
 
