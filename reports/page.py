@@ -41,6 +41,9 @@ def _first_pages(data: dict):
         outcome_counts=data["outcome_counts"], runners=data["runners"], models=data["models"])
 
 
-def publish(store, site: Path, ttf: dict | None = None, results_dir: Path | None = None) -> Path:
-    """Write the site under ``site`` atomically (built aside, then swapped in); returns ``site``."""
-    return _publish(store, site, ttf=ttf, results_dir=results_dir)
+def publish(store, site: Path, ttf: list[dict] | None = None, results_dir: Path | None = None,
+            extra=None) -> Path:
+    """Write the site under ``site`` atomically (built aside, then swapped in); returns ``site``.
+    ``ttf``: the bot's time to fix per project; ``results_dir``: where result files (log tails)
+    are; ``extra(new_site_dir)``: more files to publish with it (reproduction scripts)."""
+    return _publish(store, site, ttf=ttf, results_dir=results_dir, extra=extra)

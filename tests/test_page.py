@@ -15,9 +15,7 @@ import pytest
 
 from reports import page
 from reports.web import data as d
-from reports.web import exports
 from reports.web.publish import clean_stale, publish
-
 from tests.page_store import HOSTILE, sample_store, synthetic_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,3 +260,23 @@ def test_slugs_are_safe_file_names():
         assert re.fullmatch(r"[0-9a-f]{16}", s), (bad, s)
     assert d.safe_link("https://github.com/a/b/issues/1") and not d.safe_link("javascript:alert(1)")
     assert not d.safe_link('https://x/"onmouseover=1')
+
+
+def test_the_bots_time_to_fix_and_reproduction_scripts_are_published_with_the_site(tmp_path):
+    from bot import repro, ttf
+
+    store, _ = sample_store(tmp_path)
+    stats = [s.as_dict() for s in ttf.summarize(ttf.collect(store))]
+    cells = {c["key"]: c for c in store.cells()}
+    site = publish(store, tmp_path / "site", ttf=stats,
+                   extra=lambda d: repro.write_scripts(store.findings(status="open"), d / "repro", cells))
+    written = sorted(p.name for p in (site / "repro").glob("*.py"))
+    assert written, "no finding had a standalone reproduction"
+    fp = written[0][:-3]
+    finding = next(f for f in store.findings() if (f.fingerprint if hasattr(f, "fingerprint") else f["fingerprint"])
+                   == fp)
+    slug = d.slug(fp)
+    html = (site / "findings" / f"{slug}.html").read_text()
+    assert f'href="../repro/{fp}.py"' in html and finding
+    questions = (site / "questions.html").read_text()
+    assert 'id="ttf-projects"' in questions and stats[0]["project"] in questions

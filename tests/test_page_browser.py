@@ -16,7 +16,6 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from reports.web.publish import publish
-
 from tests.page_store import HOSTILE, sample_store
 
 ROOT = Path(__file__).resolve().parent.parent

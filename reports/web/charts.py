@@ -18,9 +18,7 @@ def bars(title: str, items: list[tuple[str, float, str]], desc: str = "") -> Mar
     top = max((v for _, v, _ in items), default=0) or 1
     height = len(items) * (BAR_H + GAP) + GAP
     width = LABEL_W + BAR_W + VALUE_W
-    out = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
-           f'preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">',
-           f"<title>{escape(title)}</title><desc>{escape(desc or title)}</desc>"]
+    out = [_open(width, height), f"<title>{escape(title)}</title><desc>{escape(desc or title)}</desc>"]
     for i, (label, value, text) in enumerate(items):
         y = GAP + i * (BAR_H + GAP)
         w = max(0.0, value) / top * BAR_W
@@ -37,9 +35,7 @@ def stacked(title: str, rows: list[tuple[str, list[int]]], legend: list[str], de
     it when it is wide enough, and every part's name and count is written beside the bar."""
     height = len(rows) * (BAR_H + GAP) + GAP
     width = LABEL_W + BAR_W + VALUE_W
-    out = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
-           f'preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">',
-           f"<title>{escape(title)}</title><desc>{escape(desc or title)}</desc>"]
+    out = [_open(width, height), f"<title>{escape(title)}</title><desc>{escape(desc or title)}</desc>"]
     for i, (label, parts) in enumerate(rows):
         y = GAP + i * (BAR_H + GAP)
         total = sum(parts) or 1
@@ -57,6 +53,11 @@ def stacked(title: str, rows: list[tuple[str, list[int]]], legend: list[str], de
         out.append(f'<text x="{LABEL_W + BAR_W + 4}" y="{y + BAR_H - 5}" class="val">{escape(text)}</text>')
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def _open(width: int, height: int) -> str:
+    return (f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
+            f'preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">')
 
 
 def _short(label: str, n: int = 24) -> str:

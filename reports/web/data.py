@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from packaging.version import InvalidVersion, Version
 
@@ -51,7 +51,7 @@ WHAT_TO_DO = {
 }
 LEVELS = ("L0", "L1", "L2", "L3")
 _SLUG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
-_EXPECTED_GOT = re.compile(r"(?<!\()expected (.+?), got (.+?)(?:;|$)", re.S)
+_EXPECTED_GOT = re.compile(r"(?<!\()expected (.+?), got (.+?)(?:;|$)", re.DOTALL)
 CASES_SHOWN = 8
 DEFAULT_PAIRS = (("engine", "client"), ("engine", "tokenizer"))
 
@@ -85,10 +85,10 @@ def _time(t: str | None) -> datetime | None:
     if not t:
         return None
     try:
-        d = datetime.fromisoformat(t.replace("Z", "+00:00"))
+        d = datetime.fromisoformat(t)
     except ValueError:
         return None
-    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
 def expected_actual(detail: str) -> tuple[str, str] | None:
@@ -171,14 +171,17 @@ def latest_cells(export: dict) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------- findings
-def _finding_view(f: dict, issues: dict, ttf: dict) -> dict:
+def _finding_view(f: dict, issues: dict, ttf: dict, scripts=frozenset()) -> dict:
     fp = str(f.get("fingerprint"))
+    script = re.sub(r"[^0-9A-Za-z_-]", "", fp) + ".py"
     issue_rows = issues.get(fp, [])
     cls = f.get("class") or failure_class(f.get("klass"), f.get("stage")).value
     return {
         **f, "fingerprint": fp, "slug": slug(fp), "class": cls, "kind": f.get("kind") or "regression",
         "compare_url": safe_link(f.get("compare_url")),
         "repro_url": safe_link(f.get("repro_url") or f.get("repro_link")),
+        "repro_script": f"repro/{script}" if script in scripts else "",
+        "triage_verdict": f.get("triage_verdict") or f.get("triage") or "",
         "issues": [{**i, "url": safe_link(i.get("url"))} for i in issue_rows],
         "ttf": ttf.get(fp),
         "versions": list(f.get("versions") or []),
@@ -199,7 +202,7 @@ def time_to_fix(events: list[dict], findings: list[dict], now: datetime | None =
     """Per finding (days) and per project (median, p90, still open), from the store's
     time-to-fix events: the exposure window runs from the first bad release's upload (else
     introduced, else detected) to the first fixed release's upload (else the fix seen)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     by_fp: dict[str, dict[str, datetime]] = defaultdict(dict)
     for e in events:
         t = _time(e.get("time"))
@@ -270,11 +273,13 @@ def _fail_keys(cell: dict) -> set:
 
 
 # ---------------------------------------------------------------------------- the site
-def site_data(export: dict, run_cells: list[dict] | None = None, ttf: dict | None = None,
-              now: datetime | None = None) -> dict:
+def site_data(export: dict, run_cells: list[dict] | None = None, ttf: list[dict] | None = None,
+              now: datetime | None = None, scripts: set[str] | frozenset = frozenset()) -> dict:
     """Everything the site shows. ``run_cells``: (run_id, key, reused) rows for each cell's
-    history; ``ttf``: time-to-fix per project computed elsewhere (the bot's), else from the
-    store's time-to-fix events."""
+    history; ``ttf``: time to fix per project as the bot computes it (``bot.ttf`` project stats
+    as dicts, passed in by the application), shown beside the page's own per-component figures
+    from the store's time-to-fix events; ``scripts``: file names of the standalone
+    reproductions published under ``repro/``."""
     latest = latest_cells(export)
     cells = [latest[k] for k in sorted(latest)]
     issues: dict[str, list[dict]] = defaultdict(list)
@@ -282,9 +287,7 @@ def site_data(export: dict, run_cells: list[dict] | None = None, ttf: dict | Non
         issues[str(i.get("fingerprint"))].append(i)
     raw_findings = export.get("findings", [])
     per_finding, projects = time_to_fix(export.get("ttf_events", []), raw_findings, now)
-    if ttf:
-        projects = ttf
-    findings = [_finding_view(f, issues, per_finding) for f in raw_findings]
+    findings = [_finding_view(f, issues, per_finding, scripts) for f in raw_findings]
     findings.sort(key=lambda f: (f["status"] != "open", f.get("first_seen") or "", f["fingerprint"]))
     index = _FindingIndex(findings, cells)
     by_fp = {f["fingerprint"]: f for f in findings}
@@ -313,6 +316,7 @@ def site_data(export: dict, run_cells: list[dict] | None = None, ttf: dict | Non
         "runners": sorted({v["runner"] for v in views}),
         "models": sorted({v["model"] for v in views}),
         "ttf_projects": projects,
+        "ttf_bot": list(ttf or []),
         "versions": {(a, n): version_rows(a, n, views, findings) for a, n in components},
     }
 

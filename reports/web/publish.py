@@ -13,7 +13,8 @@ import os
 import shutil
 import tempfile
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from reports.web import exports, render
@@ -56,12 +57,14 @@ def read_store(store, results_dir: Path | None = None) -> tuple[dict, list[dict]
     return export, run_cells
 
 
-def build(export: dict, run_cells: list[dict], out: Path, ttf: dict | None = None,
+def build(export: dict, run_cells: list[dict], out: Path, ttf: list[dict] | None = None,
           generated: str | None = None, workers: int | None = None) -> dict:
-    """Write the whole site under ``out`` (a fresh directory); returns the site data. Big
-    sites render their pages in ``workers`` forked processes (default: one per CPU)."""
-    generated = generated or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    site = site_data(export, run_cells, ttf=ttf)
+    """Write the whole site under ``out`` (a fresh directory, where ``repro/`` may already hold
+    the standalone reproductions); returns the site data. Big sites render their pages in
+    ``workers`` forked processes (default: one per CPU)."""
+    generated = generated or datetime.now(UTC).isoformat(timespec="seconds")
+    scripts = {p.name for p in (out / "repro").glob("*.py")} if (out / "repro").is_dir() else set()
+    site = site_data(export, run_cells, ttf=ttf, scripts=scripts)
     site["bisections"] = {}
     for b in export.get("bisections", []):
         site["bisections"].setdefault(str(b.get("fingerprint")), []).append(b)
@@ -119,14 +122,19 @@ def _write_all(out: Path, items) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-def publish(store, site: Path, ttf: dict | None = None, results_dir: Path | None = None) -> Path:
-    """Build the site from ``store`` and swap it into ``site``; returns ``site``."""
+def publish(store, site: Path, ttf: list[dict] | None = None, results_dir: Path | None = None,
+            extra: Callable[[Path], object] | None = None) -> Path:
+    """Build the site from ``store`` and swap it into ``site``; returns ``site``. ``extra``
+    writes more files into the new site before its pages are made (the application's
+    standalone reproductions under ``repro/``), so they are swapped in with it."""
     site = Path(site)
     site.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(site)
     export, run_cells = read_store(store, results_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{site.name}.", suffix=".building", dir=site.parent))
     try:
+        if extra is not None:
+            extra(tmp)
         build(export, run_cells, tmp, ttf=ttf)
         _fsync_dir(tmp)
         swap(tmp, site)

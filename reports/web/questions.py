@@ -7,9 +7,9 @@ reader can judge how far to trust it.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from itertools import pairwise
 
 from matrix.outcome import FailureClass
-
 from reports.web.data import AXES, LEVELS, STAGE_NAMES, version_key
 
 TOOL_STAGE = "tool wiring"
@@ -28,7 +28,7 @@ def axis_attribution(cells: list[dict], tested: dict[str, set]) -> dict:
             groups[(c["runner"], c["model"], rest)].append(c)
         for members in groups.values():
             members.sort(key=lambda c: (c["axes"][axis][0], version_key(c["axes"][axis][1])))
-            for a, b in zip(members, members[1:]):
+            for a, b in pairwise(members):
                 both = tested[a["id"]] & tested[b["id"]]
                 fa = {k for k in a["case_fails"] if k in both}
                 fb = {k for k in b["case_fails"] if k in both}
@@ -95,7 +95,7 @@ def upgrades(cells: list[dict], findings: list[dict], ttf_projects: dict) -> dic
             groups[(c["runner"], c["model"], c["axes"][axis][0], rest)].append(c)
         for (_r, _m, comp, _rest), members in groups.items():
             members.sort(key=lambda c: version_key(c["axes"][axis][1]))
-            for a, b in zip(members, members[1:]):
+            for a, b in pairwise(members):
                 seen[comp] += 1
                 if set(b["case_fails"]) - set(a["case_fails"]):
                     broke[comp] += 1

@@ -102,7 +102,7 @@ def page_jobs(site: dict, answers: dict, generated: str):
     yield "findings.html", page("findings.html", **_lists(site), root="", chrome=depth[""])
     yield "components.html", page("components.html", root="", chrome=depth[""])
     yield "questions.html", page("questions.html", root="", chrome=depth[""], q=answers,
-                                 charts=question_charts(answers))
+                                 charts=question_charts(answers), ttf_bot=site.get("ttf_bot", []))
     cell = env.get_template("cell.html").render
     for c in site["cells"]:
         yield f"cells/{c['slug']}.html", partial(cell, **common, root="../", chrome=depth["../"], c=c)
@@ -122,7 +122,7 @@ def _lists(site: dict) -> dict:
 
 
 def question_charts(q: dict) -> dict:
-    pct = lambda x: f"{x * 100:.1f} %"  # noqa: E731
+    pct = lambda x: f"{x * 100:.1f} %"
     up = [r for r in q["upgrades"]["rows"] if r["upgrades"]]
     return {
         "axes": charts.bars("Share of outcome differences per axis",
