@@ -9,7 +9,8 @@ Which cells fail is decided from a hash of the seed and the cell id, so a run is
   retry fails too: the cell is ``infra``), and runs normally in later rounds (the next run
   retries it and it passes);
 - ``--flaky P``: that share of cells fails on its first attempt only (the run's retry passes);
-- ``--always``: every attempt fails.
+- ``--always``: every attempt fails;
+- ``--cases ID,ID``: the probe runs only these cases of the job (a fast real probe path).
 
 Each attempt is logged as one line ``<cell> <attempt> <failed|ran>`` under ``--state``, so a
 benchmark can count what was retried.
@@ -44,6 +45,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--flaky", type=float, default=0.0)
     parser.add_argument("--round", type=int, default=1)
     parser.add_argument("--always", action="store_true")
+    parser.add_argument("--cases", help="comma-separated case ids to keep")
     opts = parser.parse_args(argv[:split])
     probe = argv[split + 1:]
     job = json.loads(Path(probe[-2]).read_text(encoding="utf-8"))
@@ -60,6 +62,11 @@ def main(argv: list[str]) -> int:
     if fail:
         print(f"fault_probe: injected infra failure ({what}, round {opts.round}, attempt {attempt})", file=sys.stderr)
         return 75
+    if opts.cases:
+        keep = set(opts.cases.split(","))
+        job["cases"] = [c for c in job.get("cases", []) if c.get("id") in keep]
+        job["tricky"] = {}
+        Path(probe[-2]).write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
     os.execv(probe[0], probe)
     return 127
 
