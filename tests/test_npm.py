@@ -88,7 +88,7 @@ def test_ca_bundle_handed_to_node(tmp_path):
 
 
 def test_no_registry_host_is_written_down():
-    for path in (ROOT / "matrix" / "npm.py", PROBE_DIR / "render_node.py", PROBE_DIR / "render_hf_jinja.mjs"):
+    for path in (ROOT / "matrix" / "releases" / "npm.py", PROBE_DIR / "render_node.py", PROBE_DIR / "render_hf_jinja.mjs"):
         text = path.read_text(encoding="utf-8")
         assert "registry.npmjs" not in text and "npmjs.org" not in text and "npmjs.com" not in text, path
 

@@ -134,53 +134,31 @@ def default_python() -> str:
 
 @contextlib.contextmanager
 def _locked(lock_path: Path, wait: float = LOCK_WAIT):
-    """An exclusive lock on ``lock_path`` (flock: released by the kernel if the holder dies)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as f:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BuildError(f"waited {wait:.0f}s for another build holding {lock_path}") from None
-                time.sleep(0.5)
-        try:
+    """:func:`matrix.atomic.locked`, a wait too long a build error."""
+    try:
+        with atomic.locked(lock_path, wait):
             yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Rename a finished build into place (atomic); an equal build already there wins."""
-    atomic.publish_dir(tmp, path, MARKER)
+    except TimeoutError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def _build_once(root: Path, doc: dict, build) -> tuple[Path, bool]:
-    """``root/<key>``, built by ``build(tmp_dir)`` unless already there. (path, built now)."""
+    """``root/<key>``, built by ``build(tmp_dir)`` unless already there (:func:`matrix.atomic.build_once`);
+    the marker holds the key, its inputs, the seconds it took and what ``build`` returned. (path, built now)."""
     key = key_of(doc)
     path = root / key[:24]
-    if (path / MARKER).is_file():
-        return path, False
-    root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{key[:24]}.lock"):
-        if (path / MARKER).is_file():  # another process built it while we waited
-            return path, False
-        if path.exists():  # a stale, unmarked directory (never published by _publish)
-            shutil.rmtree(path, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=root))
-        try:
-            started = time.perf_counter()
-            info = build(tmp) or {}
-            marker = {"key": key, "inputs": doc, "seconds": round(time.perf_counter() - started, 1),
-                      "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
-            (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
-            _publish(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return path, True
+
+    def timed(tmp: Path) -> dict:
+        started = time.perf_counter()
+        info = build(tmp) or {}
+        return {"key": key, "inputs": doc, "seconds": round(time.perf_counter() - started, 1),
+                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
+
+    try:
+        built = atomic.build_once(path, timed, marker=MARKER, lock_path=root / f".{key[:24]}.lock", wait=LOCK_WAIT)
+    except TimeoutError as exc:
+        raise BuildError(str(exc)) from None
+    return path, built
 
 
 def info(path: Path) -> dict:

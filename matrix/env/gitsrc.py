@@ -266,14 +266,10 @@ def open_repo(source: str, *, cache: Path | None = None, what: str = ENV_GIT) ->
     if (mirror / "HEAD").is_file():
         _git(["-C", str(mirror), "fetch", "--prune", "--tags", "origin"], what=f"{what}: fetching {source}")
     else:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{mirror.name}-", dir=cache))
-        try:
+        def clone(tmp: Path) -> None:  # git writes HEAD: the marker of a finished mirror
             _git(["clone", "--mirror", "--quiet", source, str(tmp)], what=f"{what}: cloning {source}")
-            atomic.publish_dir(tmp, mirror, "HEAD")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        atomic.build_once(mirror, clone, marker="HEAD")
     return Repo(mirror, source)
 
 

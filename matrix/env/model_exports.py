@@ -222,8 +222,8 @@ def ensure_export(model_dir: Path | str, engine: str, version: str | None = None
     if (path / tinymodel.MARKER).is_file():
         return BuiltExport(engine, path, key, pins, env_seconds=env_seconds)
     t = time.perf_counter()
-    tinymodel._atomic_build(path, lambda out: _run_export(ex, env.python, model_dir, out, timeout),
-                            {"engine": engine, "engine_version": version, "model_hash": mhash, "pins": pins,
+    tinymodel.build_dir(path, lambda out: _run_export(ex, env.python, model_dir, out, timeout),
+                        {"engine": engine, "engine_version": version, "model_hash": mhash, "pins": pins,
                              "python": env.lock.python, "key": key, "command": list(ex.command)})
     return BuiltExport(engine, path, key, pins, created=True, seconds=time.perf_counter() - t, env_seconds=env_seconds)
 

@@ -8,7 +8,6 @@ renamed into place, so a killed build never leaves a half-made environment that 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -200,9 +199,8 @@ def ensure(lock: Lock, root: Path | None = None, *, built: dict[str, Path] | Non
     if (path / MARKER).is_file():
         return Environment(path, lock)
     started = time.perf_counter()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=root))
-    try:
+
+    def build(tmp: Path) -> dict:
         env = _uv_env()
         subprocess.run(
             [uv_bin(), "venv", "--quiet", "--relocatable", "--python", interpreter(lock.python), str(tmp)],
@@ -218,9 +216,7 @@ def ensure(lock: Lock, root: Path | None = None, *, built: dict[str, Path] | Non
         )
         if proc.returncode != 0:
             raise ResolveError(tuple(f"{n}=={v}" for n, v in lock.pins), _strip_ansi(proc.stderr).strip())
-        (tmp / MARKER).write_text(json.dumps(lock.to_json(), indent=1, sort_keys=True))
-        atomic.publish_dir(tmp, path, MARKER)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return Environment(path, lock, created=True, seconds=time.perf_counter() - started)
+        return lock.to_json()
+
+    created = atomic.build_once(path, build, marker=MARKER)
+    return Environment(path, lock, created=created, seconds=time.perf_counter() - started if created else 0.0)

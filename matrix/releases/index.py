@@ -56,8 +56,8 @@ from packaging.version import InvalidVersion, Version
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
-from matrix import atomic
 from matrix.errors import LlmcompatError
+from matrix.releases.cache import ReleaseCache
 from matrix.releases.versions import Release, order
 
 log = logging.getLogger(__name__)
@@ -396,13 +396,6 @@ def _release_from_json(d: dict) -> Release:
     )
 
 
-@dataclass(frozen=True)
-class _Cached:
-    releases: list[Release]
-    fetched_at: float
-    sources: str
-
-
 class PackageIndex:
     """Releases of projects from pip's configured sources, with a per-project JSON disk cache.
 
@@ -454,27 +447,16 @@ class PackageIndex:
     def releases(self, project: str) -> list[Release]:
         """Every release of ``project`` over all configured sources, ascending (PEP 440)."""
         name = _normalize(project)
-        cached = self._read_cache(name)
-        if self.offline:
-            if cached is not None:
-                return cached.releases
-            raise IndexUnavailable(project, f"offline mode and no cached releases in {self.cache_path(name)}")
-        if cached is not None and self._fresh(cached):
-            return cached.releases
-        started = time.monotonic()
-        try:
-            releases = self._fetch(name)
-        except _SourceError as exc:
-            if cached is not None:
-                age_h = (self._clock() - cached.fetched_at) / 3600
-                log.warning("%s: package index failed (%s); using cached releases from %.1f h ago", name, exc, age_h)
-                return cached.releases
-            raise IndexUnavailable(project, str(exc)) from exc
-        log.debug("%s: %d releases fetched in %.2f s", name, len(releases), time.monotonic() - started)
-        if not releases:
-            log.warning("%s: no releases on any configured source", name)
-        self._write_cache(name, releases)
-        return releases
+
+        def fetch() -> list[Release]:
+            found = self._fetch(name)
+            if not found:
+                log.warning("%s: no releases on any configured source", name)
+            return found
+
+        return self._cache().releases(self.cache_path(name), name, fetch, errors=(_SourceError,),
+                                      unavailable=lambda reason: IndexUnavailable(project, reason),
+                                      what="package index")
 
     def releases_many(self, projects: Iterable[str]) -> dict[str, list[Release]]:
         """:meth:`releases` of several projects, fetched in a small thread pool; keyed as given.
@@ -505,41 +487,12 @@ class PackageIndex:
         self.close()
 
     # -- cache
-    def _fresh(self, cached: _Cached) -> bool:
-        age = self._clock() - cached.fetched_at
-        return -60 <= age < self.ttl and cached.sources == self.config.fingerprint()
-
-    def _read_cache(self, name: str) -> _Cached | None:
-        path = self.cache_path(name)
-        data = atomic.read_json(path, log)
-        if data is None:
-            return None
-        try:
-            if data.get("format") != CACHE_FORMAT or data.get("project") != name:
-                return None
-            return _Cached(
-                releases=order(_release_from_json(r) for r in data["releases"]),
-                fetched_at=float(data["fetched_at"]),
-                sources=str(data.get("sources", "")),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.warning("ignoring malformed cache file %s: %s", path, exc)
-            return None
-
-    def _write_cache(self, name: str, releases: list[Release]) -> None:
-        """Write atomically (:mod:`matrix.atomic`); a cache that cannot be written is only a warning."""
-        path = self.cache_path(name)
-        data = {
-            "format": CACHE_FORMAT,
-            "project": name,
-            "fetched_at": self._clock(),
-            "sources": self.config.fingerprint(),
-            "releases": [_release_to_json(r) for r in releases],
-        }
-        try:
-            atomic.write_json(path, data, ensure_ascii=True, sort_keys=False)
-        except OSError as exc:
-            log.warning("could not write cache file %s: %s", path, exc)
+    def _cache(self) -> ReleaseCache:
+        """The TTL cache (:mod:`matrix.releases.cache`) with this index's current settings; a
+        cache from other sources is not fresh."""
+        return ReleaseCache(CACHE_FORMAT, "project", _release_to_json, _release_from_json, log, ttl=self.ttl,
+                            offline=self.offline, clock=self._clock, sources=lambda: self.config.fingerprint(),
+                            ensure_ascii=True)
 
     # -- fetching
     def _get_session(self) -> requests.Session:

@@ -18,21 +18,19 @@ as ``NODE_EXTRA_CA_CERTS``, so it works behind TLS-intercepting proxies.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from matrix.errors import LlmcompatError
 from matrix import atomic
+from matrix.releases.cache import ReleaseCache
 from matrix.releases.versions import Release, order
 
 log = logging.getLogger(__name__)
@@ -231,25 +229,12 @@ def _cache_path(cache_dir: Path, package: str) -> Path:
     return _install_root(cache_dir) / "releases" / f"{safe_name(package)}.json"
 
 
-def _read_cache(path: Path, package: str) -> tuple[list[Release], float] | None:
-    data = atomic.read_json(path, log)
-    if data is None:
-        return None
-    try:
-        if data.get("format") != CACHE_FORMAT or data.get("package") != package:
-            return None
-        rels = [
-            Release(version=str(r["version"]), upload_time=_utc(r["upload_time"]) if r.get("upload_time") else None)
-            for r in data["releases"]
-        ]
-        return order(rels), float(data["fetched_at"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        log.warning("ignoring malformed cache file %s: %s", path, exc)
-        return None
+def _release_from_json(r: dict) -> Release:
+    return Release(version=str(r["version"]), upload_time=_utc(r["upload_time"]) if r.get("upload_time") else None)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    atomic.write_json(path, data, sort_keys=False)
+def _release_to_json(r: Release) -> dict:
+    return {"version": r.version, "upload_time": r.upload_time.isoformat() if r.upload_time else None}
 
 
 def releases(
@@ -268,38 +253,11 @@ def releases(
     registry does not know has no releases (``[]``, with a warning).
     """
     validate_name(package)
-    path = _cache_path(Path(cache_dir), package)
-    cached = _read_cache(path, package)
-    if offline:
-        if cached is not None:
-            return cached[0]
-        raise NpmUnavailable(package, f"offline mode and no cached releases in {path}")
-    if cached is not None and -60 <= clock() - cached[1] < ttl:
-        return cached[0]
-    started = time.monotonic()
-    try:
-        found = _view(package)
-    except (_ViewFailed, NpmError) as exc:
-        if cached is not None:
-            age_h = (clock() - cached[1]) / 3600
-            log.warning("%s: npm view failed (%s); using cached releases from %.1f h ago", package, exc, age_h)
-            return cached[0]
-        raise NpmUnavailable(package, str(exc)) from None
-    log.debug("%s: %d npm releases fetched in %.2f s", package, len(found), time.monotonic() - started)
-    data = {
-        "format": CACHE_FORMAT,
-        "package": package,
-        "fetched_at": clock(),
-        "releases": [
-            {"version": r.version, "upload_time": r.upload_time.isoformat() if r.upload_time else None}
-            for r in found
-        ],
-    }
-    try:
-        _write_json_atomic(path, data)
-    except OSError as exc:
-        log.warning("could not write cache file %s: %s", path, exc)
-    return found
+    cache = ReleaseCache(CACHE_FORMAT, "package", _release_to_json, _release_from_json, log, ttl=ttl,
+                         offline=offline, clock=clock)
+    return cache.releases(_cache_path(Path(cache_dir), package), package, lambda: _view(package),
+                          errors=(_ViewFailed, NpmError), unavailable=lambda reason: NpmUnavailable(package, reason),
+                          what="npm view")
 
 
 # --------------------------------------------------------------------------- installs
@@ -316,17 +274,6 @@ def installed(prefix: Path, package: str, version: str) -> bool:
         isinstance(marker, dict) and marker.get("package") == package and marker.get("version") == version
         and isinstance(pkg, dict) and pkg.get("version") == version
     )
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _tool_version(cmd: list[str]) -> str | None:
@@ -349,50 +296,33 @@ def ensure_package(package: str, version: str, cache_dir: str | Path) -> Path:
     validate_name(package)
     validate_version(version)
     final = _install_dir(Path(cache_dir), package, version)
-    if installed(final, package, version):
-        return final
-    root = final.parent
-    with _locked(root / ".locks" / f"{final.name}.lock"):
-        if installed(final, package, version):  # another process finished it while we waited
-            return final
-        if final.exists():  # not a finished install (should not happen: renames are atomic)
-            log.warning("removing unfinished npm install %s", final)
-            shutil.rmtree(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+
+    def install(tmp: Path) -> dict:
+        started = time.monotonic()
         try:
-            started = time.monotonic()
-            try:
-                proc = subprocess.run(
-                    [_npm(), "install", "--no-save", "--ignore-scripts", "--no-audit", "--no-fund",
-                     "--no-package-lock", "--prefix", str(tmp), f"{package}@{version}"],
-                    capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=npm_env(), cwd=tmp,
-                )
-            except subprocess.TimeoutExpired:
-                raise NpmInstallError(package, version, f"timed out after {INSTALL_TIMEOUT}s") from None
-            except OSError as exc:
-                raise NpmInstallError(package, version, f"cannot run npm: {exc}") from exc
-            seconds = time.monotonic() - started
-            if proc.returncode != 0:
-                raise NpmInstallError(package, version, f"npm exited {proc.returncode}: {_tail(proc.stderr + proc.stdout)}")
-            try:
-                got = json.loads(package_dir(tmp, package).joinpath("package.json").read_text(encoding="utf-8"))["version"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise NpmInstallError(package, version, f"installed package.json unreadable: {exc}") from None
-            if got != version:
-                raise NpmInstallError(package, version, f"npm installed version {got!r}")
-            marker = {
-                "package": package,
-                "version": version,
-                "installed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(seconds, 3),
-                "node": _tool_version(["node", "--version"]),
-                "npm": _tool_version([_npm(), "--version"]),
-            }
-            _write_json_atomic(tmp / MARKER, marker)
-            os.rename(tmp, final)
-            tmp = None
-            log.info("installed %s@%s in %.1f s into %s", package, version, seconds, final)
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+            proc = subprocess.run(
+                [_npm(), "install", "--no-save", "--ignore-scripts", "--no-audit", "--no-fund",
+                 "--no-package-lock", "--prefix", str(tmp), f"{package}@{version}"],
+                capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=npm_env(), cwd=tmp,
+            )
+        except subprocess.TimeoutExpired:
+            raise NpmInstallError(package, version, f"timed out after {INSTALL_TIMEOUT}s") from None
+        except OSError as exc:
+            raise NpmInstallError(package, version, f"cannot run npm: {exc}") from exc
+        seconds = time.monotonic() - started
+        if proc.returncode != 0:
+            raise NpmInstallError(package, version, f"npm exited {proc.returncode}: {_tail(proc.stderr + proc.stdout)}")
+        try:
+            got = json.loads(package_dir(tmp, package).joinpath("package.json").read_text(encoding="utf-8"))["version"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise NpmInstallError(package, version, f"installed package.json unreadable: {exc}") from None
+        if got != version:
+            raise NpmInstallError(package, version, f"npm installed version {got!r}")
+        log.info("installed %s@%s in %.1f s into %s", package, version, seconds, final)
+        return {"package": package, "version": version,
+                "installed": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3),
+                "node": _tool_version(["node", "--version"]), "npm": _tool_version([_npm(), "--version"])}
+
+    atomic.build_once(final, install, marker=MARKER, done=lambda p: installed(p, package, version),
+                      lock_path=final.parent / ".locks" / f"{final.name}.lock")
     return final

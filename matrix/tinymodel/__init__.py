@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -159,7 +157,7 @@ def ensure(
         return _built(path)
     started = time.perf_counter()
     python_bin = reference_python(parts, reference, python)
-    _atomic_build(path, lambda out: _run_build(python_bin, out, arch, parts),
+    build_dir(path, lambda out: _run_build(python_bin, out, arch, parts),
                   {"arch": arch, "parts": list(parts), "pins": pins, "python": python, "key": key})
     built = _built(path)
     return BuiltModel(built.path, built.model_hash, built.files, True, time.perf_counter() - started)
@@ -205,20 +203,17 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _atomic_build(path: Path, build, meta: dict) -> None:
-    """Run ``build(tmp)`` in a sibling temporary directory, write the marker, rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+def build_dir(path: Path, build, meta: dict) -> None:
+    """``build(tmp)`` once under :func:`matrix.atomic.build_once`; the marker holds ``meta``, the
+    files' hashes and the model hash."""
+
+    def made(tmp: Path) -> dict:
         build(tmp)
         _make_readable(tmp)
         files = hash_files(tmp)
-        marker = {**meta, "files": files, "model_hash": model_hash(files)}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
-        atomic.publish_dir(tmp, path, MARKER)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return {**meta, "files": files, "model_hash": model_hash(files)}
+
+    atomic.build_once(path, made, marker=MARKER)
 
 
 def _make_readable(root: Path) -> None:
@@ -262,7 +257,7 @@ def ensure_hub(
         python_bin = reference_python(("tokenizer",), reference, python)
     except Exception as exc:  # noqa: BLE001 - no index, no environment: the model cannot be had
         raise ModelUnavailable(hub_id, f"no environment to download with: {exc}") from None
-    _atomic_build(path, lambda out: _download(python_bin, hub_id, out, timeout), {"hub_id": hub_id})
+    build_dir(path, lambda out: _download(python_bin, hub_id, out, timeout), {"hub_id": hub_id})
     built = _built(path)
     return BuiltModel(built.path, built.model_hash, built.files, True, time.perf_counter() - started)
 
