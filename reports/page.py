@@ -17,8 +17,10 @@ from reports.web.publish import publish as _publish
 
 
 def page_data(export: dict, run_cells: list[dict] | None = None) -> dict:
-    """Pure: everything the site shows, from the store's export."""
-    return site_data(export, run_cells)
+    """Pure: everything the site shows, from the store's export. ``findings`` are the
+    regressions (``differences`` beside them), ``all_findings`` both kinds."""
+    data = site_data(export, run_cells)
+    return {**data, "findings": data["regressions"], "all_findings": data["findings"]}
 
 
 def render(data: dict) -> str:
@@ -33,7 +35,7 @@ def _first_pages(data: dict):
     common = {"states": data["states"], "labels": labels, "last_run": data["last_run"], "generated": "",
               "stages": data["stages"], "components": data["components"]}
     yield "index.html", env.get_template("index.html").render(
-        **common, chrome=_render.chrome(env, "", common), cells=data["cells"], findings=data["findings"],
+        **common, chrome=_render.chrome(env, "", common), cells=data["cells"], findings=data.get("all_findings", data["findings"]),
         regressions=data["regressions"], differences=data["differences"], root="",
         mx=matrix_view(data["cells"], *pairs[0]), mx_json=_render.script_json(js_data(data["cells"])), pairs=pairs,
         pair_page=lambda a, b: _render.pair_page(a, b, pairs[0]),
