@@ -304,9 +304,6 @@ class Store:
             self.db.execute("COMMIT")
 
     # ---- reads -------------------------------------------------------------------------
-    def has_key(self, key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM cells WHERE key = ?", (key,)).fetchone() is not None
-
     def keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM cells")}
 

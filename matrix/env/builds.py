@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -304,21 +303,6 @@ def server_built(version: str, build_env: dict | None = None, *, package: str = 
     """The binary of an already finished :func:`llama_server` build, or None (never builds)."""
     path = (root or _cache() / "bin") / server_key(version, build_env, package)[:24]
     return path / "llama-server" if (path / MARKER).is_file() else None
-
-
-@dataclass(frozen=True)
-class Built:
-    """A build's directory and what its marker says (for result files and the cell key)."""
-
-    path: Path
-    key: str
-    seconds: float
-
-    @classmethod
-    def of(cls, path: Path) -> "Built":
-        d = Path(path) if Path(path).is_dir() else Path(path).parent
-        m = info(d)
-        return cls(d, m["key"], m["seconds"])
 
 
 # --------------------------------------------------------------------------- llama-server at a llama.cpp commit

@@ -78,10 +78,5 @@ class Cell:
             "reasons": list(self.reasons),
         }
 
-    @classmethod
-    def from_json(cls, data: dict) -> "Cell":
-        choices = {a: Choice(v["component"], v["version"]) for a, v in data["choices"].items()}
-        return cls.make(data["runner"], data["model"], choices, data.get("reasons", ()))
-
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+@-]")

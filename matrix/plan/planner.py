@@ -111,7 +111,7 @@ def _compile_constraints(matrix: Matrix, values: Sequence[Sequence[Choice]]) -> 
     compiled: list[list[tuple[int, frozenset[Choice]]]] = []
     for ci, constraint in enumerate(matrix.constraints):
         conds: list[tuple[int, frozenset[Choice]]] = []
-        for di, cond in enumerate(constraint.conditions):
+        for cond in constraint.conditions:
             where = f"constraints.{ci}.exclude.{cond.axis}"
             if cond.axis not in AXES:
                 raise matrix.error(where, cond.axis, f"no such axis (axes are {', '.join(AXES)})")

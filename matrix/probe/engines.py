@@ -271,7 +271,6 @@ class LlamaCppEngine(Engine):
                             "n_ctx": self.n_ctx, "n_gpu_layers": int(self.options.get("n_gpu_layers", 0)),
                             "system_info": info, "topk_from": "Llama.scores (logits_all=True)",
                             "eos_ids": self.eos_ids})
-        self._fresh = True
 
     def generate(self, case: dict, reset: bool = True) -> Generation:
         import numpy as np
@@ -337,7 +336,6 @@ class ServerEngine(Engine):
     package = ""
     api = "completions"
     prompt = "auto"         # ids | text | auto
-    extra_body: dict = {}
 
     def __init__(self, job, options=None):
         super().__init__(job, options)

@@ -75,7 +75,6 @@ class Server:
         self.env = env
         self.ready_path = ready_path
         self.start_timeout = start_timeout
-        self._own_log_dir = log_dir is None
         self.log_dir = log_dir or tempfile.mkdtemp(prefix=f"llmcompat-{name}-")
         self.log_path = os.path.join(self.log_dir, f"{name}.log")
         self.cwd = cwd or self.log_dir

@@ -286,12 +286,3 @@ def _download(python_bin: Path, hub_id: str, out: Path, timeout: float) -> None:
         reason = next((line for line in reversed(lines) if "Error: " in line), lines[-1] if lines else "")
         raise ModelUnavailable(hub_id, reason.strip() or f"download exited {proc.returncode}")
 
-
-def ensure_model(model, reference: Mapping[str, str] = DEFAULT_REFERENCE,
-                 parts: Iterable[str] = ("tokenizer",), python: str = "3.11") -> BuiltModel:
-    """A :class:`matrix.declare.config.Model` of either kind."""
-    if model.kind == "hub":
-        return ensure_hub(model.hub_id, reference=reference, python=python)
-    if model.kind == "tiny":
-        return ensure(arch=model.arch or "qwen2", parts=parts, reference=reference, python=python)
-    raise ValueError(f"model {model.name}: unknown kind {model.kind!r}")
