@@ -241,6 +241,14 @@ def bench_narrow() -> None:
                   + ", ".join(f"{m['seconds']:.0f}s ({m['compiled']} TUs)" for m in fulls))
 
 
+def bench_bot_soak() -> None:
+    """The GitHub bot: 5 runs with faults injected leave one issue per fingerprint and lose no update;
+    killed at 20 random points, re-runs converge to the uninterrupted state (tests/bench_bot.py)."""
+    from tests.bench_bot import run
+
+    run(report)
+
+
 def bench_images() -> None:
     """Cell images with the real Docker engine: cached rebuild, a shared engine layer, size per engine."""
     from tests.bench_images import run
@@ -313,6 +321,8 @@ BENCHES = {"env": bench_env_creation, "rerun": bench_second_run, "pairwise": ben
            "bisect": bench_bisect_probes, "noise": bench_noise, "bisect-real": bench_bisect_real,
            "stages": bench_stages_in_process, "cell-suite": bench_cell_suite, "narrow": bench_narrow,
            "images": bench_images, "page": bench_page}
+
+BENCHES["bot-soak"] = bench_bot_soak
 
 
 def main(argv=None) -> int:
