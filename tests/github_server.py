@@ -77,8 +77,12 @@ class GitHub:
         self.lock = threading.RLock()
         self.ids = 1000
         self.remaining = 5000
+        self.hook = None
+        """Called as ``hook(phase, n, method, path)`` with phase ``before``/``after`` each request
+        is carried out (n counts requests from 1): the soak benchmark kills the bot from there."""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
+        self.server.handle_error = lambda request, address: None  # a client killed mid-request is expected here
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -242,7 +246,10 @@ def _handler(gh: GitHub):
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             with gh.lock:
                 gh.log.append((method, path, parts.query))
+                n = len(gh.log)
             body = self._body() if method in ("POST", "PATCH", "PUT") else {}
+            if gh.hook is not None:
+                gh.hook("before", n, method, path)
             fault = self._fault(method, path)
             if fault is not None and self._inject(fault):
                 return
@@ -253,6 +260,8 @@ def _handler(gh: GitHub):
                 self._route(method, path, query, body, parts)
             except _NotFound:
                 self._error(404, "Not Found")
+            if gh.hook is not None:
+                gh.hook("after", n, method, path)
             if fault is not None and fault.kind == "reset-after":
                 self._reset()
 

@@ -214,7 +214,7 @@ class Remote:
             kw.update(state="closed", state_reason=a.state_reason or "completed")
         elif a.verb == "reopen":
             kw.update(state="open", state_reason="reopened")
-        self._issue(a.repo, a.number).edit(**kw)
+        self._read(lambda: self._issue(a.repo, a.number).edit(**kw))  # again when the answer broke off
 
     def create_label(self, a: Action) -> None:
         for attempt in range(self.attempts):
