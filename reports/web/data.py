@@ -108,7 +108,7 @@ def quantile(values: list[float], q: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------- one cell
-def cell_state(cell: dict) -> str:
+def cell_state(cell: dict, tally: tuple | None = None) -> str:
     """The page state of one stored cell (see the module docstring)."""
     outcome = cell.get("outcome")
     if outcome == "unresolvable":
@@ -120,31 +120,34 @@ def cell_state(cell: dict) -> str:
         return "flaky"
     if outcome != "fail":
         return "works"
-    return "broken" if _broken(cell) else "caveats"
-
-
-def _broken(cell: dict) -> bool:
-    passed, failed = Counter(), Counter()
-    for r in cell.get("results") or ():
-        if r.get("outcome") == "pass":
-            passed[r.get("stage")] += 1
-        elif r.get("outcome") == "fail":
-            failed[r.get("stage")] += 1
-            if (r.get("class") or failure_class(r.get("klass"), r.get("stage")).value) == "crash":
-                return True
+    passed, failed, crash = tally or _tally(cell)
+    if crash:
+        return "broken"
     if not failed:  # a failing cell without failing records: the stage outcomes tell
-        return any(v == "fail" for v in (cell.get("stages") or {}).values())
-    return any(failed[s] and not passed[s] for s in failed)
+        return "broken" if any(v == "fail" for v in stages.values()) else "caveats"
+    return "broken" if any(failed[s] and not passed[s] for s in failed) else "caveats"
 
 
-def stage_state(cell: dict, stage: str) -> str:
+def _tally(cell: dict) -> tuple[Counter, Counter, bool]:
+    """Passing and failing checks per stage, and whether any failure is a crash."""
+    passed, failed, crash = Counter(), Counter(), False
+    for r in cell.get("results") or ():
+        o = r.get("outcome")
+        if o == "pass":
+            passed[r.get("stage")] += 1
+        elif o == "fail":
+            failed[r.get("stage")] += 1
+            if not crash and (r.get("class") or failure_class(r.get("klass"), r.get("stage")).value) == "crash":
+                crash = True
+    return passed, failed, crash
+
+
+def stage_state(cell: dict, stage: str, tally: tuple | None = None) -> str:
     """A stage's outcome as a page state (for the stage filter)."""
     o = (cell.get("stages") or {}).get(stage, "skipped")
     if o == "fail":
-        results = [r for r in cell.get("results") or () if r.get("stage") == stage]
-        if results and not any(r.get("outcome") == "pass" for r in results):
-            return "broken"
-        return "caveats"
+        passed, failed, _ = tally or _tally(cell)
+        return "broken" if failed[stage] and not passed[stage] else "caveats"
     return {"pass": "works", "xfail": "works", "flaky": "flaky", "unresolvable": "uninstallable"}.get(o, "untested")
 
 
@@ -330,7 +333,8 @@ def _cell_view(c: dict, fps: list[str], by_fp: dict) -> dict:
     checks: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for r in results:
         checks[(r.get("stage"), r.get("check_name"))][r.get("outcome")] += 1
-    state = cell_state(c)
+    tally = _tally(c)
+    state = cell_state(c, tally)
     lock = c.get("lock") or {}
     pins = lock.get("pins") if isinstance(lock, dict) else None
     facts = c.get("facts") or {}
@@ -344,7 +348,7 @@ def _cell_view(c: dict, fps: list[str], by_fp: dict) -> dict:
         "axes": {a: (c[a], c[f"{a}_version"]) for a in AXES},
         "outcome": c.get("outcome"), "state": state,
         "stages": [(s, (c.get("stages") or {}).get(s, "skipped")) for s in STAGE_NAMES],
-        "stage_states": {s: stage_state(c, s) for s in STAGE_NAMES},
+        "stage_states": {s: stage_state(c, s, tally) for s in STAGE_NAMES},
         "findings": [by_fp[fp] for fp in dict.fromkeys(fps)],
         "failures": failures[:50], "more_failures": max(0, len(failures) - 50),
         "first": first, **_sides(failures),

@@ -121,8 +121,12 @@ def _lists(site: dict) -> dict:
             "differences": site["differences"]}
 
 
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f} %"
+
+
 def question_charts(q: dict) -> dict:
-    pct = lambda x: f"{x * 100:.1f} %"
+    pct = _pct
     up = [r for r in q["upgrades"]["rows"] if r["upgrades"]]
     return {
         "axes": charts.bars("Share of outcome differences per axis",
