@@ -122,6 +122,25 @@ class Inputs:
     versions: Mapping[str, str] = None
     export: str | None = None
     """The engine's export of the model (a directory), for engines that run one."""
+    special: Mapping[str, str] | None = None
+    """The template source's special tokens (bos_token ...), for renders from the template text."""
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def files_needed(spec: Spec) -> tuple[str, ...]:
+    """The model files a script inlines (the fewer, the shorter the script): a jinja2 render needs
+    only the special tokens, a tokenizer its files, an engine the whole model but the weights."""
+    if spec.front == "jinja2":
+        return ()  # the special tokens go inline (SPECIAL)
+    if spec.kind == "engine-text" and spec.front in EXPORTED:
+        return ()
+    if spec.kind in ("generate", "engine-text", "parser-stream"):
+        return MODEL_FILES
+    if spec.front == "tokenizers":
+        return ("tokenizer.json", "tokenizer_config.json")
+    return (*_TOKENIZER_FILES, "config.json")
 
 
 def _model_dir_for(model_hash: str, model_name: str) -> Path | None:
@@ -151,6 +170,22 @@ def _template_of(source: str, model_dir: Path) -> str | None:
 
         return gguf_meta.read_metadata(str(model_dir / "model.gguf")).chat_template
     raise Unsupported(f"the template source {source!r} is not kept with the model")
+
+
+def _special_of(source: str, model_dir: Path) -> dict[str, str]:
+    """bos/eos/pad/unk of the template source, as the probe hands them to the template."""
+    if source == "gguf":
+        from matrix.probe import gguf_meta
+
+        return dict(gguf_meta.special_tokens(gguf_meta.read_metadata(str(model_dir / "model.gguf"))))
+    cfg = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    out = {}
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        tok = cfg.get(name)
+        tok = tok.get("content") if isinstance(tok, dict) else tok
+        if tok is not None:
+            out[name] = tok
+    return out
 
 
 def _case(case_id: str, suite_cases: Iterable[Mapping], goldens) -> dict:
@@ -193,6 +228,23 @@ class _SuiteView:
     cases: tuple
 
 
+def _slim(case: dict, spec: Spec) -> dict:
+    """The case without what its script does not read (top-k lists, other stages' goldens)."""
+    case = dict(case)
+    expect = dict(case.get("expect") or {})
+    gen = {k: v for k, v in (expect.get("gen") or {}).items() if k in ("ids", "max_new_tokens", "text")}
+    if spec.kind in ("render", "needles"):
+        expect = {k: v for k, v in expect.items() if k in ("render", "error")}
+    elif spec.kind in ("ids", "bos"):
+        expect = {k: v for k, v in expect.items() if k in ("render", "ids")}
+    else:
+        expect = {k: v for k, v in expect.items() if k in ("render", "ids")} | ({"gen": gen} if gen else {})
+        case = {k: v for k, v in case.items() if k in ("id", "expect", "ids", "text", "prefix")}
+    if "expect" in case or expect:
+        case["expect"] = expect
+    return case
+
+
 def inputs_for(finding, cell_row: Mapping | None = None, *, suite: str = "core") -> Inputs:
     """The :class:`Inputs` of ``finding`` from its bad cell (``cell_row``: a store ``cells`` row),
     the suite and its goldens, and the tiny model in the cache (by the cell's model hash)."""
@@ -206,8 +258,9 @@ def inputs_for(finding, cell_row: Mapping | None = None, *, suite: str = "core")
         raise Unsupported(f"the model {model_name} ({row.get('model_hash', '')[:12]}) is not built here")
     the_suite = suites.load(suite)
     goldens = suites.load_goldens(the_suite, model_name)
-    case = _case(_get(finding, "case_id") or "", the_suite.cases, goldens)
-    files = {n: (model_dir / n).read_bytes() for n in MODEL_FILES if (model_dir / n).is_file()}
+    case = _slim(_case(_get(finding, "case_id") or "", the_suite.cases, goldens), spec)
+    wanted = files_needed(spec)
+    files = {n: (model_dir / n).read_bytes() for n in MODEL_FILES if n in wanted and (model_dir / n).is_file()}
     template = _template_of(spec.source, model_dir) if spec.kind in ("render", "needles") else None
     versions = {}
     for axis in ("engine", "tokenizer", "template", "client"):
@@ -223,7 +276,8 @@ def inputs_for(finding, cell_row: Mapping | None = None, *, suite: str = "core")
             raise Unsupported(f"the {spec.front} export of the model cannot be made here: {str(exc)[:200]}") from None
     needs_weights = spec.kind == "generate" or (spec.kind == "engine-text" and spec.front not in EXPORTED)
     weights = str(model_dir / "model.safetensors") if needs_weights else None
-    return Inputs(files, case, template, None, weights, row.get("cell_id", ""), versions, export)
+    special = _special_of(spec.source, model_dir) if spec.kind in ("render", "needles") else None
+    return Inputs(files, case, template, None, weights, row.get("cell_id", ""), versions, export, special)
 
 
 # ------------------------------------------------------------------------------------ the script
@@ -327,6 +381,7 @@ def script(finding, inputs: Inputs | None = None, *, cell_row: Mapping | None = 
         "}",
         f"CASE = json.loads({json.dumps(inputs.case, ensure_ascii=False)!r})",
         f"TEMPLATE = {inputs.template!r}",
+        *([f"SPECIAL = {dict(inputs.special)!r}"] if inputs.special is not None else []),
         f"WEIGHTS = os.environ.get('REPRO_WEIGHTS', {inputs.weights!r})",
         *([f"EXPORT = os.environ.get('REPRO_EXPORT', {inputs.export!r})"] if inputs.export else []),
         "",
@@ -402,12 +457,10 @@ def _pass_line(spec: Spec) -> str:
 
 def _render_body(spec: Spec) -> str:
     if spec.front == "jinja2":
-        helpers = ("import jinja2  # noqa: F401 - the library under test\n\n\n"
-                   + _sources(PROBE / "chat_messages.py", _MESSAGE_HELPERS) + "\n\n\n"
+        helpers = (_sources(PROBE / "chat_messages.py", _MESSAGE_HELPERS) + "\n\n\n"
                    + _sources(PROBE / "stage_template.py", _RENDER_HELPERS))
-        load = ("def load():\n    import jinja2\n    special = {k: v for k, v in json.loads(zlib.decompress(base64.b85decode("
-                "FILES['tokenizer_config.json']))).items() if k in ('bos_token', 'eos_token', 'pad_token', 'unk_token')"
-                " and isinstance(v, str)}\n    return lambda: jinja2_renderer(TEMPLATE, special, {})\n")
+        load = ("def load():\n    import jinja2.sandbox  # the library under test: missing is SKIP, not FAIL\n\n"
+                "    return lambda: jinja2_renderer(TEMPLATE, SPECIAL, {})\n")
         render = "    render = lib()\n    text = render(CASE)\n"
     else:
         helpers = _sources(PROBE / "chat_messages.py", ("default_generation_prompt",))

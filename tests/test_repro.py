@@ -283,3 +283,21 @@ def test_a_regression_gets_the_check_its_bad_cell_failed():
     assert repro.spec_for(got).kind == "ids"
     assert repro.with_check(reg, results[2:3]) == reg  # nothing failed there: unchanged
     assert repro.with_check(finding(), results)["check_name"] == "transformers"  # a difference keeps its own
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_missing_library_is_skip_not_fail(model, tmp_path):
+    """In an environment without the library under test the script exits 125 (bisect's skip):
+    a version that cannot run is never read as bad."""
+    import subprocess
+
+    from matrix.env import uv as envs
+
+    env = envs.ensure(_lock("packaging==24.2"))
+    for check, stage in (("jinja2", "template"), ("tokenizers", "tokenize"), ("transformers", "template")):
+        script = tmp_path / "repro.py"
+        script.write_text(repro.script(finding(check_name=check, stage=stage), cell_row=cell_row(model)))
+        proc = subprocess.run([str(env.python), "-I", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                              check=False)
+        assert proc.returncode == 125 and proc.stdout.startswith("SKIP "), (check, proc.stdout, proc.stderr[-500:])
