@@ -163,6 +163,23 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or ["-q"]), env={"PYTHONDONTWRITEBYTECODE": "1"})
 
 
+LINTED = ("matrix", "bot", "reports", "tests", "noxfile.py")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint, then the format check) and mypy over the project, configured in pyproject.toml;
+    the probe (a flat namespace of standard-library modules) is type-checked on its own. Ends with
+    the house figures (longest functions, matrix/ top level, imports inside functions, cycles)."""
+    session.install("-e", ".[lint,test]")
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
+    session.run("mypy")
+    probe = sorted(str(p) for p in (ROOT / "matrix" / "probe").glob("*.py"))
+    session.run("mypy", "--config-file", "pyproject.toml", *probe)
+    session.run("python", "-m", "tests.house")
+
+
 @nox.session
 def workflows(session: nox.Session) -> None:
     """Lint the GitHub workflows: actionlint, and zizmor's strictest persona (offline), no ignores."""
