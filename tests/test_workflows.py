@@ -218,12 +218,23 @@ def test_the_workflow_sequence_locally_gives_the_single_machine_store_and_page(t
     assert json.loads(_outputs(out)["regress"]) == {"include": []}  # no history: no candidates
     summary = (tmp_path / "summary.md").read_text()
     assert "**3 cells: 3 run, 0 reused**" in summary
-    _llmcompat(agg, axes, "report", "--site", str(agg / "site"))
+    # record (no regress shards to merge), the bot as a dry run, then the page job's script
+    _script("record", agg, axes, RUN_ID="gha-1-1")
+    bot = _script("bot", agg, axes, DRY_RUN="true", GITHUB_REPOSITORY="llmcompat/llmcompat", GITHUB_TOKEN="")
+    assert "Traceback" not in bot.stderr
+    final = agg / "stores" / "store-final"
+    final.mkdir(parents=True)
+    shutil.copy(agg / "store.sqlite", final / "store.sqlite")
+    _script("page", agg, axes, LLMCOMPAT_HOME=str(agg / ".llmcompat"))  # builds agg/site
     from reports.store import Store
 
     with Store(one / "store.sqlite", readonly=True) as a, Store(agg / "store.sqlite", readonly=True) as b:
         single, sharded = _normal(a.export()), _normal(b.export())
-    assert single == sharded and len(single["cells"]) == 3
+        locks = {(i, c["cell_id"]): (c["key"][:12], c["lock"], c["facts"][:300])
+                 for i, s in enumerate((a, b)) for c in s.cells()
+                 if (c["key"], c["cell_id"], c["outcome"]) not in set(single["cells"]) & set(sharded["cells"])}
+    assert single == sharded, locks  # same keys: same locks, probe, suite and model on both sides
+    assert len(single["cells"]) == 3
     pages = []
     for site in (one / "site", agg / "site"):
         text = " ".join(p.read_text(errors="replace") for p in sorted(site.rglob("*")) if p.is_file()
