@@ -39,7 +39,7 @@ def test_malformed_yaml(tmp_path):
 
 def test_unknown_key_names_line_and_field(tmp_path):
     p = axes_file(tmp_path, AXES.replace("      repo: huggingface/tokenizers", "      repo: huggingface/tokenizers\n      colour: blue"))
-    line = next(i for i, l in enumerate(p.read_text().splitlines(), 1) if "colour" in l)
+    line = next(i for i, ln in enumerate(p.read_text().splitlines(), 1) if "colour" in ln)
     proc = llmcompat(tmp_path, "plan", "--axes", str(p))
     assert_rejected(tmp_path, proc, f"{p}:", "colour")
     assert f":{line}:" in proc.stderr or f":{line - 1}:" in proc.stderr

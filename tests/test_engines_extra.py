@@ -23,7 +23,7 @@ import engines_extra  # noqa: E402
 import stage_inference as si  # noqa: E402
 from probe import Recorder  # noqa: E402
 
-from matrix.env import model_exports as me
+from matrix.env import model_exports as me  # noqa: E402
 
 CASE_IDS = ("single-user", "system-prompt", "multi-turn")
 VERSIONS = {"mistralrs": "0.9.5", "onnxruntime-genai": "0.18.0", "openvino-genai": "2026.4.1.0"}

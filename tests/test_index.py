@@ -44,7 +44,7 @@ T2 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 class _Handler(BaseHTTPRequestHandler):
     server: "_IndexServer"
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):  # the name http.server calls
         srv = self.server
         with srv.lock:
             srv.requests.append((self.path, self.headers.get("Accept", "")))

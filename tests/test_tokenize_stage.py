@@ -17,8 +17,8 @@ from matrix.declare.loader import load_default
 from matrix.cell.run import PROBE_DIR, run_probe
 
 sys.path.insert(0, str(PROBE_DIR))
-import stage_tokenize  # noqa: E402  (the probe's own module, standard library only)
-from probe import Recorder  # noqa: E402
+import stage_tokenize  # the probe's own module, standard library only
+from probe import Recorder
 
 CELLS = {  # two versions of each library; transformers 5.24 needs tokenizers >= 0.23.1
     "tokenizers-0.23.2+transformers-5.23.0": ["tokenizers==0.23.2", "transformers==5.23.0"],

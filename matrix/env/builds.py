@@ -126,7 +126,7 @@ def compiler_id() -> str:
 
 
 def default_python() -> str:
-    return "%d.%d" % sys.version_info[:2]
+    return "{}.{}".format(*sys.version_info[:2])
 
 
 # --------------------------------------------------------------------------- locking and layout

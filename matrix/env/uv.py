@@ -95,7 +95,7 @@ def _index_args() -> list[str]:
 
 def interpreter(version: str) -> str:
     """An interpreter for ``version``: this one when it matches, else uv finds a system one."""
-    if "%d.%d" % sys.version_info[:2] == version:
+    if "{}.{}".format(*sys.version_info[:2]) == version:
         return sys.executable
     return version
 

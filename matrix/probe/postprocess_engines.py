@@ -386,7 +386,7 @@ def _server_stop_string(srv: _Server, first_plain) -> None:
     for stream in (False, True):
         check = f"{srv.name}:stop-string" + (":stream" if stream else "")
         b = srv.body(case, stop=[stop], **extra)
-        got = srv.attempt(case["id"], check, (lambda: srv.streamed(b)) if stream else (lambda: srv.plain(b)[0]))
+        got = srv.attempt(case["id"], check, (lambda b=b: srv.streamed(b)) if stream else (lambda b=b: srv.plain(b)[0]))
         if got is None:
             continue
         outcome, detail, klass = judge_stop(got["text"], got["finish_reason"], expected, f"stop {stop!r}", stop)

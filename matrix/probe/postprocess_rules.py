@@ -209,13 +209,13 @@ def gbnf_literal(text: str) -> str:
         elif ch == "\n":
             out.append("\\n")
         elif o < 0x20 or o == 0x7F:
-            out.append("\\x%02X" % o)
+            out.append(f"\\x{o:02X}")
         elif o < 0x80:
             out.append(ch)
         elif o < 0x10000:
-            out.append("\\u%04X" % o)
+            out.append(f"\\u{o:04X}")
         else:
-            out.append("\\U%08X" % o)
+            out.append(f"\\U{o:08X}")
     return 'root ::= "' + "".join(out) + '"\n'
 
 

@@ -530,7 +530,7 @@ def _run(job: dict, rec) -> None:
                 except Unsupported as exc:
                     rec.add(case["id"], "template", check, "skipped", str(exc))
                     continue
-                except BaseException as exc:  # noqa: BLE001 - any render failure is a result
+                except BaseException as exc:  # any render failure is a result (interrupts re-raised below)
                     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                         raise
                     klass, detail = classify(exc)

@@ -133,7 +133,7 @@ def redact(url: str) -> str:
 
 
 def _pip_items_in_process() -> dict[str, str]:
-    from pip._internal.configuration import Configuration  # noqa: PLC0415 - optional, private API
+    from pip._internal.configuration import Configuration  # optional, private API: imported only here
 
     pip_log = logging.getLogger("pip")  # pip logs every file it tries at debug level: not ours to show
     level, pip_log.level = pip_log.level, logging.WARNING
@@ -567,7 +567,7 @@ class PackageIndex:
                 return []
             try:
                 page = pypi_simple.ProjectPage.from_response(response, name)
-            except Exception as exc:  # noqa: BLE001 - pypi_simple raises several types for bad pages
+            except Exception as exc:  # pypi_simple raises several types for bad pages; re-raised as ours
                 raise _SourceError(f"{redact(url)}: unparsable project page: {exc}") from exc
             return _files_from_packages(page.packages, name, listing=False)
         if scheme == "file":

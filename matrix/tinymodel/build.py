@@ -235,7 +235,7 @@ def build_gguf(out: Path, arch: str) -> None:
         tokens[i] = text
     assert None not in tokens and len(tokens) == VOCAB_SIZE
     types = [gguf.TokenType.NORMAL] * len(tokens)
-    for c, t in added.items():
+    for t in added.values():
         types[t["id"]] = gguf.TokenType.CONTROL if t["special"] else gguf.TokenType.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     template = CHAT_TEMPLATE.read_text(encoding="utf-8")
