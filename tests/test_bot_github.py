@@ -8,7 +8,7 @@ import io
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,7 @@ def bot_comments(gh: GitHub, number: int, repo: str = REPO) -> list[str]:
 
 
 def _iso(delta: timedelta) -> str:
-    return (datetime.now(timezone.utc) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---- one issue per fingerprint, quiet when nothing changed ------------------------------------------
@@ -115,7 +115,7 @@ def test_close_after_n_passing_runs_on_a_newer_release_only(gh, tmp_path):
         bot(store, gh)
     assert gh.issues(REPO)[0]["state"] == "open"
     _pass_runs(store, "0.23.4", 1, 7)
-    plan, out = bot(store, gh)
+    plan, _ = bot(store, gh)
     (issue,) = gh.issues(REPO)
     assert issue["state"] == "closed" and issue["state_reason"] == "completed"
     assert [a.verb for a in plan.actions] == ["comment", "close"]
@@ -305,14 +305,14 @@ def test_cli_dry_run_needs_no_token_and_the_main_job_flag_exists(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
     env.update(LLMCOMPAT_HOME=str(tmp_path), GITHUB_API_URL="http://127.0.0.1:9")  # nothing listens there
     p = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bot", "--dry-run"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+                       check=False, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "create OWNER/NAME: [llmcompat] tokenizers" in p.stdout
     p = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bot", "--repo", REPO], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+                       check=False, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "GITHUB_TOKEN" in p.stderr
     p = subprocess.run([sys.executable, "-m", "matrix.app.cli", "run", "--help"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+                       check=False, capture_output=True, text=True, timeout=120)
     assert "--bot-dry-run" in p.stdout
 
 
@@ -406,14 +406,14 @@ def test_token_never_in_output_or_store(gh, tmp_path):
     gh.fault("POST", r"/issues$", "5xx", times=1)
     gh.fault("GET", r"/labels$", "secondary", times=1)
     outs = []
-    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(argv, cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=300)
     outs += [p.stdout, p.stderr]
     assert p.returncode == 0, p.stderr
     gh.fault("GET", r"/issues$", "5xx", times=50, status=503)  # a run that fails: its error must not leak it
-    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(argv, cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=300)
     outs += [p.stdout, p.stderr]
     assert p.returncode != 0
-    p = subprocess.run(argv + ["--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(argv + ["--dry-run"], cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=300)
     outs += [p.stdout, p.stderr]
     assert len(gh.issues(REPO)) == 2
     for text in outs:

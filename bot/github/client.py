@@ -24,7 +24,7 @@ import requests
 from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
 
 from bot.github import body as bodies
-from bot.github.connection import DEFAULT_API, Connection
+from bot.github.connection import Connection
 from bot.github.decide import Action, Comment, Issue
 from matrix.errors import LlmcompatError
 
@@ -70,7 +70,8 @@ def auth_from_env(env=os.environ, app_id: str | None = None, key_file: str | Pat
     return Auth.Token(token)
 
 
-def connect(auth, conn: Connection = Connection()) -> Github:
+def connect(auth, conn: Connection | None = None) -> Github:
+    conn = conn or Connection()
     retry = _Retry(total=conn.total, backoff_factor=conn.backoff, backoff_max=conn.backoff_max,
                    secondary_rate_wait=conn.secondary_wait, max_rate_limit_wait=conn.max_wait,
                    status_forcelist=[429, *range(500, 600)],
@@ -94,8 +95,8 @@ def _transient(exc: BaseException) -> bool:
 class Remote:
     """The GitHub side of one bot run."""
 
-    def __init__(self, gh: Github, conn: Connection = Connection(), auth=None):
-        self.gh, self.conn, self._auth = gh, conn, auth
+    def __init__(self, gh: Github, conn: Connection | None = None, auth=None):
+        self.gh, self.conn, self._auth = gh, conn or Connection(), auth
         self._lazy = gh  # connect() makes it lazy: get_repo costs no request
         self._login: str | None = None
         self._repos: dict = {}

@@ -31,7 +31,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from bot.github import body as bodies
 from bot.github import escape
@@ -135,7 +135,7 @@ def _dt(t: str | None) -> datetime | None:
     if not t:
         return None
     d = datetime.fromisoformat(t.replace("Z", "+00:00"))
-    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
 def state_of(f, ctx: Context, status: str | None = None) -> dict:

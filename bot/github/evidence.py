@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from bot.differences import Owners, owner
 from packaging.version import InvalidVersion, Version
+
+from bot.differences import Owners, owner
 
 __all__ = ["Evidence", "SCHEDULED", "evidence", "newer", "vkey"]
 

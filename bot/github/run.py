@@ -14,6 +14,7 @@ import os
 import sqlite3
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bot.differences import owners_of
 from bot.github import body as bodies
@@ -234,6 +235,24 @@ def _apply(store, remote, plan: Plan, settings: Settings, states, ctx, out, now:
         print(f"queued {repo}: finding {fp} (over the cap of {settings.max_new} new issues per run)", file=out)
 
 
+def _readable(path):
+    """The store for a dry run, never written: read-only, or, when it predates this llmcompat's
+    migrations, a migrated copy in a temporary file."""
+    import tempfile
+
+    from reports.store import MIGRATIONS, Store
+
+    store = Store(path, readonly=True)
+    if store.version >= len(MIGRATIONS):
+        return store
+    copy = Path(tempfile.mkdtemp(prefix="llmcompat-bot-dry-")) / "store.sqlite"
+    target = sqlite3.connect(copy)
+    store.db.backup(target)
+    target.close()
+    store.close()
+    return Store(copy)
+
+
 # ---- command line -----------------------------------------------------------------------------
 def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", help="the bot's own repository OWNER/NAME (default: $GITHUB_REPOSITORY)")
@@ -275,7 +294,7 @@ def cmd_bot(args) -> int:
         if not paths.store_path().exists():
             print("bot: no store yet: nothing to file", file=sys.stderr)
             return 0
-        store = Store(paths.store_path(), readonly=True)
+        store = _readable(paths.store_path())
     else:
         store = Store(paths.store_path())
     with store:
