@@ -240,6 +240,8 @@ class RunExists(LlmcompatError):
 class Store:
     """A handle on the SQLite store. ``readonly`` handles never migrate or write."""
 
+    db: sqlite3.Connection
+
     def __init__(self, path: Path | str, readonly: bool = False):
         self.path = Path(path)
         try:
@@ -254,7 +256,6 @@ class Store:
         self.db.row_factory = sqlite3.Row
 
     def _open(self, readonly: bool) -> None:
-        self.db = None
         if readonly:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         else:

@@ -141,7 +141,7 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
               node_modules: dict[str, str] | None = None) -> dict:
     """The probe's job: the stages, renderers, tokenizers and engines this cell's components bring."""
     roles: dict[str, list[str]] = {role: [] for role in ROLES}
-    report = []
+    report: list[str] = []
     for axis, choice in cell.choices:
         comp = matrix.component(axis, choice.component)
         if comp.ecosystem == "pypi":  # importlib.metadata sees only Python distributions
@@ -204,7 +204,7 @@ def run_probe(python: Path, job: dict, timeout: float = PROBE_TIMEOUT) -> tuple[
                 capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp,
             )
         except subprocess.TimeoutExpired as exc:
-            return None, f"probe timed out after {timeout:.0f}s\n{exc.stderr or ''}"
+            return None, f"probe timed out after {timeout:.0f}s\n{str(exc.stderr or '')}"
         except OSError as exc:  # the interpreter vanished or cannot be executed
             return None, f"probe could not start: {exc}"
         log = (proc.stdout + proc.stderr)[-20000:]
@@ -394,6 +394,7 @@ class CellRunner:
 
             result, log = image_path.probe(self, cell, key, resolved, job, OFFLINE_ENV)
         else:
+            assert env is not None  # built above for every cell that is not run in an image
             result, log = run_probe(env.python, job)
         if result is None:
             report = self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=log[-4000:])
@@ -440,7 +441,7 @@ class CellRunner:
         """Engine-specific conversions of the model (ONNX, OpenVINO IR), made once per model hash."""
         from matrix.env import model_exports
 
-        wanted = {}
+        wanted: dict[str, str] = {}
         for axis, choice in cell.choices:
             comp = self.matrix.component(axis, choice.component)
             wanted |= {e: choice.version for e in comp.probe_roles("engines") if e in model_exports.EXPORTERS}

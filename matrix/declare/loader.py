@@ -552,7 +552,8 @@ class _Builder:
                 bounds[key] = _version(v[key])
                 if bounds[key] is None:
                     raise self.error(f"{base}.{key}", v[key], "invalid version (PEP 440)")
-        if "floor" in bounds and "below" in bounds and not bounds["floor"] < bounds["below"]:
+        floor, below = bounds.get("floor"), bounds.get("below")
+        if floor is not None and below is not None and not floor < below:
             raise self.error(f"{base}.below", v["below"], f"empty version range: below must be greater than floor {v['floor']!r}")
         return VersionRule(
             latest=int(v["latest"]),

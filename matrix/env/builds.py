@@ -260,8 +260,8 @@ def llama_server(version: str, build_env: dict | None = None, *, package: str = 
 
     def build(tmp: Path) -> dict:
         src_archive = sdist(package, version)
-        with tempfile.TemporaryDirectory(prefix="llmcompat-llama-src-") as work:
-            work = Path(work)
+        with tempfile.TemporaryDirectory(prefix="llmcompat-llama-src-") as work_name:
+            work = Path(work_name)
             try:
                 src = gitsrc.extract_vendored(src_archive, work)
             except gitsrc.GitSourceError as exc:

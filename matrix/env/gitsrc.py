@@ -401,10 +401,10 @@ def release_commit(repo: Repo, version: str, end: str, *, py_repo: Repo | None =
                 raise GitSourceError(f"{package} {version}: no llama-cpp-python repository configured "
                                      f"({ENV_PYTHON_GIT}) and no source distribution: {str(exc).splitlines()[0]}") from None
     vt = vendored_tree(sdist)
-    commit = match_vendored(repo, vt, end)
-    if commit is None:
+    matched = match_vendored(repo, vt, end)
+    if matched is None:
         raise GitSourceError(f"{repo.source or repo.path}: no commit matches the llama.cpp vendored by "
                              f"{package} {version} (tree {vt.tree[:12]}); set {ENV_PYTHON_GIT} to a "
                              f"llama-cpp-python clone for the exact submodule commit")
-    exact = repo.tree_of(commit) == vt.tree
-    return ReleaseCommit(version, commit, "sdist tree" if exact else "sdist subtrees", sdist)
+    exact = repo.tree_of(matched) == vt.tree
+    return ReleaseCommit(version, matched, "sdist tree" if exact else "sdist subtrees", sdist)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,8 +105,8 @@ def resolve(
     requirements: list[str],
     *,
     python: str,
-    overrides: list[str] = (),
-    find_links: list[Path] = (),
+    overrides: Sequence[str] = (),
+    find_links: Sequence[Path] = (),
     timeout: float = 300,
 ) -> Lock | Unresolvable:
     """Resolve ``requirements`` with ``uv pip compile`` for ``python`` (a version like ``3.11``).

@@ -237,7 +237,7 @@ def _horizontal(prob: _Problem, rows: list[list[int | None]], unc: list[set[tupl
     for i, r in enumerate(rows):
         if r[k] is not None:
             continue
-        known = [(j, r[j]) for j in range(k) if r[j] is not None]
+        known = [(j, val) for j in range(k) if (val := r[j]) is not None]
         for t in known:
             holders.setdefault(t, []).append(i)
         for b in range(size):
@@ -265,8 +265,10 @@ def _horizontal(prob: _Problem, rows: list[list[int | None]], unc: list[set[tupl
         r[k] = b
         u = unc[b]
         for j in range(k):
-            t = (j, r[j])
-            if t[1] is not None and t in u:
+            if (val := r[j]) is None:
+                continue
+            t = (j, val)
+            if t in u:
                 u.discard(t)
                 for i2 in holders[t]:
                     gain[i2, b] -= 1
@@ -292,10 +294,10 @@ def _ipog(prob: _Problem, seeds: list[list[int | None]],
                     if prob.pair_ok(j, a, k, b):
                         unc[b].add((j, a))
         for r in rows:
-            if r[k] is not None:
+            if (col := r[k]) is not None:
                 for j in range(k):
-                    if r[j] is not None:
-                        unc[r[k]].discard((j, r[j]))
+                    if (val := r[j]) is not None:
+                        unc[col].discard((j, val))
 
         _horizontal(prob, rows, unc, k, tiebreak)
 

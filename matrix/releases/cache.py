@@ -76,6 +76,9 @@ class ReleaseCache:
         data = atomic.read_json(path, self.log)
         if data is None:
             return None
+        if not isinstance(data, dict):
+            self.log.warning("ignoring malformed cache file %s: not a JSON object", path)
+            return None
         try:
             if data.get("format") != self.format or data.get(self.name_field) != name:
                 return None

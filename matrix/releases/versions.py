@@ -128,10 +128,10 @@ def _select_explicit(known: list[tuple[Version, Release]], wanted: tuple[str, ..
         by_version.setdefault(v, r)
     chosen: dict[Version, str] = {}
     for s in wanted:
-        v = _parse(str(s))
-        if v is None or v not in by_version:
+        parsed = _parse(str(s))
+        if parsed is None or parsed not in by_version:
             raise UnknownVersion(str(s), _nearby(known, str(s)))
-        chosen[v] = by_version[v].version
+        chosen[parsed] = by_version[parsed].version
     return [chosen[v] for v in sorted(chosen)]
 
 
