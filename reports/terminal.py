@@ -64,7 +64,7 @@ def cell_lines(rows: Sequence[Mapping]) -> list[str]:
     stage_head = " ".join(STAGE_HEAD[s.value] for s in STAGES)
     lines = []
     if shared:
-        lines.append(_fit(f"every cell: {shared}"))
+        lines += _wrap("every cell: ", shared.split(" · "))
     if used:
         lines.append(_fit("names: " + ", ".join(f"{s}={f}" for s, f in sorted(used.items()))))
     lines.append(f"{'#':>3} {'cell':<{LABEL}} {'outcome':<13} {stage_head}  {'secs':>6}")
@@ -105,6 +105,19 @@ def _relative(path: str) -> str:
 
     rel = os.path.relpath(path)
     return rel if not rel.startswith("..") else path
+
+
+def _wrap(head: str, items: list[str]) -> list[str]:
+    """``head`` then the items joined by " · ", broken between items to fit the width."""
+    lines, line = [], head
+    for item in items:
+        piece = item if line in (head, "  ") else " · " + item
+        if len(line) + len(piece) > WIDTH and line not in (head, "  "):
+            lines.append(line)
+            line, piece = "  ", item
+        line += piece
+    lines.append(_fit(line))
+    return lines
 
 
 def _fit(text: str) -> str:

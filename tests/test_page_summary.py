@@ -43,6 +43,15 @@ def test_summary_fits_80_columns_and_shows_every_stage(tmp_path, monkeypatch):
     assert lines[-1] == "findings: 2 new, 1 fixed, 9 open · page site/index.html"
 
 
+def test_what_every_cell_shares_wraps_between_items():
+    from reports.terminal import _wrap
+
+    lines = _wrap("every cell: ", ["cpu", "tiny-qwen2", "transformers 5.24.0", "tokenizers 0.23.3",
+                                   "openai 3.57.0", "hf-jinja2 3.1.6"])
+    assert all(len(line) <= 80 for line in lines) and len(lines) == 2
+    assert " ".join(lines).replace("  ", " ").endswith("openai 3.57.0 · hf-jinja2 3.1.6")
+
+
 def test_labels_shorten_only_as_far_as_needed():
     long = [{"runner": "cpu", "model": "m", "engine": ("onnxruntime-genai-extended-build", "0.9.2.post1"),
              "tokenizer": ("tokenizers", v), "template": ("llama-cpp-templates", "0.3.36"),
