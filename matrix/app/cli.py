@@ -145,6 +145,11 @@ def cmd_ingest(args) -> int:
             for f in found:
                 print(f"  finding {f['fingerprint']}: {f['component']} {f['last_good']} -> {f['first_bad']} "
                       f"({f['stage']}, case {f['case_id']}) {f.get('compare_url') or ''}")
+            from rich.console import Console
+
+            from matrix.app.job import before_filing
+
+            before_filing(load_matrix(opts), opts, store, Console())  # triage, reproductions, time to fix (#15)
     return 0
 
 
