@@ -523,7 +523,7 @@ def format_answer(a: Answer, sel: Selection, *, package: str, repro: str, repo: 
             lines.append(f"  {names[0] + ':':<11} {sel.label(r.last_old)}")
             lines.append(f"  {names[1] + ':':<11} {sel.label(r.first_new)}")
             if repo and tag_format:
-                lines.append(f"  compare:    {links.compare_url(repo, tag_format, r.last_old, r.first_new)}")
+                lines.append(f"  compare:    {links.compare_url(repo, tag_format, *r.pair())}")
             if r.unknown_between:
                 lines.append(f"  untested between {r.last_old} and {r.first_new}: " + "; ".join(
                     f"{sel.label(v)} ({notes[v].reason})" if v in notes else sel.label(v) for v in r.unknown_between))
@@ -700,10 +700,9 @@ def bench_bisect(last: int = 40, *, index=None, env_root: Path | None = None, py
     with tempfile.TemporaryDirectory(prefix="llmcompat-bench-bisect-") as tmp:
         script = Path(tmp, "check.py")
         script.write_text(LEGACY_CHECK)
-        kwargs = {"python": python, "env_root": env_root}
-        run_bisection(versions, PackageTest("packaging", str(script), (), **kwargs))  # warm-up
+        run_bisection(versions, PackageTest("packaging", str(script), (), python, env_root))  # warm-up
         started = time.perf_counter()
-        result = run_bisection(versions, PackageTest("packaging", str(script), (), **kwargs))
+        result = run_bisection(versions, PackageTest("packaging", str(script), (), python, env_root))
         seconds = time.perf_counter() - started
     return {"n": len(versions), "probes": len(result.probes), "bound": result.bound,
             "seconds": round(seconds, 3), "first_bad": result.first_bad, "last_good": result.last_good}

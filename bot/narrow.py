@@ -288,7 +288,7 @@ def case_job(case: str, stage: str, *, model: str = "tiny-qwen2", suite: str = "
 
     matrix = loader.load_default()
     mcfg = next((m for m in matrix.models if m.name == model), None)
-    if mcfg is None or mcfg.kind != "tiny":
+    if mcfg is None or mcfg.kind != "tiny" or mcfg.arch is None:
         raise LlmcompatError(f"--model {model!r}: narrowing runs the tiny models only "
                              f"({', '.join(m.name for m in matrix.models if m.kind == 'tiny')})")
     built = tinymodel.ensure(arch=mcfg.arch, parts=("tokenizer", "weights", "gguf"), reference=matrix.reference)
@@ -337,7 +337,7 @@ def narrow(repo: Repo, good: str | Candidate, bad: str | Candidate, test: Callab
     last_good, first_bad, between = res.last_good, res.first_bad, list(res.unknown_between)
     status = res.status
     if res.found:
-        line = repo.between(res.last_good, res.first_bad)
+        line = repo.between(*res.pair())
         if len(line) > 2 and not between:  # adjacent build tags, untagged commits between them
             refined = line[1:-1]
             res2 = _search(line, once, jobs)  # both ends are known: they are not tested again
@@ -409,7 +409,7 @@ def pipeline_narrower(finding: dict, bisection: dict, *, source: str | None = No
         py_repo = gitsrc.open_repo(py_source, what=gitsrc.ENV_PYTHON_GIT) if py_source else None
         test = CommitTest(repo, case_check(case, stage, model=model), _build_env())
         res = narrow_releases(repo, bisection["last_good"], bisection["first_bad"], test, py_repo=py_repo)
-        if res.found:
+        if res.found and res.last_good is not None and res.first_bad is not None:
             res.repro = repro_command(res.last_good.ref, res.first_bad.ref, git=source, case=case, stage=stage,
                                       model=model, python_git=py_source)
         return res.bisection(started)

@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -335,8 +336,10 @@ def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_ca
         return cell_verdict(with_version(base, axis, v))
 
     result: BisectResult = bisect(versions, test, old=0, new=len(versions) - 1)
+    last_good: str
+    first_bad: str
     if result.found:
-        last_good, first_bad = result.last_good, result.first_bad
+        last_good, first_bad = result.pair()
     else:  # the range stays as detected; the bisection's status says why
         last_good, first_bad = good_v, bad_v
     good_rec = by_cell_case.get((cand.good_cell, case, stage), {})
@@ -361,10 +364,11 @@ def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_ca
         fix_result = bisect(newer, test, old=0, new=len(newer) - 1, direction=Direction.FIXED)
         fix = bisection_row(component, newer, fix_result, _now(None).isoformat(timespec="seconds"))
         if fix_result.found:
-            finding.update(fixed_in=fix_result.first_new, last_bad=fix_result.last_old, status="fixed")
+            last_bad, fixed_in = fix_result.pair()
+            finding.update(fixed_in=fixed_in, last_bad=last_bad, status="fixed")
             if repo:
-                fix["compare_url"] = links.compare_url(repo[0], repo[1], fix_result.last_old, fix_result.first_new)
-            fix["repro"] = links.cell_repro(with_version(base, axis, fix_result.first_new))
+                fix["compare_url"] = links.compare_url(repo[0], repo[1], last_bad, fixed_in)
+            fix["repro"] = links.cell_repro(with_version(base, axis, fixed_in))
     return finding, bisection, fix
 
 
@@ -494,14 +498,15 @@ def bisect_fixes(store, *, rerun: Callable[[str], CheckOutcomes], releases: Call
         row = bisection_row(f.component, versions, result, now_s)
         events = []
         if result.found:
+            last_bad, fixed_in = result.pair()
             repo = (repos or {}).get(f.component)
             if repo:
-                row["compare_url"] = links.compare_url(repo[0], repo[1], result.last_old, result.first_new)
-            row["repro"] = links.cell_repro(with_version(bad_cell, f.axis, result.first_new))
-            f = replace(f, fixed_in=result.first_new, last_bad=result.last_old)
-            released = _upload_time(releases, f.axis, f.component, result.first_new)
+                row["compare_url"] = links.compare_url(repo[0], repo[1], last_bad, fixed_in)
+            row["repro"] = links.cell_repro(with_version(bad_cell, f.axis, fixed_in))
+            f = replace(f, fixed_in=fixed_in, last_bad=last_bad)
+            released = _upload_time(releases, f.axis, f.component, fixed_in)
             if released:
-                events.append({"event": "fix-released", "time": released, "version": result.first_new})
+                events.append({"event": "fix-released", "time": released, "version": fixed_in})
         rows.append(row)
         saved.append((f, row, events))
     if saved:
@@ -521,7 +526,7 @@ def cell_rerunner(runner, results_dir: Path | None = None, *, checks: bool = Fal
     scratch = CellRunner(runner.matrix, runner.suites, runner.models,
                          results_dir=results_dir or Path(tempfile.mkdtemp(prefix="llmcompat-rerun-")))
 
-    def rerun(cell_id: str) -> Outcomes:
+    def rerun(cell_id: str) -> Any:  # Outcomes, or CheckOutcomes with ``checks``
         report = scratch.execute(Cell.parse(cell_id), force=True)
         records = []
         if report.path is not None and Path(report.path).is_file():

@@ -88,6 +88,13 @@ class BisectResult(Generic[T]):
     def found(self) -> bool:
         return self.status == FOUND
 
+    def pair(self) -> tuple[T, T]:
+        """(last old, first new) of a found answer: (last good, first bad) for ``INTRODUCED``,
+        (last bad, first fixed) for ``FIXED``."""
+        if self.last_old is None or self.first_new is None:
+            raise ValueError(f"no adjacent pair: {self.status}")
+        return self.last_old, self.first_new
+
     @property
     def bound(self) -> int:
         """The promised worst case for the interval searched (both ends tested, no UNKNOWN)."""
@@ -352,7 +359,10 @@ def bench_probe_counts(n: int = 40) -> list[int]:
     """Tests used for every change point of n releases; element i is first bad = index i + 1."""
     counts = []
     for first_bad in range(1, n):
-        res = bisect(range(n), lambda v, fb=first_bad: Verdict.GOOD if v < fb else Verdict.BAD)
+        def test(v: int, fb: int = first_bad) -> Verdict:
+            return Verdict.GOOD if v < fb else Verdict.BAD
+
+        res = bisect(range(n), test)
         assert res.first_bad == first_bad
         counts.append(len(res.probes))
     return counts
