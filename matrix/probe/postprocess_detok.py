@@ -25,7 +25,11 @@ class Detokenizer:
     def decode(self, ids, skip_special_tokens: bool = False):
         raise NotImplementedError
 
-    def incremental(self, ids) -> list:
+    def incremental(self, ids, skip_special_tokens: bool = False) -> list:
+        raise NotImplementedError
+
+    def decode_bytes(self, ids) -> bytes:
+        """The full decode as bytes (byte-level detokenizers only)."""
         raise NotImplementedError
 
     def facts(self) -> dict:

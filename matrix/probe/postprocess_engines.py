@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from typing import Any
 
 import engine_registry
 import engines
@@ -166,7 +167,7 @@ def llama_in_process(ctx: Ctx, spec) -> None:
 
 def _llama_streams(ctx: Ctx, eng: str, run: _Completer, base: list[int]) -> None:
     """1. streamed vs not, on the golden prompts (whatever the model says) and forced texts."""
-    prompts = []
+    prompts: list[tuple[str, list[int], list[int] | None, str | None]] = []
     for c in pick_cases(ctx.job, int(ctx.conf.get("max_cases", 2))):
         ids = (c.get("expect") or {}).get("ids")
         if ids:
@@ -263,13 +264,13 @@ class _Server:
         self.client = eng.client
         self.path = "/chat/completions" if self.api == "chat" else "/completions"
         self.n_new = int(ctx.conf.get("max_new_tokens", 24))
-        self.facts = ctx.facts.setdefault("engines", {}).setdefault(name, {})
+        self.facts: dict[str, Any] = ctx.facts.setdefault("engines", {}).setdefault(name, {})
         self.facts["api"] = self.api
         self.forced = self.name == "llama-cpp-server" and self.api != "chat"
         """A GBNF grammar can make this server emit a fixed text (token pieces known)."""
 
     def body(self, case: dict, **extra) -> dict:
-        b = {"max_tokens": self.n_new, "temperature": 0.0, "top_p": 1.0, "seed": 0, "n": 1}
+        b: dict[str, Any] = {"max_tokens": self.n_new, "temperature": 0.0, "top_p": 1.0, "seed": 0, "n": 1}
         if self.eng.model_name:
             b["model"] = self.eng.model_name
         if self.name == "llama-cpp-server":
@@ -334,8 +335,8 @@ def _server_streams(srv: _Server):
         runs += [({"id": f"_forced/{tname}", "expect": {"render": FORCED_PROMPT}}, text) for tname, text in TEXTS.items()]
     first_plain = None
     for case, text in runs:
-        extra = _grammar(text) if text else {}
-        variants = [(f"{srv.name}:stream", {})]
+        extra: dict[str, Any] = _grammar(text) if text else {}
+        variants: list[tuple[str, dict[str, Any]]] = [(f"{srv.name}:stream", {})]
         if srv.api != "chat":
             variants.append((f"{srv.name}:stream-logprobs", {"logprobs": int(ctx.conf.get("logprobs", 5))}))
         for check, more in variants:
@@ -366,7 +367,7 @@ def _forced_diff(diff: str, plain: dict, text: str | None) -> str:
 
 def _server_stop_string(srv: _Server, first_plain) -> None:
     """3. a stop string across two tokens (where the tokens are known) on a forced or greedy text."""
-    stop_case = _forced_stop_case(srv) if srv.forced else None
+    stop_case: tuple[dict, dict, list[str]] | None = _forced_stop_case(srv) if srv.forced else None
     if stop_case is None and first_plain is not None:
         case, p = first_plain
         # token boundaries are unknown here: a two-character stop near the middle of the text
@@ -393,10 +394,10 @@ def _server_stop_string(srv: _Server, first_plain) -> None:
         srv.ctx.add(case["id"], check, outcome, detail, klass=klass, stop=stop)
 
 
-def _forced_stop_case(srv: _Server):
+def _forced_stop_case(srv: _Server) -> tuple[dict, dict, list[str]] | None:
     """The grammar-forced mixed text with its token pieces (from ``logprobs.tokens``), or None."""
     text = TEXTS["mixed"]
-    case = {"id": "_forced/mixed", "expect": {"render": FORCED_PROMPT}}
+    case: dict[str, Any] = {"id": "_forced/mixed", "expect": {"render": FORCED_PROMPT}}
     r = srv.attempt(case["id"], f"{srv.name}:stop-string",
                     lambda: srv.plain(srv.body(case, **_grammar(text), logprobs=1))[1])
     toks = (((r or {}).get("choices") or [{}])[0].get("logprobs") or {}).get("tokens") if r else None

@@ -36,7 +36,7 @@ def transformers_parser(job: dict):
 
     class _Model:
         class config:
-            pass
+            model_type: str | None = None
 
     _Model.config.model_type = model_type
     template = su.get_response_template(tok, _Model)

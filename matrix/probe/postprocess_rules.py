@@ -55,14 +55,14 @@ def incremental_diff(pieces, full) -> str:
     or bytes; ``full`` is str or bytes accordingly."""
     got = [p for p in pieces if p]
     if isinstance(full, (bytes, bytearray)):
-        joined = b"".join(got)
-        if joined == full:
+        raw = b"".join(got)
+        if raw == full:
             return ""
-        n = next((i for i, (a, b) in enumerate(zip(full, joined)) if a != b), min(len(full), len(joined)))
-        lost = len(full) - len(joined)
-        return (f"bytes differ at byte {n} (full decode {len(full)} bytes, pieces {len(joined)}"
+        n = next((i for i, (a, b) in enumerate(zip(full, raw)) if a != b), min(len(full), len(raw)))
+        lost = len(full) - len(raw)
+        return (f"bytes differ at byte {n} (full decode {len(full)} bytes, pieces {len(raw)}"
                 + (f": {lost} bytes lost" if lost > 0 else "") + f"): expected {bytes(full[max(0, n - 8):n + 8])!r}, "
-                f"got {joined[max(0, n - 8):n + 8]!r}")
+                f"got {raw[max(0, n - 8):n + 8]!r}")
     joined = "".join(got)
     out = []
     if joined.count(REPLACEMENT) > full.count(REPLACEMENT):

@@ -21,7 +21,19 @@ import traceback
 
 # The vocabulary, a standard-library copy of matrix/outcome.py's (the probe cannot import matrix;
 # tests/test_outcome.py holds the two equal).
+# The vocabulary, a standard-library copy of matrix/outcome.py's (the probe cannot import matrix;
+# tests/test_outcome.py holds the two equal).
 STAGES = ("template", "tokenize", "inference", "postprocess", "client")
+OUTCOMES = ("pass", "fail", "flaky", "infra", "unresolvable", "skipped", "xfail")
+WORST_FIRST = ("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable")
+"""How check outcomes combine into a stage's, worst first (see ``matrix.outcome.WORST_FIRST``)."""
+_RANK = {o: i for i, o in enumerate(WORST_FIRST)}
+
+
+def severity(outcome: str) -> int:
+    """Position in WORST_FIRST; an outcome nobody knows ranks with ``fail``."""
+    return _RANK.get(outcome, 0)
+
 OUTCOMES = ("pass", "fail", "flaky", "infra", "unresolvable", "skipped", "xfail")
 WORST_FIRST = ("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable")
 """How check outcomes combine into a stage's, worst first (see ``matrix.outcome.WORST_FIRST``)."""
@@ -81,7 +93,7 @@ def versions(names) -> dict:
     """Installed versions of the given distributions (None when absent)."""
     from importlib import metadata
 
-    out = {}
+    out: dict[str, str | None] = {}
     for name in names:
         try:
             out[name] = metadata.version(name)
@@ -110,7 +122,7 @@ class Recorder:
         self.produced.setdefault(case, {})[field] = value
 
     def stage_summary(self, stages) -> dict:
-        summary = {}
+        summary: dict[str, dict] = {}
         for stage in STAGES:
             recs = [r for r in self.records if r["stage"] == stage]
             if stage not in stages:

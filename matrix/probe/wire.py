@@ -28,6 +28,7 @@ import json
 import threading
 import time
 import urllib.parse
+from typing import Any
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -182,8 +183,8 @@ def accumulate(chunks, choice_index: int = 0) -> dict:
     delta without ``index``, a later delta that repeats a different id or name): servers that do
     this break some accumulators, so it is worth knowing where a mismatch comes from.
     """
-    out = {"role": None, "content": None, "reasoning": None, "tool_calls": [], "finish_reason": None,
-           "usage": None, "chunks": 0, "notes": []}
+    out: dict[str, Any] = {"role": None, "content": None, "reasoning": None, "tool_calls": [], "finish_reason": None,
+                           "usage": None, "chunks": 0, "notes": []}
     calls: dict = {}
     order: list = []
     for chunk in chunks:
@@ -252,7 +253,7 @@ class RecordingProxy:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
-        self.host, self.port = self._server.server_address[:2]
+        self.host, self.port = str(self._server.server_address[0]), int(self._server.server_address[1])
         self._thread: threading.Thread | None = None
 
     @property
@@ -304,7 +305,7 @@ class RecordingProxy:
 
             def _body(self) -> bytes:
                 if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                    parts = []
+                    parts: list[bytes] = []
                     while True:
                         size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                         if size == 0:
