@@ -55,15 +55,34 @@ def test_a_real_server_answers_the_client_stage_in_once_and_stream_modes():
         assert str(model.path) in ids
         rec = probe.Recorder("check")
         job = {"model_dir": str(model.path), "client_target": target, "clients": ["raw-http"],
-               "cases": [], "limits": {"request_seconds": 120}}
+               "cases": list(prep.suites["tiny-qwen2"].cases), "limits": {"request_seconds": 120}}
         stage_client.run(job, rec)
     finally:
         runner.client_server.close()
-    modes = {r["check"].split(":")[1] for r in rec.records if r["stage"] == "client" and r["case"] != "*"}
-    assert modes == {"once", "stream"}
-    bad = [r for r in rec.records if r["outcome"] != "pass"]
+    client = [r for r in rec.records if r["stage"] == "client"]
+    assert {r["check"].split(":")[1] for r in client if r["case"] != "*"} == {"once", "stream"}
+    bad = [r for r in client if r["outcome"] != "pass"]
     assert not bad, bad[:3]
     assert rec.facts["client"]["target"]["shared"] == "transformers-serve"
+    # the user's path: messages in, the server's own prompt length against the reference prompt's
+    counted = [r for r in rec.records if r["check"] == "server:transformers-serve:prompt_tokens"]
+    assert len(counted) > 20 and all(r["stage"] == "tokenize" for r in counted)
+    assert sum(r["outcome"] == "pass" for r in counted) > len(counted) // 2
+    for r in counted:
+        if r["outcome"] == "fail":
+            assert r["klass"] in ("configuration-default", "double-bos") and "prompt tokens" in r["detail"]
+
+
+def test_prompt_lengths_are_judged_by_what_can_be_known():
+    import user_path
+
+    assert user_path.judge_count("s", 10, 10, False)[0] == "pass"
+    assert user_path.judge_count("s", 11, 10, True)[2] == "double-bos"
+    assert user_path.judge_count("s", 11, 10, False)[2] == "configuration-default"  # no BOS in the template
+    assert user_path.judge_count("s", 9, 10, True)[2] == "configuration-default"
+    assert not user_path.expressible({"continue_final_message": True, "expect": {"ids": [], "render": ""}})
+    assert not user_path.expressible({"add_generation_prompt": False, "expect": {"ids": [], "render": ""}})
+    assert user_path.expressible({"expect": {"ids": [1], "render": "x"}})
 
 
 def test_a_server_that_cannot_start_is_infra_for_the_stage():

@@ -631,6 +631,11 @@ def run(job: dict, rec) -> None:
             leaked = [ex for ex in proxy.exchanges if target.api_key in json.dumps(ex.to_json())]
             if leaked:  # the recorder's promise, checked on every run
                 rec.add("*", STAGE, "wire:no-credentials", "fail", "a credential reached the wire record", klass="crash")
+        if job.get("user_path", True):  # messages in, the server's own template and BOS rules (user_path)
+            import user_path
+
+            server = target.facts.get("engine") or target.facts.get("shared") or "server"
+            user_path.run(job, rec, target.base_url, target.model, server, target.api_key, timeout)
     finally:
         target.close()
 
