@@ -21,6 +21,8 @@ templates rendered every expressible case identically.
 
 from __future__ import annotations
 
+import json
+
 import stage_template as st
 from probe import first_divergence
 
@@ -51,7 +53,7 @@ PROBES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "tool_calls": (_calls_case([_call(f"call{N}", {f"arg{N}": "v"}, f"id{N}")]), (f"call{N}",)),
     "tool_call_ids": (_calls_case([_call(f"call{N}", {f"arg{N}": "v"}, f"id{N}")]), (f"id{N}",)),
     "object_arguments": (_calls_case([_call(f"call{N}", {f"arg{N}": "v"}, f"id{N}")]), (f"arg{N}",)),
-    "string_arguments": (_calls_case([_call(f"call{N}", '{"arg%s": "v"}' % N, f"id{N}")]), (f"arg{N}",)),
+    "string_arguments": (_calls_case([_call(f"call{N}", json.dumps({f"arg{N}": "v"}), f"id{N}")]), (f"arg{N}",)),
     "parallel_calls": (_calls_case([_call(f"one{N}", {"x": "1"}, "i1"), _call(f"two{N}", {"x": "2"}, "i2")]),
                        (f"one{N}", f"two{N}")),
     "tool_results": (_calls_case([_call(f"call{N}", {f"arg{N}": "v"}, f"id{N}")]), (f"result{N}",)),
