@@ -21,19 +21,7 @@ import traceback
 
 # The vocabulary, a standard-library copy of matrix/outcome.py's (the probe cannot import matrix;
 # tests/test_outcome.py holds the two equal).
-# The vocabulary, a standard-library copy of matrix/outcome.py's (the probe cannot import matrix;
-# tests/test_outcome.py holds the two equal).
 STAGES = ("template", "tokenize", "inference", "postprocess", "client")
-OUTCOMES = ("pass", "fail", "flaky", "infra", "unresolvable", "skipped", "xfail")
-WORST_FIRST = ("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable")
-"""How check outcomes combine into a stage's, worst first (see ``matrix.outcome.WORST_FIRST``)."""
-_RANK = {o: i for i, o in enumerate(WORST_FIRST)}
-
-
-def severity(outcome: str) -> int:
-    """Position in WORST_FIRST; an outcome nobody knows ranks with ``fail``."""
-    return _RANK.get(outcome, 0)
-
 OUTCOMES = ("pass", "fail", "flaky", "infra", "unresolvable", "skipped", "xfail")
 WORST_FIRST = ("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable")
 """How check outcomes combine into a stage's, worst first (see ``matrix.outcome.WORST_FIRST``)."""
