@@ -423,10 +423,10 @@ def _square(members: list[dict], notes: dict, note_list: list) -> dict:
     if not members:
         return {"state": "untested", "n": 0, "stages": [], "notes": [], "more_notes": 0, "link": None}
     state = combine([m["state"] for m in members])
-    stages = []
-    for i, s in enumerate(STAGE_NAMES):
-        outs = [m["stages"][i][1] for m in members]
-        stages.append((s, _worst_outcome(outs)))
+    if len(members) == 1:
+        stages = members[0]["stages"]
+    else:
+        stages = [(s, _worst_outcome([m["stages"][i][1] for m in members])) for i, s in enumerate(STAGE_NAMES)]
     worst = max(members, key=lambda m: SEVERITY.get(m["state"], 0))
     nums = []
     if state in ("caveats", "broken", "flaky"):
@@ -441,11 +441,12 @@ def _square(members: list[dict], notes: dict, note_list: list) -> dict:
             "link": worst["slug"], "cell": worst["id"]}
 
 
-_OUTCOME_ORDER = ("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable")
+_OUTCOME_RANK = {o: i for i, o in enumerate(("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable"))}
 
 
 def _worst_outcome(outs: list[str]) -> str:
-    return min(outs, key=lambda o: _OUTCOME_ORDER.index(o) if o in _OUTCOME_ORDER else 0) if outs else "skipped"
+    """The worst outcome (an unknown one ranks with fail: it is never hidden)."""
+    return min(outs, key=lambda o: _OUTCOME_RANK.get(o, 0)) if outs else "skipped"
 
 
 def axis_pairs(views: list[dict]) -> list[tuple[str, str]]:
