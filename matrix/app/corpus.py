@@ -84,7 +84,7 @@ def reference_goldens(matrix: Matrix, model: ModelRef, suite: SuiteRef, corpus) 
     path = paths.cache_dir() / "template-corpus" / "goldens" / f"{key[:32]}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    from matrix.app.goldens import reference_env
+    from matrix.env.uv import reference_env
 
     env = reference_env(matrix)
     job = {"mode": "golden", "model_dir": str(model.path), "stages": ["template"], "template_sources": [],

@@ -15,14 +15,7 @@ from matrix.errors import LlmcompatError
 from matrix.cell.run import ModelRef, run_probe
 
 
-def reference_env(matrix) -> envs.Environment:
-    pins = [f"{name}=={version}" for name, version in sorted(matrix.reference.items())
-            if name in ("jinja2", "transformers", "tokenizers")] + ["torch"]  # the runner pins its build
-    runner = next(r for r in matrix.runners if r.default)
-    lock = envs.resolve(pins, python=runner.python, overrides=list(runner.pins))
-    if isinstance(lock, envs.Unresolvable):
-        raise LlmcompatError(f"{matrix.source}: reference pins {pins} cannot be installed together:\n{lock.reason}")
-    return envs.ensure(lock)
+reference_env = envs.reference_env
 
 
 def _job(model: ModelRef, cases, mode: str, tricky: dict | None = None) -> dict:

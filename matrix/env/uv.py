@@ -22,6 +22,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from matrix import atomic
+from matrix.errors import LlmcompatError
 
 MARKER = "llmcompat-env.json"
 
@@ -176,6 +177,18 @@ class Environment:
     @property
     def python(self) -> Path:
         return self.path / "bin" / "python"
+
+
+def reference_env(matrix) -> Environment:
+    """The reference path's environment (goldens, the template corpus): the matrix's reference
+    pins of jinja2, transformers and tokenizers on the default runner, with its pins."""
+    pins = [f"{name}=={version}" for name, version in sorted(matrix.reference.items())
+            if name in ("jinja2", "transformers", "tokenizers")] + ["torch"]  # the runner pins its build
+    runner = next(r for r in matrix.runners if r.default)
+    lock = resolve(pins, python=runner.python, overrides=list(runner.pins))
+    if isinstance(lock, Unresolvable):
+        raise LlmcompatError(f"{matrix.source}: reference pins {pins} cannot be installed together:\n{lock.reason}")
+    return ensure(lock)
 
 
 def envs_root() -> Path:
