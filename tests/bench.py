@@ -317,10 +317,20 @@ def _filter_ms(site: Path) -> dict[str, float]:
     return out
 
 
+def bench_reliability(cells: int = 500) -> None:
+    """500 cells, 10% injected infra failures and 5% flakes (a fault-injecting probe wrapper), run
+    twice: zero findings, every infra cell retried, no cell lost (tests/bench_reliability.py)."""
+    from tests import bench_reliability
+
+    ok, text = bench_reliability.main(cells)
+    report("reliability", ok, text)
+
+
 BENCHES = {"env": bench_env_creation, "rerun": bench_second_run, "pairwise": bench_pairwise,
            "bisect": bench_bisect_probes, "noise": bench_noise, "bisect-real": bench_bisect_real,
            "stages": bench_stages_in_process, "cell-suite": bench_cell_suite, "narrow": bench_narrow,
-           "images": bench_images, "page": bench_page}
+           "images": bench_images, "page": bench_page,
+           "reliability": bench_reliability}
 
 BENCHES["bot-soak"] = bench_bot_soak
 

@@ -270,6 +270,9 @@ class CellRunner:
         self.known_keys = known_keys if known_keys is not None else set()
         self.harness = harness_digest()
         self._built: dict[str, dict[str, Path]] = {}
+        self._resolved: dict[tuple, envs.Lock | envs.Unresolvable] = {}
+        """Resolutions of this run by (requirements, python, pins, wheels): cells that differ only
+        in runner or model install the same set, and the index does not change within a run."""
         from matrix.cell.client_server import ClientServer
 
         self.client_server = ClientServer(matrix)
@@ -307,8 +310,12 @@ class CellRunner:
             built = self.built(cell)
         except builds.BuildError as exc:  # the same sources and flags fail the same way: not infra
             return envs.Unresolvable(tuple(requirements(self.matrix, cell)), f"build failed: {exc}"[-4000:])
-        return envs.resolve(requirements(self.matrix, cell), python=runner.python, overrides=list(runner.pins),
-                            find_links=list(built.values()))
+        reqs = requirements(self.matrix, cell)
+        memo = (tuple(reqs), runner.python, tuple(runner.pins), tuple(sorted(map(str, built.values()))))
+        if memo not in self._resolved:  # a ResolveError (infra) is not kept: the retry asks uv again
+            self._resolved[memo] = envs.resolve(reqs, python=runner.python, overrides=list(runner.pins),
+                                                find_links=list(built.values()))
+        return self._resolved[memo]
 
     def key(self, cell: Cell, lock: envs.Lock) -> str:
         from matrix.env import builds
