@@ -149,7 +149,7 @@ def test_body_shows_range_divergence_triage_and_links():
     assert "[compare](https://github.com/huggingface/tokenizers/compare/v0.22.1...v0.23.0)" in body
     assert "- expected: `[68, 702, 220]`" in body and "- actual: `[438, 220]`" in body
     assert "`component-bug`" in body and "0/3 re\\-runs" in body
-    assert "(https://o.github.io/llmcompat/#finding-0123abcd0123abcd)" in body
+    assert "(https://o.github.io/llmcompat/findings/0123abcd0123abcd.html)" in body
     assert body.startswith("<!-- llmcompat:finding ")
     assert bodies.title(f) == "[llmcompat] tokenizers 0.22.1 → 0.23.0: non-ascii fails at tokenize"
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -237,7 +238,10 @@ def _repro_state(f) -> str:
 
 
 def _body(f, ctx: Context, settings: Settings, state: dict) -> str:
-    page = f"{settings.page_url.rstrip('/')}/#finding-{f.fingerprint}" if settings.page_url else None
+    page = None
+    if settings.page_url:  # the finding's own page (reports/web: findings/<slug>.html; a hex fingerprint is its slug)
+        safe = re.fullmatch(r"[0-9A-Za-z_-]+", f.fingerprint or "")
+        page = settings.page_url.rstrip("/") + (f"/findings/{f.fingerprint}.html" if safe else "/findings.html")
     view = bodies.IssueView(finding=f, state=state, triage=ctx.triage, cell_ids=ctx.evidence.cell_ids,
                             flake=ctx.flake, repro_state=_repro_state(f), script=ctx.script, page_url=page,
                             fixed_in=state.get("fixed_in"), decoded=dict(ctx.decoded))
