@@ -38,6 +38,7 @@ import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_SAMPLING = {"temperature": 0.0, "top_k": 1, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0,
                     "seed": 0, "stop_at_eos": False}
@@ -381,8 +382,8 @@ class ServerEngine(Engine):
     def body(self, case: dict, prompt_kind: str) -> dict:
         s = sampling_of(case)
         n = int(case.get("max_new_tokens", 16))
-        body = {"max_tokens": n, "temperature": float(s["temperature"]), "top_p": float(s["top_p"]),
-                "seed": int(s["seed"]), "n": 1, "stream": False}
+        body: dict[str, Any] = {"max_tokens": n, "temperature": float(s["temperature"]), "top_p": float(s["top_p"]),
+                                "seed": int(s["seed"]), "n": 1, "stream": False}
         if self.model_name:
             body["model"] = self.model_name
         if self.api == "chat":
@@ -408,7 +409,7 @@ class ServerEngine(Engine):
         kinds = {"ids": ["ids"], "text": ["text"], "auto": ["ids", "text"]}[self.prompt_mode]
         if "prompt_text" not in case or case.get("prompt_text") is None:
             kinds = [k for k in kinds if k != "text"]
-        last = None
+        last: Exception | None = None
         for kind in kinds:
             try:
                 resp = self.client.completions(self.body(case, kind))
@@ -422,7 +423,7 @@ class ServerEngine(Engine):
                 raise
             self._facts["prompt_kind"] = kind
             return self._parse(resp, kind)
-        raise last  # pragma: no cover - the loop returns or raises
+        raise last or ProtocolError("no prompt kind to try")  # pragma: no cover - the loop returns or raises
 
     def generate_many(self, cases: list[dict]) -> list[Generation]:
         with ThreadPoolExecutor(max_workers=len(cases)) as pool:

@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from typing import IO
 
 LOG_TAIL_CHARS = 4000
 
@@ -79,7 +80,7 @@ class Server:
         self.log_path = os.path.join(self.log_dir, f"{name}.log")
         self.cwd = cwd or self.log_dir
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
         self.ready_seconds: float | None = None
 
     @property
