@@ -93,3 +93,49 @@ def test_a_server_that_cannot_start_is_infra_for_the_stage():
     stage_client.run({"client_target": {"unavailable": "transformers-serve did not start: boom"},
                       "clients": ["raw-http"], "cases": []}, rec)
     assert [(r["outcome"], r["detail"]) for r in rec.records] == [("infra", "transformers-serve did not start: boom")]
+
+
+def test_agent_checks_judge_the_servers_answer():
+    import stage_client as sc
+
+    req = sc.CONSTRAINED_CASES[0]
+    assert sc.agent_diffs("tool-required", req, {"tool_calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]}) == []
+    assert "no tool call" in sc.agent_diffs("tool-required", req, {"tool_calls": [], "content": "hi"})[0]
+    assert "lack the required ['city']" in sc.agent_diffs("tool-required", req, {"tool_calls": [{"name": "x", "arguments": "{}"}]})[0]
+    schema = sc.CONSTRAINED_CASES[1]
+    assert sc.agent_diffs("json-schema", schema, {"content": '{"city": "Rome", "temp_c": 20}'}) == []
+    assert "not JSON" in sc.agent_diffs("json-schema", schema, {"content": '{"city": "Ro'})[0]
+    assert sc.client_cases({"client_constrained": True})[-2:] == sc.CONSTRAINED_CASES
+    assert not any(c.get("agent") for c in sc.client_cases({}))
+
+
+def test_llama_server_grammar_forces_a_tool_call_and_schema_json_and_the_user_path_sees_its_prompt():
+    """llama.cpp's native server (0.3.8's vendored sources, built once): tool_choice required and
+    response_format json_schema come back as the agent needs them, in once and stream modes where
+    the server streams; its /apply-template and /tokenize are compared with the reference prompt."""
+    import probe
+    import servers
+    import stage_client
+
+    from matrix.env import builds
+
+    exe = or_skip(builds.llama_server, "0.3.8")
+    prep, _ = _runner()
+    model = prep.models["tiny-qwen2"]
+    srv = servers.Server([str(exe), "-m", str(model.path / "model.gguf"), "--jinja", "--host", "{host}",
+                          "--port", "{port}", "-c", "2048"], name="llama-server", ready_path="/health",
+                         start_timeout=120)
+    rec = probe.Recorder("check")
+    with srv:
+        job = {"model_dir": str(model.path), "client_target": srv.base_url, "client_constrained": True,
+               "clients": ["raw-http"], "cases": list(prep.suites["tiny-qwen2"].cases),
+               "limits": {"request_seconds": 120}}
+        stage_client.run(job, rec)
+    agent = {(r["case"], r["check"]): r["outcome"] for r in rec.records if r["check"].endswith(":agent")}
+    assert agent[("client-tool-required", "raw-http:once:agent")] == "pass"
+    assert agent[("client-json-schema", "raw-http:once:agent")] == "pass"
+    assert agent[("client-json-schema", "raw-http:stream:agent")] == "pass"
+    applied = [r for r in rec.records if r["check"] == "server:server:apply-template"]
+    assert sum(r["outcome"] == "pass" for r in applied) > 10
+    typed = next(r for r in applied if r["case"] == "system-typed-content")
+    assert typed["outcome"] == "fail" and "first divergence" in typed["detail"]  # joins text parts with "\n"

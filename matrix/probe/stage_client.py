@@ -81,6 +81,53 @@ DEFAULT_CASES = [
         {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": " world!"}]}]},
 ]
 
+# closed value sets: under a grammar, random weights would fill an open string until max_tokens
+CITY = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+        "required": ["city"], "additionalProperties": False}
+FORCED_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city.",
+                                                "parameters": CITY}}
+FORECAST = {"type": "json_schema", "json_schema": {"name": "forecast", "strict": True, "schema": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]},
+                                     "temp_c": {"type": "integer", "enum": [20, 21]}},
+    "required": ["city", "temp_c"], "additionalProperties": False}}}
+CONSTRAINED_CASES = [
+    {"id": "client-tool-required", "tools": [FORCED_TOOL], "tool_choice": "required", "max_tokens": 200,
+     "agent": "tool-required", "messages": [{"role": "user", "content": "Weather in Paris?"}]},
+    {"id": "client-json-schema", "params": {"response_format": FORECAST}, "max_tokens": 200, "agent": "json-schema",
+     "messages": [{"role": "user", "content": "Forecast for Paris as JSON."}]},
+]
+"""Forced tool-call and structured-output streams: random weights emit them only under constrained
+decoding (llama-server's grammar for ``tool_choice: required`` and ``response_format``), so they
+run where the target constrains (``job["client_constrained"]``, or a target engine in
+:data:`CONSTRAINING_ENGINES`); elsewhere they are skipped with that reason (a fact)."""
+CONSTRAINING_ENGINES = ("llama-server",)
+
+
+def agent_diffs(kind: str, case: dict, result: dict) -> list[str]:
+    """What an agent would trip over in the server's answer (the wire): a required tool call not
+    made, arguments or content that are not the JSON the schema asks for."""
+    if kind == "tool-required":
+        calls = result.get("tool_calls") or []
+        if not calls:
+            return [f"tool_choice required, but no tool call (content {_short(result.get('content'))})"]
+        schema = case["tools"][0]["function"]["parameters"]
+        return [d for c in calls for d in _json_diffs(f"tool call {c.get('name')!r} arguments", c.get("arguments"), schema)]
+    if kind == "json-schema":
+        schema = case["params"]["response_format"]["json_schema"]["schema"]
+        return _json_diffs("content", result.get("content"), schema)
+    return []
+
+
+def _json_diffs(what: str, text, schema: dict) -> list[str]:
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except ValueError as exc:
+        return [f"{what} are not JSON ({exc}): {_short(text)}"]
+    if not isinstance(value, dict):
+        return [f"{what} are not a JSON object: {_short(text)}"]
+    missing = [k for k in schema.get("required", []) if k not in value]
+    return [f"{what} lack the required {missing}: {_short(text)}"] if missing else []
+
 
 class Skip(Exception):
     """This client or case cannot run here; the reason is the detail."""
@@ -586,7 +633,8 @@ class Target:
 def client_cases(job: dict) -> list[dict]:
     given = job.get("client_cases")
     if not given:
-        return [dict(c) for c in DEFAULT_CASES]
+        extra = CONSTRAINED_CASES if job.get("client_constrained") else []
+        return [dict(c) for c in DEFAULT_CASES + extra]
     by_id = {c.get("id"): c for c in job.get("cases") or []}
     out = []
     for c in given:
@@ -616,6 +664,12 @@ def run(job: dict, rec) -> None:
             rec.add("*", STAGE, "target", "infra", f"{exc}{tail}")
             return
         facts["target"] = target.facts
+        if "client_constrained" not in job and not job.get("client_cases"):
+            job = dict(job, client_constrained=target.facts.get("engine") in CONSTRAINING_ENGINES)
+        if not job.get("client_constrained") and not job.get("client_cases"):
+            facts["constrained_cases"] = (f"skipped: the target ({target.facts.get('engine') or target.facts.get('shared') or 'a URL'}) "
+                                          "does not constrain decoding, and random weights emit no tool call or schema "
+                                          f"JSON without it ({', '.join(c['id'] for c in CONSTRAINED_CASES)})")
         from wire import RecordingProxy
 
         with RecordingProxy(target.base_url, timeout=timeout) as proxy:
@@ -733,6 +787,12 @@ def run_one(client, case, mode, job, rec, proxy, target, facts, added_all) -> No
                 klass="crash")
         return
     wire = client.wire_result(ex, stream)
+    if case.get("agent"):
+        diffs = agent_diffs(case["agent"], case, wire)
+        if diffs:
+            rec.add(cid, STAGE, f"{check}:agent", "fail", "; ".join(diffs)[:1500], klass="protocol")
+        else:
+            rec.add(cid, STAGE, f"{check}:agent", "pass")
     if stream:
         notes = wire.get("notes") if isinstance(wire, dict) else None
         if notes:
