@@ -116,7 +116,6 @@ def test_llama_server_grammar_forces_a_tool_call_and_schema_json_and_the_user_pa
     import probe
     import servers
     import stage_client
-
     from matrix.env import builds
 
     exe = or_skip(builds.llama_server, "0.3.8")
