@@ -148,6 +148,8 @@ def test_body_shows_range_divergence_triage_and_links():
     assert "last good `0.22.1` → first bad `0.23.0` · first fixed `0.23.4`" in body
     assert "[compare](https://github.com/huggingface/tokenizers/compare/v0.22.1...v0.23.0)" in body
     assert "- expected: `[68, 702, 220]`" in body and "- actual: `[438, 220]`" in body
+    decoded = _body(f, Context(decoded={"[68, 702, 220]": "Hi @you", "[438, 220]": "``x"}), s, state_of(f, Context()))
+    assert "- expected: `[68, 702, 220]` (`Hi @you`)" in decoded and "(``` ``x ```)" in decoded
     assert "`component-bug`" in body and "0/3 re\\-runs" in body
     assert "(https://o.github.io/llmcompat/findings/0123abcd0123abcd.html)" in body
     assert body.startswith("<!-- llmcompat:finding ")

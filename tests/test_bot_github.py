@@ -422,3 +422,24 @@ def test_token_never_in_output_or_store(gh, tmp_path):
         if f.name.startswith("store.sqlite"):
             data = f.read_bytes()
             assert TOKEN.encode() not in data and TOKEN.encode("utf-16-le") not in data
+
+
+def test_divergence_ids_carry_their_decoded_text(tmp_path):
+    from bot.repro import _model_dir_for
+
+    model = _model_dir_for("", "tiny-qwen2")
+    if model is None:
+        pytest.skip("the tiny model is not built here (nox -s matrix builds it)")
+    from tokenizers import Tokenizer
+
+    want = Tokenizer.from_file(str(model / "tokenizer.json")).decode([68, 702, 220], skip_special_tokens=False)
+    store = sc.broken_store(tmp_path / "store.sqlite", checks=("tokenizers",))
+    plan = run(store, sc.MATRIX, BotOptions(repo=REPO, dry_run=True), out=io.StringIO(), env={})
+    (create,) = [a for a in plan.actions if a.verb == "create"]
+    assert f"- expected: `[68, 702, 220]` ({escape_code(want)})" in create.body
+
+
+def escape_code(text: str) -> str:
+    from bot.github.escape import code
+
+    return code(text)

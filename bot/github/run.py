@@ -10,6 +10,7 @@ the title), the body indented below it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import sys
@@ -70,6 +71,30 @@ def _script(f, cell_row) -> str | None:
         return None
 
 
+def _decoded(f, cell_row) -> dict[str, str]:
+    """The divergence's token ids as text, decoded by the cell model's own tokenizer file (where
+    ``tokenizers`` and the built tiny model are here; else nothing)."""
+    d = bodies.divergence(f.detail)
+    if d is None or cell_row is None or not d.expected.startswith("["):
+        return {}
+    try:
+        from tokenizers import Tokenizer
+
+        from bot.repro import _model_dir_for  # the one lookup of a built model by its hash
+
+        model_dir = _model_dir_for(cell_row.get("model_hash") or "", cell_row.get("model") or "")
+        tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    except Exception:  # noqa: BLE001 - no tokenizer here: ids without text
+        return {}
+    out = {}
+    for text in (d.expected, d.actual):
+        try:
+            out[text] = tok.decode([int(i) for i in json.loads(text)], skip_special_tokens=False)
+        except (ValueError, TypeError, OverflowError):
+            continue
+    return out
+
+
 def contexts(store, matrix, findings, triages=None) -> dict[str, Context]:
     """Per finding: its evidence from the run history, triage and standalone reproduction."""
     kinds = {r["id"]: r["kind"] for r in store.runs()}
@@ -77,7 +102,8 @@ def contexts(store, matrix, findings, triages=None) -> dict[str, Context]:
     triages = triages or {}
     cells = {c["key"]: c for c in store.cells()}
     return {f.fingerprint: Context(evidence=ev[f.fingerprint], triage=triages.get(f.fingerprint) or _triage_of(f),
-                                   script=_script(f, cells.get(f.bad_key)) if f.status == "open" else None)
+                                   script=_script(f, cells.get(f.bad_key)) if f.status == "open" else None,
+                                   decoded=_decoded(f, cells.get(f.bad_key)) if f.status == "open" else {})
             for f in findings}
 
 
