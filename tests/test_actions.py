@@ -2,7 +2,7 @@
 
 from hypothesis import given, strategies as st
 
-from matrix.app.actions import annotations, headline, markdown, regress_matrix
+from matrix.app.actions import headline, markdown, workflow_commands, regress_matrix
 from matrix.outcome import Finding
 
 RUN = {"id": "gha-7-1", "started": "2026-12-01T03:00:00+00:00", "finished": "2026-12-01T04:00:00+00:00"}
@@ -43,12 +43,13 @@ def test_untrusted_text_is_inert_in_the_summary_and_in_workflow_commands():
     h = headline(RUN, cells, [evil])
     text = markdown(h)
     assert "<script>" not in text and "\\@team" in text and "\\#1" in text and "\\|" in text
-    for line in annotations(h):
+    for line in workflow_commands(h):
         assert "\n" not in line and "\r" not in line
-        command, props, message = line.split("::", 2)[0], *line[2:].split("::", 1)
-        assert command == "" and props.startswith(("error title=", "warning title="))  # one command per line
+        assert line.startswith("::")
+        props = line[2:].split("::", 1)[0]
+        assert props.startswith(("error title=", "warning title="))  # one command per line
         assert ":" not in props.partition("=")[2] and "," not in props.partition("=")[2]  # a title cannot end early
-    assert any("50%25%0A" in line for line in annotations(h))
+    assert any("50%25%0A" in line for line in workflow_commands(h))
 
 
 @given(st.integers(0, 500), st.integers(1, 16))

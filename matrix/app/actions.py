@@ -12,7 +12,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Headline", "annotations", "headline", "markdown", "regress_matrix"]
+from matrix.outcome import Finding
+
+__all__ = ["Headline", "headline", "markdown", "regress_matrix", "workflow_commands"]
 
 
 @dataclass(frozen=True)
@@ -23,14 +25,14 @@ class Headline:
     executed: int
     reused: int
     outcomes: Mapping[str, int]
-    new: Sequence[object] = field(default_factory=tuple)
-    fixed: Sequence[object] = field(default_factory=tuple)
+    new: Sequence[Finding] = field(default_factory=tuple)
+    fixed: Sequence[Finding] = field(default_factory=tuple)
     open: int = 0
     spurious: int | None = None
     retry: Sequence[tuple[str, str]] = field(default_factory=tuple)
 
 
-def headline(run: Mapping, cells: Iterable[Mapping], findings: Iterable[object],
+def headline(run: Mapping, cells: Iterable[Mapping], findings: Iterable[Finding],
              candidates: int | None = None) -> Headline:
     """The headline of ``run`` from its cells and every finding (typed ``Finding`` records).
 
@@ -42,13 +44,13 @@ def headline(run: Mapping, cells: Iterable[Mapping], findings: Iterable[object],
     start, end = run["started"], run.get("finished") or "9999"
     new = [f for f in findings if start <= f.first_seen <= end]
     fixed = [f for f in findings if f.status == "fixed" and start <= f.last_seen <= end]
-    confirmed = sum(1 for f in new if f.kind == "regression")
+    confirmed = len([f for f in new if f.kind == "regression"])
     return Headline(
         run_id=run["id"],
         executed=sum(1 for c in cells if not c.get("reused")),
         reused=sum(1 for c in cells if c.get("reused")),
         outcomes=dict(sorted(Counter(c["outcome"] for c in cells).items())),
-        new=new, fixed=fixed, open=sum(1 for f in findings if f.status == "open"),
+        new=new, fixed=fixed, open=len([f for f in findings if f.status == "open"]),
         spurious=None if candidates is None else max(candidates - confirmed, 0),
         retry=tuple(sorted((c["cell_id"], c.get("reason") or "") for c in cells if c["outcome"] == "infra")),
     )
@@ -90,7 +92,7 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def annotations(h: Headline) -> list[str]:
+def workflow_commands(h: Headline) -> list[str]:
     """Workflow commands: an error per new finding, a warning per cell to retry."""
     out = [f"::error title={_escape_property('new finding: ' + f.component)}::"
            + _escape_data(f"{f.component} {f.stage} {f.check_name or f.case_id}: "
