@@ -287,7 +287,7 @@ def cmd_regress(args) -> int:
 def cmd_summary(args) -> int:
     """A run's headline: printed, and in GitHub Actions the step summary and annotations."""
     from matrix import paths
-    from matrix.app.actions import annotations, headline, markdown
+    from matrix.app.actions import headline, markdown, workflow_commands
     from matrix.app.job import regression_candidates
     from reports.store import Store
 
@@ -299,7 +299,7 @@ def cmd_summary(args) -> int:
     text = markdown(h)
     print(text)
     if args.github:
-        for line in annotations(h):
+        for line in workflow_commands(h):
             print(line)
         if os.environ.get("GITHUB_STEP_SUMMARY"):
             with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
