@@ -71,6 +71,14 @@ def test_a_real_server_answers_the_client_stage_in_once_and_stream_modes():
     for r in counted:
         if r["outcome"] == "fail":
             assert r["klass"] in ("configuration-default", "double-bos") and "prompt tokens" in r["detail"]
+    # defaults as users send them: the greedy text against the reference's generation
+    greedy = [r for r in rec.records if r["check"] == "server:transformers-serve:defaults"]
+    assert greedy and all(r["stage"] == "inference" for r in greedy)
+    assert any(r["outcome"] == "pass" for r in greedy)  # single-user: the reference's 16 tokens
+    for r in greedy:
+        if r["outcome"] == "fail":
+            assert ("pinning" in r["detail"] and r["klass"] == "configuration-default") or (
+                "each parameter pinned alone" in r["detail"] and r["klass"] == "mismatch")
 
 
 def test_prompt_lengths_are_judged_by_what_can_be_known():

@@ -16,6 +16,9 @@ tokenize stage's ids), so what the server built can be compared with it:
   ``server:<name>:tokenize`` (stage ``tokenize``), where it has ``/tokenize``: that prompt's ids
   with the server's special-token rule against the reference ids, BOS counted.
 
+- ``server:<name>:defaults`` (stage ``inference``): :func:`defaults`, the configuration-default
+  class named by the parameter whose pin alone removes the difference.
+
 Cases a chat request cannot express (``continue_final_message``, no generation prompt, an
 expected template error) are left out; a request the server refuses is ``skipped`` with its words.
 """
@@ -94,6 +97,60 @@ def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: 
             rec.add(cid, "tokenize", check, outcome, detail, **({"klass": klass} if klass else {}))
         if endpoints["apply-template"]:
             _apply_template(job, rec, case, base_url, server, api_key, timeout, endpoints, bos_id)
+    defaults(job, rec, base_url, model, server, api_key, timeout)
+
+
+PINS = (("top_p", 1.0), ("top_k", 1), ("min_p", 0.0), ("repetition_penalty", 1.0), ("repeat_penalty", 1.0),
+        ("frequency_penalty", 0.0), ("presence_penalty", 0.0), ("seed", 0))
+"""The reference's decoding parameters, as a server's API may name them: pinned one at a time."""
+
+
+def _content(answer) -> tuple[str | None, str | None]:
+    try:
+        choice = answer["choices"][0]
+        return choice["message"].get("content") or "", choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None, None
+
+
+def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_key: str, timeout: float) -> None:
+    """Defaults as users send them: only messages, ``temperature: 0`` and ``max_tokens``; the
+    server's greedy text against the reference's generation. A difference that pinning one
+    parameter alone removes is ``configuration-default`` naming that parameter (a bisection over
+    parameters); one that no pin removes is the server's own (``mismatch``, with what was tried)."""
+    for case in job.get("cases") or []:
+        gen = (case.get("expect") or {}).get("gen")
+        if not gen or not expressible(case):
+            continue
+        cid, want = case["id"], gen.get("text")
+        check = f"server:{server}:defaults"
+        body = {"messages": case["messages"], "temperature": 0, "max_tokens": int(gen.get("max_new_tokens", 16)),
+                **({"model": model} if model else {})}
+        status, answer = _post(base_url + "/v1/chat/completions", body, timeout, api_key)
+        text, finish = _content(answer)
+        if status >= 300 or text is None:
+            rec.add(cid, "inference", check, "skipped", f"{server} answered HTTP {status}: {str(answer)[:300]}")
+            continue
+        if text == want or (finish == "stop" and want.startswith(text)):
+            rec.add(cid, "inference", check, "pass", "the reference's greedy text under defaults"
+                    + (" (stopped at EOS)" if text != want else ""))
+            continue
+        tried, refused = [], []
+        for name, value in PINS:
+            st, ans = _post(base_url + "/v1/chat/completions", {**body, name: value}, timeout, api_key)
+            if st >= 300:
+                refused.append(name)
+                continue
+            tried.append(name)
+            if _content(ans)[0] == want:
+                rec.add(cid, "inference", check, "fail", f"under defaults {server}'s greedy text differs from the "
+                        f"reference ({first_divergence(want, text)}); pinning {name}={value} alone gives the "
+                        "reference's text", klass="configuration-default", parameter=name)
+                break
+        else:
+            rec.add(cid, "inference", check, "fail", f"{server}'s greedy text differs from the reference under defaults "
+                    f"and with each parameter pinned alone (tried {', '.join(tried) or 'none'}; refused "
+                    f"{', '.join(refused) or 'none'}): {first_divergence(want, text)}", klass="mismatch")
 
 
 def _apply_template(job, rec, case, base_url, server, api_key, timeout, endpoints, bos_id) -> None:
