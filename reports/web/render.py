@@ -15,7 +15,7 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from reports.web import charts
+from reports.web import cellpage, charts
 from reports.web.data import AXES, STAGE_SYMBOL, axis_pairs, js_data, matrix_view, slug
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "web"
@@ -103,9 +103,9 @@ def page_jobs(site: dict, answers: dict, generated: str):
     yield "components.html", page("components.html", root="", chrome=depth[""])
     yield "questions.html", page("questions.html", root="", chrome=depth[""], q=answers,
                                  charts=question_charts(answers), ttf_bot=site.get("ttf_bot", []))
-    cell = env.get_template("cell.html").render
+    cell_frame = cellpage.frame(env, **common, root="../", chrome=depth["../"])
     for c in site["cells"]:
-        yield f"cells/{c['slug']}.html", partial(cell, **common, root="../", chrome=depth["../"], c=c)
+        yield f"cells/{c['slug']}.html", partial(cellpage.render, c, "../", cell_frame, labels, dots, comp_page)
     finding = env.get_template("finding.html").render
     bisections = site.get("bisections", {})
     for f in site["findings"]:
