@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from packaging.version import InvalidVersion, Version
 
@@ -85,11 +85,12 @@ def candidates(history: Iterable[Record], current: Iterable[Record]) -> list[Can
         t = _time(r)
         latest: dict[str, tuple[datetime, Record]] = {}
         for te, e in earlier[_context(r)]:
-            if te < t and (e["cell"] not in latest or te > latest[e["cell"]][0]):
-                latest[e["cell"]] = (te, e)
-        best = None
+            cell = str(e["cell"])
+            if te < t and (cell not in latest or te > latest[cell][0]):
+                latest[cell] = (te, e)
+        best: tuple[tuple[int, float, str], Record, dict[str, tuple[str, str, str]]] | None = None
         for cell, (te, e) in latest.items():
-            diff = _diff(e["axes"], r["axes"])
+            diff = _diff(_axes(e), _axes(r))
             if e["outcome"] in DECISIVE and diff:
                 rank = (len(diff), -te.timestamp(), cell)
                 if best is None or rank < best[0]:
@@ -101,7 +102,7 @@ def candidates(history: Iterable[Record], current: Iterable[Record]) -> list[Can
         if direction == 0:
             continue  # some axes moved forward, others back: no release is to blame
         before, after = (e, r) if direction > 0 else (r, e)
-        regression = is_regression(before["outcome"], after["outcome"])
+        regression = is_regression(_outcome(before), _outcome(after))
         good, bad = (before, after) if regression else (after, before)
         found.append(
             Candidate(
@@ -123,8 +124,24 @@ def candidates(history: Iterable[Record], current: Iterable[Record]) -> list[Can
 
 def _context(r: Record) -> tuple:
     """What must be equal to compare: runner, model, case, stage and the component on each axis."""
-    components = tuple(sorted((str(a), str(v[0])) for a, v in r["axes"].items()))
+    components = tuple(sorted((str(a), str(v[0])) for a, v in _axes(r).items()))
     return (r["runner"], r["model"], r["case"], r["stage"], components)
+
+
+def _axes(r: Record) -> Mapping[str, Sequence[object]]:
+    """The record's ``axes``: axis -> [component, version]."""
+    axes = r["axes"]
+    if not isinstance(axes, Mapping):
+        raise TypeError(f"record of cell {r.get('cell')!r}: axes is not a mapping: {axes!r}")
+    return axes
+
+
+def _outcome(r: Record) -> Outcome | str:
+    """The record's ``outcome`` (an :class:`Outcome` value)."""
+    outcome = r["outcome"]
+    if not isinstance(outcome, str):
+        raise TypeError(f"record of cell {r.get('cell')!r}: outcome is not a string: {outcome!r}")
+    return outcome
 
 
 def _diff(before: Mapping, after: Mapping) -> dict[str, tuple[str, str, str]] | None:
@@ -154,7 +171,7 @@ def _cmp(a: str, b: str) -> int:
     try:
         va, vb = Version(a), Version(b)
     except InvalidVersion:
-        va, vb = a, b  # type: ignore[assignment]
+        return (a < b) - (a > b)
     return (va < vb) - (va > vb)
 
 

@@ -116,10 +116,10 @@ class Inputs:
     files: Mapping[str, bytes]
     case: Mapping
     template: str | None = None
-    tricky: Mapping = None
+    tricky: Mapping | None = None
     weights: str | None = None
     cell_id: str = ""
-    versions: Mapping[str, str] = None
+    versions: Mapping[str, str] | None = None
     export: str | None = None
     """The engine's export of the model (a directory), for engines that run one."""
     special: Mapping[str, str] | None = None
@@ -225,7 +225,7 @@ def _case(case_id: str, suite_cases: Iterable[Mapping], goldens) -> dict:
 
 @dataclass(frozen=True)
 class _SuiteView:
-    cases: tuple
+    cases: tuple[Mapping, ...]
 
 
 def _slim(case: dict, spec: Spec) -> dict:
@@ -303,7 +303,9 @@ def _sources(path: Path, names: Iterable[str]) -> str:
         if name is None and isinstance(node, ast.Assign):
             name = next((t.id for t in node.targets if isinstance(t, ast.Name)), None)
         if name in wanted:
-            out.append(ast.get_source_segment(text, node))
+            segment = ast.get_source_segment(text, node)
+            assert segment is not None, "a node parsed from the text has its position"
+            out.append(segment)
             wanted.discard(name)
     if wanted:
         raise KeyError(f"{path.name} has no {', '.join(sorted(wanted))}")

@@ -101,7 +101,7 @@ def _get(finding, name: str, default=None):
     return getattr(finding, name, default)
 
 
-def marker_env(python: str, platform: Mapping[str, str] = ()) -> dict[str, str]:
+def marker_env(python: str, platform: Mapping[str, str] | None = None) -> dict[str, str]:
     """The marker environment of a cell: its Python (``3.11`` -> full version ``3.11.0``) on
     CPython/Linux x86-64 unless ``platform`` says otherwise."""
     full = python if python.count(".") >= 2 else f"{python}.0"
@@ -110,7 +110,7 @@ def marker_env(python: str, platform: Mapping[str, str] = ()) -> dict[str, str]:
            "platform_python_implementation": "CPython", "os_name": "posix", "sys_platform": "linux",
            "platform_system": "Linux", "platform_machine": "x86_64", "platform_release": "",
            "platform_version": "", "extra": ""}
-    env.update(dict(platform))
+    env.update(platform or {})
     return env
 
 
@@ -326,7 +326,7 @@ def facts_for(finding, cell_row: Mapping | None, matrix=None, *, env_root: Path 
     lock_data = cell_row.get("lock") or {}
     if isinstance(lock_data, str):
         lock_data = json.loads(lock_data)
-    pins = {canonicalize_name(k): v for k, v in (lock_data.get("pins") or {}).items()}
+    pins: dict[str, str] = {canonicalize_name(k): v for k, v in (lock_data.get("pins") or {}).items()}
     python = lock_data.get("python") or "3.11"
     package = _failing_package(finding, matrix)
     version = pins.get(canonicalize_name(package))

@@ -118,7 +118,7 @@ UploadTime = Callable[[str, str], "str | datetime | None"]
 
 
 def timeline(finding, *, package: str, project: str, upload_time: UploadTime,
-             events: Mapping[str, Mapping] = (), issue: Mapping | None = None) -> Timeline:
+             events: Mapping[str, Mapping] | None = None, issue: Mapping | None = None) -> Timeline:
     """One finding's :class:`Timeline`. ``events``: event name -> its ``ttf_events`` row;
     ``issue``: its first filed issue (``created``, ``closed``), if any."""
     events = dict(events or {})
@@ -142,8 +142,8 @@ def timeline(finding, *, package: str, project: str, upload_time: UploadTime,
 
 
 def timelines(findings: Iterable, *, upload_time: UploadTime, events: Iterable[Mapping] = (),
-              issues: Iterable[Mapping] = (), packages: Mapping[str, str] = (),
-              projects: Mapping[str, str] = ()) -> list[Timeline]:
+              issues: Iterable[Mapping] = (), packages: Mapping[str, str] | None = None,
+              projects: Mapping[str, str] | None = None) -> list[Timeline]:
     """Every finding's :class:`Timeline`. ``packages``/``projects``: component -> its primary
     package / its project (``owner/name``); both default to the component's name."""
     packages, projects = dict(packages or {}), dict(projects or {})

@@ -152,7 +152,7 @@ def synthetic_store(path: Path, cells: int = 10_000, findings: int = 500, seed: 
     toks = [("tokenizers", f"0.{v}.0") for v in range(10)]
     tmpls = [("hf-jinja2", f"3.1.{v}") for v in range(5)]
     clients = [("openai", f"3.{v}.0") for v in range(10)]
-    combos = set()
+    combos: set[tuple[tuple[str, str], ...]] = set()
     while len(combos) < cells:
         combos.add((rng.choice(engines), rng.choice(toks), rng.choice(tmpls), rng.choice(clients)))
     out = []

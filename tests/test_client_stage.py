@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _tc(index, *, id=None, name=None, args=None):
 
 
 # One OpenAI stream per script: lists of deltas (None: the finish chunk).
-SCRIPTS = {
+SCRIPTS: dict[str, list[dict[str, Any]]] = {
     # the usual shape: each call opens with id+name, arguments follow in pieces; index 0 is
     # resumed after index 1 has opened (legal: deltas are grouped by index, not by position)
     "parallel": [

@@ -23,6 +23,7 @@ def probe_klasses() -> set[str]:
             found |= set(rx.findall(text))
     # stage_template.classify returns (klass, detail) pairs
     classify = re.search(r"def classify\(.*?\n(?=\S)", (PROBE / "stage_template.py").read_text(), re.S)
+    assert classify is not None, "stage_template.py has no classify()"
     found |= set(re.findall(r"""return\s+["']([a-z][a-z-]*)["'],""", classify.group(0)))
     return found
 

@@ -129,7 +129,9 @@ def json_file(filename, upload_time=None, yanked=False, requires_python=None):
 def write_json_page(root: Path, project: str, files: list[dict]) -> None:
     page_dir = root / "simple" / project
     page_dir.mkdir(parents=True, exist_ok=True)
-    versions = sorted({parse_filename(f["filename"])[1].public for f in files})
+    parsed = [parse_filename(f["filename"]) for f in files]
+    assert all(p is not None for p in parsed), f"not a distribution file name among {files}"
+    versions = sorted({p[1].public for p in parsed if p is not None})
     page = {"meta": {"api-version": "1.1"}, "name": project, "versions": versions, "files": files}
     (page_dir / "index.json").write_text(json.dumps(page))
 

@@ -29,7 +29,8 @@ class Recorder:
     """A monotone history: versions before ``first_bad`` are good; ``unknown`` cannot be built."""
 
     def __init__(self, first_bad: int, unknown=frozenset()):
-        self.first_bad, self.unknown, self.calls = first_bad, set(unknown), []
+        self.first_bad, self.unknown = first_bad, set(unknown)
+        self.calls: list[int] = []
 
     def __call__(self, v: int) -> Verdict:
         self.calls.append(v)
@@ -242,6 +243,8 @@ def history(n: int, bad: set[int], unknown=frozenset()):
 def assert_verified_pair(res: BisectResult, verdicts: dict, direction: Direction) -> None:
     """A found answer is an adjacent pair (but for untestable versions) whose verdicts were seen."""
     assert res.found
+    assert res.last_old is not None and res.first_new is not None
+    assert res.last_old_index is not None and res.first_new_index is not None
     assert verdicts[res.last_old] is direction.old and verdicts[res.first_new] is direction.new
     assert res.last_old_index < res.first_new_index
     assert res.unknown_between == list(range(res.last_old + 1, res.first_new))

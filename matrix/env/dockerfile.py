@@ -75,7 +75,7 @@ def image_tag(key: str) -> str:
 def closure(roots: set[str], graph: dict[str, set[str]]) -> set[str]:
     """Every package reachable from ``roots`` in ``graph`` (package -> what it requires)."""
     seen: set[str] = set()
-    todo = [canonicalize_name(r) for r in roots]
+    todo: list[str] = [canonicalize_name(r) for r in roots]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -96,8 +96,8 @@ def split_layers(pins: dict[str, str], graph: dict[str, set[str]], engine_roots:
     layer as it was. A package needed by another component as well goes to the rest, so it cannot
     make the engine layers differ between cells that share the engine.
     """
-    roots = {canonicalize_name(r) for r in engine_roots} & set(pins)
-    engine = {canonicalize_name(r) for r in (engine_packages or engine_roots)} & set(pins)
+    roots = set(pins) & {canonicalize_name(r) for r in engine_roots}
+    engine = set(pins) & {canonicalize_name(r) for r in (engine_packages or engine_roots)}
     others = closure(other_roots, graph)
     deps = (closure(roots, graph) - engine - others) & set(pins)
     rest = set(pins) - deps - engine

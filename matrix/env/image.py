@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urljoin, urlsplit
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -592,8 +593,15 @@ def layer_blobs(tag: str, c=None):
             raw.write(chunk)
         raw.seek(0)
         with tarfile.open(fileobj=raw) as outer:
-            manifest = json.load(outer.extractfile("manifest.json"))[0]
-            yield "config", outer.extractfile(manifest["Config"]).read()
+
+            def member(name: str) -> IO[bytes]:
+                f = outer.extractfile(name)
+                if f is None:  # a link or directory where docker save writes a file
+                    raise KeyError(f"{name} in the saved image {tag} is not a file")
+                return f
+
+            manifest = json.load(member("manifest.json"))[0]
+            yield "config", member(manifest["Config"]).read()
             for layer in manifest["Layers"]:
-                with tarfile.open(fileobj=io.BytesIO(outer.extractfile(layer).read())) as layer_tar:
+                with tarfile.open(fileobj=io.BytesIO(member(layer).read())) as layer_tar:
                     yield layer, layer_tar

@@ -11,6 +11,7 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Protocol, Sequence
 
 import yaml
 
@@ -159,7 +160,14 @@ def split_tricky(produced: dict) -> tuple[dict, dict]:
     return cases, tricky
 
 
-def cases_with_goldens(suite: Suite, goldens: Goldens | None) -> list[dict]:
+class HasCases(Protocol):
+    """What :func:`cases_with_goldens` reads of a suite."""
+
+    @property
+    def cases(self) -> Sequence[Mapping]: ...
+
+
+def cases_with_goldens(suite: HasCases, goldens: Goldens | None) -> list[dict]:
     """The cases with their expectations merged in (what the probe's job carries)."""
     out = []
     for case in suite.cases:
