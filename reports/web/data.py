@@ -19,6 +19,7 @@ import hashlib
 import re
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from packaging.version import InvalidVersion, Version
 
@@ -74,7 +75,10 @@ def safe_link(url) -> str:
     return ""
 
 
+@lru_cache(maxsize=65536)
 def version_key(v: str):
+    """A sort key for release strings (cached: the site sorts the same few hundred versions
+    tens of thousands of times)."""
     try:
         return (0, Version(v), "")
     except (InvalidVersion, TypeError):

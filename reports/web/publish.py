@@ -15,6 +15,8 @@ import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
+from itertools import chain
 from pathlib import Path
 
 from reports.web import exports, render
@@ -68,20 +70,14 @@ def build(export: dict, run_cells: list[dict], out: Path, ttf: list[dict] | None
     site["bisections"] = {}
     for b in export.get("bisections", []):
         site["bisections"].setdefault(str(b.get("fingerprint")), []).append(b)
-    q = answers(site, export)
-    files = {**render.static_files()}
-    files["matrix.json"] = json.dumps(exports.matrix_json(site, generated), ensure_ascii=False)
-    files["matrix.schema.json"] = exports.SCHEMA_PATH.read_text(encoding="utf-8")
-    files["results.json"] = json.dumps(export, ensure_ascii=False)  # no indent: the C encoder
-    files["feed.xml"] = exports.feed(site, generated)
-    for rel, body in exports.badges(site).items():
-        files[rel] = json.dumps(body)
-    _write_all(out, files.items())
     n = _workers(workers, len(site["cells"]))
     if n == 1:
+        q = answers(site, export)
+        _write_all(out, ((rel, make()) for rel, make in _data_jobs(site, export, generated)))
         _write_all(out, render.pages(site, q, generated))
     else:
-        _FORKED.update(site=site, answers=q, generated=generated, out=out, n=n)
+        render.warm()  # compiled once here, shared by the forked renderers
+        _FORKED.update(site=site, export=export, generated=generated, out=out, n=n)
         ctx = multiprocessing.get_context("fork")
         try:
             with ctx.Pool(n) as pool:
@@ -89,6 +85,18 @@ def build(export: dict, run_cells: list[dict], out: Path, ttf: list[dict] | None
         finally:
             _FORKED.clear()
     return site
+
+
+def _data_jobs(site: dict, export: dict, generated: str):
+    """(relative path, a function that makes its text) for the files beside the pages."""
+    for name, text in render.static_files().items():
+        yield name, partial(str, text)
+    yield "matrix.json", lambda: json.dumps(exports.matrix_json(site, generated), ensure_ascii=False)
+    yield "matrix.schema.json", partial(exports.SCHEMA_PATH.read_text, encoding="utf-8")
+    yield "results.json", lambda: json.dumps(export, ensure_ascii=False)  # no indent: the C encoder
+    yield "feed.xml", partial(exports.feed, site, generated)
+    for rel, body in exports.badges(site).items():
+        yield rel, partial(json.dumps, body)
 
 
 PARALLEL_FROM = 2000
@@ -106,9 +114,11 @@ def _workers(asked: int | None, cells: int) -> int:
 
 
 def _render_share(i: int) -> None:
-    """In a forked worker: render and write every n-th page."""
+    """In a forked worker: make and write every n-th file (the five answers only in the worker
+    that renders the questions page)."""
     s = _FORKED
-    jobs = render.page_jobs(s["site"], s["answers"], s["generated"])
+    jobs = chain(_data_jobs(s["site"], s["export"], s["generated"]),
+                 render.page_jobs(s["site"], partial(answers, s["site"], s["export"]), s["generated"]))
     _write_all(s["out"], ((rel, make()) for k, (rel, make) in enumerate(jobs) if k % s["n"] == i))
 
 

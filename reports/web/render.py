@@ -23,7 +23,10 @@ SHOW_CELLS_ON_INDEX = 500
 STATIC = ("style.css", "app.js")
 
 
+@lru_cache(maxsize=1)
 def environment():
+    """The one Jinja2 environment (its templates compile once per process, before forked
+    renderers start, so they share the compiled code)."""
     from jinja2 import Environment, FileSystemLoader
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
@@ -65,15 +68,23 @@ def script_json(data) -> Markup:
     return Markup(text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
 
 
-def pages(site: dict, answers: dict, generated: str):
+def warm() -> None:
+    """Compile every page template now (in the parent, before forking)."""
+    env = environment()
+    for name in TEMPLATES.glob("*.html"):
+        env.get_template(name.name)
+
+
+def pages(site: dict, answers, generated: str):
     """(relative path, text) for every page of the site."""
     for rel, make in page_jobs(site, answers, generated):
         yield rel, make()
 
 
-def page_jobs(site: dict, answers: dict, generated: str):
+def page_jobs(site: dict, answers, generated: str):
     """(relative path, a function that renders it) for every page: cheap to list, so several
-    processes can share the rendering."""
+    processes can share the rendering. ``answers``: the five questions' answers, or a function
+    that computes them (only the questions page needs them)."""
     env = environment()
     labels = {s["id"]: s for s in site["states"]}
     common = {"states": site["states"], "labels": labels, "last_run": site["last_run"], "generated": generated,
@@ -101,8 +112,12 @@ def page_jobs(site: dict, answers: dict, generated: str):
     yield "cells.html", page("cells.html", root="", chrome=depth[""], cells=site["cells"])
     yield "findings.html", page("findings.html", **_lists(site), root="", chrome=depth[""])
     yield "components.html", page("components.html", root="", chrome=depth[""])
-    yield "questions.html", page("questions.html", root="", chrome=depth[""], q=answers,
-                                 charts=question_charts(answers), ttf_bot=site.get("ttf_bot", []))
+    def questions_page() -> str:
+        q = answers() if callable(answers) else answers
+        return env.get_template("questions.html").render(**common, root="", chrome=depth[""], q=q,
+                                                         charts=question_charts(q), ttf_bot=site.get("ttf_bot", []))
+
+    yield "questions.html", questions_page
     cell_frame = cellpage.frame(env, **common, root="../", chrome=depth["../"])
     for c in site["cells"]:
         yield f"cells/{c['slug']}.html", partial(cellpage.render, c, "../", cell_frame, labels, dots, comp_page)
