@@ -7,7 +7,6 @@ matrix: tests/robust_matrix.py), the real store."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path

@@ -9,24 +9,20 @@ test), a few through a subprocess; kills are real SIGKILLs of real subprocesses.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from matrix.app.cli import main
-from tests.robust_matrix import axes_text, cell_ids, write_axes
+from tests.robust_matrix import axes_text
 from tests.test_robust_store import result
 
 ROOT = Path(__file__).resolve().parent.parent
