@@ -450,10 +450,11 @@ class ServerEngine(Engine):
             tokens = list(lp["tokens"])
             tops = [[[t, v] for t, v in (d or {}).items()] for d in (lp.get("top_logprobs") or [])]
         by = "pieces"
-        if tokens and all(isinstance(t, str) and _TOKEN_ID.match(t) for t in tokens):
+        matches = [_TOKEN_ID.match(t) if isinstance(t, str) else None for t in tokens]
+        if tokens and all(matches):
             by = "ids"
-            tokens = [int(_TOKEN_ID.match(t).group(1)) for t in tokens]
-            tops = [[[int(_TOKEN_ID.match(t).group(1)), v] for t, v in step if _TOKEN_ID.match(str(t))] for step in tops]
+            tokens = [int(m.group(1)) for m in matches if m is not None]
+            tops = [[[int(m.group(1)), v] for t, v in step if (m := _TOKEN_ID.match(str(t)))] for step in tops]
         tops = [sorted(([t, round(float(v), ROUND)] for t, v in step if v is not None),
                        key=lambda tv: -tv[1])[: self.k] for step in tops]
         return Generation(tokens, tops, text=text, by=by, finish_reason=finish, prompt_kind=prompt_kind)
@@ -507,7 +508,10 @@ class LlamaServerEngine(ServerEngine):
         threads = str(self.options.get("threads", 2))
         parallel = int(self.options.get("parallel", 1))
         n_ctx = int(self.options.get("n_ctx") or self.job.get("_n_ctx") or 2048)
-        cmd = [self.binary(), "-m", self.gguf_path, "--host", "{host}", "--port", "{port}",
+        exe = self.binary()
+        if not exe:
+            raise EngineUnavailable("no llama-server binary in this cell (job['llama_server_bin'])")
+        cmd = [exe, "-m", self.gguf_path, "--host", "{host}", "--port", "{port}",
                "-c", str(n_ctx * parallel), "-np", str(parallel), "-t", threads, "-tb", threads,
                "--seed", str(self.options.get("seed", 0)), "-ngl", str(self.options.get("n_gpu_layers", 0))]
         return cmd + [str(a) for a in self.options.get("extra_args", [])]
@@ -569,7 +573,7 @@ class LlamaServerEngine(ServerEngine):
         text = resp.get("content")
         stop = resp.get("stop_type") or ("eos" if resp.get("stopped_eos") else
                                          "limit" if resp.get("stopped_limit") else None)
-        finish = {"eos": "stop", "word": "stop", "limit": "length"}.get(stop, stop)
+        finish = {"eos": "stop", "word": "stop", "limit": "length"}.get(stop, stop) if stop is not None else None
         probs = resp.get("completion_probabilities")
         if isinstance(probs, list) and probs and isinstance(probs[0], dict) and "id" in probs[0]:
             prob_ids = [int(p["id"]) for p in probs]

@@ -123,8 +123,9 @@ class MistralRsEngine(Engine):
         self.mr = mistralrs
         self.source = self.options.get("source", "safetensors")
         dtype = getattr(getattr(mistralrs, "ModelDType", None), self.options.get("dtype", "F32"), None)
-        self._tmp = tempfile.mkdtemp(prefix="llmcompat-mistralrs-")
-        template = os.path.join(self._tmp, "identity.jinja")
+        tmp = tempfile.mkdtemp(prefix="llmcompat-mistralrs-")
+        self._tmp: str | None = tmp
+        template = os.path.join(tmp, "identity.jinja")
         with open(template, "w", encoding="utf-8") as f:
             f.write(IDENTITY_TEMPLATE)
         kw = {"dtype": dtype} if dtype is not None else {}
@@ -286,7 +287,8 @@ class OnnxRuntimeGenAIEngine(ExportEngine):
 
             params.input_ids = np.asarray([prompt], dtype=np.int32)
             gen = og.Generator(self.model, params)
-        ids, topk = [], []
+        ids: list[int] = []
+        topk: list = []
         finish = "length"
         while len(ids) < n:
             if gen.is_done():
@@ -323,7 +325,7 @@ class OpenVINOGenAIEngine(ExportEngine):
         import openvino_genai
 
         self.ovg = openvino_genai
-        props = {}
+        props: dict[str, object] = {}
         if self.options.get("precision", "f32") == "f32":
             props = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
         props["INFERENCE_NUM_THREADS"] = threads

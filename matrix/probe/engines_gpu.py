@@ -319,7 +319,13 @@ class OllamaEngine(ServerEngine):
         return self.options.get("modelfile") or os.path.join(self.model_dir, "Modelfile")
 
     def command(self) -> list[str]:
-        return [self.binary, "serve"]
+        return [self._found_binary(), "serve"]
+
+    def _found_binary(self) -> str:
+        """The binary :meth:`start` found (it raises when there is none)."""
+        if self.binary is None:
+            raise EngineUnavailable("the ollama engine has not been started")
+        return self.binary
 
     def server_env(self, port: int | None = None) -> dict:
         env = super().server_env()
@@ -378,7 +384,7 @@ class OllamaEngine(ServerEngine):
             f.write(text)
         env = self.server_env(self.srv.port)
         try:
-            out = subprocess.run([self.binary, "create", self.model_name, "-f", path], capture_output=True, text=True,
+            out = subprocess.run([self._found_binary(), "create", self.model_name, "-f", path], capture_output=True, text=True,
                                  env=env, cwd=self._tmp, timeout=float(self.options.get("create_seconds", 300)))
         except subprocess.TimeoutExpired as exc:
             raise EngineInfra(f"ollama create timed out after {exc.timeout:.0f}s", self.log_tail()) from None
@@ -400,7 +406,7 @@ class OllamaEngine(ServerEngine):
         text = case.get("prompt_text")
         if not text:
             raise ProtocolError("ollama takes text prompts only, and the case has no prompt text")
-        options = {"temperature": float(s["temperature"]), "top_k": 1 if greedy else int(s["top_k"]),
+        options: dict[str, object] = {"temperature": float(s["temperature"]), "top_k": 1 if greedy else int(s["top_k"]),
                    "top_p": float(s["top_p"]), "min_p": float(s.get("min_p") or 0.0), "seed": int(s["seed"]),
                    "num_predict": int(case.get("max_new_tokens", 16)), "repeat_penalty": float(s["repeat_penalty"]),
                    "presence_penalty": 0.0, "frequency_penalty": 0.0,

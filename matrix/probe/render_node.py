@@ -260,6 +260,7 @@ class NodeBatch:
                 )
             except OSError as exc:
                 return answers, {"error": f"cannot start node: {exc}", "kind": "crash", "name": ""}, False
+            assert proc.stdout is not None  # stdout=PIPE
             sel = selectors.DefaultSelector()
             fd = proc.stdout.fileno()
             sel.register(fd, selectors.EVENT_READ)
@@ -365,7 +366,7 @@ def node_renderer(template_src: str, special: dict, limits: dict, job: dict | No
             return answer["text"]
         raise _error(answer.get("kind", "crash"), answer.get("error", "unknown error"), answer.get("name", ""))
 
-    render.info = {
+    render.info = {  # type: ignore[attr-defined]  # a function attribute: mypy does not model them
         "package": PACKAGE,
         "package_version": meta.get("version"),
         "node": node_version,

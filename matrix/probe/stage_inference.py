@@ -74,7 +74,9 @@ def realign_pieces(ref: list, got: list, got_topk: list, omitted: int) -> tuple[
     pieces and the engine's next piece is the reference's next whole piece, up to ``omitted``
     empty (unknown) pieces are inserted. Nothing is inserted anywhere else, so a real divergence
     still shows at its step."""
-    out, out_k, j, i = [], [], 0, 0
+    out: list = []
+    out_k: list = []
+    j, i = 0, 0
     while i < len(ref):
         if omitted and unknown_piece(ref[i]):
             run = i

@@ -72,7 +72,7 @@ def assistant_turns(text: str, fmt: dict = CHATML) -> list[str]:
     start, end = fmt.get("turn_start"), fmt.get("turn_end")
     if not start or start not in text:
         return [text]
-    turns = []
+    turns: list[str] = []
     pos = 0
     while True:
         i = text.find(start, pos)
@@ -80,7 +80,7 @@ def assistant_turns(text: str, fmt: dict = CHATML) -> list[str]:
             return turns
         j = text.find(end, i + len(start)) if end else -1
         turns.append(text[i + len(start): j if j >= 0 else len(text)])
-        if j < 0:
+        if j < 0 or not end:  # j >= 0 only when there is an end marker
             return turns
         pos = j + len(end)
 
@@ -90,7 +90,7 @@ def parse(text: str, fmt: dict = CHATML) -> list[ToolCall]:
     body is not a JSON tool call, naming the block and the JSON error."""
     open_, close = re.escape(fmt.get("open", CHATML["open"])), re.escape(fmt.get("close", CHATML["close"]))
     block = re.compile(open_ + r"(.*?)" + close, re.S)
-    calls = []
+    calls: list[ToolCall] = []
     for turn in assistant_turns(text, fmt):
         for m in block.finditer(turn):
             body = m.group(1).strip()
