@@ -23,9 +23,9 @@ moved forward and others back, there is no candidate.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 
 from packaging.version import InvalidVersion, Version
 
@@ -177,4 +177,4 @@ def _cmp(a: str, b: str) -> int:
 
 def _time(r: Record) -> datetime:
     t = datetime.fromisoformat(str(r["time"]))
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

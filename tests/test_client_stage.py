@@ -12,9 +12,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
