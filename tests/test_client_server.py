@@ -65,14 +65,16 @@ def test_a_real_server_answers_the_client_stage_in_once_and_stream_modes():
     assert not bad, bad[:3]
     assert rec.facts["client"]["target"]["shared"] == "transformers-serve"
     # the user's path: messages in, the server's own prompt length against the reference prompt's
-    counted = [r for r in rec.records if r["check"] == "server:transformers-serve:prompt_tokens"]
+    assert not any(r["check"].startswith("server:") for r in rec.records)  # the shared server's: facts only
+    checks = rec.facts["user_path"]["checks"]
+    counted = [r for r in checks if r["check"] == "server:transformers-serve:prompt_tokens"]
     assert len(counted) > 20 and all(r["stage"] == "tokenize" for r in counted)
     assert sum(r["outcome"] == "pass" for r in counted) > len(counted) // 2
     for r in counted:
         if r["outcome"] == "fail":
             assert r["klass"] in ("configuration-default", "double-bos") and "prompt tokens" in r["detail"]
     # defaults as users send them: the greedy text against the reference's generation
-    greedy = [r for r in rec.records if r["check"] == "server:transformers-serve:defaults"]
+    greedy = [r for r in checks if r["check"] == "server:transformers-serve:defaults"]
     assert greedy and all(r["stage"] == "inference" for r in greedy)
     assert any(r["outcome"] == "pass" for r in greedy)  # single-user: the reference's 16 tokens
     for r in greedy:

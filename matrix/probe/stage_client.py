@@ -689,7 +689,9 @@ def run(job: dict, rec) -> None:
             import user_path
 
             server = target.facts.get("engine") or target.facts.get("shared") or "server"
-            user_path.run(job, rec, target.base_url, target.model, server, target.api_key, timeout)
+            # the shared server's findings are not the cell's components': facts, not records
+            sink = user_path.FactsOnly(rec) if target.facts.get("shared") else rec
+            user_path.run(job, sink, target.base_url, target.model, server, target.api_key, timeout)
     finally:
         target.close()
 

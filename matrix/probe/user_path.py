@@ -19,6 +19,9 @@ tokenize stage's ids), so what the server built can be compared with it:
 - ``server:<name>:defaults`` (stage ``inference``): :func:`defaults`, the configuration-default
   class named by the parameter whose pin alone removes the difference.
 
+For a server that is not the cell's own (the shared client server) the checks are facts
+(``facts.user_path.checks``, :class:`FactsOnly`), not records: no component of the cell made them.
+
 Cases a chat request cannot express (``continue_final_message``, no generation prompt, an
 expected template error) are left out; a request the server refuses is ``skipped`` with its words.
 """
@@ -30,6 +33,20 @@ import urllib.error
 import urllib.request
 
 from probe import first_divergence, first_id_divergence
+
+
+class FactsOnly:
+    """A recorder that keeps the checks as facts (``facts.user_path.checks``), not records: for a
+    server that is not the cell's own (the shared client server), whose findings would otherwise
+    be grouped under the cell's engine or tokenizer, which did not make them."""
+
+    def __init__(self, rec):
+        self.facts = rec.facts
+        self.checks = rec.facts.setdefault("user_path", {}).setdefault("checks", [])
+
+    def add(self, case, stage, check, outcome, detail="", **extra):
+        self.checks.append({"case": case, "stage": stage, "check": check, "outcome": outcome,
+                            "detail": detail[:500], **extra})
 
 
 def _post(url: str, body: dict, timeout: float, api_key: str) -> tuple[int, dict | str]:
@@ -76,7 +93,9 @@ def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: 
         return
     bos, bos_id = _bos(job)
     endpoints = {"apply-template": True, "tokenize": True}
-    facts = rec.facts.setdefault("user_path", {"server": server, "counts": {}})
+    facts = rec.facts.setdefault("user_path", {})
+    facts.setdefault("server", server)
+    facts.setdefault("counts", {})
     for case in cases:
         cid, expect = case["id"], case["expect"]
         body = {"messages": case["messages"], "temperature": 0, "max_tokens": 1}
