@@ -134,6 +134,7 @@ def _run(mode: str, templates: dict, goldens=None, renderers=("jinja2",), limits
     job = {"mode": mode, "model_dir": str(model_dir or "/nonexistent"), "template_sources": [], "cases": _cases(),
            "renderers": list(renderers), "corpus": corpus, "limits": limits or {"render_seconds": 10}}
     stage_template.run(job, rec)
+    corpus_render.run(job, rec)  # as the probe runs the template stage
     return rec
 
 

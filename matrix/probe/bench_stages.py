@@ -78,6 +78,8 @@ def bench_corpus(corpus: dict, cases: list[dict], model_dir: str, repeats: int =
     """(renders per second, renders) of the template stage over ``corpus`` (a job's ``corpus``,
     with its reference goldens) with the reference renderer; every render must pass or be skipped."""
     probe, stage_template = _probe_modules()
+    import corpus_render
+
     job = {"mode": "check", "model_dir": model_dir, "stages": ["template"], "renderers": ["jinja2"],
            "template_sources": [], "cases": cases, "corpus": corpus,
            "limits": {"render_seconds": 10, "render_chars": 1_000_000}}
@@ -86,6 +88,7 @@ def bench_corpus(corpus: dict, cases: list[dict], model_dir: str, repeats: int =
         rec = probe.Recorder("check")
         started = time.perf_counter()
         stage_template.run(job, rec)
+        corpus_render.run(job, rec)
         seconds = time.perf_counter() - started
         bad = [r for r in rec.records if r["outcome"] not in ("pass", "skipped")]
         if bad:

@@ -226,6 +226,15 @@ def check(job: dict, rec, special: dict) -> None:
 
 
 def run(job: dict, rec) -> None:
+    """The template stage's corpus part (the probe runs it after ``stage_template``): nothing
+    unless the job names a corpus."""
+    if not job.get("corpus"):
+        return
+    with st.alarm_handler():
+        _run(job, rec)
+
+
+def _run(job: dict, rec) -> None:
     try:
         _, special = st.load_template(job["model_dir"])
     except FileNotFoundError:

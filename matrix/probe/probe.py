@@ -39,6 +39,8 @@ STAGE_MODULES = {
     "postprocess": "stage_postprocess",
     "client": "stage_client",
 }
+STAGE_EXTRAS = {"template": ("corpus_render",)}
+"""Modules that add to a stage after its own (the real-template corpus is a source of its own)."""
 
 
 def _first_difference(expected, actual) -> int | None:
@@ -135,12 +137,12 @@ def run(job: dict) -> dict:
         mod_name = STAGE_MODULES.get(stage)
         if mod_name is None:
             continue
-        try:
-            mod = importlib.import_module(mod_name)
-            mod.run(job, rec)
-        except Exception:  # noqa: BLE001 - a stage crash is a result, not a probe crash
-            errors[stage] = traceback.format_exc(limit=8)
-            rec.add("*", stage, "stage", "fail", "stage crashed:\n" + errors[stage], klass="crash")
+        for name in (mod_name, *STAGE_EXTRAS.get(stage, ())):
+            try:
+                importlib.import_module(name).run(job, rec)
+            except Exception:  # noqa: BLE001 - a stage crash is a result, not a probe crash
+                errors[stage] = traceback.format_exc(limit=8)
+                rec.add("*", stage, "stage", "fail", "stage crashed:\n" + errors[stage], klass="crash")
     summary = rec.stage_summary(stages)
     return {
         "schema": 1,

@@ -492,10 +492,6 @@ def _run(job: dict, rec) -> None:
     golden_renderer = job.get("golden_renderer", "jinja2")
     fmt = job.get("toolcall_format") or toolcalls.CHATML
     cases = [c for c in job["cases"] if "template" in c.get("stages", ["template"])]
-    if job.get("corpus"):  # real models' templates: a source of their own (corpus_render)
-        import corpus_render
-
-        corpus_render.run(job, rec)
     capabilities = rec.facts.setdefault("capabilities", {}) if any(c.get("needles") for c in cases) else None
     for source in job.get("template_sources", ["hf"]):
         try:
