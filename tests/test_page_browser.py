@@ -227,6 +227,7 @@ def test_phone_width_cell_page(site, browser):
     for i in range(pg.locator("tr.cell a").count()):
         pg.goto(base + "cells.html")
         pg.locator("tr.cell a").nth(i).click()
+        pg.wait_for_url("**/cells/*.html")  # measure the cell page, not cells.html while it unloads
         assert pg.evaluate("document.documentElement.scrollWidth") <= 375, pg.url
     ctx.close()
 
