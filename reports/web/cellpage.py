@@ -162,3 +162,19 @@ def render(c: dict, root: str, frame_parts: tuple[str, str, str], labels: dict, 
         out.append("<p>No runs recorded.</p>")
     out.append(after)
     return "".join(out)
+
+
+def table_rows(cells: list[dict], root: str, labels: dict, dots) -> str:
+    """The rows of the cells table (``cells_table.html``): 10,000 on the cells page."""
+    r = e(root)
+    out = []
+    for c in cells:
+        label, state = labels[c["state"]], e(c["state"])
+        out += ['<tr class="cell" data-cell="', e(c["id"]), '" data-outcome="', e(c["outcome"]), '" data-state="',
+                state, '"><td><a href="', r, "cells/", e(c["slug"]), '.html" class="st ', state, '">',
+                e(_g(label, "symbol")), " ", e(_g(label, "label")), "</a></td><td>", e(c["runner"]), "</td><td>",
+                e(c["model"]), "</td>"]
+        for a in AXES:
+            out += ["<td>", e(c["axes"][a][0]), " <code>", e(c["axes"][a][1]), "</code></td>"]
+        out += ["<td>", e(dots(c["stages"])), "</td></tr>\n"]
+    return "".join(out)

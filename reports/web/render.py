@@ -30,7 +30,8 @@ def environment():
     from jinja2 import Environment, FileSystemLoader
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(comp_page=comp_page, pair_page=pair_page, axes=AXES, stage_symbols=STAGE_SYMBOL, dots=dots)
+    env.globals.update(comp_page=comp_page, pair_page=pair_page, axes=AXES, stage_symbols=STAGE_SYMBOL, dots=dots,
+                       cell_rows=cell_rows)
     return env
 
 
@@ -47,6 +48,11 @@ def _dots(stages: tuple) -> Markup:
         parts.append(f'<span class="dot {escape(str(outcome))}" role="img" aria-label="{label}" title="{label}">'
                      f"{escape(STAGE_SYMBOL.get(outcome, '?'))}</span>")
     return Markup('<span class="dots">' + "".join(parts) + "</span>")
+
+
+def cell_rows(cells: list[dict], root: str, labels: dict) -> Markup:
+    """The cells table's rows, built as strings (every value escaped there)."""
+    return Markup(cellpage.table_rows(cells, root, labels, dots))
 
 
 def chrome(env, root: str, common: dict) -> dict:
