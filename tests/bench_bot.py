@@ -62,7 +62,7 @@ def _one_per_fingerprint(gh, store) -> int:
     """The most issues any fingerprint has (goal 1), counting every issue's marker."""
     from bot.github import body as bodies
 
-    counts: dict[str, int] = {}
+    counts: dict[str | None, int] = {}  # None: an issue without the marker
     for issue in gh.issues(REPO):
         fp = (bodies.parse_marker(issue["body"]) or {}).get("fp")
         counts[fp] = counts.get(fp, 0) + 1

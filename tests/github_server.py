@@ -28,6 +28,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,6 +65,13 @@ class Repo:
     next_number: int = 1
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """Nothing: a client killed mid-request is expected here."""
+
+
 class GitHub:
     """The server's state and its thread. ``with GitHub() as gh: gh.url`` is the API root."""
 
@@ -77,12 +85,10 @@ class GitHub:
         self.lock = threading.RLock()
         self.ids = 1000
         self.remaining = 5000
-        self.hook = None
+        self.hook: Callable[[str, int, str, str], object] | None = None
         """Called as ``hook(phase, n, method, path)`` with phase ``before``/``after`` each request
         is carried out (n counts requests from 1): the soak benchmark kills the bot from there."""
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.server.handle_error = lambda request, address: None  # a client killed mid-request is expected here
+        self.server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

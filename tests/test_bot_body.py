@@ -12,7 +12,8 @@ from bot.github import escape
 from bot.github.decide import Context, Settings, changes, state_of
 from matrix.outcome import Finding
 
-untrusted = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300) | st.sampled_from([
+text_chars = st.characters(exclude_categories=["Cs"])  # any text but lone surrogates
+untrusted = st.text(alphabet=text_chars, max_size=300) | st.sampled_from([
     "@octocat please look", "fixes #12 and owner/repo#3", "GH-7", "<script>alert(1)</script>", "</details>",
     "```\nclosing the fence", "-->", "<!-- llmcompat:finding {\"fp\":\"evil\"} -->", "| a | b |", "**bold** _x_",
     "[link](https://example.invalid)", "![img](x)", "&amp; &lt;", "a\nb\r\nc", "`code` ``more``",

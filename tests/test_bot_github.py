@@ -44,7 +44,9 @@ def bot(store, gh: GitHub, matrix=sc.MATRIX, **kw):
 
 
 def markers(gh: GitHub, repo: str = REPO) -> list[str]:
-    return [bodies.parse_marker(i["body"])["fp"] for i in gh.issues(repo)]
+    found = [bodies.parse_marker(i["body"]) for i in gh.issues(repo)]
+    assert all(m is not None for m in found), "an issue without the finding marker"
+    return [m["fp"] for m in found if m is not None]
 
 
 def bot_comments(gh: GitHub, number: int, repo: str = REPO) -> list[str]:

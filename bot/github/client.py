@@ -76,9 +76,11 @@ def connect(auth, conn: Connection | None = None) -> Github:
                    secondary_rate_wait=conn.secondary_wait, max_rate_limit_wait=conn.max_wait,
                    status_forcelist=[429, *range(500, 600)],
                    allowed_methods={"GET", "HEAD", "PATCH", "PUT", "DELETE", "POST"})
-    kw = {} if conn.throttle else {"seconds_between_requests": None, "seconds_between_writes": None}
-    return Github(auth=auth, base_url=conn.api_url.rstrip("/"), per_page=conn.per_page, retry=retry,
-                  timeout=conn.timeout, lazy=True, **kw)
+    base = conn.api_url.rstrip("/")
+    if conn.throttle:  # PyGithub's own pauses between requests and writes
+        return Github(auth=auth, base_url=base, per_page=conn.per_page, retry=retry, timeout=conn.timeout, lazy=True)
+    return Github(auth=auth, base_url=base, per_page=conn.per_page, retry=retry, timeout=conn.timeout, lazy=True,
+                  seconds_between_requests=None, seconds_between_writes=None)
 
 
 def _iso(dt) -> str | None:
@@ -181,6 +183,7 @@ class Remote:
 
     def create(self, a: Action, label: str | None, creator: str | None) -> Issue:
         """Create the issue, unless its marker is already there (an earlier answer got lost)."""
+        fingerprint = a.need_fingerprint()
         for attempt in range(self.attempts):
             try:
                 i = self._repo(a.repo).create_issue(title=a.title, body=a.body, labels=list(a.labels or ()))
@@ -189,7 +192,7 @@ class Remote:
                              (), None, i.html_url or "")
             except Exception as exc:  # noqa: BLE001 - sorted by _again
                 self._again(attempt, exc)
-                found = self.find(a.repo, a.fingerprint, label, creator)
+                found = self.find(a.repo, fingerprint, label, creator)
                 if found is not None:
                     return found
         raise AssertionError("unreachable")
@@ -198,11 +201,11 @@ class Remote:
         want = bodies.parse_marker(a.body, "comment")
         for attempt in range(self.attempts):
             try:
-                self._issue(a.repo, a.number).create_comment(a.body)
+                self._issue(a.repo, a.need_number()).create_comment(a.body)
                 return
             except Exception as exc:  # noqa: BLE001 - sorted by _again
                 self._again(attempt, exc)
-                if any(bodies.parse_marker(c.body, "comment") == want for c in self.comments(a.repo, a.number)):
+                if any(bodies.parse_marker(c.body, "comment") == want for c in self.comments(a.repo, a.need_number())):
                     return
 
     def edit(self, a: Action) -> None:
@@ -215,7 +218,7 @@ class Remote:
             kw.update(state="closed", state_reason=a.state_reason or "completed")
         elif a.verb == "reopen":
             kw.update(state="open", state_reason="reopened")
-        self._read(lambda: self._issue(a.repo, a.number).edit(**kw))  # again when the answer broke off
+        self._read(lambda: self._issue(a.repo, a.need_number()).edit(**kw))  # again when the answer broke off
 
     def create_label(self, a: Action) -> None:
         for attempt in range(self.attempts):

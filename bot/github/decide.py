@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from bot.github import body as bodies
 from bot.github import escape
 from bot.github.evidence import Evidence, newer, vkey
+from bot.triage import Triage
 from matrix.outcome import failure_class
 
 __all__ = ["Action", "Comment", "Context", "Issue", "Plan", "Settings", "changes", "decide", "labels_for",
@@ -80,8 +81,8 @@ class Context:
     """What the bot knows about a finding besides the store's row."""
 
     evidence: Evidence = field(default_factory=Evidence)
-    triage: object | None = None
-    """A :class:`bot.triage.Triage` (verdict, reason, upstream_ok) or None (not triaged)."""
+    triage: Triage | None = None
+    """The finding's triage (verdict, reason, upstream_ok) or None (not triaged)."""
     script: str | None = None
     """The standalone reproduction (:func:`bot.repro.script`)."""
     flake: str | None = None
@@ -122,6 +123,18 @@ class Action:
         if self.verb not in VERBS:
             raise ValueError(f"unknown action {self.verb!r}")
 
+    def need_number(self) -> int:
+        """The issue this acts on (``label-create`` and ``create`` have none yet)."""
+        if self.number is None:
+            raise ValueError(f"{self.verb} action on {self.repo} names no issue number")
+        return self.number
+
+    def need_fingerprint(self) -> str:
+        """The fingerprint of the finding this acts for (``label-create`` has none)."""
+        if self.fingerprint is None:
+            raise ValueError(f"{self.verb} action on {self.repo} names no finding")
+        return self.fingerprint
+
 
 @dataclass
 class Plan:
@@ -133,8 +146,11 @@ class Plan:
 
 
 def _dt(t: str | None) -> datetime | None:
-    if not t:
-        return None
+    return _when(t) if t else None
+
+
+def _when(t: str) -> datetime:
+    """An ISO time (``Z`` or an offset; naive means UTC) as an aware datetime."""
     d = datetime.fromisoformat(t.replace("Z", "+00:00"))
     return d if d.tzinfo else d.replace(tzinfo=UTC)
 
@@ -249,7 +265,7 @@ def _body(f, ctx: Context, settings: Settings, state: dict) -> str:
 
 
 def _human_recently(issue: Issue, settings: Settings) -> bool:
-    since = _dt(settings.now) - timedelta(days=settings.human_days)
+    since = _when(settings.now) - timedelta(days=settings.human_days)
     return any(not c.is_bot and (_dt(c.created) or since) > since for c in issue.comments)
 
 
@@ -258,13 +274,13 @@ def decide(findings: Iterable, contexts: Mapping[str, Context], issues: Iterable
     """The actions of one run, in order: labels, then per existing issue its comment before its
     edit, then the creations (queued ones first, at most ``max_new``)."""
     by_marker: dict[tuple[str, str], Issue] = {}
-    for issue in sorted(issues, key=lambda i: i.number):
-        m = issue.marker
+    for listed in sorted(issues, key=lambda i: i.number):
+        m = listed.marker
         if m and isinstance(m.get("fp"), str):
-            by_marker.setdefault((m["fp"], issue.repo.lower()), issue)
+            by_marker.setdefault((m["fp"], listed.repo.lower()), listed)
     order = {k: i for i, k in enumerate(queued)}
     actions: list[Action] = []
-    creates: list[tuple[tuple, Action]] = []
+    creates: list[tuple[tuple[int, str, str, str], Action]] = []
     found: dict[tuple[str, str], Issue] = {}
     wanted_labels: dict[str, set[str]] = {}
     for f in findings:
@@ -290,7 +306,7 @@ def decide(findings: Iterable, contexts: Mapping[str, Context], issues: Iterable
             actions.extend(acts)
     creates.sort(key=lambda x: x[0])
     chosen = [a for _, a in creates[: max(0, settings.max_new)]]
-    rest = [(a.fingerprint, a.repo) for _, a in creates[max(0, settings.max_new):]]
+    rest = [(fp, repo) for (_, _, fp, repo), _ in creates[max(0, settings.max_new):]]
     label_acts = _missing_labels(wanted_labels, labels, chosen, actions, settings)
     return Plan(label_acts + actions + chosen, rest, found)
 
@@ -329,7 +345,7 @@ def _existing(f, ctx: Context, issue: Issue, want: tuple[str, ...], settings: Se
                            labels, state_reason="completed", version=fixed))
         return acts
     state = state_of(f, ctx)
-    if held:  # closed by the bot and reopened by a person: keep the fix known, never close it again
+    if held and old:  # closed by the bot and reopened by a person: keep the fix known, never close it again
         state = {**state, "fixed_in": state["fixed_in"] or old.get("fixed_in"), "held": True}
     body = _body(f, ctx, settings, state)
     acts = []

@@ -83,6 +83,8 @@ def _decoded(f, cell_row) -> dict[str, str]:
         from bot.repro import _model_dir_for  # the one lookup of a built model by its hash
 
         model_dir = _model_dir_for(cell_row.get("model_hash") or "", cell_row.get("model") or "")
+        if model_dir is None:
+            return {}
         tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     except Exception:  # noqa: BLE001 - no tokenizer here: ids without text
         return {}
@@ -233,12 +235,13 @@ def _apply(store, remote, plan: Plan, settings: Settings, states, ctx, out, now:
             store.save_bot_state([], [(a.repo, a.title)])
             print(f"label-create {a.repo}: {a.title}", file=out)
             continue
-        streak = ctx[a.fingerprint].evidence.passing_runs
+        fp = a.need_fingerprint()
+        streak = ctx[fp].evidence.passing_runs
         if a.verb == "create":
             own = a.repo == settings.repo
             issue = remote.create(a, settings.label if own else None, None if own else remote.login)
-            store.add_issue(a.fingerprint, a.repo, issue.number, issue.url, now)
-            store.save_bot_state([_row(a.fingerprint, a.repo, issue, now, passing_runs=streak)])
+            store.add_issue(fp, a.repo, issue.number, issue.url, now)
+            store.save_bot_state([_row(fp, a.repo, issue, now, passing_runs=streak)])
             where = f"{a.repo}#{issue.number}"
         elif a.verb == "comment":
             remote.comment(a)
@@ -251,8 +254,8 @@ def _apply(store, remote, plan: Plan, settings: Settings, states, ctx, out, now:
                 store.reopen_issue(a.repo, a.number)
             st = states.get((a.fingerprint, a.repo)) or {}
             labels = list(a.labels) if a.labels is not None else st.get("labels", [])
-            issue = Issue(a.repo, a.number, a.title, a.body, issue_state, tuple(labels))
-            store.save_bot_state([_row(a.fingerprint, a.repo, issue, now, passing_runs=streak)])
+            issue = Issue(a.repo, a.need_number(), a.title, a.body, issue_state, tuple(labels))
+            store.save_bot_state([_row(fp, a.repo, issue, now, passing_runs=streak)])
         print(f"{a.verb} {where}: {a.title}", file=out)
     since = {(r["fingerprint"], r["repo"]): r.get("queued_since") for r in states.values()}
     store.save_bot_state([{"fingerprint": fp, "repo": repo, "queued": 1, "queued_since": since.get((fp, repo)) or now,
