@@ -116,7 +116,8 @@ def test_loader_accepts_an_npm_component():
     assert (c.ecosystem, c.packages, c.default) == ("npm", (PACKAGE,), False)
     assert c.needs == {"cpu", "node"} and c.probe_roles("renderers") == ("hf-jinja-js",)
     assert c.tag_format.format(version="0.5.11") == "@huggingface/jinja@0.5.11"
-    assert all(x.ecosystem == "pypi" for comps in m.axes.values() for x in comps if x.name != "hf-jinja-js")
+    # the only npm component: every other one installs from PyPI, or is a template corpus (nothing installed)
+    assert all(x.ecosystem in ("pypi", "corpus") for comps in m.axes.values() for x in comps if x.name != "hf-jinja-js")
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,7 @@ def test_loader_accepts_an_npm_component():
         ("      ecosystem: npm\n", "      ecosystem: npm\n      extras: [x]\n",
          "axes.template.hf-jinja-js.extras", ["pypi components only"]),
         ("      ecosystem: npm\n", "      ecosystem: cargo\n",
-         "axes.template.hf-jinja-js.ecosystem", ["pypi (the default) or npm"]),
+         "axes.template.hf-jinja-js.ecosystem", ["pypi (the default), npm or corpus"]),
         ("      ecosystem: npm\n", "",  # an npm name on a pypi component
          "axes.template.hf-jinja-js.packages.0", ["not a valid package"]),
     ],
