@@ -46,6 +46,8 @@ def load(matrix: Matrix, selected, versions: dict | None = None, *, offline: boo
         return None
     first = comps[0]
     version = _version(matrix, first, versions or {})
+    if first.corpus_path is None:  # the loader gives every corpus component its path
+        raise matrix.error(f"axes.{AXIS}.{first.name}.corpus", first.name, "a corpus component needs corpus.path")
     for c in comps[1:]:
         if (c.primary, c.corpus_path, _version(matrix, c, versions or {})) != (first.primary, first.corpus_path, version):
             raise ConfigError(matrix.source, f"axes.{AXIS}.{c.name}", c.name,
@@ -53,9 +55,10 @@ def load(matrix: Matrix, selected, versions: dict | None = None, *, offline: boo
                               f"{first.corpus_path}")
     try:
         whole = template_corpus.load(first.primary, version, first.corpus_path, offline=offline)
-        if any(c.corpus_templates is None for c in comps):
+        named = [c.corpus_templates for c in comps if c.corpus_templates is not None]
+        if len(named) < len(comps):  # one names no templates: all of them
             return whole
-        names = tuple(dict.fromkeys(n for c in comps for n in c.corpus_templates))
+        names = tuple(dict.fromkeys(n for templates in named for n in templates))
         return template_corpus.select(whole, names)
     except template_corpus.CorpusError as exc:
         raise LlmcompatError(f"{matrix.source}: axes.{AXIS}.{first.name}: {exc}") from None

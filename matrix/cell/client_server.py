@@ -17,9 +17,13 @@ import atexit
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matrix.declare.config import Matrix
 from matrix.env import uv as envs
+
+if TYPE_CHECKING:
+    from matrix.probe.servers import Server
 
 ENGINE = "transformers-serve"
 START_SECONDS = 300.0
@@ -40,7 +44,7 @@ class ClientServer:
         self.matrix = matrix
         self._lock = threading.Lock()
         self._resolved: envs.Lock | envs.Unresolvable | None = None
-        self._servers: dict[str, object] = {}
+        self._servers: dict[str, Server] = {}
         self._errors: dict[str, str] = {}
 
     def lock(self) -> envs.Lock | envs.Unresolvable:
@@ -75,7 +79,7 @@ class ClientServer:
                 return {"unavailable": self._errors[key]}
         return {"base_url": srv.base_url, "model": key, "shared": ENGINE}
 
-    def _start(self, model_dir: Path):
+    def _start(self, model_dir: Path) -> Server:
         from matrix.probe import servers
 
         lock = self.lock()

@@ -108,11 +108,14 @@ class Server:
         return self
 
     def wait_ready(self) -> None:
+        proc = self.proc
+        if proc is None:
+            raise ServerStartError(f"{self.name} was not started")
         deadline = time.monotonic() + self.start_timeout
         url = self.base_url + self.ready_path
         last = ""
         while True:
-            code = self.proc.poll()
+            code = proc.poll()
             if code is not None:
                 raise ServerStartError(f"{self.name} exited with {code} before it was ready", self.log_tail())
             try:

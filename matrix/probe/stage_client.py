@@ -53,6 +53,7 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Mapping
 
 STAGE = "client"
 CLIENTS = ("openai", "litellm", "ollama", "raw-http")
@@ -64,7 +65,7 @@ WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
                    "required": ["city"]}}}
-DEFAULT_CASES = [
+DEFAULT_CASES: list[dict] = [
     {"id": "client-text", "messages": [{"role": "user", "content": "Hello!"}]},
     {"id": "client-multi-turn", "messages": [
         {"role": "system", "content": "You are a terse assistant."},
@@ -90,7 +91,7 @@ FORECAST = {"type": "json_schema", "json_schema": {"name": "forecast", "strict":
     "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]},
                                      "temp_c": {"type": "integer", "enum": [20, 21]}},
     "required": ["city", "temp_c"], "additionalProperties": False}}}
-CONSTRAINED_CASES = [
+CONSTRAINED_CASES: list[dict] = [
     {"id": "client-tool-required", "tools": [FORCED_TOOL], "tool_choice": "required", "max_tokens": 200,
      "agent": "tool-required", "messages": [{"role": "user", "content": "Weather in Paris?"}]},
     {"id": "client-json-schema", "params": {"response_format": FORECAST}, "max_tokens": 200, "agent": "json-schema",
@@ -230,7 +231,8 @@ def ollama_message_of(parts) -> dict:
     compared as canonical JSON."""
     from wire import _get
 
-    content, reasoning, calls, finish, usage = None, None, [], None, None
+    content, reasoning, finish, usage = None, None, None, None
+    calls: list[dict] = []
     for part in parts:
         msg = _get(part, "message")
         piece = _get(msg, "content")
@@ -364,7 +366,7 @@ class Client:
     name = ""
     dist = ""
     chat_path = "/v1/chat/completions"
-    accumulator = None
+    accumulator: str | None = None
 
     def __init__(self, base_url: str, api_key: str, timeout: float):
         self.base_url = base_url
@@ -561,7 +563,7 @@ class Target:
         self.engine = None
         spec = job.get("client_target")
         self.spec = spec
-        self.base_url = None
+        self.base_url: str | None = None
         self.model = None
         self.api_key = API_KEY
         self.facts: dict = {}
@@ -572,15 +574,16 @@ class Target:
             spec = {"base_url": spec}
         elif isinstance(spec, str):
             spec = {"engine": spec}
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"client_target {spec!r} is not a URL, an engine name or a mapping")
         spec = dict(spec)
         if spec.get("unavailable"):  # the host could not bring up the server it meant to give
             raise Infra(str(spec["unavailable"]))
         if spec.get("api_key_env"):
             self.api_key = os.environ.get(spec["api_key_env"]) or API_KEY
         if spec.get("base_url"):
-            self.base_url = spec["base_url"].rstrip("/")
-            if self.base_url.endswith("/v1"):
-                self.base_url = self.base_url[:-3]
+            base = spec["base_url"].rstrip("/")
+            self.base_url = base[:-3] if base.endswith("/v1") else base
             self.facts = {"kind": "url", "base_url": self.base_url,
                           **({"shared": spec["shared"]} if spec.get("shared") else {})}
         else:
@@ -788,6 +791,7 @@ def run_one(client, case, mode, job, rec, proxy, target, facts, added_all) -> No
                 f"the SDK raised on the server's HTTP {status} answer ({ex.content_type}, {len(ex.body)} bytes):\n{tb}",
                 klass="crash")
         return
+    assert got is not None  # the SDK returned: its chunks or its result
     wire = client.wire_result(ex, stream)
     if case.get("agent"):
         diffs = agent_diffs(case["agent"], case, wire)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from chat_messages import _plain, cut_continued, default_generation_prompt, prepare_messages
@@ -420,7 +421,10 @@ def llama_server_renderer(template_src: str, special: dict, limits: dict, job: d
     return render
 
 
-RENDERERS = {
+Render = Callable[[dict], str]
+"""A built renderer: ``render(case) -> str``."""
+
+RENDERERS: dict[str, tuple[str, Callable[..., Render]]] = {
     "jinja2": ("jinja2", jinja2_renderer),
     "transformers": ("transformers", transformers_renderer),
     "hf-jinja-js": ("@huggingface/jinja", node_renderer),
@@ -428,7 +432,8 @@ RENDERERS = {
     "llama-server": ("llama-server", llama_server_renderer),
 }
 MODEL_RENDERERS = {"transformers"}
-"""Renderers built from the model directory (they load the tokenizer); the others from the template text."""
+"""Renderers built from the model directory (they load the tokenizer): their factories take
+``(model_dir, limits, template_src)``, the others' ``(template_src, special, limits, job)``."""
 SOURCES = ("hf", "gguf", "override", "ollama")
 
 
@@ -553,7 +558,8 @@ def _run(job: dict, rec) -> None:
                     outcome, detail = check_needles(case, text)
                     rec.add(case["id"], "template", f"{check}:needles", outcome, detail, klass="capability")
                     cap = case.get("capability") or case["id"]
-                    capabilities.setdefault(check, {})[cap] = outcome == "pass"
+                    if capabilities is not None:  # set whenever a case has needles
+                        capabilities.setdefault(check, {})[cap] = outcome == "pass"
                 if has_tool_calls(case):
                     diff = toolcalls.roundtrip(case["messages"], text, fmt)
                     if diff:
