@@ -85,7 +85,10 @@ def test_image_run_equals_uv_run_check_by_check(runners):
     assert img_res["outcome"] == uv_res["outcome"] and img_res["outcome"] != "infra", img_res["reason"][-2000:]
     assert set(img_res["stages"]) == set(uv_res["stages"]) >= {"template", "tokenize"}
     assert untimed(img_res["stages"]) == untimed(uv_res["stages"])
-    checks = lambda res: {(r["stage"], r.get("case"), r["check"]): untimed(r) for r in res["records"]}
+
+    def checks(res):
+        return {(r["stage"], r.get("case"), r["check"]): untimed(r) for r in res["records"]}
+
     uv_checks, img_checks = checks(uv_res), checks(img_res)
     assert len(uv_checks) > 10 and img_checks.keys() == uv_checks.keys()
     for check, record in uv_checks.items():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from matrix.errors import ConfigError
+
 AXES: tuple[str, ...] = ("engine", "tokenizer", "template", "client")
 """The four axes, in the order they appear in cell ids."""
 
@@ -164,10 +166,8 @@ class Matrix:
     lines: dict[str, int] = field(default_factory=dict, compare=False)
     """Line of each field path in ``source`` (``axes.engine.transformers.versions``), for errors."""
 
-    def error(self, field_path: str, value: object, message: str) -> "ConfigError":
+    def error(self, field_path: str, value: object, message: str) -> ConfigError:
         """A :class:`ConfigError` pointing at ``field_path`` in this matrix's file."""
-        from matrix.errors import ConfigError
-
         line = self.lines.get(field_path)
         return ConfigError(self.source, field_path, value, message, line=line)
 
