@@ -517,17 +517,21 @@ def bisect_fixes(store, *, rerun: Callable[[str], CheckOutcomes], releases: Call
 # ----------------------------------------------------------------------------- production adapters
 
 
-def cell_rerunner(runner, results_dir: Path | None = None, *, checks: bool = False) -> Rerun:
+class CellRerun:
     """``rerun(cell_id)`` for a :class:`matrix.cell.run.CellRunner`: ``execute(cell, force=True)`` with a
     runner writing into a temporary results directory (never the store's), read back as outcomes:
-    per (case, stage), or with ``checks`` per (case, stage, check) (what :func:`bisect_fixes` needs)."""
-    from matrix.cell.run import CellRunner
+    per (case, stage), or with ``checks`` per (case, stage, check) (what :func:`bisect_fixes` needs).
+    ``cleanup()`` removes that directory."""
 
-    scratch = CellRunner(runner.matrix, runner.suites, runner.models,
-                         results_dir=results_dir or Path(tempfile.mkdtemp(prefix="llmcompat-rerun-")))
+    def __init__(self, runner, results_dir: Path | None = None, *, checks: bool = False):
+        from matrix.cell.run import CellRunner
 
-    def rerun(cell_id: str) -> Any:  # Outcomes, or CheckOutcomes with ``checks``
-        report = scratch.execute(Cell.parse(cell_id), force=True)
+        self.checks = checks
+        self.results_dir = results_dir or Path(tempfile.mkdtemp(prefix="llmcompat-rerun-"))
+        self._scratch = CellRunner(runner.matrix, runner.suites, runner.models, results_dir=self.results_dir)
+
+    def __call__(self, cell_id: str) -> Any:  # Outcomes, or CheckOutcomes with ``checks``
+        report = self._scratch.execute(Cell.parse(cell_id), force=True)
         records = []
         if report.path is not None and Path(report.path).is_file():
             data = json.loads(Path(report.path).read_text(encoding="utf-8"))
@@ -535,13 +539,17 @@ def cell_rerunner(runner, results_dir: Path | None = None, *, checks: bool = Fal
             Path(report.path).unlink(missing_ok=True)  # the next re-run of the same key must really run
         if not records:
             return report.outcome.value
-        if checks:
+        if self.checks:
             return {(str(r["case"]), str(r["stage"]), str(r["check"])): str(r["outcome"]) for r in records}
         return outcomes_from_records(records)
 
-    rerun.results_dir = scratch.results_dir  # type: ignore[attr-defined]
-    rerun.cleanup = lambda: shutil.rmtree(scratch.results_dir, ignore_errors=True)  # type: ignore[attr-defined]
-    return rerun
+    def cleanup(self) -> None:
+        shutil.rmtree(self.results_dir, ignore_errors=True)
+
+
+def cell_rerunner(runner, results_dir: Path | None = None, *, checks: bool = False) -> CellRerun:
+    """A :class:`CellRerun` over ``runner`` (see there)."""
+    return CellRerun(runner, results_dir, checks=checks)
 
 
 def index_releases(matrix, index) -> Callable[[str, str], list[Release]]:

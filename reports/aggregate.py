@@ -100,6 +100,7 @@ def read_result(path: Path) -> dict:
         raise ConfigError(file, "$", None, "nested too deeply to check") from None
     if error is not None:
         raise ConfigError(file, json_path(error.absolute_path), _shown(error.instance), error.message[:300])
+    assert isinstance(data, dict)  # the schema's top level is an object
     bad = _unencodable(data)
     if bad is not None:
         raise ConfigError(file, json_path(bad[0]), bad[1].encode("utf-8", "backslashreplace").decode(),

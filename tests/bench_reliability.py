@@ -60,8 +60,8 @@ def run(cells: int = 500, infra: float = 0.10, flaky: float = 0.05, seed: str = 
     from tests.robust_matrix import prepared, write_axes
 
     saved = {k: os.environ.get(k) for k in ("LLMCOMPAT_HOME", "LLMCOMPAT_PROBE_WRAPPER")}
-    with tempfile.TemporaryDirectory(prefix="llmcompat-bench-reliability-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="llmcompat-bench-reliability-") as scratch:
+        tmp = Path(scratch)
         os.environ["LLMCOMPAT_HOME"] = str(tmp / "home")
         try:
             prep = prepared(write_axes(tmp, runners=cells))

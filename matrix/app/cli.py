@@ -127,19 +127,19 @@ def cmd_ingest(args) -> int:
     opts = _options(args)
     files = result_files(args.dirs)  # a missing path, a file or an empty directory: exit 2, nothing stored
     check_state()
-    run = {"id": args.run_id or unique_run_id("ingest"), "started": now_iso(), "finished": now_iso(),
-           "kind": "ingest", "meta": {"files": len(files)}}
+    run_id: str = args.run_id or unique_run_id("ingest")
+    run = {"id": run_id, "started": now_iso(), "finished": now_iso(), "kind": "ingest", "meta": {"files": len(files)}}
     with Store(paths.store_path()) as store:
-        if store.has_run(run["id"]):
-            raise RunExists(run["id"])
+        if store.has_run(run_id):
+            raise RunExists(run_id)
         known = store.reusable_keys()  # an infra result in the store is replaced, not "already known"
         new = [f for f in files if f.stem not in known]
         n = ingest(store, run, new, [f.stem for f in files if f.stem in known])
-        print(f"ingested {n} new cell results ({len(files) - len(new)} already known) as run {run['id']}")
-        diffs = record_differences(load_matrix(opts), store, run["id"])
+        print(f"ingested {n} new cell results ({len(files) - len(new)} already known) as run {run_id}")
+        diffs = record_differences(load_matrix(opts), store, run_id)
         print(f"differences from the reference path: {len(diffs)} finding(s)")
         if args.regress:
-            report = find_regressions(prepare(opts), opts, store, run["id"])
+            report = find_regressions(prepare(opts), opts, store, run_id)
             found = report.findings if report is not None else []
             print(f"regressions: {len(found)} finding(s)")
             for f in found:

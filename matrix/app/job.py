@@ -16,6 +16,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matrix import paths
 from matrix.plan.cells import Cell
@@ -23,6 +24,9 @@ from matrix.declare.config import AXES, Matrix
 from matrix.errors import ConfigError, LlmcompatError
 from matrix.outcome import Finding, Outcome
 from matrix.cell.run import CellReport, CellRunner, ModelRef, SuiteRef, now_iso
+
+if TYPE_CHECKING:
+    from bot.regress import RegressReport
 
 
 @dataclass
@@ -134,8 +138,12 @@ def build_model(matrix: Matrix, name: str) -> ModelRef:
     if model is None:
         raise ConfigError(matrix.source, "models", name, "unknown model")
     if model.kind != "tiny":
+        if not model.hub_id:
+            raise ConfigError(matrix.source, f"models.{name}.hub_id", None, "a hub model names its hub_id")
         built = tinymodel.ensure_hub(model.hub_id)
     else:
+        if not model.arch:
+            raise ConfigError(matrix.source, f"models.{name}.arch", None, "a tiny model names its arch")
         # every part, always: goldens and cells must see the same model hash
         built = tinymodel.ensure(arch=model.arch, parts=MODEL_PARTS, reference=matrix.reference)
     return ModelRef(name, Path(built.path), built.model_hash)
@@ -250,7 +258,7 @@ class RunSummary:
     run_id: str
     reports: list[CellReport]
     seconds: float
-    regressions: object = None
+    regressions: RegressReport | None = None
     """The :class:`bot.regress.RegressReport` of this run, when it had candidates."""
     differences: list[Finding] = field(default_factory=list)
     """Difference findings of this run (:func:`record_differences`)."""
@@ -341,9 +349,10 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
     if reg is not None:
         console.print(f"regressions: {len(reg.findings)} finding(s), {len(reg.flaky)} flaky (quarantined), "
                       f"{len(reg.not_reproduced)} not reproduced, {len(reg.requeue)} requeued (infra)")
-        for f in reg.findings:
-            console.print(f"  finding {f['fingerprint']}: {f['component']} {f['last_good']} -> {f['first_bad']} "
-                          f"({f['stage']}, case {f['case_id']}) {f.get('compare_url') or ''}", markup=False)
+        for row in reg.findings:
+            console.print(f"  finding {row['fingerprint']}: {row['component']} {row['last_good']} -> "
+                          f"{row['first_bad']} ({row['stage']}, case {row['case_id']}) {row.get('compare_url') or ''}",
+                          markup=False)
     counts = summary.findings or {"new": 0, "fixed": 0, "open": 0}
     say(final_line(str(site / "index.html") if site else None, counts))
 
