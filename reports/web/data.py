@@ -20,6 +20,7 @@ import re
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import TypedDict
 
 from packaging.version import InvalidVersion, Version
 
@@ -134,7 +135,9 @@ def cell_state(cell: dict, tally: tuple | None = None) -> str:
 
 def _tally(cell: dict) -> tuple[Counter, Counter, bool]:
     """Passing and failing checks per stage, and whether any failure is a crash."""
-    passed, failed, crash = Counter(), Counter(), False
+    passed: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    crash = False
     for r in cell.get("results") or ():
         o = r.get("outcome")
         if o == "pass":
@@ -205,6 +208,14 @@ def _finding_title(f: dict) -> str:
             f"{f.get('stage')} case {f.get('case_id')}")
 
 
+class _Exposure(TypedDict):
+    """One project's exposure windows while they are tallied: fixed (days), open count and ages."""
+
+    fixed: list[float]
+    open: int
+    open_ages: list[float]
+
+
 def time_to_fix(events: list[dict], findings: list[dict], now: datetime | None = None) -> tuple[dict, dict]:
     """Per finding (days) and per project (median, p90, still open), from the store's
     time-to-fix events: the exposure window runs from the first bad release's upload (else
@@ -212,10 +223,11 @@ def time_to_fix(events: list[dict], findings: list[dict], now: datetime | None =
     now = now or datetime.now(UTC)
     by_fp: dict[str, dict[str, datetime]] = defaultdict(dict)
     for e in events:
-        t = _time(e.get("time"))
-        if t is not None:
-            by_fp[str(e.get("fingerprint"))][e.get("event")] = t
-    per_finding, per_project = {}, defaultdict(lambda: {"fixed": [], "open": 0, "open_ages": []})
+        t, event = _time(e.get("time")), e.get("event")
+        if t is not None and isinstance(event, str):  # only named events are looked up below
+            by_fp[str(e.get("fingerprint"))][event] = t
+    per_finding: dict[str, dict] = {}
+    per_project: defaultdict[str, _Exposure] = defaultdict(lambda: {"fixed": [], "open": 0, "open_ages": []})
     for f in findings:
         fp = str(f.get("fingerprint"))
         ev = by_fp.get(fp, {})
@@ -250,7 +262,7 @@ class _FindingIndex:
     (stage, check, klass); a regression by its component version and failing (stage, case)."""
 
     def __init__(self, findings: list[dict], cells: list[dict]):
-        by_comp: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        by_comp: dict[tuple[str | None, str | None], list[dict]] = defaultdict(list)
         for c in cells:
             for axis in AXES:
                 by_comp[(c[axis], c[f"{axis}_version"])].append(c)
@@ -259,6 +271,7 @@ class _FindingIndex:
         fails = {c["cell_id"]: _fail_keys(c) for c in cells}
         for f in findings:
             versions = set(f.get("versions") or ()) | ({f["first_bad"]} if f.get("first_bad") else set())
+            want: tuple[object, ...]
             if f.get("kind") == "difference":
                 want = ("d", f.get("stage"), f.get("check_name"), f.get("klass"))
             else:
@@ -270,8 +283,8 @@ class _FindingIndex:
                         self.cells_of[f["fingerprint"]].append(c["cell_id"])
 
 
-def _fail_keys(cell: dict) -> set:
-    keys = set()
+def _fail_keys(cell: dict) -> set[tuple[object, ...]]:
+    keys: set[tuple[object, ...]] = set()
     for r in cell.get("results") or ():
         if r.get("outcome") == "fail":
             keys.add(("d", r.get("stage"), r.get("check_name"), r.get("klass") or ""))

@@ -17,7 +17,8 @@ TOOL_STAGE = "tool wiring"
 
 def axis_attribution(cells: list[dict], tested: dict[str, set]) -> dict:
     """Q1: share of outcome differences attributable to each axis."""
-    diffs, pairs = Counter(), Counter()
+    diffs: Counter[str] = Counter()
+    pairs: Counter[str] = Counter()
     comparisons = 0
     for axis in AXES:
         groups = defaultdict(list)
@@ -44,7 +45,8 @@ def axis_attribution(cells: list[dict], tested: dict[str, set]) -> dict:
 def silent_degradations(cells: list[dict], failures: dict[str, list[dict]]) -> dict:
     """Q2: per stage, the share of cells where that stage is the first to diverge without an
     error (a failing check whose class is not ``crash``); tool wiring counts tool cases."""
-    ran, silent = Counter(), Counter()
+    ran: Counter[str] = Counter()
+    silent: Counter[str] = Counter()
     for c in cells:
         if c["state"] in ("untested", "uninstallable"):
             continue
@@ -85,7 +87,8 @@ def bug_classes(findings: list[dict]) -> dict:
 def upgrades(cells: list[dict], findings: list[dict], ttf_projects: dict) -> dict:
     """Q4: per component, upgrades seen (adjacent versions, everything else equal) and how many
     of them broke a (case, stage) that passed before; time-to-fix per project."""
-    seen, broke = Counter(), Counter()
+    seen: Counter[str] = Counter()
+    broke: Counter[str] = Counter()
     for axis in AXES:
         groups = defaultdict(list)
         for c in cells:
@@ -99,7 +102,8 @@ def upgrades(cells: list[dict], findings: list[dict], ttf_projects: dict) -> dic
                 seen[comp] += 1
                 if set(b["case_fails"]) - set(a["case_fails"]):
                     broke[comp] += 1
-    regressions = Counter(f.get("component") for f in findings if f.get("kind") == "regression")
+    regressions = Counter(name for f in findings  # the store's component is NOT NULL: a str
+                          if f.get("kind") == "regression" and isinstance(name := f.get("component"), str))
     comps = sorted(set(seen) | set(regressions) | set(ttf_projects))
     rows = []
     for comp in comps:
@@ -114,7 +118,7 @@ def upgrades(cells: list[dict], findings: list[dict], ttf_projects: dict) -> dic
 def golden_cases(findings: list[dict], cells: list[dict]) -> dict:
     """Q5: which golden cases detect the most findings, and the reproducibility level reached
     per engine and runner (the worst case of each cell, counted over cells)."""
-    per_case = Counter()
+    per_case: Counter[str] = Counter()
     for f in findings:
         cases = set(f.get("cases") or ()) or ({f["case_id"]} if f.get("case_id") else set())
         for case in cases:

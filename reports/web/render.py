@@ -98,7 +98,7 @@ def page_jobs(site: dict, answers, generated: str):
     depth = {root: chrome(env, root, common) for root in ("", "../", "../../")}
     pairs = axis_pairs(site["cells"])
     default = pairs[0]
-    mx_json = []
+    mx_json: list[Markup] = []  # the matrix's JSON, serialised once, on first use
     index = env.get_template("index.html")
 
     def matrix_page(rows: str, cols: str) -> str:
