@@ -188,8 +188,10 @@ def _index_of(versions: Sequence[str], wanted: str | None, what: str) -> int | N
 def check_package_name(name: str) -> str:
     """A PEP 508 project name, or a usage error naming it."""
     if not _NAME.match(name):
-        raise BisectUsageError(f"{name!r} is not a valid package name (letters, digits, '.', '_', '-'; "
-                               f"starting and ending with a letter or digit)")
+        raise BisectUsageError(
+            f"{name!r} is not a valid package name (letters, digits, '.', '_', '-'; "
+            f"starting and ending with a letter or digit)"
+        )
     return name
 
 
@@ -269,7 +271,7 @@ def _first_line(text: str, prefer: str = "") -> str:
     if prefer:
         for ln in lines:
             if ln.startswith(prefer):
-                return ln[len(prefer):].strip()
+                return ln[len(prefer) :].strip()
     return lines[0] if lines else ""
 
 
@@ -308,8 +310,9 @@ class Answer:
         return self.status in ("found", "found-both") or (self.status == "found-part" and bool(asked and asked.found))
 
 
-def plan_ends(versions: Sequence[str], direction: Direction, good: str | None, bad: str | None
-              ) -> tuple[int, int, int | None]:
+def plan_ends(
+    versions: Sequence[str], direction: Direction, good: str | None, bad: str | None
+) -> tuple[int, int, int | None]:
     """(old end, new end, a bad release inside) as indices; usage errors for unknown or swapped ends.
 
     Introduced-in: the old end is ``--good`` (default the oldest), the new end ``--bad`` (default
@@ -325,18 +328,28 @@ def plan_ends(versions: Sequence[str], direction: Direction, good: str | None, b
         if old >= new:
             raise BisectUsageError(
                 f"--good {versions[old]} is not older than --bad {versions[new]}: a regression goes from a good "
-                f"release to a newer bad one; to find the release that fixed it, add --find-fix")
+                f"release to a newer bad one; to find the release that fixed it, add --find-fix"
+            )
         return old, new, (bi if bi is not None and bi < n - 1 else None)
     old, new = (0 if bi is None else bi), (n - 1 if gi is None else gi)
     if old >= new:
         raise BisectUsageError(
             f"--bad {versions[old]} is not older than --good {versions[new]}: with --find-fix the fix goes from a "
-            f"bad release to a newer good one; to find where it broke, leave out --find-fix")
+            f"bad release to a newer good one; to find where it broke, leave out --find-fix"
+        )
     return old, new, None
 
 
-def answer(versions: Sequence[str], test: Callable[[str], Verdict], *, direction: Direction = Direction.INTRODUCED,
-           good: str | None = None, bad: str | None = None, samples: int = SAMPLES, jobs: int = 1) -> Answer:
+def answer(
+    versions: Sequence[str],
+    test: Callable[[str], Verdict],
+    *,
+    direction: Direction = Direction.INTRODUCED,
+    good: str | None = None,
+    bad: str | None = None,
+    samples: int = SAMPLES,
+    jobs: int = 1,
+) -> Answer:
     """Search ``versions`` with ``test`` as the module docstring says. Each version is tested once."""
     old, new, inside = plan_ends(versions, direction, good, bad)
     memo: dict[str, Verdict] = {}
@@ -376,9 +389,12 @@ def answer(versions: Sequence[str], test: Callable[[str], Verdict], *, direction
     elif first.status == both_bad:
         out.status = "bad-at-both-ends"
     else:
-        out.status = {REVERSED: "reversed", NEW_END_UNKNOWN: "end-unknown",
-                      NO_OLD_FOUND: "no-good-found" if direction is Direction.INTRODUCED else "no-bad-found",
-                      FOUND: "found"}.get(first.status, first.status)
+        out.status = {
+            REVERSED: "reversed",
+            NEW_END_UNKNOWN: "end-unknown",
+            NO_OLD_FOUND: "no-good-found" if direction is Direction.INTRODUCED else "no-bad-found",
+            FOUND: "found",
+        }.get(first.status, first.status)
     return out
 
 
@@ -388,6 +404,7 @@ def _search(versions, test, old, new, direction, jobs) -> BisectResult:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
+
         def test_many(batch: list[str]) -> dict[str, Verdict]:
             return dict(zip(batch, pool.map(test, batch)))
 
@@ -405,13 +422,20 @@ def versions_to_bisect(package: str, versions_or_range, *, python: str = "3.11",
     index = index or default_index()
     selection = select_versions(index.releases(check_package_name(package)), versions_or_range, python=python)
     if len(selection.versions) < 2:
-        raise BisectUsageError(f"{package} {versions_or_range}: {len(selection.versions)} version(s) to bisect, "
-                               f"need 2 or more")
+        raise BisectUsageError(
+            f"{package} {versions_or_range}: {len(selection.versions)} version(s) to bisect, need 2 or more"
+        )
     return selection
 
 
-def run_bisection(versions: Sequence[str], test: Callable[[str], Verdict], *, good: str | None = None,
-                  bad: str | None = None, jobs: int = 1) -> BisectResult[str]:
+def run_bisection(
+    versions: Sequence[str],
+    test: Callable[[str], Verdict],
+    *,
+    good: str | None = None,
+    bad: str | None = None,
+    jobs: int = 1,
+) -> BisectResult[str]:
     """Search introduced-in only, between ``good`` and ``bad`` (defaults: the oldest and newest),
     with ``jobs`` > 1 tests per round run concurrently (ceil(log_{jobs+1} n) rounds)."""
     old, new, _ = plan_ends(versions, Direction.INTRODUCED, good, bad)
@@ -427,11 +451,15 @@ def explain(a: Answer, sel: Selection, *, find_fix_cmd: str = "", introduced_cmd
     if a.status in ("found", "found-both", "found-part"):
         parts = []
         if a.introduced and a.introduced.found:
-            parts.append(f"the check first fails in {sel.label(a.introduced.first_bad)} "
-                         f"(it passes in {sel.label(a.introduced.last_good)})")
+            parts.append(
+                f"the check first fails in {sel.label(a.introduced.first_bad)} "
+                f"(it passes in {sel.label(a.introduced.last_good)})"
+            )
         if a.fixed and a.fixed.found:
-            parts.append(f"it passes again from {sel.label(a.fixed.last_good)} "
-                         f"(it still fails in {sel.label(a.fixed.first_bad)})")
+            parts.append(
+                f"it passes again from {sel.label(a.fixed.last_good)} "
+                f"(it still fails in {sel.label(a.fixed.first_bad)})"
+            )
         words = "found: " + "; ".join(parts)
         if a.newest and a.newest[1] is Verdict.BAD:
             return words, f"the newest release, {sel.label(a.newest[0])}, still fails: not fixed yet"
@@ -441,40 +469,74 @@ def explain(a: Answer, sel: Selection, *, find_fix_cmd: str = "", introduced_cmd
         return words, ""
     if a.status == "bad-at-both-ends":
         if a.direction is Direction.FIXED:
-            return (f"bad at both ends: not fixed in this range (the check fails in {old} and in {new})",
-                    "widen the range to newer releases, or wait for a fix")
-        return (f"bad at both ends: no transition in this range (the check fails in {old} and in {new})",
-                ("widen the range to older releases to find where it broke, or search a newer range with "
-                 "--find-fix to find where it was fixed"))
+            return (
+                f"bad at both ends: not fixed in this range (the check fails in {old} and in {new})",
+                "widen the range to newer releases, or wait for a fix",
+            )
+        return (
+            f"bad at both ends: no transition in this range (the check fails in {old} and in {new})",
+            (
+                "widen the range to older releases to find where it broke, or search a newer range with "
+                "--find-fix to find where it was fixed"
+            ),
+        )
     if a.status == "good-at-both-ends":
         sampled = len(a.sampled)
-        between = (f", and in the {sampled} release{'s' if sampled != 1 else ''} sampled between them" if sampled
-                   else " (no release between them was sampled)")
-        return (f"good at both ends: the check passes in {old} and in {new}{between}: no bad release found",
-                "give a release where it fails with --bad V, or sample more with --samples N")
+        between = (
+            f", and in the {sampled} release{'s' if sampled != 1 else ''} sampled between them"
+            if sampled
+            else " (no release between them was sampled)"
+        )
+        return (
+            f"good at both ends: the check passes in {old} and in {new}{between}: no bad release found",
+            "give a release where it fails with --bad V, or sample more with --samples N",
+        )
     if a.status == "bad-passes":
         given = a.ends[1] if a.direction is Direction.INTRODUCED else a.ends[0]
-        return (f"the check passes in the release given as --bad, {sel.label(given)}, and at the other end",
-                "give a release where the check fails as --bad, or check the check (its output is shown below)")
+        return (
+            f"the check passes in the release given as --bad, {sel.label(given)}, and at the other end",
+            "give a release where the check fails as --bad, or check the check (its output is shown below)",
+        )
     if a.status == "reversed":
         if a.direction is Direction.INTRODUCED:
-            return ((f"reversed: the check fails in the older end {old} and passes in the newer end {new}: "
-                     f"this range holds a fix, not a regression"), f"find the fix: {find_fix_cmd}")
-        return ((f"reversed: the check passes in the older end {old} and fails in the newer end {new}: "
-                 f"this range holds a regression, not a fix"), f"find where it broke: {introduced_cmd}")
+            return (
+                (
+                    f"reversed: the check fails in the older end {old} and passes in the newer end {new}: "
+                    f"this range holds a fix, not a regression"
+                ),
+                f"find the fix: {find_fix_cmd}",
+            )
+        return (
+            (
+                f"reversed: the check passes in the older end {old} and fails in the newer end {new}: "
+                f"this range holds a regression, not a fix"
+            ),
+            f"find where it broke: {introduced_cmd}",
+        )
     if a.status == "end-unknown":
-        return (f"the newer end {new} cannot be tested (see its reason below)",
-                "end the range at a release that installs, or give the end with --bad/--good")
+        return (
+            f"the newer end {new} cannot be tested (see its reason below)",
+            "end the range at a release that installs, or give the end with --bad/--good",
+        )
     if a.status in ("no-good-found", "no-bad-found"):
         term = "passes" if a.status == "no-good-found" else "fails"
-        return (f"no release before {new} that could be tested {term} the check",
-                "widen the range to older releases")
+        return (f"no release before {new} that could be tested {term} the check", "widen the range to older releases")
     return a.status, ""
 
 
-def to_json(a: Answer, sel: Selection, *, package: str, range_text: str, repro: str, repo: str | None = None,
-            tag_format: str | None = None, notes: dict[str, Tested] | None = None, message: str = "",
-            next_step: str = "") -> dict:
+def to_json(
+    a: Answer,
+    sel: Selection,
+    *,
+    package: str,
+    range_text: str,
+    repro: str,
+    repo: str | None = None,
+    tag_format: str | None = None,
+    notes: dict[str, Tested] | None = None,
+    message: str = "",
+    next_step: str = "",
+) -> dict:
     notes = notes or {}
 
     def link(lo, hi):
@@ -484,38 +546,79 @@ def to_json(a: Answer, sel: Selection, *, package: str, range_text: str, repro: 
         if r is None:
             return None
         lo, hi = r.last_old, r.first_new
-        return {"status": r.status, names[0]: lo, names[1]: hi,
-                "yanked": [v for v in (lo, hi) if v in sel.yanked], "compare_url": link(lo, hi) if r.found else "",
-                "untested_between": list(r.unknown_between), "excluded_between": sel.excluded_between(lo, hi),
-                "bound": r.bound}
+        return {
+            "status": r.status,
+            names[0]: lo,
+            names[1]: hi,
+            "yanked": [v for v in (lo, hi) if v in sel.yanked],
+            "compare_url": link(lo, hi) if r.found else "",
+            "untested_between": list(r.unknown_between),
+            "excluded_between": sel.excluded_between(lo, hi),
+            "bound": r.bound,
+        }
 
     return {
-        "package": package, "range": range_text, "direction": a.direction.value, "status": a.status,
-        "found": a.found, "message": message, "next": next_step, "ends": list(a.ends),
-        "versions": a.versions, "yanked": sorted(sel.yanked, key=Version),
+        "package": package,
+        "range": range_text,
+        "direction": a.direction.value,
+        "status": a.status,
+        "found": a.found,
+        "message": message,
+        "next": next_step,
+        "ends": list(a.ends),
+        "versions": a.versions,
+        "yanked": sorted(sel.yanked, key=Version),
         "excluded": sel.excluded,
         "introduced": part(a.introduced, ("last_good", "first_bad")),
         "fixed": part(a.fixed, ("last_bad", "first_fixed")),
-        "bad": a.bad, "sampled": a.sampled, "sample_limit": a.sample_limit,
+        "bad": a.bad,
+        "sampled": a.sampled,
+        "sample_limit": a.sample_limit,
         "newest": {"version": a.newest[0], "verdict": a.newest[1].value} if a.newest else None,
-        "tests": [{"version": v, "verdict": verdict.value, "yanked": v in sel.yanked,
-                   **({"reason": notes[v].reason, "seconds": round(notes[v].seconds, 3), "output": notes[v].output}
-                      if v in notes else {})} for v, verdict in a.probes],
-        "bound": a.bound, "reproduce": repro,
+        "tests": [
+            {
+                "version": v,
+                "verdict": verdict.value,
+                "yanked": v in sel.yanked,
+                **(
+                    {"reason": notes[v].reason, "seconds": round(notes[v].seconds, 3), "output": notes[v].output}
+                    if v in notes
+                    else {}
+                ),
+            }
+            for v, verdict in a.probes
+        ],
+        "bound": a.bound,
+        "reproduce": repro,
         "exit_code": EXIT_FOUND if a.found else EXIT_NOT_FOUND,
     }
 
 
-def format_answer(a: Answer, sel: Selection, *, package: str, repro: str, repo: str | None = None,
-                  tag_format: str | None = None, notes: dict[str, Tested] | None = None, verbose: bool = False,
-                  message: str = "", next_step: str = "") -> str:
+def format_answer(
+    a: Answer,
+    sel: Selection,
+    *,
+    package: str,
+    repro: str,
+    repo: str | None = None,
+    tag_format: str | None = None,
+    notes: dict[str, Tested] | None = None,
+    verbose: bool = False,
+    message: str = "",
+    next_step: str = "",
+) -> str:
     """The printed report: plain-words status and next step, both answers, every test, reproduction."""
     notes = notes or {}
     n = len(sel.versions)
     extra = f", {len(sel.yanked)} yanked" if sel.yanked else ""
     asked = "fixed-in (--find-fix)" if a.direction is Direction.FIXED else "introduced-in"
-    lines = [(f"bisect {package}: {n} versions{extra}, {sel.label(a.ends[0])} .. {sel.label(a.ends[1])}, "
-              f"looking for {asked}"), f"  status:     {message}"]
+    lines = [
+        (
+            f"bisect {package}: {n} versions{extra}, {sel.label(a.ends[0])} .. {sel.label(a.ends[1])}, "
+            f"looking for {asked}"
+        ),
+        f"  status:     {message}",
+    ]
     if next_step:
         lines.append(f"  next:       {next_step}")
     for r, names in ((a.introduced, ("last good", "first bad")), (a.fixed, ("last bad", "first fixed"))):
@@ -525,27 +628,43 @@ def format_answer(a: Answer, sel: Selection, *, package: str, repro: str, repo: 
             if repo and tag_format:
                 lines.append(f"  compare:    {links.compare_url(repo, tag_format, *r.pair())}")
             if r.unknown_between:
-                lines.append(f"  untested between {r.last_old} and {r.first_new}: " + "; ".join(
-                    f"{sel.label(v)} ({notes[v].reason})" if v in notes else sel.label(v) for v in r.unknown_between))
+                lines.append(
+                    f"  untested between {r.last_old} and {r.first_new}: "
+                    + "; ".join(
+                        f"{sel.label(v)} ({notes[v].reason})" if v in notes else sel.label(v) for v in r.unknown_between
+                    )
+                )
             excluded = sel.excluded_between(r.last_old, r.first_new)
             if excluded:
-                lines.append(f"  excluded between {r.last_old} and {r.first_new}: "
-                             + "; ".join(f"{v} ({why})" for v, why in excluded.items()))
+                lines.append(
+                    f"  excluded between {r.last_old} and {r.first_new}: "
+                    + "; ".join(f"{v} ({why})" for v, why in excluded.items())
+                )
     if a.sampled:
-        lines.append(f"  sampled:    {len(a.sampled)} of at most {a.sample_limit} releases between the ends, "
-                     f"looking for a bad one: " + ", ".join(f"{sel.label(v)} {dict(a.probes)[v].value}"
-                                                            for v in a.sampled))
-    lines.append(f"  tests:      {len(a.probes)} (bound {a.bound} for the intervals searched): "
-                 + ", ".join(f"{sel.label(v)} {verdict.value}" for v, verdict in a.probes))
+        lines.append(
+            f"  sampled:    {len(a.sampled)} of at most {a.sample_limit} releases between the ends, "
+            f"looking for a bad one: " + ", ".join(f"{sel.label(v)} {dict(a.probes)[v].value}" for v in a.sampled)
+        )
+    lines.append(
+        f"  tests:      {len(a.probes)} (bound {a.bound} for the intervals searched): "
+        + ", ".join(f"{sel.label(v)} {verdict.value}" for v, verdict in a.probes)
+    )
     skipped = [v for v, verdict in a.probes if verdict is Verdict.UNKNOWN]
-    lines.append("  skipped:    " + ("; ".join(f"{sel.label(v)} ({notes[v].reason})" if v in notes else v
-                                               for v in skipped) if skipped else "none"))
+    lines.append(
+        "  skipped:    "
+        + (
+            "; ".join(f"{sel.label(v)} ({notes[v].reason})" if v in notes else v for v in skipped)
+            if skipped
+            else "none"
+        )
+    )
     shown = {v for v, _ in a.probes} if verbose else set(_surprising_ends(a))
     for v, verdict in a.probes:
         if v in shown:
             note = notes.get(v)
-            lines.append(f"  test {sel.label(v)}: {verdict.value}" + (f" ({note.reason}, {note.seconds:.1f}s)"
-                                                                        if note else ""))
+            lines.append(
+                f"  test {sel.label(v)}: {verdict.value}" + (f" ({note.reason}, {note.seconds:.1f}s)" if note else "")
+            )
             if note and note.output.strip():
                 lines += [f"      | {ln}" for ln in note.output.rstrip().splitlines()[-12:]]
     lines.append(f"  reproduce:  {repro}")
@@ -566,40 +685,81 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Arguments of ``llmcompat bisect`` (pass a subparser to fill it in)."""
     p = parser or argparse.ArgumentParser(prog="llmcompat bisect", description=__doc__.split("\n\n")[0])
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = ("exit status: 0 found, 1 not found (the status says why and what to do next), 2 usage error, "
-                "3 aborted (a check exited 128 or more, timed out, or the command was interrupted)\n"
-                "check exit codes, as git bisect run: 0 good, 125 skip, 1-127 bad, 128 or more abort")
+    p.epilog = (
+        "exit status: 0 found, 1 not found (the status says why and what to do next), 2 usage error, "
+        "3 aborted (a check exited 128 or more, timed out, or the command was interrupted)\n"
+        "check exit codes, as git bisect run: 0 good, 125 skip, 1-127 bad, 128 or more abort"
+    )
     p.add_argument("package", help="the package whose releases are bisected")
-    p.add_argument("range", help="PEP 440 range (\">=20,<24\") or a list of versions (\"20.0,21.3,22.0\")")
-    p.add_argument("script", nargs="?", help="check: a .py file (run with the env's python), an executable, or a "
-                                             "shell command; exit 0 good, 125 skip, 1-127 bad, >=128 abort")
-    p.add_argument("--with", dest="extra", action="append", default=[], metavar="REQ",
-                   help="another requirement installed with every version (repeatable)")
+    p.add_argument("range", help='PEP 440 range (">=20,<24") or a list of versions ("20.0,21.3,22.0")')
+    p.add_argument(
+        "script",
+        nargs="?",
+        help="check: a .py file (run with the env's python), an executable, or a "
+        "shell command; exit 0 good, 125 skip, 1-127 bad, >=128 abort",
+    )
+    p.add_argument(
+        "--with",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="REQ",
+        help="another requirement installed with every version (repeatable)",
+    )
     p.add_argument("--python", default="3.11", help="Python version of the environments (default 3.11)")
-    p.add_argument("--find-fix", action="store_true",
-                   help="search for the first release in which the failing check passes (last bad -> first fixed)")
-    p.add_argument("--good", help="a version known good: the old end (--find-fix: the new end); default: the "
-                                  "oldest (--find-fix: newest) in range, tested")
-    p.add_argument("--bad", help="a version known bad: the new end (--find-fix: the old end); default: the "
-                                 "newest (--find-fix: oldest) in range, tested")
-    p.add_argument("--samples", type=int, default=SAMPLES,
-                   help=f"releases tested at most to find a bad one when both ends pass (default {SAMPLES})")
-    p.add_argument("--timeout", type=float, default=CHECK_TIMEOUT,
-                   help=f"seconds the check may run at one version; then its process group is killed and the "
-                        f"bisection aborts (default {CHECK_TIMEOUT:g})")
+    p.add_argument(
+        "--find-fix",
+        action="store_true",
+        help="search for the first release in which the failing check passes (last bad -> first fixed)",
+    )
+    p.add_argument(
+        "--good",
+        help="a version known good: the old end (--find-fix: the new end); default: the "
+        "oldest (--find-fix: newest) in range, tested",
+    )
+    p.add_argument(
+        "--bad",
+        help="a version known bad: the new end (--find-fix: the old end); default: the "
+        "newest (--find-fix: oldest) in range, tested",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=SAMPLES,
+        help=f"releases tested at most to find a bad one when both ends pass (default {SAMPLES})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=CHECK_TIMEOUT,
+        help=f"seconds the check may run at one version; then its process group is killed and the "
+        f"bisection aborts (default {CHECK_TIMEOUT:g})",
+    )
     p.add_argument("--repo", help="upstream GitHub owner/name, for the compare link")
-    p.add_argument("--tag-format", default=None, help="tag of a version, e.g. v{version} (default v{version} with --repo)")
+    p.add_argument(
+        "--tag-format", default=None, help="tag of a version, e.g. v{version} (default v{version} with --repo)"
+    )
     p.add_argument("--offline", action="store_true", help="use the cached package index only")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="tests per round, run at once (parallel mode: fewer rounds, more tests)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="show each test's verdict with the last lines of the check's output")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="tests per round, run at once (parallel mode: fewer rounds, more tests)"
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show each test's verdict with the last lines of the check's output",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
-    g = p.add_argument_group("llama.cpp commits (package llama.cpp, RANGE GOOD..BAD: build tags, commits or "
-                             "llama-cpp-python versions; see bot/narrow.py)")
+    g = p.add_argument_group(
+        "llama.cpp commits (package llama.cpp, RANGE GOOD..BAD: build tags, commits or "
+        "llama-cpp-python versions; see bot/narrow.py)"
+    )
     g.add_argument("--git", help="llama.cpp git repository, path or URL (default: $LLMCOMPAT_LLAMACPP_GIT)")
-    g.add_argument("--python-git", help="llama-cpp-python git repository, for the exact vendored commits "
-                                        "(default: $LLMCOMPAT_LLAMACPP_PYTHON_GIT)")
+    g.add_argument(
+        "--python-git",
+        help="llama-cpp-python git repository, for the exact vendored commits "
+        "(default: $LLMCOMPAT_LLAMACPP_PYTHON_GIT)",
+    )
     g.add_argument("--case", help="instead of a script: this suite case, through the native llama-server")
     g.add_argument("--stage", default="inference", choices=("template", "inference"), help="the case's stage")
     g.add_argument("--model", default="tiny-qwen2", help="the tiny model of the case (default tiny-qwen2)")
@@ -614,12 +774,21 @@ def _usage(message: str) -> int:
 def repro_of(args, *, find_fix: bool | None = None) -> str:
     """The complete ``llmcompat bisect`` line for these arguments (output options left out)."""
     return links.repro_command(
-        args.package, args.range, args.script, extra_requirements=args.extra,
-        python=args.python if args.python != "3.11" else None, good=args.good, bad=args.bad, repo=args.repo,
-        tag_format=args.tag_format, find_fix=args.find_fix if find_fix is None else find_fix,
+        args.package,
+        args.range,
+        args.script,
+        extra_requirements=args.extra,
+        python=args.python if args.python != "3.11" else None,
+        good=args.good,
+        bad=args.bad,
+        repo=args.repo,
+        tag_format=args.tag_format,
+        find_fix=args.find_fix if find_fix is None else find_fix,
         samples=args.samples if args.samples != SAMPLES else None,
         timeout=args.timeout if args.timeout != CHECK_TIMEOUT else None,
-        jobs=args.jobs if args.jobs != 1 else None, offline=args.offline)
+        jobs=args.jobs if args.jobs != 1 else None,
+        offline=args.offline,
+    )
 
 
 def cmd_bisect(args) -> int:
@@ -633,10 +802,12 @@ def cmd_bisect(args) -> int:
         return narrow.cmd_narrow(args)
     if not args.script:
         return _usage(f"{args.package}: a check script is required")
-    for problem in (missing_script(args.script),
-                    args.timeout <= 0 and f"--timeout {args.timeout:g}: give a positive number of seconds",
-                    args.samples < 0 and f"--samples {args.samples}: give 0 or more",
-                    args.jobs < 1 and f"--jobs {args.jobs}: give 1 or more"):
+    for problem in (
+        missing_script(args.script),
+        args.timeout <= 0 and f"--timeout {args.timeout:g}: give a positive number of seconds",
+        args.samples < 0 and f"--samples {args.samples}: give 0 or more",
+        args.jobs < 1 and f"--jobs {args.jobs}: give 1 or more",
+    ):
         if problem:
             return _usage(problem)
     direction = Direction.FIXED if args.find_fix else Direction.INTRODUCED
@@ -647,27 +818,62 @@ def cmd_bisect(args) -> int:
     try:
         selection = versions_to_bisect(args.package, args.range, python=args.python, index=index)
         with killing_checks_on_signals():
-            result = answer(selection.versions, test, direction=direction, good=args.good, bad=args.bad,
-                            samples=args.samples, jobs=args.jobs)
+            result = answer(
+                selection.versions,
+                test,
+                direction=direction,
+                good=args.good,
+                bad=args.bad,
+                samples=args.samples,
+                jobs=args.jobs,
+            )
     except (BisectUsageError, IndexUnavailable) as exc:
         return _usage(str(exc))
     except BisectAborted as exc:
         print(f"llmcompat bisect: aborted: {exc}\n{exc.output}", file=sys.stderr)
         return EXIT_ABORTED
     except (CheckInterrupted, KeyboardInterrupt) as exc:
-        print(f"llmcompat bisect: aborted: {exc or 'interrupted'}; the running check's process group was killed",
-              file=sys.stderr)
+        print(
+            f"llmcompat bisect: aborted: {exc or 'interrupted'}; the running check's process group was killed",
+            file=sys.stderr,
+        )
         return EXIT_ABORTED
-    message, next_step = explain(result, selection, find_fix_cmd=repro_of(args, find_fix=True),
-                                 introduced_cmd=repro_of(args, find_fix=False))
+    message, next_step = explain(
+        result, selection, find_fix_cmd=repro_of(args, find_fix=True), introduced_cmd=repro_of(args, find_fix=False)
+    )
     if args.json:
-        print(json.dumps(to_json(result, selection, package=args.package, range_text=args.range, repro=repro,
-                                 repo=args.repo, tag_format=tag_format, notes=test.notes, message=message,
-                                 next_step=next_step), indent=1))
+        print(
+            json.dumps(
+                to_json(
+                    result,
+                    selection,
+                    package=args.package,
+                    range_text=args.range,
+                    repro=repro,
+                    repo=args.repo,
+                    tag_format=tag_format,
+                    notes=test.notes,
+                    message=message,
+                    next_step=next_step,
+                ),
+                indent=1,
+            )
+        )
     else:
-        print(format_answer(result, selection, package=args.package, repro=repro, repo=args.repo,
-                            tag_format=tag_format, notes=test.notes, verbose=args.verbose, message=message,
-                            next_step=next_step))
+        print(
+            format_answer(
+                result,
+                selection,
+                package=args.package,
+                repro=repro,
+                repo=args.repo,
+                tag_format=tag_format,
+                notes=test.notes,
+                verbose=args.verbose,
+                message=message,
+                next_step=next_step,
+            )
+        )
     return EXIT_FOUND if result.found else EXIT_NOT_FOUND
 
 
@@ -704,8 +910,14 @@ def bench_bisect(last: int = 40, *, index=None, env_root: Path | None = None, py
         started = time.perf_counter()
         result = run_bisection(versions, PackageTest("packaging", str(script), (), python, env_root))
         seconds = time.perf_counter() - started
-    return {"n": len(versions), "probes": len(result.probes), "bound": result.bound,
-            "seconds": round(seconds, 3), "first_bad": result.first_bad, "last_good": result.last_good}
+    return {
+        "n": len(versions),
+        "probes": len(result.probes),
+        "bound": result.bound,
+        "seconds": round(seconds, 3),
+        "first_bad": result.first_bad,
+        "last_good": result.last_good,
+    }
 
 
 if __name__ == "__main__":

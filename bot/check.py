@@ -114,8 +114,15 @@ def run_check(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float, cwd
     a child that keeps the output open cannot hold the bisection. When the check ends, times out,
     or this returns early for any reason (an interrupt included), its whole group is killed."""
     with tempfile.TemporaryFile(mode="w+b") as out:
-        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(env), cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
         with _live_lock:
             _live.add(proc.pid)
         timed_out = False
@@ -188,9 +195,13 @@ def killing_checks_on_signals() -> Iterator[None]:
 def verdict_of_run(run: CheckRun, version: str, timeout: float) -> Verdict:
     """The test's verdict for one check run; aborts (raises) as git bisect does."""
     if run.timed_out:
-        raise BisectAborted(version, run.code, run.tail(),
-                            f"check timed out after {timeout:g}s at {version}; its process group was killed "
-                            f"(raise --timeout, or make the check exit 125 to skip a version that hangs)")
+        raise BisectAborted(
+            version,
+            run.code,
+            run.tail(),
+            f"check timed out after {timeout:g}s at {version}; its process group was killed "
+            f"(raise --timeout, or make the check exit 125 to skip a version that hangs)",
+        )
     verdict = verdict_for_exit(run.code)
     if verdict is None:
         raise BisectAborted(version, run.code, run.tail())

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
-from typing import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 
 from matrix.outcome import Outcome
 
@@ -67,8 +67,14 @@ def confirm(bad_runs: Sequence[str], good_runs: Sequence[str], *, need: int = 2,
     reproduced = bad.count(FAIL)
     bad_failures = len(bad) - bad.count(PASS)
     good_failures = len(good) - good.count(PASS)
-    counts = dict(reproduced=reproduced, bad_failures=bad_failures, bad_runs=len(bad),
-                  good_failures=good_failures, good_runs=len(good), infra=infra)
+    counts = dict(
+        reproduced=reproduced,
+        bad_failures=bad_failures,
+        bad_runs=len(bad),
+        good_failures=good_failures,
+        good_runs=len(good),
+        infra=infra,
+    )
     if len(bad) < of or len(good) < of:
         return Confirmation("infra", **counts, rerun_bad=of - len(bad), rerun_good=of - len(good))
     if reproduced >= need and good_failures == 0:
@@ -84,8 +90,9 @@ def false_finding_probability(noise: float, need: int = 2, of: int = 3) -> float
     return tail * (1 - noise) ** of
 
 
-def plan_reruns(noise: float, candidates: int, *, alpha: float = 0.01, need: int = 2, of: int = 3,
-                max_of: int = 12) -> tuple[int, int]:
+def plan_reruns(
+    noise: float, candidates: int, *, alpha: float = 0.01, need: int = 2, of: int = 3, max_of: int = 12
+) -> tuple[int, int]:
     """Smallest (need, of) >= the defaults, keeping need/of >= their ratio, such that the
     expected false findings of ``candidates`` candidates stay <= ``alpha``."""
     for m in range(of, max_of + 1):
@@ -150,14 +157,21 @@ def release_if_passing(q: Quarantine, recent_outcomes: Sequence[str], now: str |
 
 def _dt(t: str | datetime) -> datetime:
     t = t if isinstance(t, datetime) else datetime.fromisoformat(t)
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 # Simulation ------------------------------------------------------------------------------
 
 
-def simulate(n_cells: int = 500, fail_rate: float = 0.10, seed: int = 0, *, alpha: float = 0.01,
-             plan: tuple[int, int] | None = None, regressions: int = 0) -> dict:
+def simulate(
+    n_cells: int = 500,
+    fail_rate: float = 0.10,
+    seed: int = 0,
+    *,
+    alpha: float = 0.01,
+    plan: tuple[int, int] | None = None,
+    regressions: int = 0,
+) -> dict:
     """Every cell truly passes (except the first ``regressions``, which truly fail at the new
     release); each run fails at random with ``fail_rate``. Pipeline: A/A runs measure the noise,
     history vs the current run gives candidates, re-runs chosen by :func:`plan_reruns` (or
@@ -170,14 +184,28 @@ def simulate(n_cells: int = 500, fail_rate: float = 0.10, seed: int = 0, *, alph
         return FAIL if truly_fails or rng.random() < fail_rate else PASS
 
     def record(i: int, version: str, outcome: str, run_id: str, time: str) -> dict:
-        axes = {"engine": [f"engine{i}", version], "tokenizer": ["tok", "1"], "template": ["tpl", "1"],
-                "client": ["cli", "1"]}
-        return {"cell": f"c{i}-{version}", "axes": axes, "runner": "cpu", "model": "tiny", "case": "chat",
-                "stage": "inference", "outcome": outcome, "run": run_id, "time": time}
+        axes = {
+            "engine": [f"engine{i}", version],
+            "tokenizer": ["tok", "1"],
+            "template": ["tpl", "1"],
+            "client": ["cli", "1"],
+        }
+        return {
+            "cell": f"c{i}-{version}",
+            "axes": axes,
+            "runner": "cpu",
+            "model": "tiny",
+            "case": "chat",
+            "stage": "inference",
+            "outcome": outcome,
+            "run": run_id,
+            "time": time,
+        }
 
     broken = set(range(regressions))
-    aa = [({("chat", "inference"): run(i in broken)}, {("chat", "inference"): run(i in broken)})
-          for i in range(n_cells)]
+    aa = [
+        ({("chat", "inference"): run(i in broken)}, {("chat", "inference"): run(i in broken)}) for i in range(n_cells)
+    ]
     aa_rate = aa_spurious_rate(aa)
     noise = noise_from_aa(aa_rate, samples=n_cells)
     history = [record(i, "1.0", run(), "previous", "2026-01-01T00:00:00Z") for i in range(n_cells)]

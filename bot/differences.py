@@ -23,8 +23,13 @@ from bot.fingerprint import fingerprint
 from matrix.declare.config import AXES
 from matrix.outcome import Finding
 
-STAGE_AXIS = {"template": "template", "tokenize": "tokenizer", "inference": "engine",
-              "postprocess": "engine", "client": "client"}
+STAGE_AXIS = {
+    "template": "template",
+    "tokenize": "tokenizer",
+    "inference": "engine",
+    "postprocess": "engine",
+    "client": "client",
+}
 """Whose a check is when its name names no implementation: the stage's own axis."""
 
 DETAIL_CHARS = 600
@@ -86,11 +91,20 @@ def differences(rows: Iterable[Mapping], owners: Owners) -> list[Finding]:
         g = groups.get(fp)
         if g is None:
             g = groups[fp] = {
-                "fingerprint": fp, "kind": "difference", "component": comp, "axis": axis,
-                "stage": row["stage"], "check_name": row["check_name"], "klass": klass,
-                "case_id": row["case_id"], "detail": str(row.get("detail") or "")[:DETAIL_CHARS],
-                "bad_key": row["key"], "repro": row.get("repro") or "",
-                "_cases": set(), "_versions": set(), "_cells": set(),
+                "fingerprint": fp,
+                "kind": "difference",
+                "component": comp,
+                "axis": axis,
+                "stage": row["stage"],
+                "check_name": row["check_name"],
+                "klass": klass,
+                "case_id": row["case_id"],
+                "detail": str(row.get("detail") or "")[:DETAIL_CHARS],
+                "bad_key": row["key"],
+                "repro": row.get("repro") or "",
+                "_cases": set(),
+                "_versions": set(),
+                "_cells": set(),
             }
         g["_cases"].add(row["case_id"])
         g["_versions"].add(row[f"{axis}_version"])
@@ -106,8 +120,9 @@ def differences(rows: Iterable[Mapping], owners: Owners) -> list[Finding]:
     return sorted(out, key=lambda f: (f.stage, f.component, f.check_name, f.klass))
 
 
-def resolved(open_findings: Iterable[Finding], rows: Iterable[Mapping], current: Iterable[Finding],
-             owners: Owners) -> dict[str, str]:
+def resolved(
+    open_findings: Iterable[Finding], rows: Iterable[Mapping], current: Iterable[Finding], owners: Owners
+) -> dict[str, str]:
     """Open differences the latest run no longer shows although it ran their check on their
     component: fingerprint -> the newest version of the component that now passes."""
     still = {f.fingerprint for f in current}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # an environment's own prefix up to site-packages (venv names, python3.11 vs 3.12)
@@ -23,7 +23,12 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "<uuid>"),
     (re.compile(r"0x[0-9a-fA-F]+"), "0x<addr>"),
     # release versions (three or more parts, optional pre/post/dev/local), and pins
-    (re.compile(r"(?<![\w.])v?\d+\.\d+\.\d+(?:\.\d+)*(?:[-_.]?(?:a|b|rc|alpha|beta|dev|post)\d*)*(?:\+[\w.]+)?(?![\w.])"), "<version>"),
+    (
+        re.compile(
+            r"(?<![\w.])v?\d+\.\d+\.\d+(?:\.\d+)*(?:[-_.]?(?:a|b|rc|alpha|beta|dev|post)\d*)*(?:\+[\w.]+)?(?![\w.])"
+        ),
+        "<version>",
+    ),
     (re.compile(r"(?<=[=~<>!]=)\s*\d+(?:\.\d+)+[\w.+]*"), "<version>"),
     # line and column numbers
     (re.compile(r"\b(line|lineno|col|column)(\s*[=:]?\s*)\d+", re.IGNORECASE), r"\1\2<n>"),

@@ -57,6 +57,7 @@ Check = Callable[[Path, Candidate], tuple[Verdict, str]]
 
 # ----------------------------------------------------------------------------- result (pure)
 
+
 @dataclass
 class Tested:
     """What happened when one commit was tested: verdict, why, how long, how its binary came."""
@@ -101,22 +102,46 @@ class NarrowResult:
 
     def bisection(self, started: str, finished: str | None = None) -> dict:
         """The store's ``bisections`` row (component ``llama.cpp``): candidates by tag or id."""
-        return {"component": COMPONENT, "versions": [c.ref for c in self.candidates + self.refined],
-                "probes": [(c.ref, v.value) for c, v in self.probes],
-                "last_good": self.last_good.ref if self.last_good else None,
-                "first_bad": self.first_bad.ref if self.first_bad else None,
-                "status": self.status, "started": started, "finished": finished or _now(),
-                "compare_url": self.compare_url if self.found else "", "repro": self.repro if self.found else ""}
+        return {
+            "component": COMPONENT,
+            "versions": [c.ref for c in self.candidates + self.refined],
+            "probes": [(c.ref, v.value) for c, v in self.probes],
+            "last_good": self.last_good.ref if self.last_good else None,
+            "first_bad": self.first_bad.ref if self.first_bad else None,
+            "status": self.status,
+            "started": started,
+            "finished": finished or _now(),
+            "compare_url": self.compare_url if self.found else "",
+            "repro": self.repro if self.found else "",
+        }
 
     def to_json(self) -> dict:
-        return {"status": self.status, "last_good": _cand(self.last_good), "first_bad": _cand(self.first_bad),
-                "candidates": [c.ref for c in self.candidates], "refined": [c.ref for c in self.refined],
-                "probes": [{"ref": c.ref, "commit": c.commit, "verdict": v.value,
-                            **({"reason": self.notes[c.commit].reason, "build": self.notes[c.commit].build}
-                               if c.commit in self.notes else {})} for c, v in self.probes],
-                "bound": self.bound, "rounds": self.rounds, "compare_url": self.compare_url, "repro": self.repro,
-                "unknown_between": [c.ref for c in self.unknown_between],
-                "releases": [{"version": r.version, "commit": r.commit, "how": r.how} for r in self.releases or ()]}
+        return {
+            "status": self.status,
+            "last_good": _cand(self.last_good),
+            "first_bad": _cand(self.first_bad),
+            "candidates": [c.ref for c in self.candidates],
+            "refined": [c.ref for c in self.refined],
+            "probes": [
+                {
+                    "ref": c.ref,
+                    "commit": c.commit,
+                    "verdict": v.value,
+                    **(
+                        {"reason": self.notes[c.commit].reason, "build": self.notes[c.commit].build}
+                        if c.commit in self.notes
+                        else {}
+                    ),
+                }
+                for c, v in self.probes
+            ],
+            "bound": self.bound,
+            "rounds": self.rounds,
+            "compare_url": self.compare_url,
+            "repro": self.repro,
+            "unknown_between": [c.ref for c in self.unknown_between],
+            "releases": [{"version": r.version, "commit": r.commit, "how": r.how} for r in self.releases or ()],
+        }
 
 
 def _cand(c: Candidate | None) -> dict | None:
@@ -137,12 +162,16 @@ STATUS_WORDS = {
 def format_result(result: NarrowResult) -> str:
     """The printed report: status in words, last good, first bad, tests used, compare URL, reproduction."""
     n = len(result.candidates)
-    lines = [f"narrow llama.cpp: {result.status} over {n} candidates"
-             + (f" (+{len(result.refined)} untagged commits)" if result.refined else ""),
-             f"  status:     {STATUS_WORDS.get(result.status, result.status)}"]
+    lines = [
+        f"narrow llama.cpp: {result.status} over {n} candidates"
+        + (f" (+{len(result.refined)} untagged commits)" if result.refined else ""),
+        f"  status:     {STATUS_WORDS.get(result.status, result.status)}",
+    ]
     if result.releases:
-        lines.append("  releases:   " + ", ".join(f"{PACKAGE} {r.version} vendors {r.commit[:12]} ({r.how})"
-                                                  for r in result.releases))
+        lines.append(
+            "  releases:   "
+            + ", ".join(f"{PACKAGE} {r.version} vendors {r.commit[:12]} ({r.how})" for r in result.releases)
+        )
     for label, c in (("last good", result.last_good), ("first bad", result.first_bad)):
         lines.append(f"  {label}:  {'-' if c is None else (c.tag + ' ' + c.commit[:12] if c.tag else c.commit)}")
     used = ", ".join(f"{c} {v.value}" + _build_word(result.notes.get(c.commit)) for c, v in result.probes)
@@ -168,8 +197,17 @@ def _build_word(note: Tested | None) -> str:
     return f" [built {b.get('seconds', 0):.0f}s, {b.get('compiled', '?')} units]"
 
 
-def repro_command(good: str, bad: str, *, git: str, script: str | None = None, case: str | None = None,
-                  stage: str | None = None, model: str | None = None, python_git: str | None = None) -> str:
+def repro_command(
+    good: str,
+    bad: str,
+    *,
+    git: str,
+    script: str | None = None,
+    case: str | None = None,
+    stage: str | None = None,
+    model: str | None = None,
+    python_git: str | None = None,
+) -> str:
     """The one ``llmcompat bisect llama.cpp GOOD..BAD`` command line that narrows again."""
     argv = ["llmcompat", "bisect", COMPONENT, f"{good}..{bad}"]
     if script:
@@ -187,8 +225,16 @@ def repro_command(good: str, bad: str, *, git: str, script: str | None = None, c
 def not_narrowed(reason: str, started: str | None = None) -> dict:
     """A ``bisections`` row that says plainly why a release range was not narrowed to commits."""
     now = _now()
-    return {"component": COMPONENT, "versions": [], "probes": [], "last_good": None, "first_bad": None,
-            "status": f"not narrowed: {reason}", "started": started or now, "finished": now}
+    return {
+        "component": COMPONENT,
+        "versions": [],
+        "probes": [],
+        "last_good": None,
+        "first_bad": None,
+        "status": f"not narrowed: {reason}",
+        "started": started or now,
+        "finished": now,
+    }
 
 
 def _now() -> str:
@@ -196,6 +242,7 @@ def _now() -> str:
 
 
 # ----------------------------------------------------------------------------- probing
+
 
 @dataclass
 class CommitTest:
@@ -217,12 +264,14 @@ class CommitTest:
         started = time.perf_counter()
         try:
             tree = self.repo.tree_of(cand.commit)
-            exe, how = builds.llama_server_tree(self.repo.path, cand.commit, tree, self.build_env,
-                                                root=self.bin_root, work_root=self.work_root)
+            exe, how = builds.llama_server_tree(
+                self.repo.path, cand.commit, tree, self.build_env, root=self.bin_root, work_root=self.work_root
+            )
         except (builds.BuildError, GitSourceError) as exc:
             first = str(exc).splitlines()[0]
-            self.notes[cand.commit] = Tested(cand.ref, Verdict.UNKNOWN, f"does not build: {first}",
-                                                time.perf_counter() - started)
+            self.notes[cand.commit] = Tested(
+                cand.ref, Verdict.UNKNOWN, f"does not build: {first}", time.perf_counter() - started
+            )
             return Verdict.UNKNOWN
         verdict, reason = self.check(exe, cand)
         self.notes[cand.commit] = Tested(cand.ref, verdict, reason, time.perf_counter() - started, how)
@@ -236,8 +285,12 @@ def script_check(script: str, *, timeout: float = CHECK_TIMEOUT, cwd: Path | Non
     def check(exe: Path, cand: Candidate) -> tuple[Verdict, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         env["PATH"] = os.pathsep.join([str(Path(exe).parent), env.get("PATH", "")])
-        env.update(LLMCOMPAT_LLAMA_SERVER=str(exe), LLMCOMPAT_BISECT_PACKAGE=COMPONENT,
-                   LLMCOMPAT_BISECT_VERSION=cand.ref, LLMCOMPAT_BISECT_COMMIT=cand.commit)
+        env.update(
+            LLMCOMPAT_LLAMA_SERVER=str(exe),
+            LLMCOMPAT_BISECT_PACKAGE=COMPONENT,
+            LLMCOMPAT_BISECT_VERSION=cand.ref,
+            LLMCOMPAT_BISECT_COMMIT=cand.commit,
+        )
         cmd = check_command(script)
         if cmd[0] == "python":
             cmd[0] = sys.executable
@@ -247,12 +300,15 @@ def script_check(script: str, *, timeout: float = CHECK_TIMEOUT, cwd: Path | Non
     return check
 
 
-def case_check(case: str, stage: str, *, model: str = "tiny-qwen2", suite: str = "core",
-               timeout: float = 600.0) -> Check:
+def case_check(
+    case: str, stage: str, *, model: str = "tiny-qwen2", suite: str = "core", timeout: float = 600.0
+) -> Check:
     """One suite case at one stage through the native llama-server (see the module docstring)."""
     if stage not in SERVER_STAGES:
-        raise GitSourceError(f"stage {stage!r}: the native llama-server takes part only in "
-                             f"{', '.join(SERVER_STAGES)}; narrow with a check script instead")
+        raise GitSourceError(
+            f"stage {stage!r}: the native llama-server takes part only in "
+            f"{', '.join(SERVER_STAGES)}; narrow with a check script instead"
+        )
     job_base: dict | None = None
 
     def base() -> dict:
@@ -269,8 +325,11 @@ def case_check(case: str, stage: str, *, model: str = "tiny-qwen2", suite: str =
         result, log = run_probe(Path(sys.executable), job, timeout=timeout)
         if result is None:
             return Verdict.UNKNOWN, f"probe died: {log.strip().splitlines()[-1][:200] if log.strip() else ''}"
-        records = [r for r in result.get("records", []) if r.get("case") == case and r.get("stage") == stage
-                   and "llama-server" in str(r.get("check", ""))]
+        records = [
+            r
+            for r in result.get("records", [])
+            if r.get("case") == case and r.get("stage") == stage and "llama-server" in str(r.get("check", ""))
+        ]
         if not records:
             return Verdict.UNKNOWN, f"no llama-server result for {case}/{stage}"
         outcome = outcomes_from_records(records)[(case, stage)]
@@ -289,17 +348,26 @@ def case_job(case: str, stage: str, *, model: str = "tiny-qwen2", suite: str = "
     matrix = loader.load_default()
     mcfg = next((m for m in matrix.models if m.name == model), None)
     if mcfg is None or mcfg.kind != "tiny" or mcfg.arch is None:
-        raise LlmcompatError(f"--model {model!r}: narrowing runs the tiny models only "
-                             f"({', '.join(m.name for m in matrix.models if m.kind == 'tiny')})")
+        raise LlmcompatError(
+            f"--model {model!r}: narrowing runs the tiny models only "
+            f"({', '.join(m.name for m in matrix.models if m.kind == 'tiny')})"
+        )
     built = tinymodel.ensure(arch=mcfg.arch, parts=("tokenizer", "weights", "gguf"), reference=matrix.reference)
     s = suites.load(suite)
     cases = suites.cases_with_goldens(s, suites.load_goldens(s, model))
     if not any(c["id"] == case for c in cases):
         raise LlmcompatError(f"--case {case!r}: no such case in suite {suite!r}")
-    job = {"mode": "check", "model_dir": str(built.path), "stages": [stage], "cases": cases,
-           "template_sources": ["hf"], "renderers": [], "engines": [], "max_new_tokens": 16,
-           "limits": {"render_seconds": 10, "render_chars": 1_000_000, "request_seconds": 60,
-                      "server_start_seconds": 120}}
+    job = {
+        "mode": "check",
+        "model_dir": str(built.path),
+        "stages": [stage],
+        "cases": cases,
+        "template_sources": ["hf"],
+        "renderers": [],
+        "engines": [],
+        "max_new_tokens": 16,
+        "limits": {"render_seconds": 10, "render_chars": 1_000_000, "request_seconds": 60, "server_start_seconds": 120},
+    }
     job[SERVER_STAGES[stage]] = ["llama-server"]
     if stage == "inference":
         job.update(gen_cases=[{"id": case}], concurrency=0, concurrency_cases=0)
@@ -308,23 +376,34 @@ def case_job(case: str, stage: str, *, model: str = "tiny-qwen2", suite: str = "
 
 # ----------------------------------------------------------------------------- narrowing
 
+
 def _search(cands: Sequence[Candidate], test: Callable[[Candidate], Verdict], jobs: int) -> BisectResult:
     if jobs <= 1:
         return bisect(list(cands), test, old=0, new=len(cands) - 1)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return bisect_parallel(list(cands), lambda batch: dict(zip(batch, pool.map(test, batch))), jobs,
-                               old=0, new=len(cands) - 1)
+        return bisect_parallel(
+            list(cands), lambda batch: dict(zip(batch, pool.map(test, batch))), jobs, old=0, new=len(cands) - 1
+        )
 
 
-def narrow(repo: Repo, good: str | Candidate, bad: str | Candidate, test: Callable[[Candidate], Verdict], *,
-           jobs: int = 1, repo_name: str = gitsrc.LLAMACPP_REPO, repro: str = "") -> NarrowResult:
+def narrow(
+    repo: Repo,
+    good: str | Candidate,
+    bad: str | Candidate,
+    test: Callable[[Candidate], Verdict],
+    *,
+    jobs: int = 1,
+    repo_name: str = gitsrc.LLAMACPP_REPO,
+    repro: str = "",
+) -> NarrowResult:
     """Search the candidates from ``good`` to ``bad`` (refs or candidates) with ``test``."""
     g = good.commit if isinstance(good, Candidate) else repo.commit_of(good)
     b = bad.commit if isinstance(bad, Candidate) else repo.commit_of(bad)
     cands = repo.candidates(g, b)
     memo: dict[str, Verdict] = {}
+
     def once(c: Candidate) -> Verdict:  # each commit once, across both searches
         if c.commit not in memo:
             memo[c.commit] = test(c)
@@ -347,18 +426,38 @@ def narrow(repo: Repo, good: str | Candidate, bad: str | Candidate, test: Callab
                 last_good, first_bad, between = res2.last_good, res2.first_bad, list(res2.unknown_between)
             else:
                 status = res2.status
-    return NarrowResult(status, cands, probes, last_good, first_bad, between, rounds,
-                        dict(getattr(test, "notes", {}) or {}), repo_name, repro, refined=refined)
+    return NarrowResult(
+        status,
+        cands,
+        probes,
+        last_good,
+        first_bad,
+        between,
+        rounds,
+        dict(getattr(test, "notes", {}) or {}),
+        repo_name,
+        repro,
+        refined=refined,
+    )
 
 
-def release_ends(repo: Repo, good_version: str, bad_version: str, *, py_repo: Repo | None = None,
-                 build_env: dict | None = None, bin_root: Path | None = None) -> tuple[ReleaseCommit, ReleaseCommit]:
+def release_ends(
+    repo: Repo,
+    good_version: str,
+    bad_version: str,
+    *,
+    py_repo: Repo | None = None,
+    build_env: dict | None = None,
+    bin_root: Path | None = None,
+) -> tuple[ReleaseCommit, ReleaseCommit]:
     """The vendored llama.cpp commits of two releases. A release whose llama-server is already
     built from its sdist, with the very tree of its commit, lends that binary to the commit."""
     from matrix.env import builds
 
-    ends = (gitsrc.release_commit(repo, good_version, "good", py_repo=py_repo),
-            gitsrc.release_commit(repo, bad_version, "bad", py_repo=py_repo))
+    ends = (
+        gitsrc.release_commit(repo, good_version, "good", py_repo=py_repo),
+        gitsrc.release_commit(repo, bad_version, "bad", py_repo=py_repo),
+    )
     for end in ends:
         exe = builds.server_built(end.version, build_env, root=bin_root)
         sdist = end.sdist or builds.cached_sdist(PACKAGE, end.version)
@@ -370,11 +469,20 @@ def release_ends(repo: Repo, good_version: str, bad_version: str, *, py_repo: Re
     return ends
 
 
-def narrow_releases(repo: Repo, good_version: str, bad_version: str, test: CommitTest, *,
-                    py_repo: Repo | None = None, jobs: int = 1, repro: str = "") -> NarrowResult:
+def narrow_releases(
+    repo: Repo,
+    good_version: str,
+    bad_version: str,
+    test: CommitTest,
+    *,
+    py_repo: Repo | None = None,
+    jobs: int = 1,
+    repro: str = "",
+) -> NarrowResult:
     """Narrow ``llama-cpp-python`` ``good_version``..``bad_version`` to llama.cpp commits."""
-    ends = release_ends(repo, good_version, bad_version, py_repo=py_repo, build_env=test.build_env,
-                        bin_root=test.bin_root)
+    ends = release_ends(
+        repo, good_version, bad_version, py_repo=py_repo, build_env=test.build_env, bin_root=test.bin_root
+    )
     if ends[0].commit == ends[1].commit:
         res = NarrowResult("same-commit", [repo.candidate(ends[0].commit)], [], None, None, repo=repo.source)
         res.releases = ends
@@ -386,8 +494,10 @@ def narrow_releases(repo: Repo, good_version: str, bad_version: str, test: Commi
 
 # ----------------------------------------------------------------------------- the pipeline's step
 
-def pipeline_narrower(finding: dict, bisection: dict, *, source: str | None = None,
-                      python_source: str | None = None) -> dict:
+
+def pipeline_narrower(
+    finding: dict, bisection: dict, *, source: str | None = None, python_source: str | None = None
+) -> dict:
     """For the regression pipeline: narrow a finding bisected to two adjacent llama-cpp-python
     releases, when a llama.cpp git source is configured. Returns a ``bisections`` row for
     component ``llama.cpp``: the narrowed range, or ``not narrowed: <why>``. Never raises."""
@@ -410,8 +520,15 @@ def pipeline_narrower(finding: dict, bisection: dict, *, source: str | None = No
         test = CommitTest(repo, case_check(case, stage, model=model), _build_env())
         res = narrow_releases(repo, bisection["last_good"], bisection["first_bad"], test, py_repo=py_repo)
         if res.found and res.last_good is not None and res.first_bad is not None:
-            res.repro = repro_command(res.last_good.ref, res.first_bad.ref, git=source, case=case, stage=stage,
-                                      model=model, python_git=py_source)
+            res.repro = repro_command(
+                res.last_good.ref,
+                res.first_bad.ref,
+                git=source,
+                case=case,
+                stage=stage,
+                model=model,
+                python_git=py_source,
+            )
         return res.bisection(started)
     except Exception as exc:  # noqa: BLE001 - a failed narrowing never loses the release finding
         return not_narrowed(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", started)
@@ -430,6 +547,7 @@ def _build_env() -> dict | None:
 
 # ----------------------------------------------------------------------------- command line
 
+
 def cmd_narrow(args) -> int:
     """``llmcompat bisect llama.cpp GOOD..BAD [SCRIPT] (--case C --stage S) --git PATH``: exit 0
     found, 1 not found, 2 usage or configuration error, 3 aborted by the check."""
@@ -441,8 +559,11 @@ def cmd_narrow(args) -> int:
         return 2
     good, sep, bad = args.range.partition("..")
     if not sep or not good or not bad:
-        print(f"llmcompat bisect: error: range {args.range!r}: give GOOD..BAD (build tags, commits, "
-              f"or {PACKAGE} versions)", file=sys.stderr)
+        print(
+            f"llmcompat bisect: error: range {args.range!r}: give GOOD..BAD (build tags, commits, "
+            f"or {PACKAGE} versions)",
+            file=sys.stderr,
+        )
         return 2
     if bool(args.script) == bool(getattr(args, "case", None)):
         print("llmcompat bisect: error: give either a check script or --case (with --stage)", file=sys.stderr)
@@ -452,13 +573,22 @@ def cmd_narrow(args) -> int:
         repo = gitsrc.open_repo(source)
         py_repo = gitsrc.open_repo(py_source, what=gitsrc.ENV_PYTHON_GIT) if py_source else None
         timeout = getattr(args, "timeout", CHECK_TIMEOUT)
-        check = (script_check(args.script, timeout=timeout) if args.script
-                 else case_check(args.case, args.stage, model=args.model))
+        check = (
+            script_check(args.script, timeout=timeout)
+            if args.script
+            else case_check(args.case, args.stage, model=args.model)
+        )
         test = CommitTest(repo, check)
-        repro = repro_command(good, bad, git=source, script=args.script, case=getattr(args, "case", None),
-                              stage=getattr(args, "stage", None),
-                              model=args.model if getattr(args, "case", None) and args.model != "tiny-qwen2" else None,
-                              python_git=py_source)
+        repro = repro_command(
+            good,
+            bad,
+            git=source,
+            script=args.script,
+            case=getattr(args, "case", None),
+            stage=getattr(args, "stage", None),
+            model=args.model if getattr(args, "case", None) and args.model != "tiny-qwen2" else None,
+            python_git=py_source,
+        )
         with killing_checks_on_signals():
             if not repo.has(good) and not repo.has(bad) and _is_version(good) and _is_version(bad):
                 result = narrow_releases(repo, good, bad, test, py_repo=py_repo, jobs=args.jobs, repro=repro)
@@ -468,8 +598,10 @@ def cmd_narrow(args) -> int:
         print(f"llmcompat bisect: aborted: {exc}\n{exc.output}", file=sys.stderr)
         return 3
     except (CheckInterrupted, KeyboardInterrupt) as exc:
-        print(f"llmcompat bisect: aborted: {exc or 'interrupted'}; the running check's process group was killed",
-              file=sys.stderr)
+        print(
+            f"llmcompat bisect: aborted: {exc or 'interrupted'}; the running check's process group was killed",
+            file=sys.stderr,
+        )
         return 3
     except (GitSourceError, LlmcompatError, ValueError) as exc:
         print(f"llmcompat bisect: error: {exc}", file=sys.stderr)

@@ -212,7 +212,7 @@ def regress(
             report.reruns += 1
 
     saved: list[tuple[dict, dict | None, list[dict]]] = []
-    for cand in detection.candidates[shard[0]::shard[1]]:
+    for cand in detection.candidates[shard[0] :: shard[1]]:
         if cand.kind != "regression":
             continue
         subjects = _subjects(cand)
@@ -236,9 +236,12 @@ def regress(
         report.confirmations.append((cand, conf))
         if conf.verdict == "flaky":
             report.flaky.append(cand)
-            entry = {"subject": subjects[0], "until": (now_dt + timedelta(days=quarantine_days)).isoformat(),
-                     "reason": f"flaky: bad cell failed {conf.bad_failures}/{conf.bad_runs}, good cell failed "
-                               f"{conf.good_failures}/{conf.good_runs} re-runs"}
+            entry = {
+                "subject": subjects[0],
+                "until": (now_dt + timedelta(days=quarantine_days)).isoformat(),
+                "reason": f"flaky: bad cell failed {conf.bad_failures}/{conf.bad_runs}, good cell failed "
+                f"{conf.good_failures}/{conf.good_runs} re-runs",
+            }
             report.new_quarantine.append(entry)
             quarantined[entry["subject"]] = entry
             continue
@@ -249,8 +252,7 @@ def regress(
             report.requeue += [c for c in (cand.bad_cell, cand.good_cell) if c not in report.requeue]
             continue
         # --- bisection: introduced-in, then fixed-in when a newer release passes
-        finding, bisection, fix = _bisect_candidate(cand, probe, releases, repos or {}, by_cell_case, report,
-                                                    now_s)
+        finding, bisection, fix = _bisect_candidate(cand, probe, releases, repos or {}, by_cell_case, report, now_s)
         events = [{"event": "detected", "time": now_s, "version": finding["first_bad"]}]
         released = _upload_time(releases, finding["axis"], finding["component"], finding["first_bad"])
         if released:
@@ -285,10 +287,16 @@ def _narrow(narrow, finding: dict, bisection: dict) -> dict | None:
         return None
     row = narrow(finding, bisection)
     if row is not None:
-        print(f"llama.cpp narrowing of {finding['component']} {finding['last_good']} -> {finding['first_bad']} "
-              f"({finding['case_id']}/{finding['stage']}): {row['status']}"
-              + (f", {row['last_good']} -> {row['first_bad']} {row.get('compare_url', '')}" if row.get("first_bad")
-                 and row["status"] == "found" else ""), file=sys.stderr)
+        print(
+            f"llama.cpp narrowing of {finding['component']} {finding['last_good']} -> {finding['first_bad']} "
+            f"({finding['case_id']}/{finding['stage']}): {row['status']}"
+            + (
+                f", {row['last_good']} -> {row['first_bad']} {row.get('compare_url', '')}"
+                if row.get("first_bad") and row["status"] == "found"
+                else ""
+            ),
+            file=sys.stderr,
+        )
     return row
 
 
@@ -305,8 +313,9 @@ def _once_per_cell(probe: Rerun) -> Rerun:
     return run
 
 
-def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_case, report: RegressReport,
-                      now_s: str) -> tuple[dict, dict, dict | None]:
+def _bisect_candidate(
+    cand: Candidate, probe: Rerun, releases, repos, by_cell_case, report: RegressReport, now_s: str
+) -> tuple[dict, dict, dict | None]:
     case, stage = cand.case, cand.stage
     verdicts: dict[str, Verdict] = {cand.good_cell: Verdict.GOOD, cand.bad_cell: Verdict.BAD}
 
@@ -344,18 +353,28 @@ def _bisect_candidate(cand: Candidate, probe: Rerun, releases, repos, by_cell_ca
         last_good, first_bad = good_v, bad_v
     good_rec = by_cell_case.get((cand.good_cell, case, stage), {})
     bad_rec = by_cell_case.get((cand.bad_cell, case, stage), {})
-    fp = fingerprint(component, stage, case, bad_rec.get("detail", ""),
-                     versions=(good_v, bad_v, last_good, first_bad))
+    fp = fingerprint(component, stage, case, bad_rec.get("detail", ""), versions=(good_v, bad_v, last_good, first_bad))
     repo = repos.get(component)
     first_bad_cell = with_version(base, axis, first_bad)
     finding = {
-        "fingerprint": fp, "case_id": case, "stage": stage, "component": component, "axis": axis,
-        "last_good": last_good, "first_bad": first_bad,
-        "good_key": good_rec.get("key", ""), "bad_key": bad_rec.get("key", ""),
+        "fingerprint": fp,
+        "case_id": case,
+        "stage": stage,
+        "component": component,
+        "axis": axis,
+        "last_good": last_good,
+        "first_bad": first_bad,
+        "good_key": good_rec.get("key", ""),
+        "bad_key": bad_rec.get("key", ""),
         "compare_url": links.compare_url(repo[0], repo[1], last_good, first_bad) if repo else "",
-        "repro": links.cell_repro(first_bad_cell), "status": "open",
-        "first_seen": now_s, "last_seen": now_s, "fixed_in": None, "last_bad": None,
-        "guilty_axes": guilty, "first_bad_cell": first_bad_cell,
+        "repro": links.cell_repro(first_bad_cell),
+        "status": "open",
+        "first_seen": now_s,
+        "last_seen": now_s,
+        "fixed_in": None,
+        "last_bad": None,
+        "guilty_axes": guilty,
+        "first_bad_cell": first_bad_cell,
     }
     bisection = bisection_row(component, versions, result, started)
     fix = None
@@ -377,11 +396,15 @@ def bisection_row(component: str, versions: Sequence[str], result: BisectResult,
     :attr:`matrix.outcome.Bisection.direction`: ``last_good``/``first_bad`` name a good and a bad
     release whichever way the search went)."""
     return {
-        "component": component, "versions": list(versions),
+        "component": component,
+        "versions": list(versions),
         "probes": [(v, verdict.value) for v, verdict in result.probes],
-        "last_good": result.last_good, "first_bad": result.first_bad, "status": result.status,
+        "last_good": result.last_good,
+        "first_bad": result.first_bad,
+        "status": result.status,
         "direction": result.direction.value,
-        "started": started, "finished": _now(None).isoformat(timespec="seconds"),
+        "started": started,
+        "finished": _now(None).isoformat(timespec="seconds"),
     }
 
 
@@ -456,15 +479,24 @@ def check_verdict(outcomes: CheckOutcomes, finding: Finding) -> Verdict:
     if isinstance(outcomes, str):
         return Verdict.UNKNOWN
     cases = set(finding.cases) or {finding.case_id}
-    seen = [o for (case, stage, check), o in outcomes.items()
-            if check == finding.check_name and stage == finding.stage and case in cases]
+    seen = [
+        o
+        for (case, stage, check), o in outcomes.items()
+        if check == finding.check_name and stage == finding.stage and case in cases
+    ]
     if "fail" in seen:
         return Verdict.BAD
     return Verdict.GOOD if "pass" in seen else Verdict.UNKNOWN
 
 
-def bisect_fixes(store, *, rerun: Callable[[str], CheckOutcomes], releases: Callable[[str, str], Sequence],
-                 repos: Mapping[str, tuple[str, str]] | None = None, now: str | datetime | None = None) -> list[dict]:
+def bisect_fixes(
+    store,
+    *,
+    rerun: Callable[[str], CheckOutcomes],
+    releases: Callable[[str, str], Sequence],
+    repos: Mapping[str, tuple[str, str]] | None = None,
+    now: str | datetime | None = None,
+) -> list[dict]:
     """Difference findings marked fixed (a run no longer showed them) whose fix is not bisected yet,
     bisected to their first fixed release. On the cell a difference was seen failing in (its
     ``bad_key``), the component's releases from that cell's version to ``fixed_in`` (the version
@@ -569,8 +601,9 @@ def repo_links(matrix) -> dict[str, tuple[str, str]]:
 # ----------------------------------------------------------------------------- quarantine
 
 
-def retest_quarantine(store, rerun: Rerun, *, now: str | datetime | None = None, n: int = 3,
-                      days: float = 14) -> dict[str, str]:
+def retest_quarantine(
+    store, rerun: Rerun, *, now: str | datetime | None = None, n: int = 3, days: float = 14
+) -> dict[str, str]:
     """Re-test quarantined cell cases (a reused key never runs again by itself): re-run each
     quarantined ``cell#case/stage`` ``n`` times; all passing releases it, any failure extends it.
     Returns subject -> "released" | "extended"."""

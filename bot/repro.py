@@ -37,13 +37,29 @@ from pathlib import Path
 
 from matrix.paths import REPO
 
-__all__ = ["Inputs", "Spec", "Unsupported", "Verification", "inputs_for", "script", "spec_for", "verify",
-           "verify_store", "write_scripts"]
+__all__ = [
+    "Inputs",
+    "Spec",
+    "Unsupported",
+    "Verification",
+    "inputs_for",
+    "script",
+    "spec_for",
+    "verify",
+    "verify_store",
+    "write_scripts",
+]
 
 PROBE = REPO / "matrix" / "probe"
 SKIP = 125
-MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
-               "generation_config.json", "chat_template.jinja")
+MODEL_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 """The tiny model's small files, inlined; the weights (about 1 MB) are read from a path."""
 RENDERERS = ("jinja2", "transformers")
 TOKENIZERS = ("tokenizers", "transformers", "transformers-slow")
@@ -190,7 +206,7 @@ def _special_of(source: str, model_dir: Path) -> dict[str, str]:
 
 def _case(case_id: str, suite_cases: Iterable[Mapping], goldens) -> dict:
     if case_id.startswith(DETOK_PREFIX):
-        name = case_id[len(DETOK_PREFIX):]
+        name = case_id[len(DETOK_PREFIX) :]
         if name.startswith("gen:"):
             gen = (goldens.cases.get(name[4:], {}) if goldens else {}).get("gen") or {}
             if not gen.get("ids"):
@@ -205,10 +221,12 @@ def _case(case_id: str, suite_cases: Iterable[Mapping], goldens) -> dict:
         texts = _assign(PROBE / "postprocess_rules.py", "REASONING_TEXTS" if kind == "reasoning" else "TOOL_TEXTS")
         if name not in texts:
             raise Unsupported(f"unknown fixed completion {case_id!r}")
-        prefix = _assign(PROBE / "postprocess_rules.py", "PARSER_PREFIX") + ("<think>\n" if name == "prefilled-open" else "")
+        prefix = _assign(PROBE / "postprocess_rules.py", "PARSER_PREFIX") + (
+            "<think>\n" if name == "prefilled-open" else ""
+        )
         return {"id": case_id, "text": texts[name], "prefix": prefix}
     if case_id.startswith(TRICKY_PREFIX):
-        name = case_id[len(TRICKY_PREFIX):]
+        name = case_id[len(TRICKY_PREFIX) :]
         items = json.loads((PROBE / "tricky_texts.json").read_text(encoding="utf-8")).get("texts", [])
         item = next((t for t in items if t.get("name") == name), None)
         want = (goldens.tricky.get(name) if goldens else None) or {}
@@ -312,8 +330,14 @@ def _sources(path: Path, names: Iterable[str]) -> str:
     return "\n\n\n".join(out)
 
 
-_MESSAGE_HELPERS = ("_plain", "_REASONING_FIELDS", "CONTINUE_TAG", "prepare_messages", "cut_continued",
-                    "default_generation_prompt")
+_MESSAGE_HELPERS = (
+    "_plain",
+    "_REASONING_FIELDS",
+    "CONTINUE_TAG",
+    "prepare_messages",
+    "cut_continued",
+    "default_generation_prompt",
+)
 """Of the probe's ``chat_messages.py``: the messages as transformers hands them to a template."""
 _RENDER_HELPERS = ("OutputTooLarge", "jinja2_renderer")
 """Of the probe's ``stage_template.py``: the jinja2 renderer the way transformers runs it."""
@@ -331,22 +355,22 @@ def _packed(data: bytes) -> str:
 
 WHAT = {
     "render": "renders the case's chat template with {front} ({source} template source) and compares the "
-              "text with the reference path's golden render",
+    "text with the reference path's golden render",
     "needles": "renders the case's chat template with {front} ({source} template source) and checks that every "
-               "needle of the case survives into the render",
+    "needle of the case survives into the render",
     "ids": "tokenizes the golden render of the case with {front} (add_special_tokens=False) and compares the "
-           "ids with the reference tokenizer's golden ids, then decodes them back to the text",
+    "ids with the reference tokenizer's golden ids, then decodes them back to the text",
     "bos": "tokenizes the golden render with {front} and add_special_tokens=True and counts the BOS ids at "
-           "the start: two or more is the double-BOS bug",
+    "the start: two or more is the double-BOS bug",
     "incremental": "decodes the ids one at a time with {front}'s incremental decoder; the pieces must "
-                   "concatenate to the full decode, with no U+FFFD the full decode lacks",
+    "concatenate to the full decode, with no U+FFFD the full decode lacks",
     "generate": "generates greedily with {front} (float32, CPU) from the golden prompt ids and compares the "
-                "new ids with the reference path's golden generation",
+    "new ids with the reference path's golden generation",
     "parser-stream": "parses a fixed completion with {front}'s response-template parser (what `transformers serve` "
-                     "runs), once whole and once fed token by token as its streamer does; reasoning, content and "
-                     "tool calls must be identical",
+    "runs), once whole and once fed token by token as its streamer does; reasoning, content and "
+    "tool calls must be identical",
     "engine-text": "generates greedily with {front} (float32, CPU) from the golden prompt; when its ids are the "
-                   "reference's golden ids, the engine's own text must equal the reference decode of them",
+    "reference's golden ids, the engine's own text must equal the reference decode of them",
 }
 
 
@@ -360,17 +384,25 @@ def script(finding, inputs: Inputs | None = None, *, cell_row: Mapping | None = 
     versions = ", ".join(f"{_safe(k)} {_safe(v)}" for k, v in sorted((inputs.versions or {}).items()))
     header = [
         "#!/usr/bin/env python3",
-        (f'"""Standalone reproduction of llmcompat finding {fp}: {_safe(_get(finding, "component"))}, '
-         f'{_safe(_get(finding, "stage"))} check {_safe(_get(finding, "check_name"))} '
-         f'({_safe(_get(finding, "klass"))}), case {_safe(inputs.case.get("id", ""))}.'),
+        (
+            f'"""Standalone reproduction of llmcompat finding {fp}: {_safe(_get(finding, "component"))}, '
+            f"{_safe(_get(finding, 'stage'))} check {_safe(_get(finding, 'check_name'))} "
+            f"({_safe(_get(finding, 'klass'))}), case {_safe(inputs.case.get('id', ''))}."
+        ),
         "",
         f"What it checks: it {what}.",
         "",
         f"Needs only: {', '.join(spec.packages)} (the cell's packages); the tiny model's tokenizer and template",
-        "files are inline" + (", its weights are read from WEIGHTS (or $REPRO_WEIGHTS)." if inputs.weights else
-                              f", the {spec.front} export from EXPORT (or $REPRO_EXPORT)." if inputs.export else "."),
-        f"Seen failing with: {versions or 'see the finding'}" + (f" (cell {_safe(inputs.cell_id)})." if inputs.cell_id
-                                                                else "."),
+        "files are inline"
+        + (
+            ", its weights are read from WEIGHTS (or $REPRO_WEIGHTS)."
+            if inputs.weights
+            else f", the {spec.front} export from EXPORT (or $REPRO_EXPORT)."
+            if inputs.export
+            else "."
+        ),
+        f"Seen failing with: {versions or 'see the finding'}"
+        + (f" (cell {_safe(inputs.cell_id)})." if inputs.cell_id else "."),
         "",
         "Prints one line. Exit 1 with FAIL when the problem is present, 0 with PASS when it is not,",
         "125 with SKIP when the libraries cannot be imported (git bisect's skip), so",
@@ -449,186 +481,242 @@ def script(finding, inputs: Inputs | None = None, *, cell_row: Mapping | None = 
 
 
 def _pass_line(spec: Spec) -> str:
-    return {"render": "the render equals the golden", "needles": "every needle survives into the render",
-            "ids": "the ids equal the golden and decode back to the text", "bos": "at most one BOS at the start",
-            "incremental": "the pieces concatenate to the full decode",
-            "generate": "the generated ids equal the golden",
-            "engine-text": "identical ids, and the engine's text equals the reference decode",
-            "parser-stream": "whole and streamed parses identical"}[spec.kind]
+    return {
+        "render": "the render equals the golden",
+        "needles": "every needle survives into the render",
+        "ids": "the ids equal the golden and decode back to the text",
+        "bos": "at most one BOS at the start",
+        "incremental": "the pieces concatenate to the full decode",
+        "generate": "the generated ids equal the golden",
+        "engine-text": "identical ids, and the engine's text equals the reference decode",
+        "parser-stream": "whole and streamed parses identical",
+    }[spec.kind]
 
 
 def _render_body(spec: Spec) -> str:
     if spec.front == "jinja2":
-        helpers = (_sources(PROBE / "chat_messages.py", _MESSAGE_HELPERS) + "\n\n\n"
-                   + _sources(PROBE / "stage_template.py", _RENDER_HELPERS))
-        load = ("def load():\n    import jinja2.sandbox  # the library under test: missing is SKIP, not FAIL\n\n"
-                "    return lambda: jinja2_renderer(TEMPLATE, SPECIAL, {})\n")
+        helpers = (
+            _sources(PROBE / "chat_messages.py", _MESSAGE_HELPERS)
+            + "\n\n\n"
+            + _sources(PROBE / "stage_template.py", _RENDER_HELPERS)
+        )
+        load = (
+            "def load():\n    import jinja2.sandbox  # the library under test: missing is SKIP, not FAIL\n\n"
+            "    return lambda: jinja2_renderer(TEMPLATE, SPECIAL, {})\n"
+        )
         render = "    render = lib()\n    text = render(CASE)\n"
     else:
         helpers = _sources(PROBE / "chat_messages.py", ("default_generation_prompt",))
-        load = ("def load():\n    from transformers import AutoTokenizer\n"
-                "    return AutoTokenizer.from_pretrained(model_dir())\n")
-        render = ("    kwargs = dict(CASE.get('template_kwargs', {}))\n"
-                  "    if CASE.get('continue_final_message'):\n        kwargs['continue_final_message'] = True\n"
-                  f"    if {spec.source != 'hf'!r}:\n        kwargs['chat_template'] = TEMPLATE\n"
-                  "    text = lib.apply_chat_template(CASE['messages'], tools=CASE.get('tools'), tokenize=False,\n"
-                  "                                   add_generation_prompt=default_generation_prompt(CASE), **kwargs)\n")
+        load = (
+            "def load():\n    from transformers import AutoTokenizer\n"
+            "    return AutoTokenizer.from_pretrained(model_dir())\n"
+        )
+        render = (
+            "    kwargs = dict(CASE.get('template_kwargs', {}))\n"
+            "    if CASE.get('continue_final_message'):\n        kwargs['continue_final_message'] = True\n"
+            f"    if {spec.source != 'hf'!r}:\n        kwargs['chat_template'] = TEMPLATE\n"
+            "    text = lib.apply_chat_template(CASE['messages'], tools=CASE.get('tools'), tokenize=False,\n"
+            "                                   add_generation_prompt=default_generation_prompt(CASE), **kwargs)\n"
+        )
     if spec.kind == "needles":
-        judge = ("    missing = [n for n in CASE['needles'] if n not in text]\n"
-                 "    return f'needle {missing[0]!r} is not in the render ({len(missing)} of "
-                 "{len(CASE[\"needles\"])} missing)' if missing else ''\n")
+        judge = (
+            "    missing = [n for n in CASE['needles'] if n not in text]\n"
+            "    return f'needle {missing[0]!r} is not in the render ({len(missing)} of "
+            "{len(CASE[\"needles\"])} missing)' if missing else ''\n"
+        )
     else:
-        judge = ("    want = CASE['expect']\n"
-                 "    if want.get('error'):\n"
-                 "        return f\"rendered, but the case expects an error containing {want['error']!r}\"\n"
-                 "    return diverges(want['render'], text, 'render chars')\n")
+        judge = (
+            "    want = CASE['expect']\n"
+            "    if want.get('error'):\n"
+            "        return f\"rendered, but the case expects an error containing {want['error']!r}\"\n"
+            "    return diverges(want['render'], text, 'render chars')\n"
+        )
     return f"{helpers}\n\n\n{load}\n\ndef check(lib):\n{render}{judge}"
 
 
 def _tokenizer_load(front: str) -> str:
     if front == "tokenizers":
-        return ("def load():\n    from tokenizers import Tokenizer\n"
-                "    tok = Tokenizer.from_file(os.path.join(model_dir(), 'tokenizer.json'))\n"
-                "    cfg = json.loads(zlib.decompress(base64.b85decode(FILES['tokenizer_config.json'])))\n"
-                "    bos = cfg.get('bos_token')\n    bos = bos.get('content') if isinstance(bos, dict) else bos\n"
-                "    return {'encode': lambda t, s: list(tok.encode(t, add_special_tokens=s).ids),\n"
-                "            'decode': lambda ids: tok.decode(ids, skip_special_tokens=False),\n"
-                "            'bos': tok.token_to_id(bos) if bos else None}\n")
+        return (
+            "def load():\n    from tokenizers import Tokenizer\n"
+            "    tok = Tokenizer.from_file(os.path.join(model_dir(), 'tokenizer.json'))\n"
+            "    cfg = json.loads(zlib.decompress(base64.b85decode(FILES['tokenizer_config.json'])))\n"
+            "    bos = cfg.get('bos_token')\n    bos = bos.get('content') if isinstance(bos, dict) else bos\n"
+            "    return {'encode': lambda t, s: list(tok.encode(t, add_special_tokens=s).ids),\n"
+            "            'decode': lambda ids: tok.decode(ids, skip_special_tokens=False),\n"
+            "            'bos': tok.token_to_id(bos) if bos else None}\n"
+        )
     slow = ", use_fast=False" if front == "transformers-slow" else ""
-    return ("def load():\n    from transformers import AutoTokenizer\n"
-            f"    tok = AutoTokenizer.from_pretrained(model_dir(){slow})\n"
-            "    return {'encode': lambda t, s: list(tok(t, add_special_tokens=s)['input_ids']),\n"
-            "            'decode': lambda ids: tok.decode(ids, skip_special_tokens=False,"
-            " clean_up_tokenization_spaces=False),\n"
-            "            'bos': tok.bos_token_id}\n")
+    return (
+        "def load():\n    from transformers import AutoTokenizer\n"
+        f"    tok = AutoTokenizer.from_pretrained(model_dir(){slow})\n"
+        "    return {'encode': lambda t, s: list(tok(t, add_special_tokens=s)['input_ids']),\n"
+        "            'decode': lambda ids: tok.decode(ids, skip_special_tokens=False,"
+        " clean_up_tokenization_spaces=False),\n"
+        "            'bos': tok.bos_token_id}\n"
+    )
 
 
 def _ids_body(spec: Spec) -> str:
     if spec.kind == "bos":
-        check = ("def check(lib):\n    ids = lib['encode'](CASE['expect']['render'], True)\n"
-                 "    n = 0\n    while lib['bos'] is not None and n < len(ids) and ids[n] == lib['bos']:\n        n += 1\n"
-                 "    return f\"{n} BOS ids ({lib['bos']}) at the start with add_special_tokens=True\" if n >= 2 else ''\n")
+        check = (
+            "def check(lib):\n    ids = lib['encode'](CASE['expect']['render'], True)\n"
+            "    n = 0\n    while lib['bos'] is not None and n < len(ids) and ids[n] == lib['bos']:\n        n += 1\n"
+            "    return f\"{n} BOS ids ({lib['bos']}) at the start with add_special_tokens=True\" if n >= 2 else ''\n"
+        )
     else:
-        check = ("def check(lib):\n    text = CASE['expect']['render']\n    ids = lib['encode'](text, False)\n"
-                 "    problem = diverges(CASE['expect']['ids'], ids, 'ids')\n"
-                 "    return problem or diverges(text, lib['decode'](ids), 'decode round trip chars')\n")
+        check = (
+            "def check(lib):\n    text = CASE['expect']['render']\n    ids = lib['encode'](text, False)\n"
+            "    problem = diverges(CASE['expect']['ids'], ids, 'ids')\n"
+            "    return problem or diverges(text, lib['decode'](ids), 'decode round trip chars')\n"
+        )
     return _tokenizer_load(spec.front) + "\n\n" + check
 
 
 def _incremental_body(spec: Spec) -> str:
     if spec.front == "tokenizers":
-        load = ("def load():\n    from tokenizers import Tokenizer\n    from tokenizers.decoders import DecodeStream\n"
-                "    tok = Tokenizer.from_file(os.path.join(model_dir(), 'tokenizer.json'))\n\n"
-                "    def pieces(ids):\n        ds = DecodeStream(skip_special_tokens=False)\n"
-                "        return [ds.step(tok, int(i)) for i in ids]\n\n"
-                "    return {'encode': lambda t: list(tok.encode(t, add_special_tokens=False).ids),\n"
-                "            'decode': lambda ids: tok.decode(list(ids), skip_special_tokens=False), 'pieces': pieces}\n")
+        load = (
+            "def load():\n    from tokenizers import Tokenizer\n    from tokenizers.decoders import DecodeStream\n"
+            "    tok = Tokenizer.from_file(os.path.join(model_dir(), 'tokenizer.json'))\n\n"
+            "    def pieces(ids):\n        ds = DecodeStream(skip_special_tokens=False)\n"
+            "        return [ds.step(tok, int(i)) for i in ids]\n\n"
+            "    return {'encode': lambda t: list(tok.encode(t, add_special_tokens=False).ids),\n"
+            "            'decode': lambda ids: tok.decode(list(ids), skip_special_tokens=False), 'pieces': pieces}\n"
+        )
     else:
-        load = ("def load():\n    from transformers import AutoTokenizer, TextStreamer\n"
-                "    tok = AutoTokenizer.from_pretrained(model_dir())\n\n"
-                "    class Ids:\n        def __init__(self, ids):\n            self.ids, self.shape = list(ids), (len(ids),)\n\n"
-                "        def tolist(self):\n            return list(self.ids)\n\n"
-                "    def pieces(ids):\n        out = []\n\n        class Collect(TextStreamer):\n"
-                "            def on_finalized_text(self, text, stream_end=False):\n                out.append(text)\n\n"
-                "        st = Collect(tok, skip_prompt=False, skip_special_tokens=False, clean_up_tokenization_spaces=False)\n"
-                "        for i in ids:\n            st.put(Ids([int(i)]))\n        st.end()\n        return out\n\n"
-                "    return {'encode': lambda t: list(tok(t, add_special_tokens=False)['input_ids']),\n"
-                "            'decode': lambda ids: tok.decode(list(ids), skip_special_tokens=False,"
-                " clean_up_tokenization_spaces=False), 'pieces': pieces}\n")
-    check = ("def check(lib):\n    ids = CASE['ids'] if 'ids' in CASE else lib['encode'](CASE['text'])\n"
-             "    full = lib['decode'](ids)\n    joined = ''.join(p for p in lib['pieces'](ids) if p)\n"
-             "    extra = joined.count('\\ufffd') - full.count('\\ufffd')\n"
-             "    problem = diverges(full, joined, f'{len(ids)} ids fed one at a time: chars')\n"
-             "    if extra > 0:\n        problem = (problem + '; ' if problem else '') + f'{extra} U+FFFD more than the full decode'\n"
-             "    return problem\n")
+        load = (
+            "def load():\n    from transformers import AutoTokenizer, TextStreamer\n"
+            "    tok = AutoTokenizer.from_pretrained(model_dir())\n\n"
+            "    class Ids:\n        def __init__(self, ids):\n            self.ids, self.shape = list(ids), (len(ids),)\n\n"
+            "        def tolist(self):\n            return list(self.ids)\n\n"
+            "    def pieces(ids):\n        out = []\n\n        class Collect(TextStreamer):\n"
+            "            def on_finalized_text(self, text, stream_end=False):\n                out.append(text)\n\n"
+            "        st = Collect(tok, skip_prompt=False, skip_special_tokens=False, clean_up_tokenization_spaces=False)\n"
+            "        for i in ids:\n            st.put(Ids([int(i)]))\n        st.end()\n        return out\n\n"
+            "    return {'encode': lambda t: list(tok(t, add_special_tokens=False)['input_ids']),\n"
+            "            'decode': lambda ids: tok.decode(list(ids), skip_special_tokens=False,"
+            " clean_up_tokenization_spaces=False), 'pieces': pieces}\n"
+        )
+    check = (
+        "def check(lib):\n    ids = CASE['ids'] if 'ids' in CASE else lib['encode'](CASE['text'])\n"
+        "    full = lib['decode'](ids)\n    joined = ''.join(p for p in lib['pieces'](ids) if p)\n"
+        "    extra = joined.count('\\ufffd') - full.count('\\ufffd')\n"
+        "    problem = diverges(full, joined, f'{len(ids)} ids fed one at a time: chars')\n"
+        "    if extra > 0:\n        problem = (problem + '; ' if problem else '') + f'{extra} U+FFFD more than the full decode'\n"
+        "    return problem\n"
+    )
     return load + "\n\n" + check
 
 
 def _generate_body(spec: Spec) -> str:
-    return ("def load():\n    import torch\n    from transformers import AutoModelForCausalLM\n"
-            "    torch.manual_seed(0)\n"
-            "    return AutoModelForCausalLM.from_pretrained(model_dir(), dtype=torch.float32).eval(), torch\n\n\n"
-            "def check(lib):\n    model, torch = lib\n    gen = CASE['expect']['gen']\n"
-            "    prompt = torch.tensor([CASE['expect']['ids']])\n"
-            "    with torch.no_grad():\n"
-            "        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,\n"
-            "                             max_new_tokens=gen['max_new_tokens'], min_new_tokens=gen['max_new_tokens'],\n"
-            "                             pad_token_id=0)\n"
-            "    return diverges(gen['ids'], out[0, prompt.shape[1]:].tolist(), 'generated ids')\n")
+    return (
+        "def load():\n    import torch\n    from transformers import AutoModelForCausalLM\n"
+        "    torch.manual_seed(0)\n"
+        "    return AutoModelForCausalLM.from_pretrained(model_dir(), dtype=torch.float32).eval(), torch\n\n\n"
+        "def check(lib):\n    model, torch = lib\n    gen = CASE['expect']['gen']\n"
+        "    prompt = torch.tensor([CASE['expect']['ids']])\n"
+        "    with torch.no_grad():\n"
+        "        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,\n"
+        "                             max_new_tokens=gen['max_new_tokens'], min_new_tokens=gen['max_new_tokens'],\n"
+        "                             pad_token_id=0)\n"
+        "    return diverges(gen['ids'], out[0, prompt.shape[1]:].tolist(), 'generated ids')\n"
+    )
 
 
-_MISTRALRS_ARCH = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama", "mistral": "Mistral", "gemma": "Gemma",
-                   "gemma2": "Gemma2", "phi3": "Phi3"}
+_MISTRALRS_ARCH = {
+    "qwen2": "Qwen2",
+    "qwen3": "Qwen3",
+    "llama": "Llama",
+    "mistral": "Mistral",
+    "gemma": "Gemma",
+    "gemma2": "Gemma2",
+    "phi3": "Phi3",
+}
 
 
 def _engine_text_body(spec: Spec) -> str:
-    same = ("    if ids != gen['ids']:\n"
-            "        raise Skip('the engine generated other ids than the golden (not this check): '"
-            " + diverges(gen['ids'], ids, 'ids'))\n")
+    same = (
+        "    if ids != gen['ids']:\n"
+        "        raise Skip('the engine generated other ids than the golden (not this check): '"
+        " + diverges(gen['ids'], ids, 'ids'))\n"
+    )
     if spec.front == "mistralrs":
-        return ("IDENTITY = \"{%- for message in messages %}{{ message['content'] }}{%- endfor %}\"\n"
-                f"ARCH = {_MISTRALRS_ARCH!r}\n\n\n"
-                "def load():\n    os.environ.setdefault('MISTRALRS_CPU_KV_F32', '1')\n"
-                "    os.environ.setdefault('RAYON_NUM_THREADS', '2')\n"
-                "    import mistralrs\n    from mistralrs import ChatCompletionRequest, Runner, Which\n"
-                "    d = model_dir()\n    with open(os.path.join(d, 'identity.jinja'), 'w') as f:\n"
-                "        f.write(IDENTITY)\n"
-                "    model_type = json.loads(zlib.decompress(base64.b85decode(FILES['config.json']))).get('model_type', '')\n"
-                "    arch = getattr(getattr(mistralrs, 'Architecture', None), ARCH.get(model_type, ''), None)\n"
-                "    dtype = getattr(getattr(mistralrs, 'ModelDType', None), 'F32', None)\n"
-                "    which = Which.Plain(model_id=d, arch=arch, **({'dtype': dtype} if dtype is not None else {}))\n"
-                "    kw = {'token_source': 'none', 'jinja_explicit': os.path.join(d, 'identity.jinja'), 'prefix_cache_n': 16}\n"
-                "    try:\n        runner = Runner(which=which, no_paged_attn=True, **kw)\n"
-                "    except TypeError:  # older wheels take fewer keywords\n"
-                "        runner = Runner(which=which, **kw)\n"
-                "    return runner, ChatCompletionRequest\n\n\n"
-                "def check(lib):\n    runner, request = lib\n    gen = CASE['expect']['gen']\n"
-                "    req = request(messages=CASE['expect']['render'], model='default', max_tokens=gen['max_new_tokens'],\n"
-                "                  n_choices=1, logprobs=True, top_logprobs=5, temperature=0.0, top_k=1, top_p=1.0,\n"
-                "                  min_p=None, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,\n"
-                "                  ignore_eos=True)\n"
-                "    choice = runner.send_chat_completion_request(req).choices[0]\n    ids = []\n"
-                "    for step in (choice.logprobs.content if choice.logprobs is not None else None) or []:\n"
-                "        tops = [t for t in step.top_logprobs if t.logprob == step.logprob and t.bytes == step.token] \\\n"
-                "            or [t for t in step.top_logprobs if t.logprob == step.logprob]\n"
-                "        ids.append(int(tops[0].token) if tops else None)\n"
-                + same +
-                "    return diverges(gen['text'], choice.message.content, 'text chars')\n")
-    return ("def load():\n    import onnxruntime_genai as og\n"
-            "    if hasattr(og, 'Config'):\n        cfg = og.Config(EXPORT)\n        cfg.clear_providers()  # CPU\n"
-            "        model = og.Model(cfg)\n    else:\n        model = og.Model(EXPORT)\n"
-            "    return og, model, og.Tokenizer(model)\n\n\n"
-            "def check(lib):\n    og, model, tok = lib\n    gen = CASE['expect']['gen']\n"
-            "    prompt, n = [int(i) for i in CASE['expect']['ids']], gen['max_new_tokens']\n"
-            "    params = og.GeneratorParams(model)\n"
-            "    params.set_search_options(max_length=len(prompt) + n, min_length=0, num_beams=1, do_sample=False,\n"
-            "                              repetition_penalty=1.0)\n"
-            "    g = og.Generator(model, params)\n    g.append_tokens(prompt)\n    ids = []\n"
-            "    while len(ids) < n and not g.is_done():\n        g.generate_next_token()\n"
-            "        ids.append(int(g.get_next_tokens()[0]))\n"
-            + same +
-            "    return diverges(gen['text'], tok.decode(ids), 'text chars')\n")
+        return (
+            "IDENTITY = \"{%- for message in messages %}{{ message['content'] }}{%- endfor %}\"\n"
+            f"ARCH = {_MISTRALRS_ARCH!r}\n\n\n"
+            "def load():\n    os.environ.setdefault('MISTRALRS_CPU_KV_F32', '1')\n"
+            "    os.environ.setdefault('RAYON_NUM_THREADS', '2')\n"
+            "    import mistralrs\n    from mistralrs import ChatCompletionRequest, Runner, Which\n"
+            "    d = model_dir()\n    with open(os.path.join(d, 'identity.jinja'), 'w') as f:\n"
+            "        f.write(IDENTITY)\n"
+            "    model_type = json.loads(zlib.decompress(base64.b85decode(FILES['config.json']))).get('model_type', '')\n"
+            "    arch = getattr(getattr(mistralrs, 'Architecture', None), ARCH.get(model_type, ''), None)\n"
+            "    dtype = getattr(getattr(mistralrs, 'ModelDType', None), 'F32', None)\n"
+            "    which = Which.Plain(model_id=d, arch=arch, **({'dtype': dtype} if dtype is not None else {}))\n"
+            "    kw = {'token_source': 'none', 'jinja_explicit': os.path.join(d, 'identity.jinja'), 'prefix_cache_n': 16}\n"
+            "    try:\n        runner = Runner(which=which, no_paged_attn=True, **kw)\n"
+            "    except TypeError:  # older wheels take fewer keywords\n"
+            "        runner = Runner(which=which, **kw)\n"
+            "    return runner, ChatCompletionRequest\n\n\n"
+            "def check(lib):\n    runner, request = lib\n    gen = CASE['expect']['gen']\n"
+            "    req = request(messages=CASE['expect']['render'], model='default', max_tokens=gen['max_new_tokens'],\n"
+            "                  n_choices=1, logprobs=True, top_logprobs=5, temperature=0.0, top_k=1, top_p=1.0,\n"
+            "                  min_p=None, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,\n"
+            "                  ignore_eos=True)\n"
+            "    choice = runner.send_chat_completion_request(req).choices[0]\n    ids = []\n"
+            "    for step in (choice.logprobs.content if choice.logprobs is not None else None) or []:\n"
+            "        tops = [t for t in step.top_logprobs if t.logprob == step.logprob and t.bytes == step.token] \\\n"
+            "            or [t for t in step.top_logprobs if t.logprob == step.logprob]\n"
+            "        ids.append(int(tops[0].token) if tops else None)\n"
+            + same
+            + "    return diverges(gen['text'], choice.message.content, 'text chars')\n"
+        )
+    return (
+        "def load():\n    import onnxruntime_genai as og\n"
+        "    if hasattr(og, 'Config'):\n        cfg = og.Config(EXPORT)\n        cfg.clear_providers()  # CPU\n"
+        "        model = og.Model(cfg)\n    else:\n        model = og.Model(EXPORT)\n"
+        "    return og, model, og.Tokenizer(model)\n\n\n"
+        "def check(lib):\n    og, model, tok = lib\n    gen = CASE['expect']['gen']\n"
+        "    prompt, n = [int(i) for i in CASE['expect']['ids']], gen['max_new_tokens']\n"
+        "    params = og.GeneratorParams(model)\n"
+        "    params.set_search_options(max_length=len(prompt) + n, min_length=0, num_beams=1, do_sample=False,\n"
+        "                              repetition_penalty=1.0)\n"
+        "    g = og.Generator(model, params)\n    g.append_tokens(prompt)\n    ids = []\n"
+        "    while len(ids) < n and not g.is_done():\n        g.generate_next_token()\n"
+        "        ids.append(int(g.get_next_tokens()[0]))\n"
+        + same
+        + "    return diverges(gen['text'], tok.decode(ids), 'text chars')\n"
+    )
 
 
 def _parser_stream_body(spec: Spec) -> str:
     parser = _sources(PROBE / "postprocess_parsers.py", ("transformers_parser",))
-    return ("PARSER_PREFIX = CASE['prefix']\n\n\nclass Unavailable(ImportError):\n"
-            "    \"\"\"This transformers has no response parser: nothing to check (skip).\"\"\"\n\n\n"
-            + parser + "\n\n\ndef load():\n    whole, streamed, _ = transformers_parser({'model_dir': model_dir()})\n"
-            "    return whole, streamed\n\n\n"
-            "def check(lib):\n    whole, streamed = (f(CASE['text'], CASE['prefix']) for f in lib)\n    diffs = []\n"
-            "    for i, field in enumerate(('reasoning', 'content')):\n"
-            "        d = diverges(whole[i] or '', streamed[i] or '', field + ' chars')\n"
-            "        if d:\n            diffs.append(d)\n"
-            "    wa = [(c.name, c.arguments) for c in whole[2] or []]\n"
-            "    wb = [(c.name, c.arguments) for c in streamed[2] or []]\n"
-            "    if wa != wb:\n        diffs.append(f'tool calls: whole {wa!r}, streamed {wb!r}')\n"
-            "    return ('whole vs streamed: ' + '; '.join(diffs)) if diffs else ''\n")
+    return (
+        "PARSER_PREFIX = CASE['prefix']\n\n\nclass Unavailable(ImportError):\n"
+        '    """This transformers has no response parser: nothing to check (skip)."""\n\n\n'
+        + parser
+        + "\n\n\ndef load():\n    whole, streamed, _ = transformers_parser({'model_dir': model_dir()})\n"
+        "    return whole, streamed\n\n\n"
+        "def check(lib):\n    whole, streamed = (f(CASE['text'], CASE['prefix']) for f in lib)\n    diffs = []\n"
+        "    for i, field in enumerate(('reasoning', 'content')):\n"
+        "        d = diverges(whole[i] or '', streamed[i] or '', field + ' chars')\n"
+        "        if d:\n            diffs.append(d)\n"
+        "    wa = [(c.name, c.arguments) for c in whole[2] or []]\n"
+        "    wb = [(c.name, c.arguments) for c in streamed[2] or []]\n"
+        "    if wa != wb:\n        diffs.append(f'tool calls: whole {wa!r}, streamed {wb!r}')\n"
+        "    return ('whole vs streamed: ' + '; '.join(diffs)) if diffs else ''\n"
+    )
 
 
-_BODIES = {"render": _render_body, "needles": _render_body, "ids": _ids_body, "bos": _ids_body,
-           "incremental": _incremental_body, "generate": _generate_body, "engine-text": _engine_text_body,
-           "parser-stream": _parser_stream_body}
+_BODIES = {
+    "render": _render_body,
+    "needles": _render_body,
+    "ids": _ids_body,
+    "bos": _ids_body,
+    "incremental": _incremental_body,
+    "generate": _generate_body,
+    "engine-text": _engine_text_body,
+    "parser-stream": _parser_stream_body,
+}
 
 
 # ------------------------------------------------------------------------------------ files
@@ -695,8 +783,15 @@ def run_script(text: str, python: Path, *, timeout: float = TIMEOUT, where: str 
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env["HF_HUB_OFFLINE"] = "1"
         try:
-            proc = subprocess.run([str(python), "-I", str(path)], capture_output=True, text=True, timeout=timeout,
-                                  cwd=tmp, env=env, check=False)
+            proc = subprocess.run(
+                [str(python), "-I", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=tmp,
+                env=env,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return Run(where, -1, f"timed out after {timeout:.0f}s")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("PASS", "FAIL", "SKIP"))]
@@ -727,8 +822,9 @@ def _env_python(cell_row: Mapping, env_root: Path | None) -> Path:
     return Path((envs.ensure(lock, env_root) if env_root else envs.ensure(lock)).python)
 
 
-def verify(finding, cells: Mapping[str, Mapping], *, env_root: Path | None = None,
-           timeout: float = TIMEOUT) -> Verification:
+def verify(
+    finding, cells: Mapping[str, Mapping], *, env_root: Path | None = None, timeout: float = TIMEOUT
+) -> Verification:
     """Run ``finding``'s script in its bad cell's environment and, for a regression, its good cell's."""
     from matrix.env import uv as envs
 
@@ -742,8 +838,11 @@ def verify(finding, cells: Mapping[str, Mapping], *, env_root: Path | None = Non
     good_row = cells.get(_get(finding, "good_key") or "")
     try:
         bad = run_script(text, _env_python(bad_row, env_root), timeout=timeout, where="bad " + bad_row["cell_id"])
-        good = (run_script(text, _env_python(good_row, env_root), timeout=timeout, where="good " + good_row["cell_id"])
-                if good_row is not None else None)
+        good = (
+            run_script(text, _env_python(good_row, env_root), timeout=timeout, where="good " + good_row["cell_id"])
+            if good_row is not None
+            else None
+        )
     except (envs.ResolveError, OSError) as exc:
         return Verification(None, f"could not build the environment: {str(exc)[:300]}")
     return judge(bad, good)
@@ -755,8 +854,13 @@ def with_check(finding, results: Iterable[Mapping]):
     script can reproduce, else the first), taken from the cell's ``results`` rows."""
     if _get(finding, "check_name"):
         return finding
-    failed = [r for r in results if r.get("case_id") == _get(finding, "case_id")
-              and r.get("stage") == _get(finding, "stage") and r.get("outcome") == "fail"]
+    failed = [
+        r
+        for r in results
+        if r.get("case_id") == _get(finding, "case_id")
+        and r.get("stage") == _get(finding, "stage")
+        and r.get("outcome") == "fail"
+    ]
     if not failed:
         return finding
 
@@ -789,18 +893,23 @@ def verified_under(finding) -> str:
 
 def is_stale(finding) -> bool:
     """Not verified in its current cells, or without a verdict (no script then, or it could not run)."""
-    return (_get(finding, "repro_verified") is None
-            or not str(_get(finding, "repro_detail") or "").startswith(verified_under(finding)))
+    return _get(finding, "repro_verified") is None or not str(_get(finding, "repro_detail") or "").startswith(
+        verified_under(finding)
+    )
 
 
-def verify_store(store, findings=None, *, env_root: Path | None = None, stale_only: bool = False,
-                 timeout: float = TIMEOUT) -> dict[str, Verification]:
+def verify_store(
+    store, findings=None, *, env_root: Path | None = None, stale_only: bool = False, timeout: float = TIMEOUT
+) -> dict[str, Verification]:
     """Verify every open finding's reproduction (or ``findings``; with ``stale_only`` only those
     not yet verified in their current cells); saved on the finding (``repro_verified``,
     ``repro_detail``, the latter tagged with the cells, :func:`verified_under`)."""
     cells = {c["key"]: c for c in store.cells()}
     chosen = checked(store, findings if findings is not None else store.findings(status="open"))
-    out = {_get(f, "fingerprint"): (f, verify(f, cells, env_root=env_root, timeout=timeout))
-           for f in chosen if not stale_only or is_stale(f)}
+    out = {
+        _get(f, "fingerprint"): (f, verify(f, cells, env_root=env_root, timeout=timeout))
+        for f in chosen
+        if not stale_only or is_stale(f)
+    }
     store.set_repro({fp: (v.verified, verified_under(f) + v.detail) for fp, (f, v) in out.items()})
     return {fp: v for fp, (_, v) in out.items()}

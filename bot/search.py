@@ -173,8 +173,18 @@ def _search(versions, test_batch, k, good, bad, direction: Direction) -> BisectR
 
     def result(status, lo=None, hi=None) -> BisectResult:
         between = [versions[i] for i in range(lo + 1, hi)] if lo is not None else []
-        return BisectResult(status, None if lo is None else versions[lo], None if hi is None else versions[hi],
-                            probes, between, rounds, lo, hi, direction, (0 if good is None else good, bad))
+        return BisectResult(
+            status,
+            None if lo is None else versions[lo],
+            None if hi is None else versions[hi],
+            probes,
+            between,
+            rounds,
+            lo,
+            hi,
+            direction,
+            (0 if good is None else good, bad),
+        )
 
     # 1. Verify both ends: a search that stops at one end cannot tell "bad at both ends" from
     #    "the other transition", and the user needs to know which.
@@ -252,8 +262,9 @@ class Transitions(Generic[T]):
 
     @property
     def found(self) -> bool:
-        return self.status == FOUND and bool(self.introduced and self.introduced.found
-                                              and self.fixed and self.fixed.found)
+        return self.status == FOUND and bool(
+            self.introduced and self.introduced.found and self.fixed and self.fixed.found
+        )
 
 
 def sample_order(lo: int, hi: int) -> list[int]:
@@ -300,7 +311,7 @@ def transitions(
         return seen[v]
 
     once(versions[good]), once(versions[good_end])
-    candidates = [bad] if bad is not None else sample_order(good, good_end)[:max(0, samples)]
+    candidates = [bad] if bad is not None else sample_order(good, good_end)[: max(0, samples)]
     limit = len(candidates)
     sampled: list[T] = []
     found_bad = None
@@ -309,8 +320,9 @@ def transitions(
         if once(versions[i]) is Verdict.BAD:
             found_bad = i
             break
-    out = Transitions("no-bad-found" if bad is None else "bad-end-good", None, sampled, limit, probes=order,
-                      bound=2 + limit)
+    out = Transitions(
+        "no-bad-found" if bad is None else "bad-end-good", None, sampled, limit, probes=order, bound=2 + limit
+    )
     if found_bad is None:
         return out
     out.status, out.bad = FOUND, versions[found_bad]
@@ -359,6 +371,7 @@ def bench_probe_counts(n: int = 40) -> list[int]:
     """Tests used for every change point of n releases; element i is first bad = index i + 1."""
     counts = []
     for first_bad in range(1, n):
+
         def test(v: int, fb: int = first_bad) -> Verdict:
             return Verdict.GOOD if v < fb else Verdict.BAD
 

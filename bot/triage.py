@@ -37,8 +37,19 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["COMPONENT_BUG", "MATRIX_CONFIGURATION", "UNDETERMINED", "VERDICTS", "Facts", "PackageMeta",
-           "Triage", "facts_for", "read_metadata", "triage", "triage_store"]
+__all__ = [
+    "COMPONENT_BUG",
+    "MATRIX_CONFIGURATION",
+    "UNDETERMINED",
+    "VERDICTS",
+    "Facts",
+    "PackageMeta",
+    "Triage",
+    "facts_for",
+    "read_metadata",
+    "triage",
+    "triage_store",
+]
 
 COMPONENT_BUG = "component-bug"
 MATRIX_CONFIGURATION = "matrix-configuration"
@@ -49,8 +60,9 @@ REQUIREMENT_KLASSES = frozenset({"undeclared-requirement"})
 """Failure classes that claim a requirement problem: without metadata naming the package they
 stay undetermined."""
 
-AGGREGATE_EXTRAS = frozenset({"all", "dev", "dev-torch", "dev-tensorflow", "testing", "test", "tests", "docs",
-                              "quality", "benchmark"})
+AGGREGATE_EXTRAS = frozenset(
+    {"all", "dev", "dev-torch", "dev-tensorflow", "testing", "test", "tests", "docs", "quality", "benchmark"}
+)
 """Extras that bundle other extras: named last when a requirement is declared in several."""
 
 
@@ -105,11 +117,20 @@ def marker_env(python: str, platform: Mapping[str, str] | None = None) -> dict[s
     """The marker environment of a cell: its Python (``3.11`` -> full version ``3.11.0``) on
     CPython/Linux x86-64 unless ``platform`` says otherwise."""
     full = python if python.count(".") >= 2 else f"{python}.0"
-    env = {"python_version": ".".join(python.split(".")[:2]), "python_full_version": full,
-           "implementation_name": "cpython", "implementation_version": full,
-           "platform_python_implementation": "CPython", "os_name": "posix", "sys_platform": "linux",
-           "platform_system": "Linux", "platform_machine": "x86_64", "platform_release": "",
-           "platform_version": "", "extra": ""}
+    env = {
+        "python_version": ".".join(python.split(".")[:2]),
+        "python_full_version": full,
+        "implementation_name": "cpython",
+        "implementation_version": full,
+        "platform_python_implementation": "CPython",
+        "os_name": "posix",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "platform_release": "",
+        "platform_version": "",
+        "extra": "",
+    }
     env.update(platform or {})
     return env
 
@@ -200,8 +221,11 @@ def triage(finding, facts: Facts) -> Triage:
     if meta.requires_python:
         try:
             if not SpecifierSet(meta.requires_python).contains(env["python_full_version"], prereleases=True):
-                return Triage(MATRIX_CONFIGURATION, f"{who} requires Python {meta.requires_python}; the cell runs "
-                              f"Python {facts.python}", False)
+                return Triage(
+                    MATRIX_CONFIGURATION,
+                    f"{who} requires Python {meta.requires_python}; the cell runs Python {facts.python}",
+                    False,
+                )
         except InvalidSpecifier:
             pass
     requested = {canonicalize_name(e) for e in facts.requested_extras}
@@ -212,36 +236,61 @@ def triage(finding, facts: Facts) -> Triage:
         why = _violation(d.req, facts.installed)
         if why is not None:
             where = "requires" if not d.extras else f"requires (extra {min(requested & set(d.extras))!r})"
-            return Triage(MATRIX_CONFIGURATION, f"{who} {where} {_bare(d.req)}; the cell has {d.req.name} {why}: the "
-                          "cell's install breaks the package's own metadata", False)
+            return Triage(
+                MATRIX_CONFIGURATION,
+                f"{who} {where} {_bare(d.req)}; the cell has {d.req.name} {why}: the "
+                "cell's install breaks the package's own metadata",
+                False,
+            )
     own = canonicalize_name(meta.name)
     implicated = [d for d in reqs if canonicalize_name(d.req.name) != own and named_in(detail, d.req.name)]
     for d in implicated:
         why = _violation(d.req, facts.installed)
         if d.extras and why is not None:
             name = canonicalize_name(d.req.name)
-            extras = {e for o in implicated if canonicalize_name(o.req.name) == name and o.extras
-                      and _violation(o.req, facts.installed) is not None for e in o.extras}
+            extras = {
+                e
+                for o in implicated
+                if canonicalize_name(o.req.name) == name and o.extras and _violation(o.req, facts.installed) is not None
+                for e in o.extras
+            }
             ranked = sorted(extras, key=lambda e: (e in AGGREGATE_EXTRAS, e))
-            return Triage(MATRIX_CONFIGURATION, f"{who} declares {_bare(d.req)} in {_extras_text(extras)}; the cell "
-                          f"installed {meta.name} without it and has {d.req.name} {why}: install "
-                          f"{meta.name}[{ranked[0]}]", False)
+            return Triage(
+                MATRIX_CONFIGURATION,
+                f"{who} declares {_bare(d.req)} in {_extras_text(extras)}; the cell "
+                f"installed {meta.name} without it and has {d.req.name} {why}: install "
+                f"{meta.name}[{ranked[0]}]",
+                False,
+            )
     if klass in REQUIREMENT_KLASSES:
         names = [n for n in facts.installed if n != own and named_in(detail, n)]
         if implicated:
             d = implicated[0]
             have = facts.installed.get(canonicalize_name(d.req.name), "not installed")
             where = "unconditionally" if not d.extras else f"in {_extras_text(d.extras)}"
-            return Triage(COMPONENT_BUG, f"{who} declares {_bare(d.req)} {where} and the cell's {d.req.name} {have} "
-                          "satisfies it, yet it refuses it at run time: the declared bound is wrong", True)
+            return Triage(
+                COMPONENT_BUG,
+                f"{who} declares {_bare(d.req)} {where} and the cell's {d.req.name} {have} "
+                "satisfies it, yet it refuses it at run time: the declared bound is wrong",
+                True,
+            )
         if names:
-            return Triage(COMPONENT_BUG, f"{who} refuses {names[0]} {facts.installed[names[0]]} at run time but "
-                          f"declares no requirement on {names[0]} (Requires-Dist): an undeclared requirement", True)
-        return Triage(UNDETERMINED, f"a requirement failure of {who} that names no installed package: not "
-                      "triaged", False)
+            return Triage(
+                COMPONENT_BUG,
+                f"{who} refuses {names[0]} {facts.installed[names[0]]} at run time but "
+                f"declares no requirement on {names[0]} (Requires-Dist): an undeclared requirement",
+                True,
+            )
+        return Triage(
+            UNDETERMINED, f"a requirement failure of {who} that names no installed package: not triaged", False
+        )
     base = sum(1 for d in reqs if not d.extras)
-    return Triage(COMPONENT_BUG, f"{who}'s metadata does not explain it: its {base} unconditional requirement(s) "
-                  f"hold in the cell and no requirement of an extra is involved", True)
+    return Triage(
+        COMPONENT_BUG,
+        f"{who}'s metadata does not explain it: its {base} unconditional requirement(s) "
+        f"hold in the cell and no requirement of an extra is involved",
+        True,
+    )
 
 
 # ------------------------------------------------------------------------------------ shell
@@ -250,10 +299,13 @@ def triage(finding, facts: Facts) -> Triage:
 def read_metadata(text: str) -> PackageMeta:
     """A :class:`PackageMeta` from the text of a METADATA (or PKG-INFO) file."""
     msg = Parser().parsestr(text, headersonly=True)
-    return PackageMeta(name=str(msg.get("Name", "")), version=str(msg.get("Version", "")),
-                       requires_dist=tuple(str(v) for v in msg.get_all("Requires-Dist") or ()),
-                       requires_python=(str(msg["Requires-Python"]) if msg.get("Requires-Python") else None),
-                       provides_extra=tuple(str(v) for v in msg.get_all("Provides-Extra") or ()))
+    return PackageMeta(
+        name=str(msg.get("Name", "")),
+        version=str(msg.get("Version", "")),
+        requires_dist=tuple(str(v) for v in msg.get_all("Requires-Dist") or ()),
+        requires_python=(str(msg["Requires-Python"]) if msg.get("Requires-Python") else None),
+        provides_extra=tuple(str(v) for v in msg.get_all("Provides-Extra") or ()),
+    )
 
 
 def env_metadata(env_path: Path, package: str) -> PackageMeta | None:

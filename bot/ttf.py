@@ -30,8 +30,18 @@ from datetime import UTC, datetime
 
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["ProjectStats", "Stat", "Timeline", "collect", "median", "p90", "record", "release_events",
-           "summarize", "timelines"]
+__all__ = [
+    "ProjectStats",
+    "Stat",
+    "Timeline",
+    "collect",
+    "median",
+    "p90",
+    "record",
+    "release_events",
+    "summarize",
+    "timelines",
+]
 
 DAY = 86400.0
 
@@ -95,8 +105,12 @@ class Timeline:
 
     def as_dict(self) -> dict:
         d = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in asdict(self).items()}
-        d.update(exposure_days=self.exposure_days, detection_delay_days=self.detection_delay_days,
-                 time_to_close_days=self.time_to_close_days, open=self.open)
+        d.update(
+            exposure_days=self.exposure_days,
+            detection_delay_days=self.detection_delay_days,
+            time_to_close_days=self.time_to_close_days,
+            open=self.open,
+        )
         return d
 
 
@@ -117,8 +131,15 @@ UploadTime = Callable[[str, str], "str | datetime | None"]
 """(package, version) -> the release's upload time."""
 
 
-def timeline(finding, *, package: str, project: str, upload_time: UploadTime,
-             events: Mapping[str, Mapping] | None = None, issue: Mapping | None = None) -> Timeline:
+def timeline(
+    finding,
+    *,
+    package: str,
+    project: str,
+    upload_time: UploadTime,
+    events: Mapping[str, Mapping] | None = None,
+    issue: Mapping | None = None,
+) -> Timeline:
     """One finding's :class:`Timeline`. ``events``: event name -> its ``ttf_events`` row;
     ``issue``: its first filed issue (``created``, ``closed``), if any."""
     events = dict(events or {})
@@ -135,15 +156,32 @@ def timeline(finding, *, package: str, project: str, upload_time: UploadTime,
     detected = parse_time((events.get("detected") or {}).get("time")) or parse_time(_get(finding, "first_seen"))
     filed = parse_time((issue or {}).get("created")) or parse_time((events.get("filed") or {}).get("time"))
     closed = parse_time((issue or {}).get("closed")) or parse_time((events.get("closed") or {}).get("time"))
-    return Timeline(fingerprint=_get(finding, "fingerprint"), project=project, component=_get(finding, "component"),
-                    kind=_get(finding, "kind") or "regression", status=_get(finding, "status") or "open",
-                    bad_version=bad, bad_released=released(bad), bad_basis=basis, fixed_version=fixed,
-                    fix_released=released(fixed), detected=detected, filed=filed, closed=closed)
+    return Timeline(
+        fingerprint=_get(finding, "fingerprint"),
+        project=project,
+        component=_get(finding, "component"),
+        kind=_get(finding, "kind") or "regression",
+        status=_get(finding, "status") or "open",
+        bad_version=bad,
+        bad_released=released(bad),
+        bad_basis=basis,
+        fixed_version=fixed,
+        fix_released=released(fixed),
+        detected=detected,
+        filed=filed,
+        closed=closed,
+    )
 
 
-def timelines(findings: Iterable, *, upload_time: UploadTime, events: Iterable[Mapping] = (),
-              issues: Iterable[Mapping] = (), packages: Mapping[str, str] | None = None,
-              projects: Mapping[str, str] | None = None) -> list[Timeline]:
+def timelines(
+    findings: Iterable,
+    *,
+    upload_time: UploadTime,
+    events: Iterable[Mapping] = (),
+    issues: Iterable[Mapping] = (),
+    packages: Mapping[str, str] | None = None,
+    projects: Mapping[str, str] | None = None,
+) -> list[Timeline]:
     """Every finding's :class:`Timeline`. ``packages``/``projects``: component -> its primary
     package / its project (``owner/name``); both default to the component's name."""
     packages, projects = dict(packages or {}), dict(projects or {})
@@ -156,8 +194,16 @@ def timelines(findings: Iterable, *, upload_time: UploadTime, events: Iterable[M
     out = []
     for f in findings:
         comp, fp = _get(f, "component"), _get(f, "fingerprint")
-        out.append(timeline(f, package=packages.get(comp, comp), project=projects.get(comp, comp),
-                            upload_time=upload_time, events=by_fp.get(fp, {}), issue=first_issue.get(fp)))
+        out.append(
+            timeline(
+                f,
+                package=packages.get(comp, comp),
+                project=projects.get(comp, comp),
+                upload_time=upload_time,
+                events=by_fp.get(fp, {}),
+                issue=first_issue.get(fp),
+            )
+        )
     return out
 
 
@@ -211,9 +257,17 @@ def summarize(lines: Iterable[Timeline]) -> list[ProjectStats]:
     groups: dict[str, list[Timeline]] = {}
     for t in lines:
         groups.setdefault(t.project, []).append(t)
-    return [ProjectStats(p, len(ts), sum(t.open for t in ts), Stat.of(t.exposure_days for t in ts),
-                         Stat.of(t.detection_delay_days for t in ts), Stat.of(t.time_to_close_days for t in ts))
-            for p, ts in sorted(groups.items())]
+    return [
+        ProjectStats(
+            p,
+            len(ts),
+            sum(t.open for t in ts),
+            Stat.of(t.exposure_days for t in ts),
+            Stat.of(t.detection_delay_days for t in ts),
+            Stat.of(t.time_to_close_days for t in ts),
+        )
+        for p, ts in sorted(groups.items())
+    ]
 
 
 def release_events(t: Timeline) -> list[dict]:
@@ -261,8 +315,14 @@ def store_upload_time(store, index=None) -> UploadTime:
 def collect(store, matrix=None, index=None) -> list[Timeline]:
     """Every finding's timeline from the store (and the index for versions it has no time for)."""
     packages, projects = _components(matrix)
-    return timelines(store.findings(), upload_time=store_upload_time(store, index), events=store.ttf_events(),
-                     issues=store.issues(), packages=packages, projects=projects)
+    return timelines(
+        store.findings(),
+        upload_time=store_upload_time(store, index),
+        events=store.ttf_events(),
+        issues=store.issues(),
+        packages=packages,
+        projects=projects,
+    )
 
 
 def record(store, matrix=None, index=None) -> list[Timeline]:
@@ -319,13 +379,21 @@ def cmd_ttf(args) -> int:
         lines = collect(store, matrix, index)
     stats = summarize(lines)
     if getattr(args, "json", False):
-        print(json.dumps({"findings": [t.as_dict() for t in lines], "projects": [s.as_dict() for s in stats]},
-                         indent=1, sort_keys=True))
+        print(
+            json.dumps(
+                {"findings": [t.as_dict() for t in lines], "projects": [s.as_dict() for s in stats]},
+                indent=1,
+                sort_keys=True,
+            )
+        )
         return 0
     from rich.console import Console
 
     console = Console(width=min(Console().width, 100))
     render_table(stats, console)
-    console.print(f"{len(lines)} finding(s); exposure = fix release - bad release, detection = detected - bad "
-                  "release, to close = issue closed - filed", markup=False)
+    console.print(
+        f"{len(lines)} finding(s); exposure = fix release - bad release, detection = detected - bad "
+        "release, to close = issue closed - filed",
+        markup=False,
+    )
     return 0

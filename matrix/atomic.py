@@ -73,9 +73,15 @@ def locked(lock_path: Path | str, wait: float | None = None) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build_once(path: Path | str, build: Callable[[Path], dict | None], *, marker: str,
-               done: Callable[[Path], bool] | None = None, lock_path: Path | str | None = None,
-               wait: float | None = None) -> bool:
+def build_once(
+    path: Path | str,
+    build: Callable[[Path], dict | None],
+    *,
+    marker: str,
+    done: Callable[[Path], bool] | None = None,
+    lock_path: Path | str | None = None,
+    wait: float | None = None,
+) -> bool:
     """``path`` made once: unless it is already ``done`` (default: its ``marker`` file exists),
     ``build(tmp)`` fills a temporary sibling directory. What it returns is written as JSON to
     ``tmp/<marker>`` (None: it wrote the marker itself, as ``git clone`` writes ``HEAD``); then

@@ -46,7 +46,13 @@ def is_regression(before: Outcome | str, after: Outcome | str) -> bool:
 
 
 WORST_FIRST: tuple[Outcome, ...] = (
-    Outcome.FAIL, Outcome.INFRA, Outcome.FLAKY, Outcome.PASS, Outcome.XFAIL, Outcome.SKIPPED, Outcome.UNRESOLVABLE,
+    Outcome.FAIL,
+    Outcome.INFRA,
+    Outcome.FLAKY,
+    Outcome.PASS,
+    Outcome.XFAIL,
+    Outcome.SKIPPED,
+    Outcome.UNRESOLVABLE,
 )
 """The one severity order: how the outcomes of several checks (of a stage, a case, a cell)
 combine, worst first. ``pass`` ranks above ``xfail``: only pass -> fail is a regression, so a
@@ -68,7 +74,6 @@ def worst(outcomes: Iterable[Outcome | str], default: Outcome | str = Outcome.SK
     """The worst of ``outcomes`` (the first given among equals), ``default`` when there are none.
     Returns the item itself, so strings stay strings and enums enums."""
     return min(outcomes, key=severity, default=default)
-
 
 
 class FailureClass(str, Enum):
@@ -128,7 +133,8 @@ def failure_class(klass: str | None, stage: str | None = None) -> FailureClass:
     if klass and klass in KLASS_CLASS:
         return KLASS_CLASS[klass]
     return {"inference": FailureClass.NUMERICAL, "client": FailureClass.PROTOCOL}.get(
-        stage or "", FailureClass.BACKEND_SPECIFIC)
+        stage or "", FailureClass.BACKEND_SPECIFIC
+    )
 
 
 # ----------------------------------------------------------------------------- typed records

@@ -103,8 +103,12 @@ def read_result(path: Path) -> dict:
     assert isinstance(data, dict)  # the schema's top level is an object
     bad = _unencodable(data)
     if bad is not None:
-        raise ConfigError(file, json_path(bad[0]), bad[1].encode("utf-8", "backslashreplace").decode(),
-                          "holds a lone surrogate (\\ud800-\\udfff): not text the store can keep")
+        raise ConfigError(
+            file,
+            json_path(bad[0]),
+            bad[1].encode("utf-8", "backslashreplace").decode(),
+            "holds a lone surrogate (\\ud800-\\udfff): not text the store can keep",
+        )
     if path.stem != data["key"]:
         raise ConfigError(file, "key", data["key"], f"does not match the file name ({path.stem})")
     return data
@@ -161,7 +165,7 @@ def rebuild(store_path: Path, results: Path, run: dict) -> tuple[Path | None, in
         os.rename(store_path, aside)
         for side in _sidecars(store_path):  # a -wal belongs to the old file: it goes with it
             if side.exists():
-                os.rename(side, Path(str(aside) + side.name[len(store_path.name):]))
+                os.rename(side, Path(str(aside) + side.name[len(store_path.name) :]))
     os.rename(fresh, store_path)
     return aside, len(good), skipped
 

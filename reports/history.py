@@ -91,8 +91,9 @@ def merge(into: Path | str, other: Path | str) -> dict[str, int]:
 
 def _tables(db: sqlite3.Connection) -> list[str]:
     """Tables in creation order, so rows that others reference are merged first."""
-    rows = db.execute("SELECT name FROM other.sqlite_master WHERE type = 'table' "
-                      "AND name NOT LIKE 'sqlite_%' ORDER BY rowid").fetchall()
+    rows = db.execute(
+        "SELECT name FROM other.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+    ).fetchall()
     mine = {r[0] for r in db.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
     return [r[0] for r in rows if r[0] in mine]
 
@@ -109,13 +110,17 @@ def _merge_table(db: sqlite3.Connection, table: str) -> int:
         rest = [c for c in columns if c != "id"]
         cols = ", ".join(f'"{c}"' for c in rest)
         same = " AND ".join(f'm."{c}" IS o."{c}"' for c in rest)
-        db.execute(f'INSERT INTO main."{table}" ({cols}) SELECT {cols} FROM other."{table}" o '
-                   f'WHERE NOT EXISTS (SELECT 1 FROM main."{table}" m WHERE {same}) ORDER BY o.id')
+        db.execute(
+            f'INSERT INTO main."{table}" ({cols}) SELECT {cols} FROM other."{table}" o '
+            f'WHERE NOT EXISTS (SELECT 1 FROM main."{table}" m WHERE {same}) ORDER BY o.id'
+        )
     elif "last_seen" in columns and keys:
         match = " AND ".join(f'm."{k}" = o."{k}"' for k in keys)
-        db.execute(f'INSERT OR REPLACE INTO main."{table}" ({quoted}) SELECT {quoted} FROM other."{table}" o '
-                   f'WHERE NOT EXISTS (SELECT 1 FROM main."{table}" m WHERE {match} '
-                   f'AND m.last_seen >= o.last_seen)')
+        db.execute(
+            f'INSERT OR REPLACE INTO main."{table}" ({quoted}) SELECT {quoted} FROM other."{table}" o '
+            f'WHERE NOT EXISTS (SELECT 1 FROM main."{table}" m WHERE {match} '
+            f"AND m.last_seen >= o.last_seen)"
+        )
     else:
         db.execute(f'INSERT OR IGNORE INTO main."{table}" ({quoted}) SELECT {quoted} FROM other."{table}"')
     return db.total_changes - before
@@ -123,8 +128,13 @@ def _merge_table(db: sqlite3.Connection, table: str) -> int:
 
 # ---- the data branch --------------------------------------------------------------------
 def _git(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["git", "-C", str(work), *_IDENTITY, *args], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    proc = subprocess.run(
+        ["git", "-C", str(work), *_IDENTITY, *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+    )
     if check and proc.returncode:
         raise HistoryError(f"git {args[0]} failed: {proc.stderr.strip()[-500:]}")
     return proc

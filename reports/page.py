@@ -32,19 +32,38 @@ def _first_pages(data: dict):
     env = _render.environment()
     labels = {s["id"]: s for s in data["states"]}
     pairs = axis_pairs(data["cells"])
-    common = {"states": data["states"], "labels": labels, "last_run": data["last_run"], "generated": "",
-              "stages": data["stages"], "components": data["components"]}
-    yield "index.html", env.get_template("index.html").render(
-        **common, chrome=_render.chrome(env, "", common), cells=data["cells"], findings=data.get("all_findings", data["findings"]),
-        regressions=data["regressions"], differences=data["differences"], root="",
-        mx=matrix_view(data["cells"], *pairs[0]), mx_json=_render.script_json(js_data(data["cells"])), pairs=pairs,
-        pair_page=lambda a, b: _render.pair_page(a, b, pairs[0]),
-        show_cells=len(data["cells"]) <= _render.SHOW_CELLS_ON_INDEX, counts=data["counts"],
-        outcome_counts=data["outcome_counts"], runners=data["runners"], models=data["models"])
+    common = {
+        "states": data["states"],
+        "labels": labels,
+        "last_run": data["last_run"],
+        "generated": "",
+        "stages": data["stages"],
+        "components": data["components"],
+    }
+    yield (
+        "index.html",
+        env.get_template("index.html").render(
+            **common,
+            chrome=_render.chrome(env, "", common),
+            cells=data["cells"],
+            findings=data.get("all_findings", data["findings"]),
+            regressions=data["regressions"],
+            differences=data["differences"],
+            root="",
+            mx=matrix_view(data["cells"], *pairs[0]),
+            mx_json=_render.script_json(js_data(data["cells"])),
+            pairs=pairs,
+            pair_page=lambda a, b: _render.pair_page(a, b, pairs[0]),
+            show_cells=len(data["cells"]) <= _render.SHOW_CELLS_ON_INDEX,
+            counts=data["counts"],
+            outcome_counts=data["outcome_counts"],
+            runners=data["runners"],
+            models=data["models"],
+        ),
+    )
 
 
-def publish(store, site: Path, ttf: list[dict] | None = None, results_dir: Path | None = None,
-            extra=None) -> Path:
+def publish(store, site: Path, ttf: list[dict] | None = None, results_dir: Path | None = None, extra=None) -> Path:
     """Write the site under ``site`` atomically (built aside, then swapped in); returns ``site``.
     ``ttf``: the bot's time to fix per project; ``results_dir``: where result files (log tails)
     are; ``extra(new_site_dir)``: more files to publish with it (reproduction scripts)."""

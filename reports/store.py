@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import fields, replace
+from datetime import UTC
 from pathlib import Path
 
 from matrix.errors import LlmcompatError
@@ -212,10 +213,26 @@ MIGRATIONS: list[str] = [
 ]
 
 CELL_COLUMNS = (
-    "key", "cell_id", "runner", "model", "model_hash",
-    "engine", "engine_version", "tokenizer", "tokenizer_version",
-    "template", "template_version", "client", "client_version",
-    "outcome", "reason", "lock", "facts", "duration_s", "finished", "repro",
+    "key",
+    "cell_id",
+    "runner",
+    "model",
+    "model_hash",
+    "engine",
+    "engine_version",
+    "tokenizer",
+    "tokenizer_version",
+    "template",
+    "template_version",
+    "client",
+    "client_version",
+    "outcome",
+    "reason",
+    "lock",
+    "facts",
+    "duration_s",
+    "finished",
+    "repro",
 )
 
 
@@ -224,17 +241,21 @@ class StoreDamaged(LlmcompatError):
     out is ``llmcompat store rebuild``: a fresh store from them, the damaged file kept aside."""
 
     def __init__(self, path: Path, detail: str):
-        super().__init__(f"{path}: the store is damaged ({detail}); the results are files, so "
-                         f"`llmcompat store rebuild` makes a fresh store from them and keeps the damaged "
-                         f"file aside (findings, bisections and issues recorded in it are not in the files)")
+        super().__init__(
+            f"{path}: the store is damaged ({detail}); the results are files, so "
+            f"`llmcompat store rebuild` makes a fresh store from them and keeps the damaged "
+            f"file aside (findings, bisections and issues recorded in it are not in the files)"
+        )
 
 
 class RunExists(LlmcompatError):
     """A run id that the store already holds (issue 12): refused, never an IntegrityError."""
 
     def __init__(self, run_id: str):
-        super().__init__(f"--run-id: {run_id!r}: the store already holds a run with this id; "
-                         f"choose another id or leave --run-id out for a unique one")
+        super().__init__(
+            f"--run-id: {run_id!r}: the store already holds a run with this id; "
+            f"choose another id or leave --run-id out for a unique one"
+        )
 
 
 class Store:
@@ -251,8 +272,9 @@ class Store:
                 self.db.close()
             if type(exc) is sqlite3.DatabaseError or "malformed" in str(exc):  # not a db / corrupt pages
                 raise StoreDamaged(self.path, str(exc)) from None
-            raise LlmcompatError(f"{self.path}: cannot open the store: {exc} "
-                                 f"(is {self.path.parent} writable, with space left?)") from None
+            raise LlmcompatError(
+                f"{self.path}: cannot open the store: {exc} (is {self.path.parent} writable, with space left?)"
+            ) from None
         self.db.row_factory = sqlite3.Row
 
     def _open(self, readonly: bool) -> None:
@@ -272,7 +294,7 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -350,7 +372,9 @@ class Store:
         """The whole store as plain JSON-able data (the page's JSON export derives from it)."""
         # one query per table, grouped here, in the order the per-key reads give (#11: 10,000 cells)
         stages: dict[str, dict[str, str]] = {}
-        for key, stage, outcome in self.db.execute("SELECT key, stage, outcome FROM stage_outcomes ORDER BY key, stage"):
+        for key, stage, outcome in self.db.execute(
+            "SELECT key, stage, outcome FROM stage_outcomes ORDER BY key, stage"
+        ):
             stages.setdefault(key, {})[stage] = outcome
         results: dict[str, list[dict]] = {}
         rows = self.db.execute("SELECT * FROM results ORDER BY key, case_id, stage, check_name")
@@ -367,12 +391,16 @@ class Store:
             cell["stages"] = stages.get(cell["key"], {})
             cell["results"] = results.get(cell["key"], [])
             cells.append(cell)
-        return {"schema_version": self.version, "runs": self.runs(), "cells": cells,
-                "findings": [{**f.as_dict(), "class": failure_class(f.klass, f.stage).value}
-                             for f in self.findings()],
-                "bisections": [b.as_dict() for b in self.bisections()],
-                "issues": self.issues(), "ttf_events": self.ttf_events(),
-                "quarantine": list(self.quarantine().values())}
+        return {
+            "schema_version": self.version,
+            "runs": self.runs(),
+            "cells": cells,
+            "findings": [{**f.as_dict(), "class": failure_class(f.klass, f.stage).value} for f in self.findings()],
+            "bisections": [b.as_dict() for b in self.bisections()],
+            "issues": self.issues(),
+            "ttf_events": self.ttf_events(),
+            "quarantine": list(self.quarantine().values()),
+        }
 
     # ---- the single writer ---------------------------------------------------------------
     def ingest_run(self, run: dict, results: Iterable[dict], reused: Iterable[str], releases=()) -> None:
@@ -383,16 +411,21 @@ class Store:
                 raise RunExists(run["id"])
             db.execute(
                 "INSERT INTO runs (id, started, finished, kind, meta) VALUES (?, ?, ?, ?, ?)",
-                (run["id"], run["started"], run.get("finished"), run.get("kind", "matrix"),
-                 json.dumps(run.get("meta", {}), sort_keys=True)),
+                (
+                    run["id"],
+                    run["started"],
+                    run.get("finished"),
+                    run.get("kind", "matrix"),
+                    json.dumps(run.get("meta", {}), sort_keys=True),
+                ),
             )
             for result in results:
                 _insert_cell(db, result)
-                db.execute("INSERT OR IGNORE INTO run_cells (run_id, key, reused) VALUES (?, ?, 0)",
-                           (run["id"], result["key"]))
+                db.execute(
+                    "INSERT OR IGNORE INTO run_cells (run_id, key, reused) VALUES (?, ?, 0)", (run["id"], result["key"])
+                )
             for key in reused:
-                db.execute("INSERT OR IGNORE INTO run_cells (run_id, key, reused) VALUES (?, ?, 1)",
-                           (run["id"], key))
+                db.execute("INSERT OR IGNORE INTO run_cells (run_id, key, reused) VALUES (?, ?, 1)", (run["id"], key))
             db.executemany(
                 "INSERT OR REPLACE INTO releases (package, version, upload_time) VALUES (?, ?, ?)",
                 list(releases),
@@ -421,8 +454,9 @@ class Store:
         return [dict(r) for r in self.db.execute(sql, params)]
 
     def release_time(self, package: str, version: str) -> str | None:
-        row = self.db.execute("SELECT upload_time FROM releases WHERE package = ? AND version = ?",
-                              (package, version)).fetchone()
+        row = self.db.execute(
+            "SELECT upload_time FROM releases WHERE package = ? AND version = ?", (package, version)
+        ).fetchone()
         return row[0] if row else None
 
     def _select(self, table: str, order: str, **where) -> list[dict]:
@@ -454,24 +488,28 @@ class Store:
         """Quarantine entries by subject; with ``now``, only those still in force (``until`` > now)."""
         rows = [dict(r) for r in self.db.execute("SELECT * FROM quarantine ORDER BY subject")]
         if now is not None:
-            from datetime import datetime, timezone
+            from datetime import datetime
 
             def _dt(t: str) -> datetime:
                 d = datetime.fromisoformat(t)
-                return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+                return d if d.tzinfo else d.replace(tzinfo=UTC)
 
             rows = [r for r in rows if _dt(r["until"]) > _dt(now)]
         return {r["subject"]: r for r in rows}
 
-    def save_finding(self, finding: Finding | Mapping, bisection: Bisection | Mapping | None = None,
-                     events: Iterable[dict] = ()) -> None:
+    def save_finding(
+        self, finding: Finding | Mapping, bisection: Bisection | Mapping | None = None, events: Iterable[dict] = ()
+    ) -> None:
         """Upsert a finding (first_seen kept, last_seen and the range updated, reopened if it was
         fixed), with its bisection and time-to-fix events (the first of each kind is kept), in one
         transaction."""
         self.save_regressions([(finding, bisection, list(events))])
 
-    def save_regressions(self, items: Iterable[tuple[Finding | Mapping, Bisection | Mapping | None, list[dict]]],
-                         quarantine: Iterable[dict] = ()) -> None:
+    def save_regressions(
+        self,
+        items: Iterable[tuple[Finding | Mapping, Bisection | Mapping | None, list[dict]]],
+        quarantine: Iterable[dict] = (),
+    ) -> None:
         """Several (finding, bisection, events) and quarantine entries, all in one transaction.
         Records or mappings with their fields (extra keys are left out)."""
         with self.transaction() as db:
@@ -482,8 +520,10 @@ class Store:
                     _insert_bisection(db, finding.fingerprint, _bisection(bisection))
                 _insert_events(db, finding.fingerprint, events)
             for q in quarantine:
-                db.execute("INSERT OR REPLACE INTO quarantine (subject, reason, until) VALUES (?, ?, ?)",
-                           (q["subject"], q["reason"], q["until"]))
+                db.execute(
+                    "INSERT OR REPLACE INTO quarantine (subject, reason, until) VALUES (?, ?, ?)",
+                    (q["subject"], q["reason"], q["until"]),
+                )
 
     def mark_fixed(self, fingerprint: str, fixed_in: str, time: str) -> None:
         with self.transaction() as db:
@@ -494,15 +534,15 @@ class Store:
         ``detected`` recorded once) and those it no longer shows (fixed), in one transaction."""
         with self.transaction() as db:
             for item in current:
-                finding = replace(_finding(item), kind="difference", status="open", fixed_in=None,
-                                  first_seen=time, last_seen=time)
+                finding = replace(
+                    _finding(item), kind="difference", status="open", fixed_in=None, first_seen=time, last_seen=time
+                )
                 _upsert_finding(db, finding)
                 _insert_events(db, finding.fingerprint, [{"event": "detected", "time": time}])
             for fp, version in fixed.items():
                 _mark_fixed(db, fp, version, time)
 
-    def add_issue(self, fingerprint: str, repo: str, number: int, url: str, created: str,
-                  state: str = "open") -> None:
+    def add_issue(self, fingerprint: str, repo: str, number: int, url: str, created: str, state: str = "open") -> None:
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO issues (fingerprint, repo, number, url, state, created, closed)"
@@ -514,19 +554,23 @@ class Store:
     def close_issue(self, repo: str, number: int, closed: str) -> None:
         """The issue closed at ``closed``; its finding's time-to-fix gets the ``closed`` event."""
         with self.transaction() as db:
-            db.execute("UPDATE issues SET state = 'closed', closed = ? WHERE repo = ? AND number = ?",
-                       (closed, repo, number))
-            for (fp,) in db.execute("SELECT fingerprint FROM issues WHERE repo = ? AND number = ?",
-                                    (repo, number)).fetchall():
+            db.execute(
+                "UPDATE issues SET state = 'closed', closed = ? WHERE repo = ? AND number = ?", (closed, repo, number)
+            )
+            for (fp,) in db.execute(
+                "SELECT fingerprint FROM issues WHERE repo = ? AND number = ?", (repo, number)
+            ).fetchall():
                 _insert_events(db, fp, [{"event": "closed", "time": closed}])
 
     def reopen_issue(self, repo: str, number: int) -> None:
         """The issue open again: not closed, and its finding's ``closed`` event is withdrawn."""
         with self.transaction() as db:
-            db.execute("UPDATE issues SET state = 'open', closed = NULL WHERE repo = ? AND number = ?",
-                       (repo, number))
-            db.execute("DELETE FROM ttf_events WHERE event = 'closed' AND fingerprint IN"
-                       " (SELECT fingerprint FROM issues WHERE repo = ? AND number = ?)", (repo, number))
+            db.execute("UPDATE issues SET state = 'open', closed = NULL WHERE repo = ? AND number = ?", (repo, number))
+            db.execute(
+                "DELETE FROM ttf_events WHERE event = 'closed' AND fingerprint IN"
+                " (SELECT fingerprint FROM issues WHERE repo = ? AND number = ?)",
+                (repo, number),
+            )
 
     def add_ttf_event(self, fingerprint: str, event: str, time: str, version: str | None = None) -> None:
         with self.transaction() as db:
@@ -535,15 +579,19 @@ class Store:
     def set_triage(self, verdicts: Mapping[str, tuple[str, str]]) -> None:
         """Findings' triage (fingerprint -> (verdict, reason)), in one transaction (bot.triage)."""
         with self.transaction() as db:
-            db.executemany("UPDATE findings SET triage = ?, triage_reason = ? WHERE fingerprint = ?",
-                           [(v, r, fp) for fp, (v, r) in verdicts.items()])
+            db.executemany(
+                "UPDATE findings SET triage = ?, triage_reason = ? WHERE fingerprint = ?",
+                [(v, r, fp) for fp, (v, r) in verdicts.items()],
+            )
 
     def set_repro(self, results: Mapping[str, tuple[bool | None, str]]) -> None:
         """Findings' standalone-reproduction results (fingerprint -> (verified, detail)), in one
         transaction (bot.repro); verified None: no reproduction, or it could not run."""
         with self.transaction() as db:
-            db.executemany("UPDATE findings SET repro_verified = ?, repro_detail = ? WHERE fingerprint = ?",
-                           [(None if v is None else int(bool(v)), d, fp) for fp, (v, d) in results.items()])
+            db.executemany(
+                "UPDATE findings SET repro_verified = ?, repro_detail = ? WHERE fingerprint = ?",
+                [(None if v is None else int(bool(v)), d, fp) for fp, (v, d) in results.items()],
+            )
 
     def set_quarantine(self, subject: str, reason: str, until: str) -> None:
         self.save_regressions([], [{"subject": subject, "reason": reason, "until": until}])
@@ -565,8 +613,18 @@ class Store:
     def save_bot_state(self, rows: Iterable[Mapping], labels: Iterable[tuple[str, str]] = ()) -> None:
         """Upsert the bot's rows (a row's missing columns keep their stored value) and known
         labels, in one transaction."""
-        columns = ("number", "title", "state", "state_hash", "issue_state", "labels", "passing_runs", "queued",
-                   "queued_since", "updated")
+        columns = (
+            "number",
+            "title",
+            "state",
+            "state_hash",
+            "issue_state",
+            "labels",
+            "passing_runs",
+            "queued",
+            "queued_since",
+            "updated",
+        )
         with self.transaction() as db:
             for row in rows:
                 given = {c: row[c] for c in columns if c in row}
@@ -576,8 +634,7 @@ class Store:
                 names = ["fingerprint", "repo", *given]
                 db.execute(
                     f"INSERT INTO bot_state ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
-                    " ON CONFLICT (fingerprint, repo) DO UPDATE SET "
-                    + ", ".join(f"{c} = excluded.{c}" for c in given),
+                    " ON CONFLICT (fingerprint, repo) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in given),
                     [row["fingerprint"], row["repo"], *given.values()],
                 )
             db.executemany("INSERT OR IGNORE INTO bot_labels (repo, name) VALUES (?, ?)", list(labels))
@@ -586,8 +643,9 @@ class Store:
 FINDING_COLUMNS = tuple(f.name for f in fields(Finding))
 _SET_BY_OWN_STEP = ("triage", "triage_reason", "repro_verified", "repro_detail")
 """Written by set_triage/set_repro (#15) after the finding is saved: an upsert keeps them."""
-_UPDATED_ON_CONFLICT = tuple(c for c in FINDING_COLUMNS if c not in ("fingerprint", "first_seen", "kind")
-                             and c not in _SET_BY_OWN_STEP)
+_UPDATED_ON_CONFLICT = tuple(
+    c for c in FINDING_COLUMNS if c not in ("fingerprint", "first_seen", "kind") and c not in _SET_BY_OWN_STEP
+)
 BISECTION_COLUMNS = tuple(f.name for f in fields(Bisection) if f.name != "id")
 
 
@@ -604,15 +662,16 @@ def _upsert_finding(db: sqlite3.Connection, finding: Finding) -> None:
     row["last_seen"] = row["last_seen"] or row["first_seen"]
     db.execute(
         f"INSERT INTO findings ({', '.join(FINDING_COLUMNS)}) VALUES ({', '.join('?' for _ in FINDING_COLUMNS)})"
-        " ON CONFLICT (fingerprint) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_ON_CONFLICT),
+        " ON CONFLICT (fingerprint) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_ON_CONFLICT),
         [row[c] for c in FINDING_COLUMNS],
     )
 
 
 def _mark_fixed(db: sqlite3.Connection, fingerprint: str, fixed_in: str, time: str) -> None:
-    db.execute("UPDATE findings SET status = 'fixed', fixed_in = ?, last_seen = ? WHERE fingerprint = ?",
-               (fixed_in, time, fingerprint))
+    db.execute(
+        "UPDATE findings SET status = 'fixed', fixed_in = ?, last_seen = ? WHERE fingerprint = ?",
+        (fixed_in, time, fingerprint),
+    )
     _insert_events(db, fingerprint, [{"event": "fixed", "time": time, "version": fixed_in}])
 
 
@@ -620,8 +679,7 @@ def _insert_bisection(db: sqlite3.Connection, fingerprint: str, b: Bisection) ->
     """A new bisection row of ``fingerprint`` (its own ``id`` and ``fingerprint`` are not used)."""
     row = {**b.as_row(), "fingerprint": fingerprint}
     db.execute(
-        f"INSERT INTO bisections ({', '.join(BISECTION_COLUMNS)})"
-        f" VALUES ({', '.join('?' for _ in BISECTION_COLUMNS)})",
+        f"INSERT INTO bisections ({', '.join(BISECTION_COLUMNS)}) VALUES ({', '.join('?' for _ in BISECTION_COLUMNS)})",
         [row[c] for c in BISECTION_COLUMNS],
     )
 
@@ -669,7 +727,15 @@ def _insert_cell(db: sqlite3.Connection, result: dict) -> None:
         "INSERT OR REPLACE INTO results (key, case_id, stage, check_name, outcome, klass, detail)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
-            (result["key"], r["case"], r["stage"], r["check"], r["outcome"], r.get("klass") or "", r.get("detail") or "")
+            (
+                result["key"],
+                r["case"],
+                r["stage"],
+                r["check"],
+                r["outcome"],
+                r.get("klass") or "",
+                r.get("detail") or "",
+            )
             for r in result.get("records", [])
         ],
     )

@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from matrix.outcome import STAGES
 
 AXES = ("engine", "tokenizer", "template", "client")
-STAGE_LETTER = {"pass": ".", "fail": "F", "flaky": "~", "infra": "!", "skipped": "-", "unresolvable": "U",
-                "xfail": "x"}
+STAGE_LETTER = {"pass": ".", "fail": "F", "flaky": "~", "infra": "!", "skipped": "-", "unresolvable": "U", "xfail": "x"}
 STAGE_HEAD = {"template": "T", "tokenize": "K", "inference": "I", "postprocess": "P", "client": "C"}
 LABEL = 44
 WIDTH = 80

@@ -30,8 +30,15 @@ REPO = "llmcompat/bot-home"
 TOKEN = "ghp_soakTOKEN0123456789abcdefghijklmnopqrs"
 CHECKS = tuple(f"tokenizers:soak{i}" for i in range(8))
 KINDS = ("5xx", "reset", "reset-after", "secondary", "secondary-429", "retry-after")
-ENDPOINTS = (("GET", r"/issues$"), ("POST", r"/issues$"), ("PATCH", r"/issues/\d+$"), ("GET", r"/comments$"),
-             ("POST", r"/comments$"), ("GET", r"/labels$"), ("POST", r"/labels$"))
+ENDPOINTS = (
+    ("GET", r"/issues$"),
+    ("POST", r"/issues$"),
+    ("PATCH", r"/issues/\d+$"),
+    ("GET", r"/comments$"),
+    ("POST", r"/comments$"),
+    ("GET", r"/labels$"),
+    ("POST", r"/labels$"),
+)
 
 
 def _store(path: Path):
@@ -54,8 +61,9 @@ def _bot_in_process(store, gh) -> list:
     from tests import bot_scenario as sc
 
     conn = Connection(api_url=gh.url, per_page=3, backoff=0.01, backoff_max=0.05, secondary_wait=0.05, throttle=False)
-    return run(store, sc.MATRIX, BotOptions(repo=REPO, conn=conn), out=io.StringIO(),
-               env={"GITHUB_TOKEN": TOKEN}).actions
+    return run(
+        store, sc.MATRIX, BotOptions(repo=REPO, conn=conn), out=io.StringIO(), env={"GITHUB_TOKEN": TOKEN}
+    ).actions
 
 
 def _one_per_fingerprint(gh, store) -> int:
@@ -84,8 +92,10 @@ def soak_faults(report, runs: int = 5, seed: int = 15) -> None:
                 if i:
                     _grow(store, i + 1)
                 if faulty:
-                    faults = [gh.fault(m, p, rng.choice(KINDS), times=rng.randint(1, 2), retry_after=1)
-                              for m, p in rng.sample(ENDPOINTS, 4)]
+                    faults = [
+                        gh.fault(m, p, rng.choice(KINDS), times=rng.randint(1, 2), retry_after=1)
+                        for m, p in rng.sample(ENDPOINTS, 4)
+                    ]
                     injected += len(faults)
                 _bot_in_process(store, gh)
                 if faulty:
@@ -94,14 +104,19 @@ def soak_faults(report, runs: int = 5, seed: int = 15) -> None:
             store.close()
     seconds = time.perf_counter() - t0
     (clean, _, clean_req), (dirty, dirty_max, dirty_req) = results[False], results[True]
-    lost = sum(a != b for a, b in zip(clean["issues"], dirty["issues"])) + abs(len(clean["issues"]) - len(dirty["issues"]))
+    lost = sum(a != b for a, b in zip(clean["issues"], dirty["issues"])) + abs(
+        len(clean["issues"]) - len(dirty["issues"])
+    )
     comments_differ = clean["comments"] != dirty["comments"]
-    report("bot soak: 5 runs with faults", dirty_max == 1 and lost == 0 and not comments_differ,
-           f"{len(dirty['issues'])} issues for {len(CHECKS)} fingerprints (at most {dirty_max} per fingerprint, goal 1); "
-           f"{lost} issues differ from the fault-free runs (goal 0), their "
-           f"{sum(len(c) for c in dirty['comments'].values())} comments {'differ' if comments_differ else 'equal'}; "
-           f"{injected} faults configured, {hits} hit; {dirty_req} requests vs {clean_req} without faults "
-           f"({dirty_req / max(1, clean_req):.2f}x); {seconds:.1f}s for both")
+    report(
+        "bot soak: 5 runs with faults",
+        dirty_max == 1 and lost == 0 and not comments_differ,
+        f"{len(dirty['issues'])} issues for {len(CHECKS)} fingerprints (at most {dirty_max} per fingerprint, goal 1); "
+        f"{lost} issues differ from the fault-free runs (goal 0), their "
+        f"{sum(len(c) for c in dirty['comments'].values())} comments {'differ' if comments_differ else 'equal'}; "
+        f"{injected} faults configured, {hits} hit; {dirty_req} requests vs {clean_req} without faults "
+        f"({dirty_req / max(1, clean_req):.2f}x); {seconds:.1f}s for both",
+    )
 
 
 # ---- kills -------------------------------------------------------------------------------------------
@@ -114,10 +129,24 @@ _RUNNING: dict[Path, subprocess.Popen] = {}
 def _cli(home: Path, gh) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
     env.update(LLMCOMPAT_HOME=str(home), GITHUB_TOKEN=TOKEN, PYTHONDONTWRITEBYTECODE="1")
-    argv = [sys.executable, "-m", "matrix.app.cli", "bot", "--repo", REPO, "--api-url", gh.url, "--no-throttle",
-            "--backoff", "0.01", "--secondary-wait", "0.05"]
-    p = _RUNNING[home] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "matrix.app.cli",
+        "bot",
+        "--repo",
+        REPO,
+        "--api-url",
+        gh.url,
+        "--no-throttle",
+        "--backoff",
+        "0.01",
+        "--secondary-wait",
+        "0.05",
+    ]
+    p = _RUNNING[home] = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     return p
 
 
@@ -209,12 +238,15 @@ def soak_kills(report, trials: int = 20, seed: int = 20) -> None:
                     converged += 1
         seconds = time.perf_counter() - t0
     comments = sum(len(c) for c in reference["comments"].values())
-    report("bot soak: killed at 20 random points", converged == trials == killed and duplicates == 0,
-           f"{killed} kills; {converged}/{trials} trials converged to the uninterrupted state on GitHub and in the store (goal all), "
-           f"{duplicates} duplicate issues (goal 0); kill points (request index of {total} over the runs, "
-           f"b/a = before/after the server carried it out): {' '.join(points)}; bot runs in all: mean "
-           f"{sum(reruns) / len(reruns):.1f}, max {max(reruns)} (uninterrupted: {sum(ref_runs)}); "
-           f"{len(reference['issues'])} issues, {comments} comments; {seconds:.0f}s")
+    report(
+        "bot soak: killed at 20 random points",
+        converged == trials == killed and duplicates == 0,
+        f"{killed} kills; {converged}/{trials} trials converged to the uninterrupted state on GitHub and in the store (goal all), "
+        f"{duplicates} duplicate issues (goal 0); kill points (request index of {total} over the runs, "
+        f"b/a = before/after the server carried it out): {' '.join(points)}; bot runs in all: mean "
+        f"{sum(reruns) / len(reruns):.1f}, max {max(reruns)} (uninterrupted: {sum(ref_runs)}); "
+        f"{len(reference['issues'])} issues, {comments} comments; {seconds:.0f}s",
+    )
 
 
 def run(report) -> None:

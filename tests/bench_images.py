@@ -60,19 +60,25 @@ def run(report) -> None:
     t = time.perf_counter()
     again = in_image.build(runner, cell_a, key_a, lock_a, force=True)
     rebuild = time.perf_counter() - t
-    report("image rebuild (unchanged cell)", again.cached == again.steps and rebuild <= REBUILD_GOAL_S,
-           f"{rebuild:.2f}s for {again.cached}/{again.steps} layers from the cache "
-           f"(goal: all, <= {REBUILD_GOAL_S:.0f}s; {rebuild / REBUILD_GOAL_S:.2f}x the goal)")
+    report(
+        "image rebuild (unchanged cell)",
+        again.cached == again.steps and rebuild <= REBUILD_GOAL_S,
+        f"{rebuild:.2f}s for {again.cached}/{again.steps} layers from the cache "
+        f"(goal: all, <= {REBUILD_GOAL_S:.0f}s; {rebuild / REBUILD_GOAL_S:.2f}x the goal)",
+    )
     tag_b = in_image.dockerfile.image_tag(key_b)
     if image.exists(c, tag_b):
         c.images.remove(tag_b, force=True)
     second = in_image.build(runner, cell_b, key_b, lock_b)
     engine_steps = _engine_steps(second.log)
     reused = engine_steps and all(s in _cached(second.log) for s in engine_steps)
-    report("image engine layer shared", bool(reused),
-           f"{cell_b.id}: {second.seconds:.1f}s, {second.cached}/{second.steps} layers reused "
-           f"(engine layers: {'all reused' if reused else 'rebuilt'}) from {cell_a.id}"
-           + (f", whose first build took {first.seconds:.1f}s" if first.built else ""))
+    report(
+        "image engine layer shared",
+        bool(reused),
+        f"{cell_b.id}: {second.seconds:.1f}s, {second.cached}/{second.steps} layers reused "
+        f"(engine layers: {'all reused' if reused else 'rebuilt'}) from {cell_a.id}"
+        + (f", whose first build took {first.seconds:.1f}s" if first.built else ""),
+    )
     sizes = {}
     for cell in cells:
         family = cell.choice("engine").component
@@ -84,14 +90,19 @@ def run(report) -> None:
         built = in_image.build(runner, cell, runner.key(cell, lock), lock)
         sizes[family] = c.images.get(built.tag).attrs["Size"]
     base = c.images.get(image.ensure_base(c, runner.runner("cpu").image.base)).attrs["Size"]
-    report("image size per engine", bool(sizes),
-           ", ".join(f"{f}: {s / 1e6:.0f} MB" for f, s in sorted(sizes.items())) + f" (base {base / 1e6:.0f} MB)")
+    report(
+        "image size per engine",
+        bool(sizes),
+        ", ".join(f"{f}: {s / 1e6:.0f} MB" for f, s in sorted(sizes.items())) + f" (base {base / 1e6:.0f} MB)",
+    )
 
 
 def _steps(log: str) -> dict[str, str]:
     import re
 
-    return {m.group(1): m.group(2) for m in re.finditer(r"^#(\d+) \[(?:stage-\d+ )?\s*\d+/\d+\] (.*)$", log, re.MULTILINE)}
+    return {
+        m.group(1): m.group(2) for m in re.finditer(r"^#(\d+) \[(?:stage-\d+ )?\s*\d+/\d+\] (.*)$", log, re.MULTILINE)
+    }
 
 
 def _engine_steps(log: str) -> list[str]:

@@ -72,9 +72,23 @@ def run(cells: int = 500, infra: float = 0.10, flaky: float = 0.05, seed: str = 
             state = tmp / "faults"
 
             def wrapper(rnd: int) -> str:
-                return shlex.join([sys.executable, str(ROOT / "tests" / "fault_probe.py"), "--state", str(state),
-                                   "--seed", seed, "--infra", str(infra), "--flaky", str(flaky), "--round", str(rnd),
-                                   "--"])
+                return shlex.join(
+                    [
+                        sys.executable,
+                        str(ROOT / "tests" / "fault_probe.py"),
+                        "--state",
+                        str(state),
+                        "--seed",
+                        seed,
+                        "--infra",
+                        str(infra),
+                        "--flaky",
+                        str(flaky),
+                        "--round",
+                        str(rnd),
+                        "--",
+                    ]
+                )
 
             s1, stored1, diffs1, reg1, _, t1 = one_run(prep, opts, wrapper(1))
             s2, stored2, diffs2, reg2, findings, t2 = one_run(prep, opts, wrapper(2))
@@ -85,25 +99,34 @@ def run(cells: int = 500, infra: float = 0.10, flaky: float = 0.05, seed: str = 
     ids = {c.id for c in prep.cells}
     infra_ids = {i for i, f in fates.items() if f == "infra"}
     out = {
-        "cells": cells, "injected_infra": expect["infra"], "injected_flaky": expect["flaky"],
-        "run1": dict(s1.counts), "run2": dict(s2.counts), "seconds": (round(t1, 1), round(t2, 1)),
+        "cells": cells,
+        "injected_infra": expect["infra"],
+        "injected_flaky": expect["flaky"],
+        "run1": dict(s1.counts),
+        "run2": dict(s2.counts),
+        "seconds": (round(t1, 1), round(t2, 1)),
         "run1_infra_stored": sum(c["outcome"] == "infra" for c in stored1.values()),
         "infra_retried_run2": sum(tries[(i, 2)] == 1 for i in infra_ids),
-        "rerun_in_run2_not_infra": sum(tries[(i, 2)] > 0 and stored1.get(i, {}).get("key") == stored2.get(i, {}).get("key")
-                                       for i in ids - infra_ids),
+        "rerun_in_run2_not_infra": sum(
+            tries[(i, 2)] > 0 and stored1.get(i, {}).get("key") == stored2.get(i, {}).get("key")
+            for i in ids - infra_ids
+        ),
         "flaky_retried_in_run1": sum(tries[(i, 1)] == 2 for i, f in fates.items() if f == "flaky"),
         "lost": len(ids - set(stored1)) + len(ids - set(stored2)),
         # a key changes only if the probe's source or the index changed between the runs (someone
         # editing matrix/probe/ meanwhile): those cells are rightly run again, and not counted below
         "keys_changed": sum(stored1[i]["key"] != stored2[i]["key"] for i in ids if i in stored1 and i in stored2),
-        "findings": len(findings), "differences": len(diffs1) + len(diffs2),
+        "findings": len(findings),
+        "differences": len(diffs1) + len(diffs2),
         "regressions": sum(len(r.findings) for r in (reg1, reg2) if r is not None),
     }
     out["goals"] = {
         "zero findings": out["findings"] == 0 and out["differences"] == 0 and out["regressions"] == 0,
-        "every infra cell retried": out["infra_retried_run2"] == expect["infra"] and s2.counts["infra"] == 0
+        "every infra cell retried": out["infra_retried_run2"] == expect["infra"]
+        and s2.counts["infra"] == 0
         and out["run1_infra_stored"] == expect["infra"],
-        "only infra re-run": out["rerun_in_run2_not_infra"] == 0 and out["keys_changed"] == 0
+        "only infra re-run": out["rerun_in_run2_not_infra"] == 0
+        and out["keys_changed"] == 0
         and s2.counts["reused"] == cells - expect["infra"],
         "flakes retried within the run": out["flaky_retried_in_run1"] == expect["flaky"]
         and s1.counts["infra"] == expect["infra"],
@@ -114,15 +137,17 @@ def run(cells: int = 500, infra: float = 0.10, flaky: float = 0.05, seed: str = 
 
 def main(cells: int = 500) -> tuple[bool, str]:
     r = run(cells)
-    text = (f"{r['cells']} cells, {r['injected_infra']} infra + {r['injected_flaky']} flaky injected; "
-            f"run 1 ({r['seconds'][0]}s): pass {r['run1'].get('pass', 0)}, infra {r['run1'].get('infra', 0)} "
-            f"(stored {r['run1_infra_stored']}), flakes passed on the retry {r['flaky_retried_in_run1']}/"
-            f"{r['injected_flaky']}; run 2 ({r['seconds'][1]}s): executed {r['run2'].get('executed', 0)}, "
-            f"reused {r['run2'].get('reused', 0)}, infra {r['run2'].get('infra', 0)}, infra retried "
-            f"{r['infra_retried_run2']}/{r['injected_infra']}, others re-run {r['rerun_in_run2_not_infra']} "
-            f"(keys changed between the runs: {r['keys_changed']}); "
-            f"lost {r['lost']}; findings {r['findings']} (differences {r['differences']}, regressions "
-            f"{r['regressions']}); goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in r["goals"].items()))
+    text = (
+        f"{r['cells']} cells, {r['injected_infra']} infra + {r['injected_flaky']} flaky injected; "
+        f"run 1 ({r['seconds'][0]}s): pass {r['run1'].get('pass', 0)}, infra {r['run1'].get('infra', 0)} "
+        f"(stored {r['run1_infra_stored']}), flakes passed on the retry {r['flaky_retried_in_run1']}/"
+        f"{r['injected_flaky']}; run 2 ({r['seconds'][1]}s): executed {r['run2'].get('executed', 0)}, "
+        f"reused {r['run2'].get('reused', 0)}, infra {r['run2'].get('infra', 0)}, infra retried "
+        f"{r['infra_retried_run2']}/{r['injected_infra']}, others re-run {r['rerun_in_run2_not_infra']} "
+        f"(keys changed between the runs: {r['keys_changed']}); "
+        f"lost {r['lost']}; findings {r['findings']} (differences {r['differences']}, regressions "
+        f"{r['regressions']}); goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in r["goals"].items())
+    )
     return all(r["goals"].values()), text
 
 

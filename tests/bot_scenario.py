@@ -17,11 +17,17 @@ from reports.store import Store
 
 MATRIX = load_default()
 CHECKS = {  # check -> (stage, klass, detail when failing)
-    "tokenizers:incremental": ("postprocess", "mismatch",
-                               "16 ids fed one at a time: first divergence at char 42 (expected 43 chars, got 42): "
-                               "expected 'on\u00e9 @everyone #1', got 'on'; 3 bytes lost"),
-    "tokenizers": ("tokenize", "mismatch",
-                   "first divergence at token 0 (expected 24 ids, got 22): expected [68, 702, 220], got [438, 220]"),
+    "tokenizers:incremental": (
+        "postprocess",
+        "mismatch",
+        "16 ids fed one at a time: first divergence at char 42 (expected 43 chars, got 42): "
+        "expected 'on\u00e9 @everyone #1', got 'on'; 3 bytes lost",
+    ),
+    "tokenizers": (
+        "tokenize",
+        "mismatch",
+        "first divergence at token 0 (expected 24 ids, got 22): expected [68, 702, 220], got [438, 220]",
+    ),
 }
 _SEQ = itertools.count(1)
 
@@ -33,16 +39,31 @@ def cell(tok_version: str, outcomes: dict[str, str], n: int = 0, cases=("non-asc
     for check, outcome in outcomes.items():
         stage, klass, detail = CHECKS.get(check, ("postprocess", "mismatch", f"{check}: expected 'a', got 'b'"))
         for case in cases:
-            records.append({"case": case, "stage": stage, "check": check, "outcome": outcome,
-                            "klass": klass if outcome == "fail" else "", "detail": detail if outcome == "fail" else ""})
-    choices = {"engine": {"component": "transformers", "version": "5.24.0"},
-               "tokenizer": {"component": "tokenizers", "version": tok_version},
-               "template": {"component": "hf-jinja2", "version": "3.1.6"},
-               "client": {"component": "openai", "version": "3.57.0"}}
-    return {"key": f"k{next(_SEQ):06d}-{tok_version}-{n}", "cell": {"id": cid, "runner": "cpu", "model": "tiny-qwen2",
-                                                                   "choices": choices},
-            "outcome": "fail" if "fail" in outcomes.values() else "pass", "finished": "2026-12-01T00:00:00Z",
-            "records": records, "stages": {}, "repro": f'nox -s "cell({cid})"'}
+            records.append(
+                {
+                    "case": case,
+                    "stage": stage,
+                    "check": check,
+                    "outcome": outcome,
+                    "klass": klass if outcome == "fail" else "",
+                    "detail": detail if outcome == "fail" else "",
+                }
+            )
+    choices = {
+        "engine": {"component": "transformers", "version": "5.24.0"},
+        "tokenizer": {"component": "tokenizers", "version": tok_version},
+        "template": {"component": "hf-jinja2", "version": "3.1.6"},
+        "client": {"component": "openai", "version": "3.57.0"},
+    }
+    return {
+        "key": f"k{next(_SEQ):06d}-{tok_version}-{n}",
+        "cell": {"id": cid, "runner": "cpu", "model": "tiny-qwen2", "choices": choices},
+        "outcome": "fail" if "fail" in outcomes.values() else "pass",
+        "finished": "2026-12-01T00:00:00Z",
+        "records": records,
+        "stages": {},
+        "repro": f'nox -s "cell({cid})"',
+    }
 
 
 def scheduled_run(store: Store, cells: list[dict], day: int) -> str:

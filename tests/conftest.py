@@ -22,8 +22,12 @@ def llama_env(*requirements: str, overrides=("torch==2.13.0+cpu",)):
     from matrix.env import uv as envs
 
     wheel_dir = or_skip(builds.wheel, "llama-cpp-python", LLAMA_CPP)
-    lock = envs.resolve([f"llama-cpp-python[server]=={LLAMA_CPP}", *requirements], python="3.11",
-                        overrides=list(overrides), find_links=[wheel_dir])
+    lock = envs.resolve(
+        [f"llama-cpp-python[server]=={LLAMA_CPP}", *requirements],
+        python="3.11",
+        overrides=list(overrides),
+        find_links=[wheel_dir],
+    )
     if isinstance(lock, envs.Unresolvable):
         pytest.skip(f"cannot resolve llama-cpp-python with {requirements}: {lock.reason.splitlines()[0]}")
     return envs.ensure(lock, built={"llama-cpp-python": wheel_dir}).python
@@ -38,7 +42,9 @@ def _gpu_reason() -> str | None:
     if smi is None:
         return "no NVIDIA GPU on this machine (nvidia-smi not found)"
     probe = subprocess.run([smi, "-L"], capture_output=True, text=True)
-    return None if probe.returncode == 0 and "GPU" in probe.stdout else f"nvidia-smi found no GPU: {probe.stderr.strip()}"
+    return (
+        None if probe.returncode == 0 and "GPU" in probe.stdout else f"nvidia-smi found no GPU: {probe.stderr.strip()}"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -65,11 +71,19 @@ def fresh_goldens(model, reference_python, case_ids) -> list[dict]:
     from matrix import suites
 
     cases = [c for c in suites.load("core").cases if c["id"] in case_ids]
-    job = {"mode": "golden", "model_dir": str(model.path), "stages": ["template", "tokenize", "inference"],
-           "renderers": ["jinja2"], "tokenizers": ["tokenizers"], "golden_renderer": "jinja2",
-           "golden_tokenizer": "tokenizers", "cases": [dict(c, expect={}) for c in cases],
-           "limits": {"render_seconds": 10}, "gen_cases": [{"id": i} for i in case_ids],
-           "reference_engine": "transformers"}
+    job = {
+        "mode": "golden",
+        "model_dir": str(model.path),
+        "stages": ["template", "tokenize", "inference"],
+        "renderers": ["jinja2"],
+        "tokenizers": ["tokenizers"],
+        "golden_renderer": "jinja2",
+        "golden_tokenizer": "tokenizers",
+        "cases": [dict(c, expect={}) for c in cases],
+        "limits": {"render_seconds": 10},
+        "gen_cases": [{"id": i} for i in case_ids],
+        "reference_engine": "transformers",
+    }
     result = probe_result(reference_python, job, timeout=1500)
     assert result["stages"]["inference"]["outcome"] == "pass", result["records"]
     return [dict(c, expect=result["produced"][c["id"]]) for c in cases]
@@ -95,8 +109,8 @@ def or_skip(fn, *args, **kwargs):
 def model():
     """The tiny model with every part (tokenizer, weights, GGUF): the one the goldens are for."""
     from matrix import tinymodel
-    from matrix.declare import loader
     from matrix.app.job import MODEL_PARTS
+    from matrix.declare import loader
 
     return or_skip(tinymodel.ensure, arch="qwen2", parts=MODEL_PARTS, reference=loader.load_default().reference)
 
@@ -104,8 +118,8 @@ def model():
 @pytest.fixture(scope="session")
 def reference_python(model):
     """An environment with the reference pins (jinja2, transformers, tokenizers) and CPU torch."""
-    from matrix.env import uv as envs
     from matrix.declare import loader
+    from matrix.env import uv as envs
 
     ref = loader.load_default().reference
     pins = [f"{n}=={ref[n]}" for n in ("transformers", "tokenizers", "jinja2")] + ["torch==2.13.0+cpu"]

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--always", action="store_true")
     parser.add_argument("--cases", help="comma-separated case ids to keep")
     opts = parser.parse_args(argv[:split])
-    probe = argv[split + 1:]
+    probe = argv[split + 1 :]
     job = json.loads(Path(probe[-2]).read_text(encoding="utf-8"))
     cell = job.get("cell", "?")
     what = fate(opts.seed, cell, opts.infra, opts.flaky)

@@ -34,8 +34,10 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-SECONDARY_MESSAGE = ("You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
-                     "If you reach out to GitHub Support for help, please include the request ID.")
+SECONDARY_MESSAGE = (
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
+    "If you reach out to GitHub Support for help, please include the request ID."
+)
 PRIMARY_MESSAGE = "API rate limit exceeded for installation ID 1."
 DOCS = "https://docs.github.com/rest"
 
@@ -75,8 +77,13 @@ class _QuietServer(ThreadingHTTPServer):
 class GitHub:
     """The server's state and its thread. ``with GitHub() as gh: gh.url`` is the API root."""
 
-    def __init__(self, token: str = "ghp_test", login: str = "llmcompat-bot", app_public_key: str | None = None,
-                 app_slug: str = "llmcompat-app"):
+    def __init__(
+        self,
+        token: str = "ghp_test",
+        login: str = "llmcompat-bot",
+        app_public_key: str | None = None,
+        app_slug: str = "llmcompat-app",
+    ):
         self.tokens = {token} if token else set()
         self.login, self.app_public_key, self.app_slug = login, app_public_key, app_slug
         self.repos: dict[str, Repo] = {}
@@ -122,8 +129,15 @@ class GitHub:
         with self.lock:
             return [dict(c) for c in self.repo(name).comments.get(number, [])]
 
-    def add_comment(self, name: str, number: int, body: str, login: str = "a-person", created: str | None = None,
-                    user_type: str = "User") -> dict:
+    def add_comment(
+        self,
+        name: str,
+        number: int,
+        body: str,
+        login: str = "a-person",
+        created: str | None = None,
+        user_type: str = "User",
+    ) -> dict:
         """A comment as a person writes it (not through the API under test)."""
         with self.lock:
             return self._comment(self.repo(name), name, number, body, login, user_type, created or _now())
@@ -133,8 +147,11 @@ class GitHub:
         with self.lock:
             r = self.repo(name)
             return {
-                "issues": [{k: i[k] for k in ("number", "title", "body", "state", "state_reason")}
-                           | {"labels": sorted(lb["name"] for lb in i["labels"])} for _, i in sorted(r.issues.items())],
+                "issues": [
+                    {k: i[k] for k in ("number", "title", "body", "state", "state_reason")}
+                    | {"labels": sorted(lb["name"] for lb in i["labels"])}
+                    for _, i in sorted(r.issues.items())
+                ],
                 "comments": {n: [c["body"] for c in cs] for n, cs in sorted(r.comments.items())},
                 "labels": sorted(r.labels),
             }
@@ -145,19 +162,41 @@ class GitHub:
         return self.ids
 
     def _user(self, login: str, user_type: str = "User") -> dict:
-        return {"login": login, "id": abs(hash(login)) % 10**7, "node_id": "U_x", "type": user_type,
-                "url": f"{self.url}/users/{login}", "html_url": f"https://github.invalid/{login}", "site_admin": False}
+        return {
+            "login": login,
+            "id": abs(hash(login)) % 10**7,
+            "node_id": "U_x",
+            "type": user_type,
+            "url": f"{self.url}/users/{login}",
+            "html_url": f"https://github.invalid/{login}",
+            "site_admin": False,
+        }
 
     def _label(self, name: str, color: str = "ededed", description: str | None = None) -> dict:
-        return {"id": self._id(), "node_id": "LA_x", "url": f"{self.url}/repos/labels/{name}", "name": name,
-                "color": color, "default": False, "description": description}
+        return {
+            "id": self._id(),
+            "node_id": "LA_x",
+            "url": f"{self.url}/repos/labels/{name}",
+            "name": name,
+            "color": color,
+            "default": False,
+            "description": description,
+        }
 
     def _comment(self, r: Repo, repo: str, number: int, body: str, login: str, user_type: str, created: str) -> dict:
         cid = self._id()
-        c = {"id": cid, "node_id": "IC_x", "url": f"{self.url}/repos/{repo}/issues/comments/{cid}",
-             "html_url": f"https://github.invalid/{repo}/issues/{number}#issuecomment-{cid}", "body": body,
-             "user": self._user(login, user_type), "created_at": created, "updated_at": created,
-             "issue_url": f"{self.url}/repos/{repo}/issues/{number}", "author_association": "NONE"}
+        c = {
+            "id": cid,
+            "node_id": "IC_x",
+            "url": f"{self.url}/repos/{repo}/issues/comments/{cid}",
+            "html_url": f"https://github.invalid/{repo}/issues/{number}#issuecomment-{cid}",
+            "body": body,
+            "user": self._user(login, user_type),
+            "created_at": created,
+            "updated_at": created,
+            "issue_url": f"{self.url}/repos/{repo}/issues/{number}",
+            "author_association": "NONE",
+        }
         r.comments.setdefault(number, []).append(c)
         r.issues[number]["comments"] += 1
         return c
@@ -188,10 +227,15 @@ def _handler(gh: GitHub):
                 gh.remaining = max(0, gh.remaining - 1)
                 remaining = gh.remaining
             reset = int(time.time()) + 3600
-            for k, v in {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": str(remaining),
-                         "x-ratelimit-reset": str(reset), "x-ratelimit-used": str(5000 - remaining),
-                         "x-ratelimit-resource": "core", "X-GitHub-Media-Type": "github.v3; format=json",
-                         **(headers or {})}.items():
+            for k, v in {
+                "x-ratelimit-limit": "5000",
+                "x-ratelimit-remaining": str(remaining),
+                "x-ratelimit-reset": str(reset),
+                "x-ratelimit-used": str(5000 - remaining),
+                "x-ratelimit-resource": "core",
+                "X-GitHub-Media-Type": "github.v3; format=json",
+                **(headers or {}),
+            }.items():
                 self.send_header(k, v)
             self.end_headers()
             self.wfile.write(payload)
@@ -222,11 +266,15 @@ def _handler(gh: GitHub):
             if f.kind == "reset":
                 self._reset()
             elif f.kind == "retry-after":
-                self._error(403, "You have triggered an abuse detection mechanism.",
-                            {"Retry-After": str(f.retry_after)})
+                self._error(
+                    403, "You have triggered an abuse detection mechanism.", {"Retry-After": str(f.retry_after)}
+                )
             elif f.kind == "rate-limit":
-                self._error(403, PRIMARY_MESSAGE, {"x-ratelimit-remaining": "0",
-                                                   "x-ratelimit-reset": str(int(time.time()) + f.retry_after)})
+                self._error(
+                    403,
+                    PRIMARY_MESSAGE,
+                    {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + f.retry_after)},
+                )
             elif f.kind == "secondary":
                 self._error(403, SECONDARY_MESSAGE)
             elif f.kind == "secondary-429":
@@ -248,7 +296,7 @@ def _handler(gh: GitHub):
             parts = urlsplit(self.path)
             path = parts.path.rstrip("/") or "/"
             if path.startswith("/api/v3"):
-                path = path[len("/api/v3"):] or "/"
+                path = path[len("/api/v3") :] or "/"
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             with gh.lock:
                 gh.log.append((method, path, parts.query))
@@ -283,27 +331,47 @@ def _handler(gh: GitHub):
                 core = {"limit": 5000, "remaining": gh.remaining, "reset": int(time.time()) + 3600, "used": 0}
                 return self._send(200, {"resources": {"core": core}, "rate": core})
             if path == "/app" and method == "GET":
-                return self._send(200, {"id": 1, "slug": gh.app_slug, "name": gh.app_slug, "node_id": "A_x",
-                                        "owner": gh._user("owner")})
+                return self._send(
+                    200,
+                    {"id": 1, "slug": gh.app_slug, "name": gh.app_slug, "node_id": "A_x", "owner": gh._user("owner")},
+                )
             m = re.fullmatch(r"/app/installations/(\d+)/access_tokens", path)
             if m and method == "POST":
                 token = f"ghs_installation{m.group(1)}_{gh._id()}"
                 with gh.lock:
                     gh.tokens.add(token)
-                return self._send(201, {"token": token, "expires_at": "2099-01-01T00:00:00Z",
-                                        "permissions": {"issues": "write"}, "repository_selection": "all"})
+                return self._send(
+                    201,
+                    {
+                        "token": token,
+                        "expires_at": "2099-01-01T00:00:00Z",
+                        "permissions": {"issues": "write"},
+                        "repository_selection": "all",
+                    },
+                )
             m = re.fullmatch(r"/repos/([^/]+)/([^/]+)(/.*)?", path)
             if not m:
                 raise _NotFound
             name, rest = f"{m.group(1)}/{m.group(2)}", m.group(3) or ""
             if rest == "" and method == "GET":
-                return self._send(200, {"id": 1, "name": m.group(2), "full_name": name,
-                                        "url": f"{gh.url}/repos/{name}", "owner": gh._user(m.group(1))})
+                return self._send(
+                    200,
+                    {
+                        "id": 1,
+                        "name": m.group(2),
+                        "full_name": name,
+                        "url": f"{gh.url}/repos/{name}",
+                        "owner": gh._user(m.group(1)),
+                    },
+                )
             if rest == "/issues":
                 return self._list_issues(name, query, parts) if method == "GET" else self._create_issue(name, body)
             if rest == "/labels":
-                return self._list(gh.repo(name).labels.values(), query, parts) if method == "GET" else \
-                    self._create_label(name, body)
+                return (
+                    self._list(gh.repo(name).labels.values(), query, parts)
+                    if method == "GET"
+                    else self._create_label(name, body)
+                )
             m2 = re.fullmatch(r"/issues/(\d+)(/comments)?", rest)
             if not m2:
                 raise _NotFound
@@ -316,8 +384,11 @@ def _handler(gh: GitHub):
                 if method == "GET":
                     return self._list(gh.comments(name, number), query, parts)
                 if not isinstance(body.get("body"), str):
-                    return self._error(422, "Validation Failed", errors=[{"resource": "IssueComment",
-                                                                          "code": "missing_field", "field": "body"}])
+                    return self._error(
+                        422,
+                        "Validation Failed",
+                        errors=[{"resource": "IssueComment", "code": "missing_field", "field": "body"}],
+                    )
                 with gh.lock:
                     c = gh._comment(gh.repo(name), name, number, body["body"], self._who(), "Bot", _now())
                 return self._send(201, c, {"Location": c["url"]})
@@ -336,7 +407,7 @@ def _handler(gh: GitHub):
             except ValueError:
                 return self._error(422, "Validation Failed")
             last = max(1, -(-len(items) // per_page))
-            chunk = items[(page - 1) * per_page: page * per_page]
+            chunk = items[(page - 1) * per_page : page * per_page]
             links = []
 
             def link(p: int, rel: str) -> str:
@@ -363,7 +434,8 @@ def _handler(gh: GitHub):
             if "since" in query:
                 items = [i for i in items if i["updated_at"] >= query["since"]]
             key = {"created": "created_at", "updated": "updated_at", "comments": "comments"}.get(
-                query.get("sort", "created"), "created_at")
+                query.get("sort", "created"), "created_at"
+            )
             items.sort(key=lambda i: (i[key], i["number"]), reverse=query.get("direction", "desc") == "desc")
             self._list(items, query, parts)
 
@@ -380,32 +452,59 @@ def _handler(gh: GitHub):
 
         def _create_issue(self, name, body) -> None:
             if not isinstance(body.get("title"), str) or not body["title"]:
-                return self._error(422, "Validation Failed", errors=[{"resource": "Issue", "code": "missing_field",
-                                                                      "field": "title"}])
+                return self._error(
+                    422, "Validation Failed", errors=[{"resource": "Issue", "code": "missing_field", "field": "title"}]
+                )
             if len(body.get("body") or "") > 65536:
-                return self._error(422, "Validation Failed", errors=[{"resource": "Issue", "code": "custom",
-                                                                      "field": "body",
-                                                                      "message": "body is too long (maximum is 65536 characters)"}])
+                return self._error(
+                    422,
+                    "Validation Failed",
+                    errors=[
+                        {
+                            "resource": "Issue",
+                            "code": "custom",
+                            "field": "body",
+                            "message": "body is too long (maximum is 65536 characters)",
+                        }
+                    ],
+                )
             with gh.lock:
                 r = gh.repo(name)
                 number = r.next_number
                 r.next_number += 1
                 now = _now()
-                issue = {"id": gh._id(), "node_id": "I_x", "url": f"{gh.url}/repos/{name}/issues/{number}",
-                         "repository_url": f"{gh.url}/repos/{name}",
-                         "comments_url": f"{gh.url}/repos/{name}/issues/{number}/comments",
-                         "html_url": f"https://github.invalid/{name}/issues/{number}", "number": number,
-                         "state": "open", "state_reason": None, "title": body["title"], "body": body.get("body"),
-                         "user": gh._user(gh.login, "Bot"), "labels": self._labels_for(name, body.get("labels")),
-                         "assignee": None, "assignees": [], "milestone": None, "locked": False, "comments": 0,
-                         "created_at": now, "updated_at": now, "closed_at": None, "author_association": "OWNER"}
+                issue = {
+                    "id": gh._id(),
+                    "node_id": "I_x",
+                    "url": f"{gh.url}/repos/{name}/issues/{number}",
+                    "repository_url": f"{gh.url}/repos/{name}",
+                    "comments_url": f"{gh.url}/repos/{name}/issues/{number}/comments",
+                    "html_url": f"https://github.invalid/{name}/issues/{number}",
+                    "number": number,
+                    "state": "open",
+                    "state_reason": None,
+                    "title": body["title"],
+                    "body": body.get("body"),
+                    "user": gh._user(gh.login, "Bot"),
+                    "labels": self._labels_for(name, body.get("labels")),
+                    "assignee": None,
+                    "assignees": [],
+                    "milestone": None,
+                    "locked": False,
+                    "comments": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "closed_at": None,
+                    "author_association": "OWNER",
+                }
                 r.issues[number] = issue
             self._send(201, issue, {"Location": issue["url"]})
 
         def _edit_issue(self, name, number, body) -> None:
             if "state" in body and body["state"] not in ("open", "closed"):
-                return self._error(422, "Validation Failed", errors=[{"resource": "Issue", "code": "invalid",
-                                                                      "field": "state"}])
+                return self._error(
+                    422, "Validation Failed", errors=[{"resource": "Issue", "code": "invalid", "field": "state"}]
+                )
             if len(body.get("body") or "") > 65536:
                 return self._error(422, "Validation Failed")
             with gh.lock:
@@ -422,7 +521,8 @@ def _handler(gh: GitHub):
                         issue["closed_at"] = None
                     issue["state"] = body["state"]
                     issue["state_reason"] = body.get("state_reason") or (
-                        "completed" if body["state"] == "closed" else "reopened")
+                        "completed" if body["state"] == "closed" else "reopened"
+                    )
                 issue["updated_at"] = _now()
                 data = dict(issue)
             self._send(200, data)
@@ -434,8 +534,11 @@ def _handler(gh: GitHub):
             with gh.lock:
                 r = gh.repo(name)
                 if n.lower() in r.labels:
-                    return self._error(422, "Validation Failed", errors=[{"resource": "Label", "code": "already_exists",
-                                                                          "field": "name"}])
+                    return self._error(
+                        422,
+                        "Validation Failed",
+                        errors=[{"resource": "Label", "code": "already_exists", "field": "name"}],
+                    )
                 lb = r.labels[n.lower()] = gh._label(n, body.get("color", "ededed"), body.get("description"))
             self._send(201, lb)
 

@@ -21,7 +21,9 @@ def longest_functions(n: int = 10, root: Path = ROOT) -> list[tuple[int, str]]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                found.append(((node.end_lineno or node.lineno) - node.lineno + 1, f"{path.relative_to(root)}:{node.name}"))
+                found.append(
+                    ((node.end_lineno or node.lineno) - node.lineno + 1, f"{path.relative_to(root)}:{node.name}")
+                )
     return sorted(found, reverse=True)[:n]
 
 

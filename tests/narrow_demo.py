@@ -6,17 +6,22 @@ repository whose release tags point their ``vendor/llama.cpp`` submodule at thos
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from matrix.env import gitsrc
 from matrix.env.gitsrc import GitSourceError
 
 DEMO_FIRST_TAG = 5000
 DEMO_BAD_TAG = "b5003"
-DEMO_ENV = {"GIT_AUTHOR_NAME": "llmcompat", "GIT_AUTHOR_EMAIL": "llmcompat@localhost",
-            "GIT_COMMITTER_NAME": "llmcompat", "GIT_COMMITTER_EMAIL": "llmcompat@localhost",
-            "GIT_AUTHOR_DATE": "2025-03-01T00:00:00Z", "GIT_COMMITTER_DATE": "2025-03-01T00:00:00Z"}
+DEMO_ENV = {
+    "GIT_AUTHOR_NAME": "llmcompat",
+    "GIT_AUTHOR_EMAIL": "llmcompat@localhost",
+    "GIT_COMMITTER_NAME": "llmcompat",
+    "GIT_COMMITTER_EMAIL": "llmcompat@localhost",
+    "GIT_AUTHOR_DATE": "2025-03-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2025-03-01T00:00:00Z",
+}
 TOPK_GOOD = "return a.logit > b.logit;"
 TOPK_BAD = "return a.logit < b.logit;"
 
@@ -91,8 +96,9 @@ def make_demo_python_repo(dest: Path, vendored: dict[str, str]) -> None:
         return gitsrc._git(["-C", str(dest), *args], env=DEMO_ENV, input=input, what=f"git {' '.join(args[:2])} (demo)")
 
     git("init", "--quiet", "--initial-branch=main")
-    (dest / ".gitmodules").write_text('[submodule "vendor/llama.cpp"]\n\tpath = vendor/llama.cpp\n'
-                                      '\turl = https://github.com/ggml-org/llama.cpp.git\n')
+    (dest / ".gitmodules").write_text(
+        '[submodule "vendor/llama.cpp"]\n\tpath = vendor/llama.cpp\n\turl = https://github.com/ggml-org/llama.cpp.git\n'
+    )
     git("add", ".gitmodules")
     for version, commit in vendored.items():
         git("update-index", "--add", "--cacheinfo", f"160000,{commit},{gitsrc.VENDOR_PATH}")

@@ -12,12 +12,19 @@ VERSIONS = {"tokenizers": "0.23.3", "jinja2": "3.1.6", "openai": "3.57.0"}
 
 
 def axes_text(runners: int = 1) -> str:
-    lines = ['suite_version: "1"', "reference:", '  jinja2: "3.1.6"', '  transformers: "5.24.0"',
-             '  tokenizers: "0.23.3"', "runners:"]
+    lines = [
+        'suite_version: "1"',
+        "reference:",
+        '  jinja2: "3.1.6"',
+        '  transformers: "5.24.0"',
+        '  tokenizers: "0.23.3"',
+        "runners:",
+    ]
     for i in range(runners):
         lines += [f"  r{i:03d}:", "    labels: [self-hosted]", "    provides: [cpu]", '    python: "3.11"']
     lines += [
-        "models:", "  tiny-qwen2: {kind: tiny, arch: qwen2}",
+        "models:",
+        "  tiny-qwen2: {kind: tiny, arch: qwen2}",
         "axes:",
         "  engine:",
         "    no-engine:",
@@ -44,8 +51,11 @@ def axes_text(runners: int = 1) -> str:
 
 def cell_ids(runners: int) -> list[str]:
     v = VERSIONS
-    return [f"r{i:03d}/tiny-qwen2/no-engine@{v['tokenizers']}/tokenizers@{v['tokenizers']}/"
-            f"hf-jinja2@{v['jinja2']}/openai@{v['openai']}" for i in range(runners)]
+    return [
+        f"r{i:03d}/tiny-qwen2/no-engine@{v['tokenizers']}/tokenizers@{v['tokenizers']}/"
+        f"hf-jinja2@{v['jinja2']}/openai@{v['openai']}"
+        for i in range(runners)
+    ]
 
 
 def write_axes(directory: Path, runners: int = 1) -> Path:

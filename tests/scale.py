@@ -40,19 +40,35 @@ class Plan:
     seconds: float
 
 
-def realistic_axes(engines: int = 8, versions: int = 10, tokenizers: int = 4, templates: int = 4,
-                   clients: int = 3) -> tuple[Matrix, dict]:
+def realistic_axes(
+    engines: int = 8, versions: int = 10, tokenizers: int = 4, templates: int = 4, clients: int = 3
+) -> tuple[Matrix, dict]:
     """A matrix of that shape; every second engine needs a GPU (vLLM, SGLang, ...)."""
-    def comps(axis, n, gpu_every=0):
-        return tuple(Component(axis, f"{axis}-{i}", (f"{axis}-{i}",), VersionRule(latest=versions),
-                               needs=frozenset({"gpu"} if gpu_every and i % gpu_every else {"cpu"}))
-                     for i in range(n))
 
-    axes = {"engine": comps("engine", engines, gpu_every=2), "tokenizer": comps("tokenizer", tokenizers),
-            "template": comps("template", templates), "client": comps("client", clients)}
+    def comps(axis, n, gpu_every=0):
+        return tuple(
+            Component(
+                axis,
+                f"{axis}-{i}",
+                (f"{axis}-{i}",),
+                VersionRule(latest=versions),
+                needs=frozenset({"gpu"} if gpu_every and i % gpu_every else {"cpu"}),
+            )
+            for i in range(n)
+        )
+
+    axes = {
+        "engine": comps("engine", engines, gpu_every=2),
+        "tokenizer": comps("tokenizer", tokenizers),
+        "template": comps("template", templates),
+        "client": comps("client", clients),
+    }
     matrix = Matrix("realistic.yaml", axes, (CPU, GPU), MODELS, ())
-    vs = {(axis, c.name): [f"{major}.{minor}.0" for major in (1, 2) for minor in range(versions // 2)]
-          for axis, cs in axes.items() for c in cs}
+    vs = {
+        (axis, c.name): [f"{major}.{minor}.0" for major in (1, 2) for minor in range(versions // 2)]
+        for axis, cs in axes.items()
+        for c in cs
+    }
     return matrix, vs
 
 
@@ -71,8 +87,7 @@ def steady_state(new_releases: int = 5, **shape) -> int:
     fresh = {(axis, name): vs[-1] for (axis, name), vs in list(versions.items())[:: len(versions) // new_releases]}
     seen = {k: [v for v in vs if fresh.get(k) != v] for k, vs in versions.items()}
     cells = plan(matrix, versions, runners={"cpu", "gpu"}, models={m.name for m in MODELS}, seen=seen)
-    return sum(1 for c in cells if any(fresh.get((axis, ch.component)) == ch.version
-                                       for axis, ch in c.choices))
+    return sum(1 for c in cells if any(fresh.get((axis, ch.component)) == ch.version for axis, ch in c.choices))
 
 
 def measured_cell_seconds(store: Path | None) -> float | None:
@@ -100,12 +115,16 @@ def report(cell_seconds: float, source: str) -> list[str]:
         f"a daily run with 5 new releases, known cell ids skipped: {steady_state():,} cells",
         "growth (cells per run, matrices):",
     ]
-    for label, shape in (("versions 5", {"versions": 5}), ("versions 20", {"versions": 20}),
-                         ("engines 4", {"engines": 4}), ("engines 16", {"engines": 16}),
-                         ("clients 6", {"clients": 6}), ("tokenizers 8", {"tokenizers": 8})):
+    for label, shape in (
+        ("versions 5", {"versions": 5}),
+        ("versions 20", {"versions": 20}),
+        ("engines 4", {"engines": 4}),
+        ("engines 16", {"engines": 16}),
+        ("clients 6", {"clients": 6}),
+        ("tokenizers 8", {"tokenizers": 8}),
+    ):
         p = realistic_plan(cell_seconds, **shape)
-        lines.append(f"  {label:<13} {p.cells:>5} cells, {len(p.matrices)} matrices, "
-                     f"{p.seconds / 60:,.0f} runner min")
+        lines.append(f"  {label:<13} {p.cells:>5} cells, {len(p.matrices)} matrices, {p.seconds / 60:,.0f} runner min")
     return lines
 
 

@@ -1,30 +1,47 @@
 """matrix/app/actions.py: a run's headline, step summary and annotations (pure)."""
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from matrix.app.actions import headline, markdown, workflow_commands, regress_matrix
+from matrix.app.actions import headline, markdown, regress_matrix, workflow_commands
 from matrix.outcome import Finding
 
 RUN = {"id": "gha-7-1", "started": "2026-12-01T03:00:00+00:00", "finished": "2026-12-01T04:00:00+00:00"}
 
 
 def finding(fp, first_seen, status="open", last_seen=None, kind="regression", component="jinja2"):
-    return Finding.from_row({"fingerprint": fp, "kind": kind, "case_id": "c1", "stage": "template",
-                             "component": component, "axis": "template", "last_good": "3.1.5",
-                             "first_bad": "3.1.6", "status": status, "first_seen": first_seen,
-                             "last_seen": last_seen or first_seen})
+    return Finding.from_row(
+        {
+            "fingerprint": fp,
+            "kind": kind,
+            "case_id": "c1",
+            "stage": "template",
+            "component": component,
+            "axis": "template",
+            "last_good": "3.1.5",
+            "first_bad": "3.1.6",
+            "status": status,
+            "first_seen": first_seen,
+            "last_seen": last_seen or first_seen,
+        }
+    )
 
 
-CELLS = [{"cell_id": "cpu/a", "outcome": "pass", "reused": 0}, {"cell_id": "cpu/b", "outcome": "fail", "reused": 0},
-         {"cell_id": "cpu/c", "outcome": "pass", "reused": 1},
-         {"cell_id": "cpu/d", "outcome": "infra", "reused": 0, "reason": "engine did not start"}]
+CELLS = [
+    {"cell_id": "cpu/a", "outcome": "pass", "reused": 0},
+    {"cell_id": "cpu/b", "outcome": "fail", "reused": 0},
+    {"cell_id": "cpu/c", "outcome": "pass", "reused": 1},
+    {"cell_id": "cpu/d", "outcome": "infra", "reused": 0, "reason": "engine did not start"},
+]
 
 
 def test_headline_counts_what_ran_what_it_found_and_what_to_retry():
-    findings = [finding("a" * 64, "2026-12-01T03:30:00+00:00"),  # new in this run
-                finding("b" * 64, "2026-11-01T00:00:00+00:00"),  # old, still open
-                finding("c" * 64, "2026-11-01T00:00:00+00:00", "fixed", "2026-12-01T03:40:00+00:00"),
-                finding("d" * 64, "2026-10-01T00:00:00+00:00", "fixed", "2026-10-02T00:00:00+00:00")]
+    findings = [
+        finding("a" * 64, "2026-12-01T03:30:00+00:00"),  # new in this run
+        finding("b" * 64, "2026-11-01T00:00:00+00:00"),  # old, still open
+        finding("c" * 64, "2026-11-01T00:00:00+00:00", "fixed", "2026-12-01T03:40:00+00:00"),
+        finding("d" * 64, "2026-10-01T00:00:00+00:00", "fixed", "2026-10-02T00:00:00+00:00"),
+    ]
     h = headline(RUN, CELLS, findings, candidates=3)
     assert (h.executed, h.reused) == (3, 1)
     assert dict(h.outcomes) == {"fail": 1, "infra": 1, "pass": 2}

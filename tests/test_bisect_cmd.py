@@ -35,18 +35,30 @@ RANGE = ">=20,<24"
 
 
 def test_links():
-    assert links.compare_url("pypa/packaging", "{version}", "21.3", "22.0") == \
-        "https://github.com/pypa/packaging/compare/21.3...22.0"
+    assert (
+        links.compare_url("pypa/packaging", "{version}", "21.3", "22.0")
+        == "https://github.com/pypa/packaging/compare/21.3...22.0"
+    )
     assert links.compare_url("huggingface/transformers", "v{version}", "4.46.0", "4.47.0").endswith(
-        "/compare/v4.46.0...v4.47.0")
+        "/compare/v4.46.0...v4.47.0"
+    )
     with pytest.raises(ValueError):
         links.compare_url("not-a-repo", "v{version}", "1", "2")
     with pytest.raises(ValueError):
         links.tag("release", "1.0")
-    cmd = links.repro_command("packaging", ">=20,<24", "check.py", extra_requirements=["six>1"],
-                              good="20.0", repo="pypa/packaging", tag_format="{version}")
-    assert cmd == ("llmcompat bisect packaging '>=20,<24' check.py --with 'six>1' --good 20.0 "
-                   "--repo pypa/packaging --tag-format '{version}'")
+    cmd = links.repro_command(
+        "packaging",
+        ">=20,<24",
+        "check.py",
+        extra_requirements=["six>1"],
+        good="20.0",
+        repo="pypa/packaging",
+        tag_format="{version}",
+    )
+    assert cmd == (
+        "llmcompat bisect packaging '>=20,<24' check.py --with 'six>1' --good 20.0 "
+        "--repo pypa/packaging --tag-format '{version}'"
+    )
     cmd = links.repro_command("attrs", ">=20", "c.py", find_fix=True, samples=3, timeout=30.0, jobs=2, offline=True)
     assert cmd == "llmcompat bisect attrs '>=20' c.py --find-fix --samples 3 --timeout 30 --jobs 2 --offline"
     assert links.repro_command("p", ["1.0", "2.0"], "c.sh") == "llmcompat bisect p 1.0,2.0 c.sh"
@@ -62,8 +74,15 @@ def test_exit_codes_follow_git_bisect():
 
 def test_select_versions():
     t = datetime(2020, 1, 1, tzinfo=UTC)
-    rels = [Release("19.2"), Release("20.0", t), Release("20.1", yanked=True), Release("21.0rc1"),
-            Release("21.0", requires_python=">=3.12"), Release("21.1"), Release("24.0")]
+    rels = [
+        Release("19.2"),
+        Release("20.0", t),
+        Release("20.1", yanked=True),
+        Release("21.0rc1"),
+        Release("21.0", requires_python=">=3.12"),
+        Release("21.1"),
+        Release("24.0"),
+    ]
     # a yanked release inside a range is bisected (an exact pin installs it) and marked
     sel = select_versions(rels, ">=20,<24", python="3.11")
     assert sel.versions == ["20.0", "20.1", "21.1"] and sel.yanked == {"20.1"}
@@ -188,8 +207,11 @@ def test_parallel_mode_probes_several_versions_per_round(index, env_root, check)
     versions = versions_to_bisect("packaging", RANGE, index=index).versions
     serial = run_bisection(versions, PackageTest("packaging", str(check), env_root=env_root))
     parallel = run_bisection(versions, PackageTest("packaging", str(check), env_root=env_root), jobs=3)
-    assert (parallel.last_good, parallel.first_bad) == (serial.last_good, serial.first_bad) == (
-        versions[versions.index("22.0") - 1], "22.0")
+    assert (
+        (parallel.last_good, parallel.first_bad)
+        == (serial.last_good, serial.first_bad)
+        == (versions[versions.index("22.0") - 1], "22.0")
+    )
     assert parallel.rounds < serial.rounds  # three probes a round: fewer rounds, more probes
 
 
@@ -215,9 +237,7 @@ def test_real_bisection_skips_unresolvable_and_125(index, env_root, check, tmp_p
     skipped = next(v for v, verdict in res.probes if verdict is not Verdict.UNKNOWN and v not in ends)
     skip_check = tmp_path / "skip.py"
     skip_check.write_text(
-        "import os, sys\n"
-        f"if os.environ['LLMCOMPAT_BISECT_VERSION'] == {skipped!r}:\n"
-        "    sys.exit(125)\n" + LEGACY_CHECK
+        f"import os, sys\nif os.environ['LLMCOMPAT_BISECT_VERSION'] == {skipped!r}:\n    sys.exit(125)\n" + LEGACY_CHECK
     )
     probe = PackageTest("packaging", str(skip_check), (f"packaging!={unresolvable}",), env_root=env_root)
     res = run_bisection(versions, probe)
@@ -384,8 +404,9 @@ def test_bad_at_both_ends_says_so_and_names_no_first_bad(cli):
 @pytest.mark.network
 @pytest.mark.slow
 def test_a_yanked_release_is_the_first_bad(cli):
-    rc, out, err = cli("attrs", ">=20.2,<21.2", "EVOLVE", "-v", "--repo", "python-attrs/attrs",
-                       "--tag-format", "{version}")
+    rc, out, err = cli(
+        "attrs", ">=20.2,<21.2", "EVOLVE", "-v", "--repo", "python-attrs/attrs", "--tag-format", "{version}"
+    )
     assert rc == 0, (out, err)
     assert "last good:  20.3.0" in out and "first bad:  21.1.0 (yanked)" in out
     assert "compare:    https://github.com/python-attrs/attrs/compare/20.3.0...21.1.0" in out
@@ -477,9 +498,13 @@ def test_timeout_and_sigterm_kill_the_checks_whole_process_group(cli, cli_cache,
     # 3. SIGTERM or SIGINT to the bisection itself: the running check's group is killed, exit 3
     for sig in (signal.SIGTERM, signal.SIGINT):
         pidfile.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "-m", "matrix.app.cli", "bisect", "packaging", "21.3,22.0",
-                                 str(spawner)], env={**os.environ, "LLMCOMPAT_CACHE": str(cli_cache)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "matrix.app.cli", "bisect", "packaging", "21.3,22.0", str(spawner)],
+            env={**os.environ, "LLMCOMPAT_CACHE": str(cli_cache)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         while not pidfile.exists() or not pidfile.read_text():
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()

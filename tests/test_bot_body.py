@@ -13,18 +13,43 @@ from bot.github.decide import Context, Settings, changes, state_of
 from matrix.outcome import Finding
 
 text_chars = st.characters(exclude_categories=["Cs"])  # any text but lone surrogates
-untrusted = st.text(alphabet=text_chars, max_size=300) | st.sampled_from([
-    "@octocat please look", "fixes #12 and owner/repo#3", "GH-7", "<script>alert(1)</script>", "</details>",
-    "```\nclosing the fence", "-->", "<!-- llmcompat:finding {\"fp\":\"evil\"} -->", "| a | b |", "**bold** _x_",
-    "[link](https://example.invalid)", "![img](x)", "&amp; &lt;", "a\nb\r\nc", "`code` ``more``",
-])
+untrusted = st.text(alphabet=text_chars, max_size=300) | st.sampled_from(
+    [
+        "@octocat please look",
+        "fixes #12 and owner/repo#3",
+        "GH-7",
+        "<script>alert(1)</script>",
+        "</details>",
+        "```\nclosing the fence",
+        "-->",
+        '<!-- llmcompat:finding {"fp":"evil"} -->',
+        "| a | b |",
+        "**bold** _x_",
+        "[link](https://example.invalid)",
+        "![img](x)",
+        "&amp; &lt;",
+        "a\nb\r\nc",
+        "`code` ``more``",
+    ]
+)
 
 
 def finding(**kw) -> Finding:
-    base = dict(fingerprint="0123abcd0123abcd", kind="difference", case_id="non-ascii", stage="tokenize",
-                component="tokenizers", axis="tokenizer", check_name="tokenizers", klass="mismatch",
-                detail="first divergence at token 0 (expected 24 ids, got 22): expected [68, 702, 220], got [438, 220]",
-                cases=("non-ascii", "cjk"), versions=("0.23.3",), cells=2, repro='nox -s "cell(x)"')
+    base = dict(
+        fingerprint="0123abcd0123abcd",
+        kind="difference",
+        case_id="non-ascii",
+        stage="tokenize",
+        component="tokenizers",
+        axis="tokenizer",
+        check_name="tokenizers",
+        klass="mismatch",
+        detail="first divergence at token 0 (expected 24 ids, got 22): expected [68, 702, 220], got [438, 220]",
+        cases=("non-ascii", "cjk"),
+        versions=("0.23.3",),
+        cells=2,
+        repro='nox -s "cell(x)"',
+    )
     return Finding(**{**base, **kw})
 
 
@@ -44,7 +69,7 @@ def test_text_neutralises_mentions_references_html_and_lines(s):
 def test_code_and_fence_keep_the_text_and_cannot_be_closed_by_it(s):
     span = escape.code(s)
     ticks = re.match(r"`+", span).group(0)
-    inner = span[len(ticks):-len(ticks)]
+    inner = span[len(ticks) : -len(ticks)]
     assert ticks not in inner  # content never holds the delimiter run
     block = escape.fence(s)
     first, *middle, last = block.split("\n")
@@ -85,8 +110,11 @@ def _strip_spans(text: str) -> str:
     """Inline code spans removed as CommonMark reads them: a backtick run opens, the next run of
     the same length closes."""
     out, i = [], 0
-    runs = [m for m in re.finditer(r"`+", text)  # a backslash-escaped backtick opens nothing
-            if (m.start() - len(text[:m.start()].rstrip("\\"))) % 2 == 0]
+    runs = [
+        m
+        for m in re.finditer(r"`+", text)  # a backslash-escaped backtick opens nothing
+        if (m.start() - len(text[: m.start()].rstrip("\\"))) % 2 == 0
+    ]
     k = 0
     while k < len(runs):
         opener = runs[k]
@@ -94,25 +122,35 @@ def _strip_spans(text: str) -> str:
         if close is None:
             k += 1
             continue
-        out.append(text[i:opener.start()])
+        out.append(text[i : opener.start()])
         i = runs[close].end()
         k = close + 1
     out.append(text[i:])
     return "".join(out)
 
 
-huge = st.integers(min_value=0, max_value=4).map(lambda k: 10 ** k)
+huge = st.integers(min_value=0, max_value=4).map(lambda k: 10**k)
 
 
-@given(n_cases=st.integers(0, 30_000), detail_kb=st.integers(0, 200), n_cells=st.integers(0, 5_000),
-       script_kb=st.integers(0, 120), field_kb=st.integers(0, 100))
+@given(
+    n_cases=st.integers(0, 30_000),
+    detail_kb=st.integers(0, 200),
+    n_cells=st.integers(0, 5_000),
+    script_kb=st.integers(0, 120),
+    field_kb=st.integers(0, 100),
+)
 @settings(max_examples=40, deadline=None)
 def test_render_always_fits_and_never_cuts_mid_way(n_cases, detail_kb, n_cells, script_kb, field_kb):
     cases = tuple(f"case-{i:05d}-" + "x" * 20 for i in range(n_cases)) or ("only",)
-    f = finding(cases=cases, case_id=cases[0], detail="expected 'a', got 'b' " + "d" * (detail_kb * 1024),
-                check_name="c" * (field_kb * 1024))
-    body = bodies.render(view(f, cell_ids=tuple(f"cpu/tiny/cell-{i}" for i in range(n_cells)),
-                              script="print('x')\n" * (script_kb * 100)))
+    f = finding(
+        cases=cases,
+        case_id=cases[0],
+        detail="expected 'a', got 'b' " + "d" * (detail_kb * 1024),
+        check_name="c" * (field_kb * 1024),
+    )
+    body = bodies.render(
+        view(f, cell_ids=tuple(f"cpu/tiny/cell-{i}" for i in range(n_cells)), script="print('x')\n" * (script_kb * 100))
+    )
     assert bodies.length(body) <= bodies.LIMIT
     assert bodies.parse_marker(body)["fp"] == f.fingerprint
     assert body.rstrip().endswith("</sub>")  # the footer is there: nothing was cut off
@@ -139,13 +177,26 @@ def test_shortening_goes_step_by_step():
 def test_body_shows_range_divergence_triage_and_links():
     from bot.triage import Triage
 
-    f = finding(kind="regression", last_good="0.22.1", first_bad="0.23.0", fixed_in="0.23.4", status="fixed",
-                compare_url="https://github.com/huggingface/tokenizers/compare/v0.22.1...v0.23.0")
+    f = finding(
+        kind="regression",
+        last_good="0.22.1",
+        first_bad="0.23.0",
+        fixed_in="0.23.4",
+        status="fixed",
+        compare_url="https://github.com/huggingface/tokenizers/compare/v0.22.1...v0.23.0",
+    )
     s = Settings(repo="o/r", now="2026-12-01T00:00:00Z", page_url="https://o.github.io/llmcompat")
     from bot.github.decide import _body
 
-    body = _body(f, Context(triage=Triage("component-bug", "nothing in the metadata explains it", True),
-                            flake="0/3 re-runs of the good cell failed, 3/3 of the bad"), s, state_of(f, Context()))
+    body = _body(
+        f,
+        Context(
+            triage=Triage("component-bug", "nothing in the metadata explains it", True),
+            flake="0/3 re-runs of the good cell failed, 3/3 of the bad",
+        ),
+        s,
+        state_of(f, Context()),
+    )
     assert "last good `0.22.1` → first bad `0.23.0` · first fixed `0.23.4`" in body
     assert "[compare](https://github.com/huggingface/tokenizers/compare/v0.22.1...v0.23.0)" in body
     assert "- expected: `[68, 702, 220]`" in body and "- actual: `[438, 220]`" in body

@@ -32,8 +32,17 @@ def gh():
 
 
 def conn(gh: GitHub, **kw) -> Connection:
-    return Connection(**{"api_url": gh.url, "per_page": 2, "backoff": 0.01, "backoff_max": 0.05,
-                         "secondary_wait": 0.3, "throttle": False, **kw})
+    return Connection(
+        **{
+            "api_url": gh.url,
+            "per_page": 2,
+            "backoff": 0.01,
+            "backoff_max": 0.05,
+            "secondary_wait": 0.3,
+            "throttle": False,
+            **kw,
+        }
+    )
 
 
 def bot(store, gh: GitHub, matrix=sc.MATRIX, **kw):
@@ -87,8 +96,11 @@ def test_no_comment_or_edit_on_unchanged_run_comment_on_new_cells(gh, tmp_path):
     assert len([1 for m, _, _ in gh.log if m in ("POST", "PATCH")]) == writes
     assert gh.comments(REPO, issue["number"]) == []
     # a later run sees the same problem in more cells and in a newer version: one comment, body rewritten
-    sc.scheduled_run(store, [sc.cell(v, {"tokenizers:incremental": "fail"}, n)
-                             for n, v in enumerate(["0.23.3", "0.23.3", "0.23.4"])], 2)
+    sc.scheduled_run(
+        store,
+        [sc.cell(v, {"tokenizers:incremental": "fail"}, n) for n, v in enumerate(["0.23.3", "0.23.3", "0.23.4"])],
+        2,
+    )
     bot(store, gh)
     bot(store, gh)
     (comment,) = bot_comments(gh, issue["number"])
@@ -135,9 +147,14 @@ def test_close_after_n_passing_runs_on_a_newer_release_only(gh, tmp_path):
 def test_old_versions_failing_do_not_break_the_streak_newer_failing_does(gh, tmp_path):
     store = sc.broken_store(tmp_path / "store.sqlite", checks=("tokenizers:incremental",))
     bot(store, gh)
-    both = lambda day, new: sc.scheduled_run(store, [  # noqa: E731
-        sc.cell("0.23.3", {"tokenizers:incremental": "fail"}), sc.cell("0.23.4", {"tokenizers:incremental": new})],
-        day)
+
+    def both(day, new):
+        cells = [
+            sc.cell("0.23.3", {"tokenizers:incremental": "fail"}),
+            sc.cell("0.23.4", {"tokenizers:incremental": new}),
+        ]
+        return sc.scheduled_run(store, cells, day)
+
     both(2, "pass")
     both(3, "fail")  # the newer release fails too: the streak starts again
     both(4, "pass")
@@ -233,8 +250,14 @@ def test_labels_created_when_missing_and_only_then(gh, tmp_path):
     plan, _ = bot(store, gh)
     made = [a.title for a in plan.actions if a.verb == "label-create"]
     assert "stage:postprocess" not in made
-    assert {"llmcompat", "keep-open", "stage:tokenize", "axis:tokenizer", "component:tokenizers",
-            "class:backend-specific"} <= set(made)
+    assert {
+        "llmcompat",
+        "keep-open",
+        "stage:tokenize",
+        "axis:tokenizer",
+        "component:tokenizers",
+        "class:backend-specific",
+    } <= set(made)
     posts = [p for m, p, _ in gh.log if m == "POST" and p.endswith("/labels")]
     assert len(posts) == len(made)
     for issue in gh.issues(REPO):
@@ -246,16 +269,24 @@ def test_labels_created_when_missing_and_only_then(gh, tmp_path):
 
 def _allowlisted(matrix):
     axes = dict(matrix.axes)
-    axes["tokenizer"] = tuple(dataclasses.replace(c, upstream_issues=True) if c.name == "tokenizers" else c
-                              for c in axes["tokenizer"])
+    axes["tokenizer"] = tuple(
+        dataclasses.replace(c, upstream_issues=True) if c.name == "tokenizers" else c for c in axes["tokenizer"]
+    )
     return dataclasses.replace(matrix, axes=axes)
 
 
-@pytest.mark.parametrize("verified,verdict,upstream", [(True, "component-bug", True), (False, "component-bug", False),
-                                                       (None, "component-bug", False),
-                                                       (True, "matrix-configuration", False)])
-def test_upstream_only_allowlisted_component_bugs_with_a_verified_reproduction(gh, tmp_path, verified, verdict,
-                                                                              upstream):
+@pytest.mark.parametrize(
+    "verified,verdict,upstream",
+    [
+        (True, "component-bug", True),
+        (False, "component-bug", False),
+        (None, "component-bug", False),
+        (True, "matrix-configuration", False),
+    ],
+)
+def test_upstream_only_allowlisted_component_bugs_with_a_verified_reproduction(
+    gh, tmp_path, verified, verdict, upstream
+):
     store = sc.broken_store(tmp_path / "store.sqlite", checks=("tokenizers:incremental",))
     (f,) = store.findings()
     store.set_triage({f.fingerprint: (verdict, "the package's own metadata does not explain it")})
@@ -306,33 +337,67 @@ def test_cli_dry_run_needs_no_token_and_the_main_job_flag_exists(tmp_path):
     sc.broken_store(tmp_path / "store.sqlite").close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
     env.update(LLMCOMPAT_HOME=str(tmp_path), GITHUB_API_URL="http://127.0.0.1:9")  # nothing listens there
-    p = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bot", "--dry-run"], cwd=ROOT, env=env,
-                       check=False, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "matrix.app.cli", "bot", "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert "create OWNER/NAME: [llmcompat] tokenizers" in p.stdout
-    p = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bot", "--repo", REPO], cwd=ROOT, env=env,
-                       check=False, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "matrix.app.cli", "bot", "--repo", REPO],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and "GITHUB_TOKEN" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "matrix.app.cli", "run", "--help"], cwd=ROOT, env=env,
-                       check=False, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "matrix.app.cli", "run", "--help"],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "--bot-dry-run" in p.stdout
 
 
 # ---- faults: rate limits, 5xx, resets; crash between create and record --------------------------------
 
 
-@pytest.mark.parametrize("method,path,kind", [
-    ("GET", r"/issues$", "retry-after"), ("POST", r"/issues$", "retry-after"), ("GET", r"/labels$", "secondary"),
-    ("POST", r"/labels$", "secondary-429"), ("GET", r"/issues$", "5xx"), ("GET", r"/issues$", "reset"),
-    ("POST", r"/issues$", "5xx"), ("POST", r"/issues$", "reset"), ("PATCH", r"/issues/\d+$", "5xx"),
-    ("POST", r"/comments$", "5xx"), ("GET", r"/issues$", "rate-limit"),
-])
+@pytest.mark.parametrize(
+    "method,path,kind",
+    [
+        ("GET", r"/issues$", "retry-after"),
+        ("POST", r"/issues$", "retry-after"),
+        ("GET", r"/labels$", "secondary"),
+        ("POST", r"/labels$", "secondary-429"),
+        ("GET", r"/issues$", "5xx"),
+        ("GET", r"/issues$", "reset"),
+        ("POST", r"/issues$", "5xx"),
+        ("POST", r"/issues$", "reset"),
+        ("PATCH", r"/issues/\d+$", "5xx"),
+        ("POST", r"/comments$", "5xx"),
+        ("GET", r"/issues$", "rate-limit"),
+    ],
+)
 def test_retries_leave_exactly_one_issue(gh, tmp_path, method, path, kind):
     store = sc.broken_store(tmp_path / "store.sqlite", checks=("tokenizers:incremental",))
     f = gh.fault(method, path, kind, times=2)
     bot(store, gh)
-    sc.scheduled_run(store, [sc.cell(v, {"tokenizers:incremental": "fail"}, n)
-                             for n, v in enumerate(["0.23.3", "0.23.3", "0.23.4"])], 2)
+    sc.scheduled_run(
+        store,
+        [sc.cell(v, {"tokenizers:incremental": "fail"}, n) for n, v in enumerate(["0.23.3", "0.23.3", "0.23.4"])],
+        2,
+    )
     bot(store, gh)
     assert f.hits >= 1
     assert markers(gh) == [store.findings()[0].fingerprint]
@@ -383,15 +448,20 @@ def test_github_app_installation_auth(tmp_path):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     (tmp_path / "app.pem").write_text(pem)
     store = sc.broken_store(tmp_path / "store.sqlite", checks=("tokenizers:incremental",))
     with GitHub(token="", app_public_key=public) as server:
-        opts = BotOptions(repo=REPO, conn=conn(server), app_id="12345", app_key_file=str(tmp_path / "app.pem"),
-                          installation_id="678")
+        opts = BotOptions(
+            repo=REPO, conn=conn(server), app_id="12345", app_key_file=str(tmp_path / "app.pem"), installation_id="678"
+        )
         run(store, sc.MATRIX, opts, out=io.StringIO(), env={})
         assert len(server.issues(REPO)) == 1
         assert any(p == "/app/installations/678/access_tokens" for _, p, _ in server.log)
@@ -403,8 +473,21 @@ def test_token_never_in_output_or_store(gh, tmp_path):
     store.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
     env.update(LLMCOMPAT_HOME=str(home), GITHUB_TOKEN=TOKEN)
-    argv = [sys.executable, "-m", "matrix.app.cli", "bot", "--repo", REPO, "--api-url", gh.url, "--no-throttle",
-            "--backoff", "0.01", "--secondary-wait", "0.2"]
+    argv = [
+        sys.executable,
+        "-m",
+        "matrix.app.cli",
+        "bot",
+        "--repo",
+        REPO,
+        "--api-url",
+        gh.url,
+        "--no-throttle",
+        "--backoff",
+        "0.01",
+        "--secondary-wait",
+        "0.2",
+    ]
     gh.fault("POST", r"/issues$", "5xx", times=1)
     gh.fault("GET", r"/labels$", "secondary", times=1)
     outs = []
@@ -415,7 +498,9 @@ def test_token_never_in_output_or_store(gh, tmp_path):
     p = subprocess.run(argv, cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=300)
     outs += [p.stdout, p.stderr]
     assert p.returncode != 0
-    p = subprocess.run(argv + ["--dry-run"], cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        argv + ["--dry-run"], cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=300
+    )
     outs += [p.stdout, p.stderr]
     assert len(gh.issues(REPO)) == 2
     for text in outs:

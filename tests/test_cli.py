@@ -5,15 +5,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 AXES = (ROOT / "matrix" / "axes.yaml").read_text()
 
 
 def llmcompat(tmp_path, *args):
     env = dict(os.environ, LLMCOMPAT_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "matrix.app.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "matrix.app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def axes_file(tmp_path, text):
@@ -32,13 +37,16 @@ def assert_rejected(tmp_path, proc, *needles):
 
 
 def test_malformed_yaml(tmp_path):
-    p = axes_file(tmp_path, AXES.replace("suite_version: \"1\"", "suite_version: [1\n"))
+    p = axes_file(tmp_path, AXES.replace('suite_version: "1"', "suite_version: [1\n"))
     proc = llmcompat(tmp_path, "run", "--axes", str(p))
     assert_rejected(tmp_path, proc, str(p))
 
 
 def test_unknown_key_names_line_and_field(tmp_path):
-    p = axes_file(tmp_path, AXES.replace("      repo: huggingface/tokenizers", "      repo: huggingface/tokenizers\n      colour: blue"))
+    p = axes_file(
+        tmp_path,
+        AXES.replace("      repo: huggingface/tokenizers", "      repo: huggingface/tokenizers\n      colour: blue"),
+    )
     line = next(i for i, ln in enumerate(p.read_text().splitlines(), 1) if "colour" in ln)
     proc = llmcompat(tmp_path, "plan", "--axes", str(p))
     assert_rejected(tmp_path, proc, f"{p}:", "colour")
@@ -59,7 +67,7 @@ def test_version_that_does_not_exist(tmp_path):
 
 def test_empty_axis(tmp_path):
     start = AXES.index("  client:")
-    p = axes_file(tmp_path, AXES[:start] + "  client: {}\n" + AXES[AXES.index("constraints:"):])
+    p = axes_file(tmp_path, AXES[:start] + "  client: {}\n" + AXES[AXES.index("constraints:") :])
     proc = llmcompat(tmp_path, "plan", "--axes", str(p))
     assert_rejected(tmp_path, proc, "axes.client")
 

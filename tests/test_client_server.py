@@ -28,7 +28,9 @@ def test_every_default_cell_wants_the_shared_server_and_is_keyed_by_it():
 
     prep, runner = _runner()
     assert prep.cells and all(runner.wants_client_server(c) for c in prep.cells)
-    assert client_server.requirements(prep.matrix)[0] == f"transformers[serving]=={prep.matrix.reference['transformers']}"
+    assert (
+        client_server.requirements(prep.matrix)[0] == f"transformers[serving]=={prep.matrix.reference['transformers']}"
+    )
     part = runner.client_server.key_part()
     assert part.startswith("transformers-serve@") and not part.endswith("unresolvable")
     cell = prep.cells[0]
@@ -54,8 +56,13 @@ def test_a_real_server_answers_the_client_stage_in_once_and_stream_modes():
             ids = [m["id"] for m in json.loads(resp.read())["data"]]
         assert str(model.path) in ids
         rec = probe.Recorder("check")
-        job = {"model_dir": str(model.path), "client_target": target, "clients": ["raw-http"],
-               "cases": list(prep.suites["tiny-qwen2"].cases), "limits": {"request_seconds": 120}}
+        job = {
+            "model_dir": str(model.path),
+            "client_target": target,
+            "clients": ["raw-http"],
+            "cases": list(prep.suites["tiny-qwen2"].cases),
+            "limits": {"request_seconds": 120},
+        }
         stage_client.run(job, rec)
     finally:
         runner.client_server.close()
@@ -80,7 +87,8 @@ def test_a_real_server_answers_the_client_stage_in_once_and_stream_modes():
     for r in greedy:
         if r["outcome"] == "fail":
             assert ("pinning" in r["detail"] and r["klass"] == "configuration-default") or (
-                "each parameter pinned alone" in r["detail"] and r["klass"] == "mismatch")
+                "each parameter pinned alone" in r["detail"] and r["klass"] == "mismatch"
+            )
 
 
 def test_prompt_lengths_are_judged_by_what_can_be_known():
@@ -100,8 +108,14 @@ def test_a_server_that_cannot_start_is_infra_for_the_stage():
     import stage_client
 
     rec = probe.Recorder("check")
-    stage_client.run({"client_target": {"unavailable": "transformers-serve did not start: boom"},
-                      "clients": ["raw-http"], "cases": []}, rec)
+    stage_client.run(
+        {
+            "client_target": {"unavailable": "transformers-serve did not start: boom"},
+            "clients": ["raw-http"],
+            "cases": [],
+        },
+        rec,
+    )
     assert [(r["outcome"], r["detail"]) for r in rec.records] == [("infra", "transformers-serve did not start: boom")]
 
 
@@ -109,9 +123,17 @@ def test_agent_checks_judge_the_servers_answer():
     import stage_client as sc
 
     req = sc.CONSTRAINED_CASES[0]
-    assert sc.agent_diffs("tool-required", req, {"tool_calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]}) == []
+    assert (
+        sc.agent_diffs(
+            "tool-required", req, {"tool_calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]}
+        )
+        == []
+    )
     assert "no tool call" in sc.agent_diffs("tool-required", req, {"tool_calls": [], "content": "hi"})[0]
-    assert "lack the required ['city']" in sc.agent_diffs("tool-required", req, {"tool_calls": [{"name": "x", "arguments": "{}"}]})[0]
+    assert (
+        "lack the required ['city']"
+        in sc.agent_diffs("tool-required", req, {"tool_calls": [{"name": "x", "arguments": "{}"}]})[0]
+    )
     schema = sc.CONSTRAINED_CASES[1]
     assert sc.agent_diffs("json-schema", schema, {"content": '{"city": "Rome", "temp_c": 20}'}) == []
     assert "not JSON" in sc.agent_diffs("json-schema", schema, {"content": '{"city": "Ro'})[0]
@@ -131,14 +153,33 @@ def test_llama_server_grammar_forces_a_tool_call_and_schema_json_and_the_user_pa
     exe = or_skip(builds.llama_server, "0.3.8")
     prep, _ = _runner()
     model = prep.models["tiny-qwen2"]
-    srv = servers.Server([str(exe), "-m", str(model.path / "model.gguf"), "--jinja", "--host", "{host}",
-                          "--port", "{port}", "-c", "2048"], name="llama-server", ready_path="/health",
-                         start_timeout=120)
+    srv = servers.Server(
+        [
+            str(exe),
+            "-m",
+            str(model.path / "model.gguf"),
+            "--jinja",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "-c",
+            "2048",
+        ],
+        name="llama-server",
+        ready_path="/health",
+        start_timeout=120,
+    )
     rec = probe.Recorder("check")
     with srv:
-        job = {"model_dir": str(model.path), "client_target": srv.base_url, "client_constrained": True,
-               "clients": ["raw-http"], "cases": list(prep.suites["tiny-qwen2"].cases),
-               "limits": {"request_seconds": 120}}
+        job = {
+            "model_dir": str(model.path),
+            "client_target": srv.base_url,
+            "client_constrained": True,
+            "clients": ["raw-http"],
+            "cases": list(prep.suites["tiny-qwen2"].cases),
+            "limits": {"request_seconds": 120},
+        }
         stage_client.run(job, rec)
     agent = {(r["case"], r["check"]): r["outcome"] for r in rec.records if r["check"].endswith(":agent")}
     assert agent[("client-tool-required", "raw-http:once:agent")] == "pass"

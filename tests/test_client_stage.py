@@ -34,6 +34,7 @@ OLLAMA = "ollama==0.6.3"
 
 # --------------------------------------------------------------------------- the scripted server
 
+
 def _tc(index, *, id=None, name=None, args=None):
     d = {"index": index}
     if id:
@@ -70,11 +71,18 @@ SCRIPTS: dict[str, list[dict[str, Any]]] = {
         {"tool_calls": [_tc(0, args='"Paris"}'), _tc(1, id="call_b", name="get_weather", args='{"city": ')]},
         {"tool_calls": [_tc(1, args='"Rome"}')]},
     ],
-    "text": [{"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {"content": " wor"},
-             {"content": "ld"}],
+    "text": [
+        {"role": "assistant", "content": ""},
+        {"content": "Hel"},
+        {"content": "lo"},
+        {"content": " wor"},
+        {"content": "ld"},
+    ],
 }
-WANT_CALLS = {"parallel": [("call_a", '{"city": "Paris", "unit": "c"}'), ("call_b", '{"city": "Rome"}')],
-              "packed": [("call_a", '{"city": "Paris"}'), ("call_b", '{"city": "Rome"}')]}
+WANT_CALLS = {
+    "parallel": [("call_a", '{"city": "Paris", "unit": "c"}'), ("call_b", '{"city": "Rome"}')],
+    "packed": [("call_a", '{"city": "Paris"}'), ("call_b", '{"city": "Rome"}')],
+}
 USAGE = {"prompt_tokens": 17, "completion_tokens": 9, "total_tokens": 26}
 
 
@@ -88,8 +96,10 @@ def final_message(script: str) -> dict:
     acc = wire.accumulate([{"choices": [{"index": 0, "delta": d}]} for d in SCRIPTS[script]])
     msg = {"role": "assistant", "content": acc["content"]}
     if acc["tool_calls"]:
-        msg["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-                             for c in acc["tool_calls"]]
+        msg["tool_calls"] = [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in acc["tool_calls"]
+        ]
     return msg
 
 
@@ -134,7 +144,9 @@ class FakeServer:
                     return self._json(200, {"version": "0.0.0-scripted"})
                 if self.path == "/bytes":
                     data = bytes(range(256)) * 64
-                    return self._chunked("application/octet-stream", [data[i:i + 1000] for i in range(0, len(data), 1000)])
+                    return self._chunked(
+                        "application/octet-stream", [data[i : i + 1000] for i in range(0, len(data), 1000)]
+                    )
                 self._json(404, {"error": "not found"})
 
             def do_POST(self):
@@ -151,9 +163,21 @@ class FakeServer:
                 base = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": body["model"]}
                 finish = "tool_calls" if script != "text" else "stop"
                 if not body.get("stream"):
-                    return self._json(200, {**base, "choices": [{"index": 0, "message": final_message(script),
-                                                                 "finish_reason": finish, "logprobs": None}],
-                                            "usage": USAGE})
+                    return self._json(
+                        200,
+                        {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": final_message(script),
+                                    "finish_reason": finish,
+                                    "logprobs": None,
+                                }
+                            ],
+                            "usage": USAGE,
+                        },
+                    )
                 ck = {**base, "object": "chat.completion.chunk"}
                 events = [{**ck, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in SCRIPTS[script]]
                 events.append({**ck, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
@@ -165,10 +189,19 @@ class FakeServer:
             def ollama_chat(self, body):
                 script = script_for(body)
                 msg = final_message(script)
-                calls = [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
-                         for c in msg.get("tool_calls", [])]
-                done = {"model": body["model"], "created_at": "2025-01-01T00:00:00Z", "done": True, "done_reason": "stop",
-                        "prompt_eval_count": 17, "eval_count": 9, "total_duration": 1}
+                calls = [
+                    {"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+                    for c in msg.get("tool_calls", [])
+                ]
+                done = {
+                    "model": body["model"],
+                    "created_at": "2025-01-01T00:00:00Z",
+                    "done": True,
+                    "done_reason": "stop",
+                    "prompt_eval_count": 17,
+                    "eval_count": 9,
+                    "total_duration": 1,
+                }
                 if not body.get("stream", True):
                     m = {"role": "assistant", "content": msg["content"] or ""}
                     if calls:
@@ -177,11 +210,23 @@ class FakeServer:
                 lines = []
                 if script == "text":
                     for d in SCRIPTS["text"][1:]:
-                        lines.append({"model": body["model"], "created_at": "2025-01-01T00:00:00Z", "done": False,
-                                      "message": {"role": "assistant", "content": d["content"]}})
+                        lines.append(
+                            {
+                                "model": body["model"],
+                                "created_at": "2025-01-01T00:00:00Z",
+                                "done": False,
+                                "message": {"role": "assistant", "content": d["content"]},
+                            }
+                        )
                 else:
-                    lines.append({"model": body["model"], "created_at": "2025-01-01T00:00:00Z", "done": False,
-                                  "message": {"role": "assistant", "content": "", "tool_calls": calls}})
+                    lines.append(
+                        {
+                            "model": body["model"],
+                            "created_at": "2025-01-01T00:00:00Z",
+                            "done": False,
+                            "message": {"role": "assistant", "content": "", "tool_calls": calls},
+                        }
+                    )
                 lines.append({**done, "message": {"role": "assistant", "content": ""}})
                 self._chunked("application/x-ndjson", [json.dumps(x).encode() + b"\n" for x in lines])
 
@@ -206,6 +251,7 @@ def fake():
 
 # --------------------------------------------------------------------------- pure readers
 
+
 def _events(script, usage=True):
     evs = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in SCRIPTS[script]]
     evs.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
@@ -223,18 +269,32 @@ def test_accumulate_groups_tool_call_deltas_by_index_in_order(script):
 
 
 def test_accumulate_notes_what_the_streaming_rules_do_not_allow():
-    evs = [{"choices": [{"index": 0, "delta": {"tool_calls": [
-        {"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}]}}]},
-        {"choices": [{"index": 0, "delta": {"tool_calls": [
-            {"index": 0, "id": "a", "function": {"name": "f", "arguments": "}"}}]}}]},
-        {"choices": [{"index": 0, "delta": {"tool_calls": [{"function": {"arguments": ""}}]}}]}]
+    evs = [
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}]},
+                }
+            ]
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "}"}}]},
+                }
+            ]
+        },
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"function": {"arguments": ""}}]}}]},
+    ]
     acc = wire.accumulate(evs)
     assert acc["tool_calls"][0]["arguments"] == "{}" and acc["tool_calls"][0]["name"] == "f"
     assert any("repeats its id" in n for n in acc["notes"]) and any("without index" in n for n in acc["notes"])
 
 
 def test_parse_sse_handles_crlf_comments_multiline_data_and_done():
-    body = b": keepalive\r\n\r\nevent: x\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\ndata: [DONE]\r\n\r\n"
+    body = b': keepalive\r\n\r\nevent: x\r\ndata: {"a":\r\ndata: 1}\r\n\r\ndata: [DONE]\r\n\r\n'
     evs = wire.parse_sse(body)
     assert [(e["event"], e["json"], e["done"]) for e in evs] == [("x", {"a": 1}, False), (None, None, True)]
 
@@ -249,6 +309,7 @@ def test_request_diff_separates_added_parameters_from_changed_fields():
 
 # --------------------------------------------------------------------------- the proxy
 
+
 def test_proxy_passes_bytes_through_unchanged_and_streams_per_chunk(fake):
     with wire.RecordingProxy(fake.url) as proxy:
         direct = urllib.request.urlopen(fake.url + "/bytes").read()
@@ -257,11 +318,16 @@ def test_proxy_passes_bytes_through_unchanged_and_streams_per_chunk(fake):
         (ex,) = proxy.since(0)
         assert ex.body == direct and ex.streamed and ex.pieces >= 2
 
-    fake.delay = 0.3  # 10 events (8 deltas, finish, [DONE]) 0.3 s apart: the first must arrive long before the last is sent
+    fake.delay = (
+        0.3  # 10 events (8 deltas, finish, [DONE]) 0.3 s apart: the first must arrive long before the last is sent
+    )
     body = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "tools": [sc.WEATHER], "stream": True}
     with wire.RecordingProxy(fake.url) as proxy:
-        req = urllib.request.Request(proxy.url + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            proxy.url + "/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         t0 = time.monotonic()
         with urllib.request.urlopen(req) as resp:
             first = resp.readline()
@@ -277,10 +343,11 @@ def test_proxy_passes_bytes_through_unchanged_and_streams_per_chunk(fake):
 def test_proxy_forwards_credentials_but_never_records_them(fake):
     secret = "sk-very-secret-123"
     with wire.RecordingProxy(fake.url) as proxy:
-        req = urllib.request.Request(proxy.url + "/v1/chat/completions",
-                                     data=json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode(),
-                                     headers={"Authorization": f"Bearer {secret}", "X-Api-Key": secret,
-                                              "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            proxy.url + "/v1/chat/completions",
+            data=json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode(),
+            headers={"Authorization": f"Bearer {secret}", "X-Api-Key": secret, "Content-Type": "application/json"},
+        )
         urllib.request.urlopen(req).read()
         record = json.dumps([ex.to_json() for ex in proxy.exchanges]) + "\n".join(proxy.log)
     assert fake.seen[-1]["auth"] == f"Bearer {secret}"  # forwarded upstream
@@ -297,6 +364,7 @@ def test_proxy_answers_502_when_the_upstream_is_gone():
 
 
 # --------------------------------------------------------------------------- the stage in-process
+
 
 def _run(job) -> Recorder:
     rec = Recorder("check")
@@ -343,12 +411,20 @@ class CrashesOnTools(sc.RawHTTP):
 def test_failure_classes_protocol_configuration_default_and_crash(fake, monkeypatch):
     for name, cls in (("raw-http", DropsLastDelta), ("adds", AddsTopP), ("crashes", CrashesOnTools)):
         monkeypatch.setitem(sc.CLIENT_CLASSES, name, type(cls.__name__, (cls,), {"name": name}))
-    job = {"client_target": {"base_url": fake.url + "/v1", "model": "scripted"}, "clients": ["raw-http", "adds", "crashes"],
-           "client_cases": [{"id": "client-tools", "tools": [sc.WEATHER],
-                             "messages": [{"role": "user", "content": "Weather?"}]}]}
+    job = {
+        "client_target": {"base_url": fake.url + "/v1", "model": "scripted"},
+        "clients": ["raw-http", "adds", "crashes"],
+        "client_cases": [
+            {"id": "client-tools", "tools": [sc.WEATHER], "messages": [{"role": "user", "content": "Weather?"}]}
+        ],
+    }
     recs = _by_check(_run(job))
     r = recs[("client-tools", "raw-http:stream:deltas")]
-    assert r["klass"] == "protocol" and "tool_calls[1].arguments" in r["detail"] and "10 chunks on the wire, 9 from the SDK" in r["detail"]
+    assert (
+        r["klass"] == "protocol"
+        and "tool_calls[1].arguments" in r["detail"]
+        and "10 chunks on the wire, 9 from the SDK" in r["detail"]
+    )
     r = recs[("client-tools", "adds:once:request")]
     assert r["klass"] == "configuration-default" and "top_p=1.0" in r["detail"]
     r = recs[("client-tools", "crashes:once:response")]
@@ -396,19 +472,36 @@ def scripted():
 @pytest.mark.parametrize("major", ["3", "2"])
 def test_openai_python_against_the_scripted_parallel_tool_calls(major, scripted, tmp_path, monkeypatch):
     python = cell_python(OPENAI[major], OLLAMA)
-    job = {"mode": "check", "stages": ["client"], "clients": ["openai", "ollama", "raw-http"],
-           "client_target": {"base_url": scripted.url, "model": "scripted-packed"},
-           "report_versions": ["openai", "ollama"]}
+    job = {
+        "mode": "check",
+        "stages": ["client"],
+        "clients": ["openai", "ollama", "raw-http"],
+        "client_target": {"base_url": scripted.url, "model": "scripted-packed"},
+        "report_versions": ["openai", "ollama"],
+    }
     result = run_probe(python, job, tmp_path, monkeypatch)
     recs = outcomes(result)
-    print(json.dumps({k[0] + " " + k[1]: [v["outcome"], v.get("klass"), v["detail"][:300]] for k, v in recs.items()
-                      if v["outcome"] != "pass"}, indent=1))
+    print(
+        json.dumps(
+            {
+                k[0] + " " + k[1]: [v["outcome"], v.get("klass"), v["detail"][:300]]
+                for k, v in recs.items()
+                if v["outcome"] != "pass"
+            },
+            indent=1,
+        )
+    )
     facts = result["facts"]["client"]
     assert facts["clients"]["openai"]["version"].startswith(major + ".")
     # parsing is right in both majors: requests as the case set them, chunks one per event
     for case in ("client-text", "client-multi-turn", "client-tools", "client-tool-result", "client-content-parts"):
-        for check in ("openai:once:request", "openai:stream:request", "openai:once:response", "openai:stream:deltas",
-                      "raw-http:stream:deltas"):
+        for check in (
+            "openai:once:request",
+            "openai:stream:request",
+            "openai:once:response",
+            "openai:stream:deltas",
+            "raw-http:stream:deltas",
+        ):
             assert recs[(case, check)]["outcome"] == "pass", recs[(case, check)]
     # the SDK's own accumulator: 2.x merges the first tool-call chunk's fragments wrongly
     acc = recs[("client-tools", "openai:stream:accumulator")]
@@ -426,10 +519,21 @@ def test_openai_python_against_the_scripted_parallel_tool_calls(major, scripted,
 
 def test_openai_2x_accumulates_the_usual_stream_shape_right(scripted, tmp_path, monkeypatch):
     python = cell_python(OPENAI["2"])
-    job = {"mode": "check", "stages": ["client"], "clients": ["openai"],
-           "client_target": {"base_url": scripted.url, "model": "scripted-parallel"},
-           "client_cases": [{"id": "client-tools", "tools": [sc.WEATHER], "tool_choice": "auto", "modes": ["stream"],
-                             "messages": [{"role": "user", "content": "Weather in Paris and in Rome?"}]}]}
+    job = {
+        "mode": "check",
+        "stages": ["client"],
+        "clients": ["openai"],
+        "client_target": {"base_url": scripted.url, "model": "scripted-parallel"},
+        "client_cases": [
+            {
+                "id": "client-tools",
+                "tools": [sc.WEATHER],
+                "tool_choice": "auto",
+                "modes": ["stream"],
+                "messages": [{"role": "user", "content": "Weather in Paris and in Rome?"}],
+            }
+        ],
+    }
     result = run_probe(python, job, tmp_path, monkeypatch)
     assert result["stages"]["client"]["outcome"] == "pass", result["records"]
 
@@ -437,14 +541,27 @@ def test_openai_2x_accumulates_the_usual_stream_shape_right(scripted, tmp_path, 
 @pytest.mark.parametrize("major", ["3", "2"])
 def test_litellm_against_the_scripted_server(major, scripted, tmp_path, monkeypatch):
     python = cell_python(LITELLM, OPENAI[major])
-    job = {"mode": "check", "stages": ["client"], "clients": ["litellm"],
-           "client_target": {"base_url": scripted.url, "model": "scripted-packed"}, "limits": {"request_seconds": 60}}
+    job = {
+        "mode": "check",
+        "stages": ["client"],
+        "clients": ["litellm"],
+        "client_target": {"base_url": scripted.url, "model": "scripted-packed"},
+        "limits": {"request_seconds": 60},
+    }
     t = time.perf_counter()
     result = run_probe(python, job, tmp_path, monkeypatch)
     recs = outcomes(result)
     print(f"litellm probe: {time.perf_counter() - t:.1f}s")
-    print(json.dumps({k[0] + " " + k[1]: [v["outcome"], v.get("klass"), v["detail"][:400]] for k, v in recs.items()
-                      if v["outcome"] != "pass"}, indent=1))
+    print(
+        json.dumps(
+            {
+                k[0] + " " + k[1]: [v["outcome"], v.get("klass"), v["detail"][:400]]
+                for k, v in recs.items()
+                if v["outcome"] != "pass"
+            },
+            indent=1,
+        )
+    )
     info = result["facts"]["client"]["clients"]["litellm"]
     assert info["version"] == LITELLM.split("==")[1] and "skipped" not in info
     assert not [r for r in recs.values() if r.get("klass") == "crash"], recs
@@ -460,16 +577,29 @@ def test_clients_against_llama_cpp_server_on_the_tiny_model(model, tmp_path, mon
     from tests.conftest import llama_env
 
     python = llama_env(OPENAI["3"], LITELLM, OLLAMA)
-    job = {"mode": "check", "stages": ["client"], "model_dir": str(model.path),
-           "clients": ["openai", "litellm", "ollama", "raw-http"], "client_target": "llama-cpp-server",
-           "limits": {"request_seconds": 120, "server_start_seconds": 120},
-           "report_versions": ["openai", "litellm", "ollama", "llama-cpp-python"]}
+    job = {
+        "mode": "check",
+        "stages": ["client"],
+        "model_dir": str(model.path),
+        "clients": ["openai", "litellm", "ollama", "raw-http"],
+        "client_target": "llama-cpp-server",
+        "limits": {"request_seconds": 120, "server_start_seconds": 120},
+        "report_versions": ["openai", "litellm", "ollama", "llama-cpp-python"],
+    }
     t = time.perf_counter()
     result = run_probe(python, job, tmp_path, monkeypatch)
     recs = outcomes(result)
     print(f"llama-cpp-server client probe: {time.perf_counter() - t:.1f}s")
-    print(json.dumps({k[0] + " " + k[1]: [v["outcome"], v.get("klass"), v["detail"][:400]] for k, v in recs.items()
-                      if v["outcome"] != "pass"}, indent=1))
+    print(
+        json.dumps(
+            {
+                k[0] + " " + k[1]: [v["outcome"], v.get("klass"), v["detail"][:400]]
+                for k, v in recs.items()
+                if v["outcome"] != "pass"
+            },
+            indent=1,
+        )
+    )
     facts = result["facts"]["client"]
     assert facts["target"]["kind"] == "engine" and facts["target"]["engine"] == "llama-cpp-server"
     assert "Ollama-compatible" in facts["clients"]["ollama"]["skipped"]
@@ -477,5 +607,10 @@ def test_clients_against_llama_cpp_server_on_the_tiny_model(model, tmp_path, mon
     raw = [r for (c, k), r in recs.items() if k.startswith("raw-http:")]
     assert raw and all(r["outcome"] in ("pass", "skipped") for r in raw), raw
     for case in ("client-text", "client-multi-turn"):
-        for check in ("openai:once:request", "openai:once:response", "openai:stream:deltas", "openai:stream:accumulator"):
+        for check in (
+            "openai:once:request",
+            "openai:once:response",
+            "openai:stream:deltas",
+            "openai:stream:accumulator",
+        ):
             assert recs[(case, check)]["outcome"] == "pass", recs[(case, check)]

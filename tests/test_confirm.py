@@ -52,8 +52,10 @@ def test_infra_reruns_do_not_count_and_ask_for_more():
         confirm([F], [P], need=2, of=1)
 
 
-@given(st.lists(st.sampled_from([P, F, "infra", "flaky"]), max_size=8),
-       st.lists(st.sampled_from([P, F, "infra", "flaky"]), max_size=8))
+@given(
+    st.lists(st.sampled_from([P, F, "infra", "flaky"]), max_size=8),
+    st.lists(st.sampled_from([P, F, "infra", "flaky"]), max_size=8),
+)
 def test_confirmed_only_when_rule_holds(bad, good):
     c = confirm(bad, good)
     counted_bad = [o for o in bad if o != "infra"][:3]

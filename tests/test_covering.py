@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from matrix.plan.covering import allowed_pairs, bench, complete, lower_bound, pairs_of, pairwise, uncovered
 
-
 # ---------------------------------------------------------------------------------------------
 # Brute force reference: enumerate every complete row.
 
@@ -124,7 +123,7 @@ def test_seed_rows_come_first_and_count_as_covered(problem, data):
         assert all(row[i] == v for i, v in seed.items())
     assert uncovered(factors, rows, allowed) == set()
     assert all(allowed(dict(enumerate(r))) for r in rows)
-    rest = rows[len(seeds):]
+    rest = rows[len(seeds) :]
     assert len(set(rest)) == len(rest) and not set(rest) & set(rows[: len(seeds)])
     assert pairwise(factors, allowed, seed_rows=seeds) == rows
 
@@ -189,9 +188,7 @@ def test_5x4x4x3_is_close_to_the_bound():
     assert len(rows) <= 22  # 1.1 x lower bound (20)
 
 
-@pytest.mark.parametrize(
-    "sizes", [(3, 3, 3), (4, 4, 4, 4, 4), (6, 5, 4, 3, 2), (4, 3, 3, 2, 2, 2), (7, 7, 3, 3, 3, 3)]
-)
+@pytest.mark.parametrize("sizes", [(3, 3, 3), (4, 4, 4, 4, 4), (6, 5, 4, 3, 2), (4, 3, 3, 2, 2, 2), (7, 7, 3, 3, 3, 3)])
 def test_mixed_sizes_stay_close_to_the_bound(sizes):
     factors = [list(range(s)) for s in sizes]
     rows = pairwise(factors)

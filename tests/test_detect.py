@@ -20,8 +20,17 @@ def rec(outcome, run, time, case="tool-call", stage="template", runner="cpu", mo
     for axis, version in changes.items():
         axes[axis] = [axes[axis][0], version] if isinstance(version, str) else list(version)
     cell = runner + "--" + model + "--" + "--".join(f"{c}-{v}" for c, v in axes.values())
-    return {"cell": cell, "axes": axes, "runner": runner, "model": model, "case": case,
-            "stage": stage, "outcome": outcome, "run": run, "time": time}
+    return {
+        "cell": cell,
+        "axes": axes,
+        "runner": runner,
+        "model": model,
+        "case": case,
+        "stage": stage,
+        "outcome": outcome,
+        "run": run,
+        "time": time,
+    }
 
 
 T0, T1, T2, T3 = "2026-03-01T00:00:00Z", "2026-03-02T00:00:00Z", "2026-03-03T00:00:00Z", "2026-03-04T00:00:00Z"
@@ -105,15 +114,21 @@ OUTCOMES = ["pass", "fail", "infra", "flaky", "skipped", "xfail", "unresolvable"
 
 @given(
     st.lists(
-        st.tuples(st.sampled_from(OUTCOMES), st.integers(0, 5), st.sampled_from(["4.57.0", "4.58.0", "4.59.0"]),
-                  st.sampled_from(["0.22.0", "0.22.1"])),
+        st.tuples(
+            st.sampled_from(OUTCOMES),
+            st.integers(0, 5),
+            st.sampled_from(["4.57.0", "4.58.0", "4.59.0"]),
+            st.sampled_from(["0.22.0", "0.22.1"]),
+        ),
         max_size=20,
     ),
     st.sampled_from(OUTCOMES),
 )
 def test_every_candidate_is_a_decisive_flip_between_differing_cells(history_spec, now_outcome):
-    history = [rec(o, f"h{i}", f"2026-02-{day + 1:02d}T00:00:00Z", engine=e, tokenizer=t)
-               for i, (o, day, e, t) in enumerate(history_spec)]
+    history = [
+        rec(o, f"h{i}", f"2026-02-{day + 1:02d}T00:00:00Z", engine=e, tokenizer=t)
+        for i, (o, day, e, t) in enumerate(history_spec)
+    ]
     current = [rec(now_outcome, "now", T0, engine="4.59.0", tokenizer="0.22.1")]
     found = candidates(history, current)
     assert len(found) <= 1
@@ -129,11 +144,20 @@ def test_every_candidate_is_a_decisive_flip_between_differing_cells(history_spec
 def test_release_order_not_run_order_decides_the_direction():
     """A later run that tests an OLDER release which fails, after a newer one passed, is no
     regression: in release order the newer release fixed it."""
+
     def rec(version, outcome, run, time):
-        return {"cell": f"c-{version}", "axes": {"engine": ["e", "1"], "tokenizer": ["t", "1"],
-                                                 "template": ["j", version], "client": ["o", "1"]},
-                "runner": "cpu", "model": "m", "case": "k", "stage": "template", "outcome": outcome,
-                "run": run, "time": time}
+        return {
+            "cell": f"c-{version}",
+            "axes": {"engine": ["e", "1"], "tokenizer": ["t", "1"], "template": ["j", version], "client": ["o", "1"]},
+            "runner": "cpu",
+            "model": "m",
+            "case": "k",
+            "stage": "template",
+            "outcome": outcome,
+            "run": run,
+            "time": time,
+        }
+
     newer_pass = rec("3.1.6", "pass", "r1", "2026-01-01T00:00:00")
     older_fail = rec("3.1.5", "fail", "r2", "2026-01-02T00:00:00")
     (cand,) = candidates([newer_pass, older_fail], [older_fail])

@@ -13,19 +13,51 @@ from matrix.declare import loader
 from reports import page
 from reports.store import MIGRATIONS, Store
 
-OWNERS = {"transformers": {"transformers", "transformers-slow"}, "tokenizers": {"tokenizers"},
-          "hf-jinja2": {"jinja2"}, "llama-cpp-python": {"llama-cpp-python", "llama-cpp", "llama-server"},
-          "openai": {"openai"}}
+OWNERS = {
+    "transformers": {"transformers", "transformers-slow"},
+    "tokenizers": {"tokenizers"},
+    "hf-jinja2": {"jinja2"},
+    "llama-cpp-python": {"llama-cpp-python", "llama-cpp", "llama-server"},
+    "openai": {"openai"},
+}
 
 
-def row(case="c1", stage="template", check="transformers", outcome="fail", klass="mismatch", tf="5.23.0",
-        tok="0.23.2", jinja="3.1.6", engine="transformers", detail="first divergence at char 3", key="k1"):
+def row(
+    case="c1",
+    stage="template",
+    check="transformers",
+    outcome="fail",
+    klass="mismatch",
+    tf="5.23.0",
+    tok="0.23.2",
+    jinja="3.1.6",
+    engine="transformers",
+    detail="first divergence at char 3",
+    key="k1",
+):
     cell = f"cpu/tiny-qwen2/{engine}@{tf}/tokenizers@{tok}/hf-jinja2@{jinja}/openai@3.57.0"
-    return {"run_id": "r1", "key": key, "cell_id": cell, "runner": "cpu", "model": "tiny-qwen2",
-            "engine": engine, "engine_version": tf, "tokenizer": "tokenizers", "tokenizer_version": tok,
-            "template": "hf-jinja2", "template_version": jinja, "client": "openai", "client_version": "3.57.0",
-            "case_id": case, "stage": stage, "check_name": check, "outcome": outcome, "klass": klass,
-            "detail": detail, "repro": f"nox -s 'cell({cell})'"}
+    return {
+        "run_id": "r1",
+        "key": key,
+        "cell_id": cell,
+        "runner": "cpu",
+        "model": "tiny-qwen2",
+        "engine": engine,
+        "engine_version": tf,
+        "tokenizer": "tokenizers",
+        "tokenizer_version": tok,
+        "template": "hf-jinja2",
+        "template_version": jinja,
+        "client": "openai",
+        "client_version": "3.57.0",
+        "case_id": case,
+        "stage": stage,
+        "check_name": check,
+        "outcome": outcome,
+        "klass": klass,
+        "detail": detail,
+        "repro": f"nox -s 'cell({cell})'",
+    }
 
 
 def test_owner_is_the_component_that_brings_the_named_implementation():
@@ -43,7 +75,9 @@ def test_one_finding_per_component_stage_check_and_class_with_its_cases_and_vers
     rows += [row(case="c9", check="jinja2", outcome="pass")]
     found = differences(rows, OWNERS)
     assert [(f.component, f.stage, f.check_name) for f in found] == [
-        ("transformers", "template", "transformers"), ("tokenizers", "tokenize", "tokenizers")]
+        ("transformers", "template", "transformers"),
+        ("tokenizers", "tokenize", "tokenizers"),
+    ]
     tf = found[0]
     assert tf.cases == tuple(f"c{i}" for i in range(5)) and tf.versions == ("5.23.0", "5.24.0")
     assert tf.cells == 2 and tf.kind == "difference" and tf.axis == "engine"
@@ -51,8 +85,12 @@ def test_one_finding_per_component_stage_check_and_class_with_its_cases_and_vers
 
 
 def test_classes_split_findings_and_passes_or_skips_make_none():
-    rows = [row(klass="mismatch"), row(case="c2", klass="undeclared-requirement"),
-            row(case="c3", outcome="skipped"), row(case="c4", outcome="infra")]
+    rows = [
+        row(klass="mismatch"),
+        row(case="c2", klass="undeclared-requirement"),
+        row(case="c3", outcome="skipped"),
+        row(case="c4", outcome="infra"),
+    ]
     assert sorted(f.klass for f in differences(rows, OWNERS)) == ["mismatch", "undeclared-requirement"]
 
 
@@ -110,8 +148,10 @@ def test_a_version_2_store_gains_the_columns_and_keeps_its_regressions(tmp_path)
     for script in MIGRATIONS[:2]:
         db.executescript(script)
     db.execute("PRAGMA user_version = 2")
-    db.execute("INSERT INTO findings (fingerprint, case_id, stage, component, axis, first_seen, last_seen)"
-               " VALUES ('aa', 'c1', 'template', 'transformers', 'engine', 't', 't')")
+    db.execute(
+        "INSERT INTO findings (fingerprint, case_id, stage, component, axis, first_seen, last_seen)"
+        " VALUES ('aa', 'c1', 'template', 'transformers', 'engine', 't', 't')"
+    )
     db.commit()
     db.close()
     with Store(path) as s:
@@ -122,10 +162,26 @@ def test_a_version_2_store_gains_the_columns_and_keeps_its_regressions(tmp_path)
 
 def test_page_lists_differences_escaped_and_apart_from_regressions():
     f = differences([row(case="<img src=x onerror=alert(1)>", detail="<script>alert(1)</script>")], OWNERS)[0]
-    export = {"cells": [], "runs": [], "findings": [
-        {**f.as_dict(), "status": "open", "first_seen": "t", "fixed_in": None},
-        {"fingerprint": "r1", "kind": "regression", "status": "open", "component": "jinja2", "last_good": "1",
-         "first_bad": "2", "stage": "template", "case_id": "c", "repro": "", "compare_url": "", "first_seen": "t"}]}
+    export = {
+        "cells": [],
+        "runs": [],
+        "findings": [
+            {**f.as_dict(), "status": "open", "first_seen": "t", "fixed_in": None},
+            {
+                "fingerprint": "r1",
+                "kind": "regression",
+                "status": "open",
+                "component": "jinja2",
+                "last_good": "1",
+                "first_bad": "2",
+                "stage": "template",
+                "case_id": "c",
+                "repro": "",
+                "compare_url": "",
+                "first_seen": "t",
+            },
+        ],
+    }
     data = page.page_data(export)
     assert [d["fingerprint"] for d in data["differences"]] == [f.fingerprint]
     assert [r["fingerprint"] for r in data["findings"]] == ["r1"]

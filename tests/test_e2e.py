@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from matrix.plan.cells import Cell, Choice
 from matrix.app.job import Options, build_model, load_matrix, suite_for
-from matrix.outcome import Outcome
 from matrix.cell.run import CellRunner
+from matrix.outcome import Outcome
+from matrix.plan.cells import Cell, Choice
 
 ROOT = Path(__file__).resolve().parent.parent
-PINS = {"engine": Choice("transformers", "5.24.0"), "tokenizer": Choice("tokenizers", "0.23.3"),
-        "client": Choice("openai", "3.57.0")}
+PINS = {
+    "engine": Choice("transformers", "5.24.0"),
+    "tokenizer": Choice("tokenizers", "0.23.3"),
+    "client": Choice("openai", "3.57.0"),
+}
 
 
 def cell(jinja2: str) -> Cell:
@@ -26,8 +29,12 @@ def cell(jinja2: str) -> Cell:
 def runner(tmp_path_factory):
     matrix = load_matrix(Options())
     model = build_model(matrix, "tiny-qwen2")
-    return CellRunner(matrix, {"tiny-qwen2": suite_for("core", model)}, {"tiny-qwen2": model},
-                      results_dir=tmp_path_factory.mktemp("results"))
+    return CellRunner(
+        matrix,
+        {"tiny-qwen2": suite_for("core", model)},
+        {"tiny-qwen2": model},
+        results_dir=tmp_path_factory.mktemp("results"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +88,14 @@ def test_same_key_is_reused_not_run(runner, reports):
 
 def llmcompat(home, *args, timeout=900):
     env = dict(os.environ, LLMCOMPAT_HOME=str(home), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "matrix.app.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=home, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "matrix.app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=home,
+        timeout=timeout,
+    )
 
 
 def test_command_line_runs_ingests_publishes_and_reuses(tmp_path):
@@ -97,8 +110,11 @@ def test_command_line_runs_ingests_publishes_and_reuses(tmp_path):
     html = (site / "index.html").read_text()
     assert html.count('class="cell"') == 2 and "undeclared-requirement" not in html
     # what differs from the reference path is a finding with its stage, one per check and class
-    diffs = {(f["component"], f["stage"], f["check_name"], f["klass"]): f
-             for f in export["findings"] if f["kind"] == "difference"}
+    diffs = {
+        (f["component"], f["stage"], f["check_name"], f["klass"]): f
+        for f in export["findings"]
+        if f["kind"] == "difference"
+    }
     assert not any(klass == "undeclared-requirement" for _, _, _, klass in diffs)
     nfc = diffs[("transformers", "tokenize", "transformers", "mismatch")]
     assert nfc["versions"] == ["5.24.0"] and nfc["cells"] == 1 and nfc["status"] == "open"

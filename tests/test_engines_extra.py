@@ -21,9 +21,8 @@ import engine_registry  # noqa: E402
 import engines  # noqa: E402  (probe-side modules: standard library only)
 import engines_extra  # noqa: E402
 import stage_inference as si  # noqa: E402
-from probe import Recorder  # noqa: E402
-
 from matrix.env import model_exports as me  # noqa: E402
+from probe import Recorder  # noqa: E402
 
 CASE_IDS = ("single-user", "system-prompt", "multi-turn")
 VERSIONS = {"mistralrs": "0.9.5", "onnxruntime-genai": "0.18.0", "openvino-genai": "2026.4.1.0"}
@@ -37,6 +36,7 @@ def registry():
 
 
 # --------------------------------------------------------------------------- contract (no engine)
+
 
 def test_adapters_are_named_engines_with_the_common_interface():
     assert set(engines_extra.ADAPTERS) == {"mistralrs", "onnxruntime-genai", "openvino-genai"}
@@ -53,8 +53,15 @@ def test_an_engine_missing_from_the_cell_is_skipped_with_its_reason(registry, tm
     if not absent:
         pytest.skip("every engine is installed in the test interpreter")
     rec = Recorder("check")
-    si.run({"mode": "check", "model_dir": str(tmp_path), "engines": absent,
-            "gen_cases": [{"id": "c1", "prompt_ids": [1, 2]}]}, rec)
+    si.run(
+        {
+            "mode": "check",
+            "model_dir": str(tmp_path),
+            "engines": absent,
+            "gen_cases": [{"id": "c1", "prompt_ids": [1, 2]}],
+        },
+        rec,
+    )
     for name in absent:
         assert "not installed" in rec.facts["inference"][name]["skipped"]
     assert {r["outcome"] for r in rec.records} == {"skipped"}
@@ -86,13 +93,18 @@ def test_prompt_divergence_names_the_first_differing_token():
 
 # --------------------------------------------------------------------------- exports (pure parts)
 
+
 def test_export_key_changes_with_every_input():
-    base = dict(engine="onnxruntime-genai", model_hash="m", pins={"onnx": "1.0"}, python="3.11",
-                command=("a", "b"))
+    base = dict(engine="onnxruntime-genai", model_hash="m", pins={"onnx": "1.0"}, python="3.11", command=("a", "b"))
     k = me.export_key(**base)
     assert k == me.export_key(**{**base, "pins": {"onnx": "1.0"}})
-    for change in ({"engine": "openvino-genai"}, {"model_hash": "n"}, {"pins": {"onnx": "1.1"}}, {"python": "3.12"},
-                   {"command": ("a", "c")}):
+    for change in (
+        {"engine": "openvino-genai"},
+        {"model_hash": "n"},
+        {"pins": {"onnx": "1.1"}},
+        {"python": "3.12"},
+        {"command": ("a", "c")},
+    ):
         assert me.export_key(**{**base, **change}) != k
 
 
@@ -152,10 +164,24 @@ def goldens(model, reference_python):
     return fresh_goldens(model, reference_python, CASE_IDS)
 
 
-def check(python: Path, model, cases: list, engine_specs: list, tmp_path: Path, exports: dict | None = None,
-          stages=("inference",)) -> dict:
-    job = {"mode": "check", "model_dir": str(model.path), "stages": list(stages), "cases": cases,
-           "gen_cases": [{"id": i} for i in CASE_IDS], "engines": engine_specs, "exports": exports or {}}
+def check(
+    python: Path,
+    model,
+    cases: list,
+    engine_specs: list,
+    tmp_path: Path,
+    exports: dict | None = None,
+    stages=("inference",),
+) -> dict:
+    job = {
+        "mode": "check",
+        "model_dir": str(model.path),
+        "stages": list(stages),
+        "cases": cases,
+        "gen_cases": [{"id": i} for i in CASE_IDS],
+        "engines": engine_specs,
+        "exports": exports or {},
+    }
     t = time.perf_counter()
     result = run_probe(python, job, tmp_path)
     facts = result["facts"]["inference"]
@@ -199,15 +225,31 @@ def test_onnxruntime_genai_on_its_builder_export_against_the_transformers_golden
 
     python = _engine_python("onnxruntime-genai")
     t = time.perf_counter()
-    export = _or_skip(me.ensure_export, model.path, "onnxruntime-genai", VERSIONS["onnxruntime-genai"],
-                      reference=loader.load_default().reference)
+    export = _or_skip(
+        me.ensure_export,
+        model.path,
+        "onnxruntime-genai",
+        VERSIONS["onnxruntime-genai"],
+        reference=loader.load_default().reference,
+    )
     print(f"onnxruntime-genai export: {time.perf_counter() - t:.1f}s (created={export.created})")
     assert (export.path / "genai_config.json").is_file()
     # made once: the same model and exporter lock give the same directory
-    assert me.ensure_export(model.path, "onnxruntime-genai", VERSIONS["onnxruntime-genai"],
-                            reference=loader.load_default().reference).path == export.path
-    result = check(python, model, goldens, ["onnxruntime-genai"], tmp_path,
-                   exports={"onnxruntime-genai": str(export.path)}, stages=("inference", "postprocess"))
+    assert (
+        me.ensure_export(
+            model.path, "onnxruntime-genai", VERSIONS["onnxruntime-genai"], reference=loader.load_default().reference
+        ).path
+        == export.path
+    )
+    result = check(
+        python,
+        model,
+        goldens,
+        ["onnxruntime-genai"],
+        tmp_path,
+        exports={"onnxruntime-genai": str(export.path)},
+        stages=("inference", "postprocess"),
+    )
     facts = _assert_engine(result, "onnxruntime-genai")
     assert facts["first_divergence"] == []
     # identical ids, but its decode stops at the first U+FFFD: each such case is a postprocess
@@ -231,8 +273,13 @@ def test_openvino_genai_on_an_optimum_intel_export_against_the_transformers_gold
     python = _engine_python("openvino-genai")
     t = time.perf_counter()
     try:
-        export = _or_skip(me.ensure_export, model.path, "openvino-genai", VERSIONS["openvino-genai"],
-                          reference=loader.load_default().reference)
+        export = _or_skip(
+            me.ensure_export,
+            model.path,
+            "openvino-genai",
+            VERSIONS["openvino-genai"],
+            reference=loader.load_default().reference,
+        )
     except me.ExportError as exc:
         pytest.skip(f"finding: the optimum-intel export fails on the tiny model: {str(exc)[-600:]}")
     print(f"openvino-genai export: {time.perf_counter() - t:.1f}s (created={export.created})")

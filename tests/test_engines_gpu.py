@@ -33,8 +33,13 @@ from probe import Recorder  # noqa: E402
 CASE_IDS = ("single-user", "system-prompt", "multi-turn")
 VERSIONS = {"vllm": "0.33.0", "sglang": "0.5.23"}
 JOB = {"model_dir": "/models/tiny", "_n_ctx": 512, "gguf_path": "/models/tiny/model.gguf"}
-CASE = {"id": "c1", "prompt_ids": [11, 12, 13, 14], "prompt_text": "<|im_start|>user\nhi<|im_end|>\n",
-        "max_new_tokens": 3, "sampling": dict(engines.DEFAULT_SAMPLING)}
+CASE = {
+    "id": "c1",
+    "prompt_ids": [11, 12, 13, 14],
+    "prompt_text": "<|im_start|>user\nhi<|im_end|>\n",
+    "max_new_tokens": 3,
+    "sampling": dict(engines.DEFAULT_SAMPLING),
+}
 
 
 def _flag(cmd: list[str], name: str) -> str:
@@ -44,6 +49,7 @@ def _flag(cmd: list[str], name: str) -> str:
 
 # --------------------------------------------------------------------------- registry
 
+
 def test_the_three_adapters_are_registered_servers_without_clashes():
     assert set(eg.ADAPTERS) == {"vllm", "sglang", "ollama"}
     for name, cls in eg.ADAPTERS.items():
@@ -52,10 +58,13 @@ def test_the_three_adapters_are_registered_servers_without_clashes():
         assert isinstance(engine_registry.make(name, dict(JOB)), cls)
     with pytest.raises(ValueError, match="'vllm' is registered twice"):  # never replaces a registered name
         engine_registry.build(eg.ADAPTERS, {"vllm": engines.Engine})
-    assert {"vllm", "sglang", "ollama"} <= set(__import__("matrix.cell.run", fromlist=["SERVER_ENGINES"]).SERVER_ENGINES)
+    assert {"vllm", "sglang", "ollama"} <= set(
+        __import__("matrix.cell.run", fromlist=["SERVER_ENGINES"]).SERVER_ENGINES
+    )
 
 
 # --------------------------------------------------------------------------- vLLM
+
 
 def test_vllm_command_pins_precision_seed_eager_generation_config_and_logprobs():
     eng = engine_registry.make({"name": "vllm", "seed": 7}, dict(JOB))
@@ -71,8 +80,9 @@ def test_vllm_command_pins_precision_seed_eager_generation_config_and_logprobs()
     # the server fills in a free loopback port
     srv = servers.Server(cmd, name="vllm")
     assert _flag(srv.cmd, "--host") == "127.0.0.1" and int(_flag(srv.cmd, "--port")) == srv.port > 0
-    older = engine_registry.make({"name": "vllm", "logprobs_mode": None, "dtype": "bfloat16", "extra_args": ["--x", 1]},
-                         dict(JOB)).command()
+    older = engine_registry.make(
+        {"name": "vllm", "logprobs_mode": None, "dtype": "bfloat16", "extra_args": ["--x", 1]}, dict(JOB)
+    ).command()
     assert "--logprobs-mode" not in older and _flag(older, "--dtype") == "bfloat16" and older[-2:] == ["--x", "1"]
 
 
@@ -93,21 +103,35 @@ def test_vllm_request_gives_the_golden_ids_greedy_with_top_k_logprobs():
 # choices[].logprobs = {tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}),
 # with --return-tokens-as-token-ids: tokens are spelled "token_id:N".
 VLLM_ANSWER = {
-    "id": "cmpl-3f1c", "object": "text_completion", "created": 1767000000, "model": "llmcompat-tiny",
-    "choices": [{
-        "index": 0, "text": "abc", "finish_reason": "length", "stop_reason": None,
-        "logprobs": {
-            "text_offset": [0, 1, 2],
-            "token_logprobs": [-0.1, -0.25, -0.5],
-            "tokens": ["token_id:5", "token_id:6", "token_id:7"],
-            "top_logprobs": [
-                {"token_id:5": -0.1, "token_id:9": -2.5, "token_id:3": -3.0, "token_id:1": -4.0, "token_id:2": -4.5,
-                 "token_id:4": -5.0},
-                {"token_id:6": -0.25, "token_id:8": -1.9},
-                {"token_id:1": -3.0, "token_id:7": -0.5},
-            ],
-        },
-    }],
+    "id": "cmpl-3f1c",
+    "object": "text_completion",
+    "created": 1767000000,
+    "model": "llmcompat-tiny",
+    "choices": [
+        {
+            "index": 0,
+            "text": "abc",
+            "finish_reason": "length",
+            "stop_reason": None,
+            "logprobs": {
+                "text_offset": [0, 1, 2],
+                "token_logprobs": [-0.1, -0.25, -0.5],
+                "tokens": ["token_id:5", "token_id:6", "token_id:7"],
+                "top_logprobs": [
+                    {
+                        "token_id:5": -0.1,
+                        "token_id:9": -2.5,
+                        "token_id:3": -3.0,
+                        "token_id:1": -4.0,
+                        "token_id:2": -4.5,
+                        "token_id:4": -5.0,
+                    },
+                    {"token_id:6": -0.25, "token_id:8": -1.9},
+                    {"token_id:1": -3.0, "token_id:7": -0.5},
+                ],
+            },
+        }
+    ],
     "usage": {"prompt_tokens": 4, "total_tokens": 7, "completion_tokens": 3},
 }
 
@@ -129,6 +153,7 @@ def test_vllm_answer_parses_into_ids_with_top_k_best_first():
 
 # --------------------------------------------------------------------------- SGLang
 
+
 def test_sglang_command_pins_precision_seed_and_disables_graphs_and_prefix_cache():
     cmd = engine_registry.make("sglang", dict(JOB)).command()
     assert cmd[:3] == [sys.executable, "-m", "sglang.launch_server"]
@@ -137,7 +162,9 @@ def test_sglang_command_pins_precision_seed_and_disables_graphs_and_prefix_cache
     assert _flag(cmd, "--random-seed") == "0" and _flag(cmd, "--context-length") == "512"
     assert _flag(cmd, "--attention-backend") == "torch_native" and _flag(cmd, "--sampling-backend") == "pytorch"
     assert {"--disable-cuda-graph", "--disable-radix-cache"} <= set(cmd)
-    kept = engine_registry.make({"name": "sglang", "radix_cache": True, "deterministic_inference": True}, dict(JOB)).command()
+    kept = engine_registry.make(
+        {"name": "sglang", "radix_cache": True, "deterministic_inference": True}, dict(JOB)
+    ).command()
     assert "--disable-radix-cache" not in kept and "--enable-deterministic-inference" in kept
 
 
@@ -160,8 +187,12 @@ SGLANG_ANSWER = {
     "text": "abc",
     "output_ids": [5, 6, 7],
     "meta_info": {
-        "id": "9d2e", "finish_reason": {"type": "length", "length": 3}, "prompt_tokens": 4,
-        "completion_tokens": 3, "cached_tokens": 0, "e2e_latency": 0.02,
+        "id": "9d2e",
+        "finish_reason": {"type": "length", "length": 3},
+        "prompt_tokens": 4,
+        "completion_tokens": 3,
+        "cached_tokens": 0,
+        "e2e_latency": 0.02,
         "output_token_logprobs": [[-0.1, 5, None], [-0.25, 6, None], [-0.5, 7, None]],
         "output_top_logprobs": [
             [[-0.1, 5, None], [-2.5, 9, None]],
@@ -189,6 +220,7 @@ def test_sglang_answer_parses_into_ids_and_top_k():
 
 # --------------------------------------------------------------------------- Ollama
 
+
 def test_ollama_request_is_raw_text_with_every_option_pinned():
     eng = engine_registry.make("ollama", dict(JOB))
     eng.model_name = eg.SERVED_NAME
@@ -208,14 +240,39 @@ def test_ollama_request_is_raw_text_with_every_option_pinned():
 # /api/generate with stream false as Ollama's API docs show it; logprobs (0.12.11+): one
 # {token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]} per generated token.
 OLLAMA_ANSWER = {
-    "model": "llmcompat-tiny", "created_at": "2026-01-10T10:00:00.000000Z", "response": "abc", "done": True,
-    "done_reason": "length", "total_duration": 5043500667, "load_duration": 5025959, "prompt_eval_count": 4,
-    "prompt_eval_duration": 325953000, "eval_count": 3, "eval_duration": 4709213000,
+    "model": "llmcompat-tiny",
+    "created_at": "2026-01-10T10:00:00.000000Z",
+    "response": "abc",
+    "done": True,
+    "done_reason": "length",
+    "total_duration": 5043500667,
+    "load_duration": 5025959,
+    "prompt_eval_count": 4,
+    "prompt_eval_duration": 325953000,
+    "eval_count": 3,
+    "eval_duration": 4709213000,
     "logprobs": [
-        {"token": "a", "logprob": -0.1, "bytes": [97],
-         "top_logprobs": [{"token": "x", "logprob": -2.5, "bytes": [120]}, {"token": "a", "logprob": -0.1, "bytes": [97]}]},
-        {"token": "b", "logprob": -0.2, "bytes": [98], "top_logprobs": [{"token": "b", "logprob": -0.2, "bytes": [98]}]},
-        {"token": "c", "logprob": -0.3, "bytes": [99], "top_logprobs": [{"token": "c", "logprob": -0.3, "bytes": [99]}]},
+        {
+            "token": "a",
+            "logprob": -0.1,
+            "bytes": [97],
+            "top_logprobs": [
+                {"token": "x", "logprob": -2.5, "bytes": [120]},
+                {"token": "a", "logprob": -0.1, "bytes": [97]},
+            ],
+        },
+        {
+            "token": "b",
+            "logprob": -0.2,
+            "bytes": [98],
+            "top_logprobs": [{"token": "b", "logprob": -0.2, "bytes": [98]}],
+        },
+        {
+            "token": "c",
+            "logprob": -0.3,
+            "bytes": [99],
+            "top_logprobs": [{"token": "c", "logprob": -0.3, "bytes": [99]}],
+        },
     ],
 }
 
@@ -224,13 +281,26 @@ def test_ollama_answer_parses_into_pieces_or_text_only():
     eng = engine_registry.make("ollama", dict(JOB))
     gen = eng.parse(json.loads(json.dumps(OLLAMA_ANSWER)), 4)
     assert (gen.by, gen.tokens, gen.text, gen.finish_reason, gen.prompt_kind) == (
-        "pieces", ["a", "b", "c"], "abc", "length", "text")
+        "pieces",
+        ["a", "b", "c"],
+        "abc",
+        "length",
+        "text",
+    )
     assert gen.topk[0] == [["a", -0.1], ["x", -2.5]]
-    ref = {"ids": [5, 6, 7], "text": "abc", "pieces": ["a", "b", "c"], "topk": [[[5, -0.1]], [[6, -0.2]], [[7, -0.3]]],
-           "topk_pieces": [["a"], ["b"], ["c"]]}
+    ref = {
+        "ids": [5, 6, 7],
+        "text": "abc",
+        "pieces": ["a", "b", "c"],
+        "topk": [[[5, -0.1]], [[6, -0.2]], [[7, -0.3]]],
+        "topk_pieces": [["a"], ["b"], ["c"]],
+    }
     assert si.judge(ref, gen)["level"] == "L0" and si.judge(ref, gen)["compared_by"] == "pieces"
-    diverged = dict(OLLAMA_ANSWER, logprobs=[OLLAMA_ANSWER["logprobs"][0]] + [
-        {"token": "q", "logprob": -0.2, "top_logprobs": [{"token": "q", "logprob": -0.2}]}] * 2)
+    diverged = dict(
+        OLLAMA_ANSWER,
+        logprobs=[OLLAMA_ANSWER["logprobs"][0]]
+        + [{"token": "q", "logprob": -0.2, "top_logprobs": [{"token": "q", "logprob": -0.2}]}] * 2,
+    )
     assert si.judge(ref, eng.parse(diverged, 4))["outcome"] == "fail"  # "q" is not in the reference top-k
     older = {k: v for k, v in OLLAMA_ANSWER.items() if k != "logprobs"}  # before 0.12.11
     g = eng.parse(older, 4)
@@ -251,6 +321,7 @@ def test_modelfile_from_points_at_the_jobs_gguf_and_keeps_the_rest(tmp_path):
 
 # --------------------------------------------------------------------------- unavailable: with the reason
 
+
 def test_vllm_and_sglang_without_their_package_or_a_gpu_are_unavailable_with_the_reason(monkeypatch, tmp_path):
     for name in ("vllm", "sglang"):
         if not engines.have(name):
@@ -259,10 +330,14 @@ def test_vllm_and_sglang_without_their_package_or_a_gpu_are_unavailable_with_the
     monkeypatch.setattr(eg, "have", lambda mod: True)
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
     for name in ("vllm", "sglang"):
-        with pytest.raises(engines.EngineUnavailable, match=r"needs a GPU runner: no NVIDIA GPU \(nvidia-smi not found\)"):
+        with pytest.raises(
+            engines.EngineUnavailable, match=r"needs a GPU runner: no NVIDIA GPU \(nvidia-smi not found\)"
+        ):
             engine_registry.make(name, dict(JOB)).start()
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit 9\n")
+    smi.write_text(
+        "#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit 9\n"
+    )
     smi.chmod(0o755)
     assert "could not communicate" in eg.gpu_reason()
 
@@ -289,13 +364,18 @@ def test_a_start_that_fails_is_infra_with_the_log_and_leaves_nothing_behind(tmp_
     """A real process that exits at once stands in for a broken ``ollama serve``: the stage gets
     infra with the server's own words, the temporary model store is removed."""
     exe = tmp_path / "ollama"
-    exe.write_text("#!/bin/sh\necho \"Error: listen tcp $OLLAMA_HOST: bind: address already in use\"\nexit 1\n")
+    exe.write_text('#!/bin/sh\necho "Error: listen tcp $OLLAMA_HOST: bind: address already in use"\nexit 1\n')
     exe.chmod(0o755)
     (tmp_path / "Modelfile").write_text("FROM ./model.gguf\n")
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     rec = Recorder("check")
-    job = {"mode": "check", "model_dir": str(tmp_path), "engines": [{"name": "ollama", "bin": str(exe)}],
-           "gen_cases": [{"id": "c1", "prompt_ids": [1, 2], "prompt_text": "hi"}], "limits": {"server_start_seconds": 20}}
+    job = {
+        "mode": "check",
+        "model_dir": str(tmp_path),
+        "engines": [{"name": "ollama", "bin": str(exe)}],
+        "gen_cases": [{"id": "c1", "prompt_ids": [1, 2], "prompt_text": "hi"}],
+        "limits": {"server_start_seconds": 20},
+    }
     si.run(job, rec)
     (r,) = rec.records
     assert (r["outcome"], r["klass"]) == ("infra", "engine-start")
@@ -315,18 +395,26 @@ def test_missing_engines_are_skipped_in_the_stage_with_their_reasons(tmp_path, m
     monkeypatch.setenv("PATH", str(tmp_path))
     absent = [n for n in ("vllm", "sglang") if not engines.have(n)] + ["ollama"]
     rec = Recorder("check")
-    si.run({"mode": "check", "model_dir": str(tmp_path), "engines": absent,
-            "gen_cases": [{"id": "c1", "prompt_ids": [1, 2]}]}, rec)
+    si.run(
+        {
+            "mode": "check",
+            "model_dir": str(tmp_path),
+            "engines": absent,
+            "gen_cases": [{"id": "c1", "prompt_ids": [1, 2]}],
+        },
+        rec,
+    )
     assert {r["outcome"] for r in rec.records} == {"skipped"}
     assert "no ollama binary" in rec.facts["inference"]["ollama"]["skipped"]
 
 
 # --------------------------------------------------------------------------- planning
 
+
 def test_gpu_engines_plan_only_on_the_gpu_runner_and_cpu_cells_keep_cpu_torch():
+    from matrix.cell.run import requirements
     from matrix.declare import loader
     from matrix.plan import planner as plan
-    from matrix.cell.run import requirements
 
     m = loader.load_default()
     comps = {(a, c.name) for a, cs in m.axes.items() for c in cs if c.default}
@@ -364,9 +452,17 @@ def goldens(model, reference_python):
 
 
 def check(python: Path, model, cases: list, engine_specs: list) -> dict:
-    job = {"mode": "check", "model_dir": str(model.path), "stages": ["inference"], "cases": cases,
-           "gen_cases": [{"id": i} for i in CASE_IDS], "engines": engine_specs, "concurrency": 4,
-           "concurrency_cases": 1, "limits": {"server_start_seconds": 600, "request_seconds": 120}}
+    job = {
+        "mode": "check",
+        "model_dir": str(model.path),
+        "stages": ["inference"],
+        "cases": cases,
+        "gen_cases": [{"id": i} for i in CASE_IDS],
+        "engines": engine_specs,
+        "concurrency": 4,
+        "concurrency_cases": 1,
+        "limits": {"server_start_seconds": 600, "request_seconds": 120},
+    }
     t = time.perf_counter()
     result = run_probe(python, job)
     print(f"probe {engine_specs}: {time.perf_counter() - t:.1f}s")
@@ -425,10 +521,15 @@ def _ollama_missing() -> str | None:
 
 
 @pytest.mark.skipif(_ollama_missing() is not None, reason=_ollama_missing() or "")
-def test_ollama_on_the_tiny_models_gguf_and_modelfile_against_the_transformers_goldens(goldens, model,
-                                                                                       reference_python):
+def test_ollama_on_the_tiny_models_gguf_and_modelfile_against_the_transformers_goldens(
+    goldens, model, reference_python
+):
     # the adapter is standard library: any cell interpreter runs it; the runtime comes from the runner
-    result = check(reference_python, model, goldens, [{"name": "ollama", "bin": os.environ.get("OLLAMA_BIN")
-                                                       or shutil.which("ollama")}])
+    result = check(
+        reference_python,
+        model,
+        goldens,
+        [{"name": "ollama", "bin": os.environ.get("OLLAMA_BIN") or shutil.which("ollama")}],
+    )
     facts = assert_engine(result, "ollama", ("L0", "L1", "L2"), {"pieces", "text"})
     assert facts["ollama"] and facts["prompt_kind"] == "text"

@@ -38,8 +38,12 @@ def test_cpu_override_keeps_torch_on_the_cpu_build():
 def test_environment_is_built_once_per_lock(lock, tmp_path):
     first = envs.ensure(lock, root=tmp_path)
     assert first.created and (first.path / envs.MARKER).is_file()
-    out = subprocess.run([str(first.python), "-c", "import jinja2; print(jinja2.__version__)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(first.python), "-c", "import jinja2; print(jinja2.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "3.1.5"
     again = envs.ensure(lock, root=tmp_path)
     assert not again.created and again.path == first.path

@@ -9,8 +9,8 @@ from matrix.outcome import KLASS_CLASS, FailureClass, failure_class
 
 PROBE = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 LITERALS = [
-    re.compile(r"""klass\s*=\s*["']([a-z][a-z-]*)["']"""),          # rec.add(..., klass="x")
-    re.compile(r"""["']klass["']\s*:\s*["']([a-z][a-z-]*)["']"""),   # {"klass": "x"}
+    re.compile(r"""klass\s*=\s*["']([a-z][a-z-]*)["']"""),  # rec.add(..., klass="x")
+    re.compile(r"""["']klass["']\s*:\s*["']([a-z][a-z-]*)["']"""),  # {"klass": "x"}
     re.compile(r"""klass\s*,\s*detail\s*=\s*["']([a-z][a-z-]*)["']"""),
 ]
 
@@ -34,19 +34,28 @@ def test_every_klass_the_probe_records_has_a_class():
     assert sorted(k for k in klasses if k not in KLASS_CLASS) == []
 
 
-@pytest.mark.parametrize("klass, stage, want", [
-    ("double-bos", "tokenize", "configuration-default"),
-    ("sandbox-violation", "template", "crash"),
-    ("undeclared-requirement", "template", "configuration-default"),
-    ("concurrency", "inference", "concurrency"),
-    ("", "inference", "numerical"),
-    (None, "client", "protocol"),
-    ("something-new", "template", "backend-specific"),
-])
+@pytest.mark.parametrize(
+    "klass, stage, want",
+    [
+        ("double-bos", "tokenize", "configuration-default"),
+        ("sandbox-violation", "template", "crash"),
+        ("undeclared-requirement", "template", "configuration-default"),
+        ("concurrency", "inference", "concurrency"),
+        ("", "inference", "numerical"),
+        (None, "client", "protocol"),
+        ("something-new", "template", "backend-specific"),
+    ],
+)
 def test_class_of_a_klass_or_else_of_its_stage(klass, stage, want):
     assert failure_class(klass, stage) is FailureClass(want)
 
 
 def test_there_are_exactly_the_six_classes():
-    assert {c.value for c in FailureClass} == {"numerical", "crash", "concurrency", "backend-specific", "protocol",
-                                                "configuration-default"}
+    assert {c.value for c in FailureClass} == {
+        "numerical",
+        "crash",
+        "concurrency",
+        "backend-specific",
+        "protocol",
+        "configuration-default",
+    }

@@ -24,6 +24,7 @@ ENV = narrow_demo.DEMO_ENV
 
 # --------------------------------------------------------------------------- pure
 
+
 def test_build_tags_are_b_and_a_number():
     assert gitsrc.build_tag_number("b4589") == 4589
     assert [gitsrc.build_tag_number(t) for t in ("v1.0", "b12a", "b", "gguf-v0.1", "B12")] == [None] * 5
@@ -53,40 +54,58 @@ def test_candidates_keep_both_ends_the_order_and_every_tagged_commit(commits, da
 def test_compare_url_uses_build_tags_else_commit_ids():
     a, b = Candidate("a" * 40, "b4000"), Candidate("c" * 40, "b4003")
     assert gitsrc.compare_url(a, b) == "https://github.com/ggml-org/llama.cpp/compare/b4000...b4003"
-    assert gitsrc.compare_url(a, Candidate("c" * 40)) == \
-        f"https://github.com/ggml-org/llama.cpp/compare/b4000...{'c' * 40}"
+    assert (
+        gitsrc.compare_url(a, Candidate("c" * 40))
+        == f"https://github.com/ggml-org/llama.cpp/compare/b4000...{'c' * 40}"
+    )
     assert str(Candidate("0123456789abcdef")) == "0123456789ab"
 
 
 def test_the_printed_result_and_the_stored_row_name_range_probes_link_and_command():
     g, m, b = Candidate("1" * 40, "b10"), Candidate("2" * 40, "b11"), Candidate("3" * 40, "b12")
-    res = narrow.NarrowResult("found", [g, m, b], [(g, Verdict.GOOD), (b, Verdict.BAD), (m, Verdict.GOOD)],
-                              m, b, rounds=3,
-                              notes={b.commit: narrow.Tested("b12", Verdict.BAD, "fail",
-                                                                build={"reused": False, "seconds": 40, "compiled": 3})},
-                              repro=narrow.repro_command("b10", "b12", git="/src/llama.cpp", case="single-user",
-                                                         stage="inference"))
+    res = narrow.NarrowResult(
+        "found",
+        [g, m, b],
+        [(g, Verdict.GOOD), (b, Verdict.BAD), (m, Verdict.GOOD)],
+        m,
+        b,
+        rounds=3,
+        notes={
+            b.commit: narrow.Tested("b12", Verdict.BAD, "fail", build={"reused": False, "seconds": 40, "compiled": 3})
+        },
+        repro=narrow.repro_command("b10", "b12", git="/src/llama.cpp", case="single-user", stage="inference"),
+    )
     text = narrow.format_result(res)
     assert "last good:  b11 2222222222" in text and "first bad:  b12 3333333333" in text
     assert "tests:      3 (bound 4): b10 good, b12 bad [built 40s, 3 units], b11 good" in text
     assert "status:     found: the first bad commit is known" in text
     assert "compare:    https://github.com/ggml-org/llama.cpp/compare/b11...b12" in text
-    assert ("reproduce:  llmcompat bisect llama.cpp b10..b12 --case single-user --stage inference "
-            "--git /src/llama.cpp") in text
+    assert (
+        "reproduce:  llmcompat bisect llama.cpp b10..b12 --case single-user --stage inference --git /src/llama.cpp"
+    ) in text
     row = res.bisection("2026-01-01T00:00:00+00:00")
     assert row["component"] == "llama.cpp" and row["versions"] == ["b10", "b11", "b12"]
     assert row["probes"] == [("b10", "good"), ("b12", "bad"), ("b11", "good")]
     assert (row["last_good"], row["first_bad"], row["status"]) == ("b11", "b12", "found")
     assert res.to_json()["first_bad"] == {"ref": "b12", "commit": b.commit, "tag": "b12"}
     assert narrow.not_narrowed("why")["status"] == "not narrowed: why"
-    assert narrow.repro_command("b1", "b2", git="g", script="check.py") == "llmcompat bisect llama.cpp b1..b2 check.py --git g"
+    assert (
+        narrow.repro_command("b1", "b2", git="g", script="check.py")
+        == "llmcompat bisect llama.cpp b1..b2 check.py --git g"
+    )
 
 
 # --------------------------------------------------------------------------- small real repositories
 
+
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env={**ENV, "PATH": "/usr/bin:/bin", "HOME": str(repo)}).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**ENV, "PATH": "/usr/bin:/bin", "HOME": str(repo)},
+    ).stdout.strip()
 
 
 def commit(repo: Path, files: dict[str, str], msg: str, tag: str | None = None, annotated: bool = False) -> str:
@@ -106,17 +125,18 @@ def history(tmp_path):
     repo = tmp_path / "llama.cpp"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "master")
-    ids = [commit(repo, {"CMakeLists.txt": "project(x)\n", "src/a.cpp": "int a = 0;\n", "README.md": "r\n"},
-                  "c0", "b100")]
+    ids = [
+        commit(repo, {"CMakeLists.txt": "project(x)\n", "src/a.cpp": "int a = 0;\n", "README.md": "r\n"}, "c0", "b100")
+    ]
     ids.append(commit(repo, {"README.md": "r1\n"}, "c1", "b101", annotated=True))
-    ids.append(commit(repo, {"src/a.cpp": "int a = 0; // c2\n"}, "c2"))        # untagged
+    ids.append(commit(repo, {"src/a.cpp": "int a = 0; // c2\n"}, "c2"))  # untagged
     git(repo, "checkout", "-q", "-b", "side")
     side = commit(repo, {"docs/side.md": "side\n"}, "side work")
     git(repo, "checkout", "-q", "master")
     ids.append(commit(repo, {"src/b.cpp": "int b;\n"}, "c3"))
     git(repo, "merge", "-q", "--no-ff", "-m", "merge side", "side")
-    ids.append(git(repo, "rev-parse", "HEAD"))                                  # c4: the merge, untagged
-    ids.append(commit(repo, {"src/a.cpp": "int a = 1; // BUG\n"}, "c5"))        # untagged: the bug
+    ids.append(git(repo, "rev-parse", "HEAD"))  # c4: the merge, untagged
+    ids.append(commit(repo, {"src/a.cpp": "int a = 1; // BUG\n"}, "c5"))  # untagged: the bug
     ids.append(commit(repo, {"src/c.cpp": "int c;\n"}, "c6", "b106"))
     ids.append(commit(repo, {"README.md": "r7\n"}, "c7", "b107"))
     return repo, ids, side
@@ -219,13 +239,19 @@ def test_the_vendored_commit_from_a_submodule_pointer_and_from_the_sdist_tree(tm
 
 def test_without_a_configured_source_the_pipeline_says_why_it_did_not_narrow(monkeypatch):
     monkeypatch.delenv(gitsrc.ENV_GIT, raising=False)
-    finding = {"component": "llama-cpp-python", "case_id": "single-user", "stage": "inference",
-               "last_good": "0.3.7", "first_bad": "0.3.8"}
+    finding = {
+        "component": "llama-cpp-python",
+        "case_id": "single-user",
+        "stage": "inference",
+        "last_good": "0.3.7",
+        "first_bad": "0.3.8",
+    }
     found = {"status": "found", "last_good": "0.3.7", "first_bad": "0.3.8"}
     row = narrow.pipeline_narrower(finding, found)
     assert row["component"] == "llama.cpp"
     assert row["status"] == f"not narrowed: no llama.cpp git source configured (set {gitsrc.ENV_GIT} or pass --git)"
     assert narrow.pipeline_narrower(finding, {**found, "status": "both-new"})["status"].startswith(
-        "not narrowed: the release bisection did not find a range")
+        "not narrowed: the release bisection did not find a range"
+    )
     row = narrow.pipeline_narrower({**finding, "stage": "client"}, found, source="/x")
     assert row["status"] == "not narrowed: stage client is not checked through the native llama-server"

@@ -47,8 +47,11 @@ def test_merge_unions_runs_and_keeps_the_latest_finding(tmp_path):
     b = _store(tmp_path / "b.sqlite", ("r1", "k1", "5.0.0"), ("r2", "k2", "5.1.0"))
     for path, seen in ((a, "2026-11-25T00:00:00+00:00"), (b, "2026-11-26T00:00:00+00:00")):
         db = sqlite3.connect(path)
-        db.execute("INSERT INTO findings (fingerprint, case_id, stage, component, axis, first_seen, last_seen) "
-                   "VALUES ('f1', 'c0', 'template', 'jinja2', 'template', '2026-11-24', ?)", (seen,))
+        db.execute(
+            "INSERT INTO findings (fingerprint, case_id, stage, component, axis, first_seen, last_seen) "
+            "VALUES ('f1', 'c0', 'template', 'jinja2', 'template', '2026-11-24', ?)",
+            (seen,),
+        )
         db.commit()
         db.close()
     added = history.merge(a, b)
@@ -94,11 +97,16 @@ def test_a_concurrent_push_is_merged_and_retried_never_forced(tmp_path, monkeypa
     monkeypatch.setattr(history, "_fetch", fetch_then_race)
     sha = history.push(remote, "data", b, "run rb")
     assert len(calls) == 2 and calls[0] != calls[1]  # the first attempt was rejected, then retried
-    log = subprocess.run(["git", "--git-dir", remote, "log", "--format=%s", "data"], capture_output=True,
-                         text=True, check=True).stdout.split("\n")
+    log = subprocess.run(
+        ["git", "--git-dir", remote, "log", "--format=%s", "data"], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     assert log[:3] == ["run rb", "run ra", "run r0"]  # linear: nobody's commit was overwritten
-    assert subprocess.run(["git", "--git-dir", remote, "rev-parse", "data"], capture_output=True, text=True,
-                          check=True).stdout.strip() == sha
+    assert (
+        subprocess.run(
+            ["git", "--git-dir", remote, "rev-parse", "data"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == sha
+    )
     final = tmp_path / "final.sqlite"
     history.pull(remote, "data", final)
     assert {r[0] for r in _rows(final, "runs")} == {"r0", "ra", "rb"}

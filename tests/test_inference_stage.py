@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-
 PROBE_DIR = Path(__file__).resolve().parent.parent / "matrix" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 
@@ -31,12 +30,17 @@ def gen(tokens, steps, text=None, by="ids", finish=None):
     return engines.Generation(list(tokens), steps, text=text, by=by, finish_reason=finish)
 
 
-REF = {"ids": [5, 6, 7], "text": "abc", "pieces": ["a", "b", "c"],
-       "topk": [topk((5, -0.1), (9, -2.5)), topk((6, -0.2), (8, -1.9)), topk((7, -0.3), (1, -3.0))],
-       "topk_pieces": [["a", "x"], ["b", "y"], ["c", "z"]]}
+REF = {
+    "ids": [5, 6, 7],
+    "text": "abc",
+    "pieces": ["a", "b", "c"],
+    "topk": [topk((5, -0.1), (9, -2.5)), topk((6, -0.2), (8, -1.9)), topk((7, -0.3), (1, -3.0))],
+    "topk_pieces": [["a", "x"], ["b", "y"], ["c", "z"]],
+}
 
 
 # --------------------------------------------------------------------------- comparison (pure)
+
 
 def test_identical_tokens_and_text_are_L0_identical_tokens_only_L1():
     j = si.judge(REF, gen([5, 6, 7], REF["topk"], text="abc"))
@@ -98,7 +102,7 @@ def test_worst_level():
 
 # --------------------------------------------------------------------------- servers (stdlib stub)
 
-STUB = r'''
+STUB = r"""
 import json, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 calls = {"n": 0}
@@ -126,7 +130,7 @@ class H(BaseHTTPRequestHandler):
                                       "logprobs": {"tokens": toks, "top_logprobs": tops}}]})
 MODE = sys.argv[2]
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-'''
+"""
 
 
 def stub_cmd(tmp_path, mode="steady"):
@@ -136,8 +140,11 @@ def stub_cmd(tmp_path, mode="steady"):
 
 
 def test_server_start_failure_carries_the_log_tail(tmp_path):
-    srv = servers.Server([sys.executable, "-c", "print('no model here', flush=True); raise SystemExit(3)"],
-                         name="broken", start_timeout=10)
+    srv = servers.Server(
+        [sys.executable, "-c", "print('no model here', flush=True); raise SystemExit(3)"],
+        name="broken",
+        start_timeout=10,
+    )
     with pytest.raises(servers.ServerStartError) as err:
         srv.start()
     assert "exited with 3" in str(err.value) and "no model here" in err.value.log_tail
@@ -166,8 +173,14 @@ class _StubEngine(engines.ServerEngine):
 def _stub_run(tmp_path, mode):
     job = {"mode": "check", "model_dir": str(tmp_path), "concurrency": 4, "concurrency_cases": 1}
     eng = _StubEngine(job, {}, stub_cmd(tmp_path, mode))
-    case = {"id": "c1", "prompt_ids": [1, 2], "prompt_text": "hi", "max_new_tokens": 3,
-            "sampling": dict(engines.DEFAULT_SAMPLING), "expect": {"gen": REF}}
+    case = {
+        "id": "c1",
+        "prompt_ids": [1, 2],
+        "prompt_text": "hi",
+        "max_new_tokens": 3,
+        "sampling": dict(engines.DEFAULT_SAMPLING),
+        "expect": {"gen": REF},
+    }
     rec = Recorder("check")
     facts: dict = {}
     orig = engine_registry.make
@@ -196,8 +209,12 @@ def test_a_server_that_answers_differently_under_load_fails_concurrency_or_deter
 
 def test_unknown_and_missing_engines_are_skipped_without_hiding_other_results(tmp_path):
     rec = Recorder("check")
-    job = {"mode": "check", "model_dir": str(tmp_path), "engines": ["no-such-engine"],
-           "gen_cases": [{"id": "c1", "prompt_ids": [1]}]}
+    job = {
+        "mode": "check",
+        "model_dir": str(tmp_path),
+        "engines": ["no-such-engine"],
+        "gen_cases": [{"id": "c1", "prompt_ids": [1]}],
+    }
     si.run(job, rec)
     (r,) = rec.records
     assert r["outcome"] == "skipped" and "unknown engine" in r["detail"]
@@ -221,10 +238,19 @@ def goldens(model, reference_python, tmp_path_factory):
 
     cases = [c for c in suites.load("core").cases if c["id"] in CASE_IDS]
     bare = [dict(c, expect={}) for c in cases]
-    job = {"mode": "golden", "model_dir": str(model.path), "stages": ["template", "tokenize", "inference"],
-           "renderers": ["jinja2"], "tokenizers": ["tokenizers"], "golden_renderer": "jinja2",
-           "golden_tokenizer": "tokenizers", "cases": bare, "limits": {"render_seconds": 10},
-           "gen_cases": [{"id": i} for i in CASE_IDS], "reference_engine": "transformers"}
+    job = {
+        "mode": "golden",
+        "model_dir": str(model.path),
+        "stages": ["template", "tokenize", "inference"],
+        "renderers": ["jinja2"],
+        "tokenizers": ["tokenizers"],
+        "golden_renderer": "jinja2",
+        "golden_tokenizer": "tokenizers",
+        "cases": bare,
+        "limits": {"render_seconds": 10},
+        "gen_cases": [{"id": i} for i in CASE_IDS],
+        "reference_engine": "transformers",
+    }
     t = time.perf_counter()
     result = run_probe(reference_python, job, tmp_path_factory.mktemp("golden"))
     result["_seconds"] = time.perf_counter() - t
@@ -246,9 +272,15 @@ def test_golden_mode_records_ids_and_top_k_per_step(goldens):
 
 def test_transformers_against_its_own_goldens_is_L1_or_better(goldens, reference_python, tmp_path, model):
     _, cases = goldens
-    job = {"mode": "check", "model_dir": str(model.path), "stages": ["inference"], "cases": cases,
-           "gen_cases": [{"id": i} for i in CASE_IDS], "engines": ["transformers", "llama-cpp-python"],
-           "inference_min_level": "L1"}
+    job = {
+        "mode": "check",
+        "model_dir": str(model.path),
+        "stages": ["inference"],
+        "cases": cases,
+        "gen_cases": [{"id": i} for i in CASE_IDS],
+        "engines": ["transformers", "llama-cpp-python"],
+        "inference_min_level": "L1",
+    }
     t = time.perf_counter()
     result = run_probe(reference_python, job, tmp_path)
     print(f"transformers check: {time.perf_counter() - t:.1f}s")
@@ -270,9 +302,16 @@ def llama_python():
 @pytest.mark.slow
 def test_llama_cpp_in_process_and_server_against_the_transformers_goldens(goldens, llama_python, tmp_path, model):
     _, cases = goldens
-    job = {"mode": "check", "model_dir": str(model.path), "stages": ["inference"], "cases": cases,
-           "gen_cases": [{"id": i} for i in CASE_IDS], "engines": ["llama-cpp-python", "llama-cpp-server"],
-           "concurrency": 4, "concurrency_cases": 1}
+    job = {
+        "mode": "check",
+        "model_dir": str(model.path),
+        "stages": ["inference"],
+        "cases": cases,
+        "gen_cases": [{"id": i} for i in CASE_IDS],
+        "engines": ["llama-cpp-python", "llama-cpp-server"],
+        "concurrency": 4,
+        "concurrency_cases": 1,
+    }
     result = run_probe(llama_python, job, tmp_path)
     assert result["stages"]["inference"]["outcome"] == "pass", result["records"]
     facts = result["facts"]["inference"]

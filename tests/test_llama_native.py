@@ -30,7 +30,7 @@ SERVER_VERSION = "0.3.8"
 OLD_SERVER_VERSION = "0.2.90"
 """The first llama-cpp-python whose vendored llama.cpp has ``--jinja`` and ``/apply-template``."""
 
-STUB = r'''#!PYTHON
+STUB = r"""#!PYTHON
 import json, os, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 MODE = "MODE_HERE"
@@ -72,7 +72,7 @@ class H(BaseHTTPRequestHandler):
                                     "completion_probabilities": probs})
         self._send(404, {"error": {"code": 404, "message": "File Not Found"}})
 HTTPServer((opt("--host"), int(opt("--port"))), H).serve_forever()
-'''
+"""
 
 
 def stub_server(tmp_path: Path, mode: str) -> Path:
@@ -100,8 +100,13 @@ def cases():
 
 def run_template_stage(job: dict) -> probe.Recorder:
     rec = probe.Recorder("check")
-    job = {"mode": "check", "stages": ["template"], "renderers": ["llama-server"],
-           "limits": {"render_seconds": 10, "server_start_seconds": 20}, **job}
+    job = {
+        "mode": "check",
+        "stages": ["template"],
+        "renderers": ["llama-server"],
+        "limits": {"render_seconds": 10, "server_start_seconds": 20},
+        **job,
+    }
     try:
         stage_template.run(job, rec)
     finally:
@@ -111,14 +116,17 @@ def run_template_stage(job: dict) -> probe.Recorder:
 
 # --------------------------------------------------------------------------- renderer against the stub
 
+
 def test_no_binary_no_gguf_old_flags_or_no_endpoint_are_skipped_with_the_reason(tmp_path, model, cases):
     base = {"model_dir": str(model.path), "cases": cases[:2]}
     skipped = {}
-    for name, extra in [("no-bin", {}), ("missing", {"llama_server_bin": str(tmp_path / "nope")}),
-                        ("no-gguf", {"llama_server_bin": str(stub_server(tmp_path, "ok")),
-                                     "gguf_path": str(tmp_path / "none.gguf")}),
-                        ("old-flags", {"llama_server_bin": str(stub_server(tmp_path, "old-flags"))}),
-                        ("no-endpoint", {"llama_server_bin": str(stub_server(tmp_path, "no-endpoint"))})]:
+    for name, extra in [
+        ("no-bin", {}),
+        ("missing", {"llama_server_bin": str(tmp_path / "nope")}),
+        ("no-gguf", {"llama_server_bin": str(stub_server(tmp_path, "ok")), "gguf_path": str(tmp_path / "none.gguf")}),
+        ("old-flags", {"llama_server_bin": str(stub_server(tmp_path, "old-flags"))}),
+        ("no-endpoint", {"llama_server_bin": str(stub_server(tmp_path, "no-endpoint"))}),
+    ]:
         rec = run_template_stage({**base, **extra})
         assert [(r["case"], r["check"], r["outcome"]) for r in rec.records] == [("*", "llama-server", "skipped")], name
         skipped[name] = rec.records[0]["detail"]
@@ -132,11 +140,25 @@ def test_no_binary_no_gguf_old_flags_or_no_endpoint_are_skipped_with_the_reason(
 def test_the_renderer_posts_the_case_and_maps_errors_and_unsupported_cases(tmp_path, model, cases, monkeypatch):
     monkeypatch.setenv("STUB_ARGV", str(tmp_path / "argv.json"))
     by_id = {c["id"]: c for c in cases}
-    picked = [by_id[i] for i in ("single-user", "tools-defined", "no-generation-prompt", "unknown-role-raises",
-                                 "continue-final-message")]
-    rec = run_template_stage({"model_dir": str(model.path), "cases": picked, "template_sources": ["hf", "override"],
-                              "template_override": str(tmp_path / "t.jinja"),
-                              "llama_server_bin": str(stub_server(tmp_path, "ok"))})
+    picked = [
+        by_id[i]
+        for i in (
+            "single-user",
+            "tools-defined",
+            "no-generation-prompt",
+            "unknown-role-raises",
+            "continue-final-message",
+        )
+    ]
+    rec = run_template_stage(
+        {
+            "model_dir": str(model.path),
+            "cases": picked,
+            "template_sources": ["hf", "override"],
+            "template_override": str(tmp_path / "t.jinja"),
+            "llama_server_bin": str(stub_server(tmp_path, "ok")),
+        }
+    )
     (tmp_path / "t.jinja").write_text("OVERRIDE")
     out = {(r["case"], r["check"]): r for r in rec.records}
     # hf source: the stub echoes the template it was started with and the body it got
@@ -179,11 +201,14 @@ def test_the_renderer_sends_messages_tools_and_generation_prompt(tmp_path, model
 def test_a_killed_probe_leaves_no_llama_server_behind(tmp_path, model):
     """The server is started through a parent-death wrapper: SIGKILL of the probe kills it too."""
     stub = stub_server(tmp_path, "ok")
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import stage_template as st\n"
-            "st.llama_server_renderer('T', {}, {}, {'model_dir': sys.argv[2], 'llama_server_bin': sys.argv[3]})\n"
-            "print(st._LLAMA_SERVERS[0].proc.pid, flush=True); time.sleep(60)\n")
-    p = subprocess.Popen([sys.executable, "-c", code, str(PROBE_DIR), str(model.path), str(stub)],
-                         stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); import stage_template as st\n"
+        "st.llama_server_renderer('T', {}, {}, {'model_dir': sys.argv[2], 'llama_server_bin': sys.argv[3]})\n"
+        "print(st._LLAMA_SERVERS[0].proc.pid, flush=True); time.sleep(60)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, str(PROBE_DIR), str(model.path), str(stub)], stdout=subprocess.PIPE, text=True
+    )
     pid = int(p.stdout.readline())
     os.kill(pid, 0)  # running
     p.kill()
@@ -207,11 +232,14 @@ def test_a_killed_probe_leaves_no_llama_server_behind(tmp_path, model):
 
 # --------------------------------------------------------------------------- engine against the stub
 
+
 def test_the_engine_generates_from_ids_with_top_k_and_is_skipped_without_a_binary(tmp_path, model):
     job = {"model_dir": str(model.path), "limits": {"server_start_seconds": 20}}
     with pytest.raises(engines.EngineUnavailable, match="llama_server_bin"):
         engine_registry.make("llama-server", job).start()
-    eng = engine_registry.make({"name": "llama-server", "parallel": 2}, {**job, "llama_server_bin": str(stub_server(tmp_path, "ok"))})
+    eng = engine_registry.make(
+        {"name": "llama-server", "parallel": 2}, {**job, "llama_server_bin": str(stub_server(tmp_path, "ok"))}
+    )
     try:
         eng.start()
         gen = eng.generate({"id": "x", "prompt_ids": [1, 2, 3], "max_new_tokens": 3})
@@ -227,9 +255,16 @@ def test_the_engine_generates_from_ids_with_top_k_and_is_skipped_without_a_binar
 
 def test_an_older_servers_probability_shape_compares_by_pieces():
     eng = engines.LlamaServerEngine({"model_dir": "/nonexistent"})
-    gen = eng._parse_native({"content": "ab", "stopped_limit": True, "completion_probabilities": [
-        {"content": "a", "probs": [{"tok_str": "a", "prob": 0.5}, {"tok_str": "b", "prob": 0.25}]},
-        {"content": "b", "probs": [{"tok_str": "b", "prob": 1.0}]}]})
+    gen = eng._parse_native(
+        {
+            "content": "ab",
+            "stopped_limit": True,
+            "completion_probabilities": [
+                {"content": "a", "probs": [{"tok_str": "a", "prob": 0.5}, {"tok_str": "b", "prob": 0.25}]},
+                {"content": "b", "probs": [{"tok_str": "b", "prob": 1.0}]},
+            ],
+        }
+    )
     assert (gen.by, gen.tokens, gen.finish_reason) == ("pieces", ["a", "b"], "length")
     assert gen.topk[0] == [["a", -0.69315], ["b", -1.38629]]
 
@@ -252,6 +287,7 @@ def test_steps_an_older_server_leaves_out_are_put_back_only_where_the_reference_
 
 # --------------------------------------------------------------------------- the real binary (slow)
 
+
 def _run_probe(job: dict, tmp_path: Path) -> dict:
     """The probe as run.py runs it (-I, offline), in this interpreter (the renderer and engine
     need only the standard library and the binary; jinja2 is here for the reference)."""
@@ -259,11 +295,19 @@ def _run_probe(job: dict, tmp_path: Path) -> dict:
 
     job_path, out = tmp_path / "job.json", tmp_path / "out.json"
     job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import probe; "
-            "probe.STAGE_MODULES.setdefault('inference', 'stage_inference'); sys.exit(probe.main(sys.argv[2:]))")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import probe; "
+        "probe.STAGE_MODULES.setdefault('inference', 'stage_inference'); sys.exit(probe.main(sys.argv[2:]))"
+    )
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ} | OFFLINE_ENV
-    proc = subprocess.run([sys.executable, "-I", "-c", code, str(PROBE_DIR), str(job_path), str(out)],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(PROBE_DIR), str(job_path), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0 and out.is_file(), proc.stderr[-3000:]
     return json.loads(out.read_text(encoding="utf-8"))
 
@@ -274,21 +318,33 @@ def llama_server_bin():
 
     t = time.perf_counter()
     exe = or_skip(builds.llama_server, SERVER_VERSION)
-    print(f"builds.llama_server({SERVER_VERSION}): {time.perf_counter() - t:.1f}s "
-          f"(build recorded {builds.info(exe.parent)['seconds']}s)")
+    print(
+        f"builds.llama_server({SERVER_VERSION}): {time.perf_counter() - t:.1f}s "
+        f"(build recorded {builds.info(exe.parent)['seconds']}s)"
+    )
     return exe
 
 
 LLAMA_SERVER_DISAGREES = {
     # tool-call arguments as a JSON object (not OpenAI's JSON-encoded string): the server refuses
     # the conversation, HTTP 500 "type must be string, but is object"
-    "cap-object-arguments", "cap-parallel-tool-calls", "cap-tool-calls", "cap-tool-results", "parallel-tool-calls",
-    "parallel-tool-calls-mixed-arguments", "reasoning-kept-across-tool-turns", "tool-call-and-result",
-    "tool-call-content-null", "tool-call-nested-arguments", "tool-results-then-answer",
+    "cap-object-arguments",
+    "cap-parallel-tool-calls",
+    "cap-tool-calls",
+    "cap-tool-results",
+    "parallel-tool-calls",
+    "parallel-tool-calls-mixed-arguments",
+    "reasoning-kept-across-tool-turns",
+    "tool-call-and-result",
+    "tool-call-content-null",
+    "tool-call-nested-arguments",
+    "tool-results-then-answer",
     # a tool call without {"type": "function", "function": ...}: "Missing tool call type"
     "tool-call-without-function-wrapper",
     # typed content parts reach the template as one string, parts joined with "\n"
-    "cap-typed-content", "system-typed-content", "typed-content-multi-part",
+    "cap-typed-content",
+    "system-typed-content",
+    "typed-content-multi-part",
     # no reasoning aliasing (reasoning / thinking -> reasoning_content): the thought is dropped
     "reasoning-field-alias",
 }
@@ -301,13 +357,23 @@ def test_llama_server_renders_through_apply_template_and_generates_from_ids(llam
     from matrix import tinymodel
     from matrix.declare import loader
 
-    model = tinymodel.ensure(arch="qwen2", parts=("tokenizer", "weights", "gguf"),
-                             reference=loader.load_default().reference)
-    job = {"mode": "check", "model_dir": str(model.path), "stages": ["template", "inference"],
-           "template_sources": ["hf", "gguf"], "renderers": ["llama-server"], "cases": cases,
-           "llama_server_bin": str(llama_server_bin), "engines": ["llama-server"],
-           "gen_cases": [{"id": "single-user"}], "concurrency": 2, "concurrency_cases": 1,
-           "limits": {"render_seconds": 10, "render_chars": 1_000_000}}
+    model = tinymodel.ensure(
+        arch="qwen2", parts=("tokenizer", "weights", "gguf"), reference=loader.load_default().reference
+    )
+    job = {
+        "mode": "check",
+        "model_dir": str(model.path),
+        "stages": ["template", "inference"],
+        "template_sources": ["hf", "gguf"],
+        "renderers": ["llama-server"],
+        "cases": cases,
+        "llama_server_bin": str(llama_server_bin),
+        "engines": ["llama-server"],
+        "gen_cases": [{"id": "single-user"}],
+        "concurrency": 2,
+        "concurrency_cases": 1,
+        "limits": {"render_seconds": 10, "render_chars": 1_000_000},
+    }
     result = _run_probe(job, tmp_path)
     tmpl = {(r["case"], r["check"]): r for r in result["records"] if r["stage"] == "template"}
     outcome = {c: r["outcome"] for (c, chk), r in tmpl.items() if chk == "llama-server"}
@@ -315,9 +381,13 @@ def test_llama_server_renders_through_apply_template_and_generates_from_ids(llam
     failed = {c for c, o in outcome.items() if o == "fail"}
     print("llama-server /apply-template disagrees with the reference on:", sorted(failed))
     for c in sorted(failed):
-        print(f"  {c}: {tmpl[(c, 'llama-server')].get('klass')}: "
-              f"{tmpl[(c, 'llama-server')]['detail'].split('; messages =')[0][:220]!r}")
-    assert {c for c, o in outcome.items() if o == "skipped"} == {c["id"] for c in cases if c.get("continue_final_message")}
+        print(
+            f"  {c}: {tmpl[(c, 'llama-server')].get('klass')}: "
+            f"{tmpl[(c, 'llama-server')]['detail'].split('; messages =')[0][:220]!r}"
+        )
+    assert {c for c, o in outcome.items() if o == "skipped"} == {
+        c["id"] for c in cases if c.get("continue_final_message")
+    }
     assert failed == LLAMA_SERVER_DISAGREES
     gguf = {c: r["outcome"] for (c, chk), r in tmpl.items() if chk == "gguf/llama-server"}
     assert gguf == outcome
@@ -336,8 +406,9 @@ def test_steps_the_server_leaves_out_of_completion_probabilities_align_to_the_to
     entry in ``completion_probabilities``; ``tokens`` is the generation, such a step has no top-k."""
     eng = engines.LlamaServerEngine({"model_dir": "/nonexistent"})
     entry = lambda t: {"id": t, "token": "x", "logprob": -0.5, "top_logprobs": [{"id": t, "logprob": -0.5}]}  # noqa: E731
-    gen = eng._parse_native({"content": "..", "tokens": [7, 8, 9], "stop_type": "limit",
-                             "completion_probabilities": [entry(7), entry(9)]})
+    gen = eng._parse_native(
+        {"content": "..", "tokens": [7, 8, 9], "stop_type": "limit", "completion_probabilities": [entry(7), entry(9)]}
+    )
     assert (gen.tokens, gen.topk) == ([7, 8, 9], [[[7, -0.5]], [], [[9, -0.5]]])
     assert eng.facts()["steps_without_probs"] == 1
     with pytest.raises(engines.ProtocolError, match="not a subsequence"):
@@ -350,19 +421,29 @@ def test_an_older_server_generates_the_reference_tokens_through_its_piece_shape(
     post-sampling probabilities and no entry for a token that is not whole UTF-8. Aligned, the
     tiny model's greedy generations are the reference's (L0), not a divergence at step 3."""
     from matrix import tinymodel
-    from matrix.env import builds
     from matrix.declare import loader
+    from matrix.env import builds
 
     exe = or_skip(builds.llama_server, OLD_SERVER_VERSION)
-    model = tinymodel.ensure(arch="qwen2", parts=("tokenizer", "weights", "gguf"),
-                             reference=loader.load_default().reference)
+    model = tinymodel.ensure(
+        arch="qwen2", parts=("tokenizer", "weights", "gguf"), reference=loader.load_default().reference
+    )
     gen = ["single-user", "multi-turn", "non-ascii"]
-    job = {"mode": "check", "model_dir": str(model.path), "stages": ["inference"], "cases": cases,
-           "llama_server_bin": str(exe), "engines": ["llama-server"], "gen_cases": [{"id": i} for i in gen],
-           "concurrency": 1, "concurrency_cases": 0}
+    job = {
+        "mode": "check",
+        "model_dir": str(model.path),
+        "stages": ["inference"],
+        "cases": cases,
+        "llama_server_bin": str(exe),
+        "engines": ["llama-server"],
+        "gen_cases": [{"id": i} for i in gen],
+        "concurrency": 1,
+        "concurrency_cases": 0,
+    }
     result = _run_probe(job, tmp_path)
     facts = result["facts"]["inference"]["llama-server"]
     assert facts["logprobs"].startswith("older server") and facts["steps_without_probs"] > 0
     inf = {r["case"]: r for r in result["records"] if r["check"] == "llama-server"}
     assert {c: (r["outcome"], r["level"], r["compared_by"]) for c, r in inf.items()} == {
-        c: ("pass", "L0", "pieces") for c in gen}
+        c: ("pass", "L0", "pieces") for c in gen
+    }

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
 from matrix.declare import loader
 from matrix.declare.config import AXES, Condition, Constraint, Matrix, VersionRule
 from matrix.errors import ConfigError
-from packaging.specifiers import SpecifierSet
 
 BASE = textwrap.dedent(
     """\
@@ -154,12 +154,22 @@ def test_base_loads_into_dataclasses(tmp_path):
     assert openai.requires == ("httpx<1",)
     cpu, gpu = m.runners
     assert (cpu.name, cpu.labels, cpu.provides, cpu.pins, cpu.python, cpu.default) == (
-        "cpu", ("ubuntu-latest",), frozenset({"cpu"}), ("torch==2.13.0+cpu",), "3.11", True)
+        "cpu",
+        ("ubuntu-latest",),
+        frozenset({"cpu"}),
+        ("torch==2.13.0+cpu",),
+        "3.11",
+        True,
+    )
     assert gpu.default is False and gpu.provides == frozenset({"cpu", "gpu", "network"})
     tiny, hub = m.models
     assert (tiny.kind, tiny.arch, tiny.needs, tiny.default) == ("tiny", "qwen2", frozenset(), True)
     assert (hub.kind, hub.hub_id, hub.needs, hub.default) == (
-        "hub", "Qwen/Qwen2.5-0.5B-Instruct", frozenset({"network"}), False)
+        "hub",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        frozenset({"network"}),
+        False,
+    )
     assert m.constraints == (
         Constraint(
             (Condition("engine", "llama-cpp-python", "<0.3"), Condition("client", "openai", ">=3")),
@@ -234,7 +244,7 @@ def test_yaml_merge_keys_are_supported(tmp_path):
     text = edit(
         "  tokenizer:\n    tokenizers:\n      packages: [tokenizers]\n      versions:\n        latest: 2\n",
         "  tokenizer:\n    tokenizers: &tok\n      packages: [tokenizers]\n      versions:\n        latest: 2\n"
-        "    tokenizers-old:\n      <<: *tok\n      versions: {explicit: [\"0.19.1\"]}\n      default: false\n",
+        '    tokenizers-old:\n      <<: *tok\n      versions: {explicit: ["0.19.1"]}\n      default: false\n',
     )
     m = loader.load(write(tmp_path, text))
     old = m.component("tokenizer", "tokenizers-old")
@@ -272,7 +282,7 @@ def test_unknown_tag_is_malformed_yaml(tmp_path):
 
 
 def test_two_documents_are_rejected(tmp_path):
-    err = error_of(tmp_path, BASE + "---\nsuite_version: \"2\"\n")
+    err = error_of(tmp_path, BASE + '---\nsuite_version: "2"\n')
     assert err.field == loader.DOCUMENT and "malformed YAML" in err.message
     assert err.line == BASE.count("\n") + 1
 
@@ -291,8 +301,13 @@ def test_missing_file(tmp_path):
 def test_duplicate_component_name_on_one_axis(tmp_path):
     text = edit("    vllm:\n", "    transformers:\n      packages: [x]\n      versions: {latest: 1}\n    vllm:\n")
     err = error_of(tmp_path, text)
-    check(err, "axes.engine.transformers", "transformers", line_of(text, "vllm:") - 3,
-          f"duplicate key (first at line {line_of(text, 'transformers:')})")
+    check(
+        err,
+        "axes.engine.transformers",
+        "transformers",
+        line_of(text, "vllm:") - 3,
+        f"duplicate key (first at line {line_of(text, 'transformers:')})",
+    )
 
 
 def test_duplicate_key_anywhere(tmp_path):
@@ -302,7 +317,7 @@ def test_duplicate_key_anywhere(tmp_path):
 
 
 def test_non_string_key(tmp_path):
-    text = edit("  jinja2: \"3.1.6\"\n", "  jinja2: \"3.1.6\"\n  yes: \"1.0\"\n")
+    text = edit('  jinja2: "3.1.6"\n', '  jinja2: "3.1.6"\n  yes: "1.0"\n')
     err = error_of(tmp_path, text)
     check(err, "reference.True", True, line_of(text, "yes:"), "keys must be strings", "quote")
 
@@ -316,13 +331,34 @@ def test_non_string_key(tmp_path):
     [
         ('suite_version: "1"\n', 'suite_version: "1"\ncolour: blue\n', "colour", "colour", ["unknown key", "allowed:"]),
         ("    kind: tiny\n", "    kind: tiny\n    size: 3\n", "models.tiny-qwen2.size", "size", ["unknown key"]),
-        ("        latest: 2\n      repo:", "        latest: 2\n        newest: 1\n      repo:",
-         "axes.engine.transformers.versions.newest", "newest", ["unknown key", "explicit", "latest"]),
-        ("    labels: [ubuntu-latest]\n", "    labels: [ubuntu-latest]\n    label: x\n", "runners.cpu.label", "label", ["unknown key"]),
-        ('    reason: "old server, new SDK"\n', '    reason: "old server, new SDK"\n    only: yes\n',
-         "constraints.0.only", "only", ["unknown key"]),
-        ("probe: {renderers: [transformers],", "probe: {render: [transformers],",
-         "axes.engine.transformers.probe.render", "render", ["unknown probe role"]),
+        (
+            "        latest: 2\n      repo:",
+            "        latest: 2\n        newest: 1\n      repo:",
+            "axes.engine.transformers.versions.newest",
+            "newest",
+            ["unknown key", "explicit", "latest"],
+        ),
+        (
+            "    labels: [ubuntu-latest]\n",
+            "    labels: [ubuntu-latest]\n    label: x\n",
+            "runners.cpu.label",
+            "label",
+            ["unknown key"],
+        ),
+        (
+            '    reason: "old server, new SDK"\n',
+            '    reason: "old server, new SDK"\n    only: yes\n',
+            "constraints.0.only",
+            "only",
+            ["unknown key"],
+        ),
+        (
+            "probe: {renderers: [transformers],",
+            "probe: {render: [transformers],",
+            "axes.engine.transformers.probe.render",
+            "render",
+            ["unknown probe role"],
+        ),
     ],
 )
 def test_unknown_keys(tmp_path, old, new, field, value, words):
@@ -334,20 +370,55 @@ def test_unknown_keys(tmp_path, old, new, field, value, words):
 @pytest.mark.parametrize(
     "old, new, field, value, words",
     [
-        ("        latest: 2\n      repo:", "        latest: two\n      repo:",
-         "axes.engine.transformers.versions.latest", "two", ["expected an integer, got a string"]),
-        ("        latest: 2\n      repo:", "        latest: true\n      repo:",
-         "axes.engine.transformers.versions.latest", True, ["expected an integer, got boolean true"]),
-        ("      packages: [tokenizers]", "      packages: tokenizers",
-         "axes.tokenizer.tokenizers.packages", "tokenizers", ["expected a list, got a string"]),
-        ("    provides: [cpu]\n", "    provides: [cpu]\n    python: 3.10\n",
-         "runners.cpu.python", 3.1, ["expected a string, got a number", "quote it"]),
-        ('explicit: ["0.2.90", "0.3.2"]', 'explicit: ["0.2.90", 0.3]',
-         "axes.engine.llama-cpp-python.versions.explicit.1", 0.3, ["expected a string", "quote it"]),
-        ("    default: false\nmodels:", "    default: no way\nmodels:",
-         "runners.gpu.default", "no way", ["expected true or false"]),
-        ('    reason: "old server, new SDK"\n', "    reason: [a]\n",
-         "constraints.0.reason", ["a"], ["expected a string, got a list"]),
+        (
+            "        latest: 2\n      repo:",
+            "        latest: two\n      repo:",
+            "axes.engine.transformers.versions.latest",
+            "two",
+            ["expected an integer, got a string"],
+        ),
+        (
+            "        latest: 2\n      repo:",
+            "        latest: true\n      repo:",
+            "axes.engine.transformers.versions.latest",
+            True,
+            ["expected an integer, got boolean true"],
+        ),
+        (
+            "      packages: [tokenizers]",
+            "      packages: tokenizers",
+            "axes.tokenizer.tokenizers.packages",
+            "tokenizers",
+            ["expected a list, got a string"],
+        ),
+        (
+            "    provides: [cpu]\n",
+            "    provides: [cpu]\n    python: 3.10\n",
+            "runners.cpu.python",
+            3.1,
+            ["expected a string, got a number", "quote it"],
+        ),
+        (
+            'explicit: ["0.2.90", "0.3.2"]',
+            'explicit: ["0.2.90", 0.3]',
+            "axes.engine.llama-cpp-python.versions.explicit.1",
+            0.3,
+            ["expected a string", "quote it"],
+        ),
+        (
+            "    default: false\nmodels:",
+            "    default: no way\nmodels:",
+            "runners.gpu.default",
+            "no way",
+            ["expected true or false"],
+        ),
+        (
+            '    reason: "old server, new SDK"\n',
+            "    reason: [a]\n",
+            "constraints.0.reason",
+            ["a"],
+            ["expected a string, got a list"],
+        ),
     ],
 )
 def test_wrong_types(tmp_path, old, new, field, value, words):
@@ -361,8 +432,7 @@ def test_wrong_types(tmp_path, old, new, field, value, words):
 def test_latest_must_be_positive(tmp_path, latest):
     text = edit("        latest: 2\n      repo:", f"        latest: {latest}\n      repo:")
     err = error_of(tmp_path, text)
-    check(err, "axes.engine.transformers.versions.latest", latest, line_of(text, f"latest: {latest}"),
-          "at least 1")
+    check(err, "axes.engine.transformers.versions.latest", latest, line_of(text, f"latest: {latest}"), "at least 1")
 
 
 def test_unknown_axis(tmp_path):
@@ -403,8 +473,14 @@ def test_per_must_be_release_minor_or_major(tmp_path):
 def test_unknown_need(tmp_path):
     text = edit("      needs: [gpu]\n", "      needs: [gpu, tpu]\n")
     err = error_of(tmp_path, text)
-    check(err, "axes.engine.vllm.needs.1", "tpu", line_of(text, "needs: [gpu, tpu]"),
-          "unknown capability", "cpu, gpu, docker, node, compile, network")
+    check(
+        err,
+        "axes.engine.vllm.needs.1",
+        "tpu",
+        line_of(text, "needs: [gpu, tpu]"),
+        "unknown capability",
+        "cpu, gpu, docker, node, compile, network",
+    )
 
 
 def test_unknown_provided_capability(tmp_path):
@@ -415,7 +491,7 @@ def test_unknown_provided_capability(tmp_path):
 
 @pytest.mark.parametrize("repo", ["transformers", "huggingface/transformers/extra", "https:x/y z"])
 def test_repo_must_be_owner_name(tmp_path, repo):
-    text = edit("repo: huggingface/transformers", f"repo: \"{repo}\"")
+    text = edit("repo: huggingface/transformers", f'repo: "{repo}"')
     err = error_of(tmp_path, text)
     check(err, "axes.engine.transformers.repo", repo, line_of(text, "repo:"), "owner/name")
 
@@ -429,8 +505,13 @@ def test_tag_format_needs_version(tmp_path):
 def test_tag_format_with_another_placeholder(tmp_path):
     text = edit('tag_format: "{version}"', 'tag_format: "{name}-{version}"')
     err = error_of(tmp_path, text)
-    check(err, "axes.template.hf-jinja2.tag_format", "{name}-{version}", line_of(text, "tag_format:"),
-          "only use the {version} placeholder")
+    check(
+        err,
+        "axes.template.hf-jinja2.tag_format",
+        "{name}-{version}",
+        line_of(text, "tag_format:"),
+        "only use the {version} placeholder",
+    )
 
 
 def test_bad_component_name(tmp_path):
@@ -459,8 +540,12 @@ def test_first_error_in_the_file_wins(tmp_path):
 @pytest.mark.parametrize(
     "old, new, field, value",
     [
-        ('explicit: ["0.2.90", "0.3.2"]', 'explicit: ["0.2.90", "0.3.x"]',
-         "axes.engine.llama-cpp-python.versions.explicit.1", "0.3.x"),
+        (
+            'explicit: ["0.2.90", "0.3.2"]',
+            'explicit: ["0.2.90", "0.3.x"]',
+            "axes.engine.llama-cpp-python.versions.explicit.1",
+            "0.3.x",
+        ),
         ('floor: "0.6"', 'floor: "six"', "axes.engine.vllm.versions.floor", "six"),
         ('floor: "0.6"', 'below: "1.0-beta-final"', "axes.engine.vllm.versions.below", "1.0-beta-final"),
         ('  jinja2: "3.1.6"', '  jinja2: "latest"', "reference.jinja2", "latest"),
@@ -475,22 +560,38 @@ def test_invalid_versions(tmp_path, old, new, field, value):
 def test_equal_explicit_versions(tmp_path):
     text = edit('explicit: ["0.2.90", "0.3.2"]', 'explicit: ["0.3", "0.3.0"]')
     err = error_of(tmp_path, text)
-    check(err, "axes.engine.llama-cpp-python.versions.explicit.1", "0.3.0", line_of(text, "explicit:"),
-          "same version as axes.engine.llama-cpp-python.versions.explicit.0")
+    check(
+        err,
+        "axes.engine.llama-cpp-python.versions.explicit.1",
+        "0.3.0",
+        line_of(text, "explicit:"),
+        "same version as axes.engine.llama-cpp-python.versions.explicit.0",
+    )
 
 
 def test_explicit_and_latest_together(tmp_path):
     text = edit('explicit: ["0.2.90", "0.3.2"]', 'explicit: ["0.2.90"]\n        latest: 2')
     err = error_of(tmp_path, text)
-    check(err, "axes.engine.llama-cpp-python.versions", {"explicit": ["0.2.90"], "latest": 2},
-          line_of(text, "llama-cpp-python:", "versions:"), "both explicit and latest")
+    check(
+        err,
+        "axes.engine.llama-cpp-python.versions",
+        {"explicit": ["0.2.90"], "latest": 2},
+        line_of(text, "llama-cpp-python:", "versions:"),
+        "both explicit and latest",
+    )
 
 
 def test_neither_explicit_nor_latest(tmp_path):
     text = edit("        latest: 1\n        floor:", "        floor:")
     err = error_of(tmp_path, text)
-    check(err, "axes.engine.vllm.versions", {"floor": "0.6"}, line_of(text, "vllm:", "versions:"),
-          "needs explicit", "or latest")
+    check(
+        err,
+        "axes.engine.vllm.versions",
+        {"floor": "0.6"},
+        line_of(text, "vllm:", "versions:"),
+        "needs explicit",
+        "or latest",
+    )
 
 
 def test_discovery_keys_with_explicit(tmp_path):
@@ -542,8 +643,14 @@ def test_model_kind(tmp_path):
 def test_component_no_runner_can_run(tmp_path):
     text = edit("      needs: [gpu]\n", "      needs: [gpu, docker]\n")
     err = error_of(tmp_path, text)
-    check(err, "axes.engine.vllm.needs", ["docker", "gpu"], line_of(text, "needs: [gpu, docker]"),
-          "no runner provides", "gpu: cpu, gpu, network")
+    check(
+        err,
+        "axes.engine.vllm.needs",
+        ["docker", "gpu"],
+        line_of(text, "needs: [gpu, docker]"),
+        "no runner provides",
+        "gpu: cpu, gpu, network",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,7 +658,7 @@ def test_component_no_runner_can_run(tmp_path):
 
 
 def constraint(exclude: str, reason: str = "because") -> str:
-    return BASE + f"  - exclude: {exclude}\n    reason: \"{reason}\"\n"
+    return BASE + f'  - exclude: {exclude}\n    reason: "{reason}"\n'
 
 
 def test_constraint_unknown_axis(tmp_path):
@@ -563,15 +670,26 @@ def test_constraint_unknown_axis(tmp_path):
 def test_constraint_unknown_component(tmp_path):
     text = constraint('{engine: "llama.cpp<0.3"}')
     err = error_of(tmp_path, text)
-    check(err, "constraints.1.exclude.engine", "llama.cpp<0.3", len(text.splitlines()) - 1,
-          "unknown component 'llama.cpp' on axis engine", "transformers, llama-cpp-python, vllm")
+    check(
+        err,
+        "constraints.1.exclude.engine",
+        "llama.cpp<0.3",
+        len(text.splitlines()) - 1,
+        "unknown component 'llama.cpp' on axis engine",
+        "transformers, llama-cpp-python, vllm",
+    )
 
 
 def test_constraint_component_on_the_wrong_axis(tmp_path):
     text = constraint('{tokenizer: "transformers"}')
     err = error_of(tmp_path, text)
-    check(err, "constraints.1.exclude.tokenizer", "transformers", len(text.splitlines()) - 1,
-          "unknown component 'transformers' on axis tokenizer")
+    check(
+        err,
+        "constraints.1.exclude.tokenizer",
+        "transformers",
+        len(text.splitlines()) - 1,
+        "unknown component 'transformers' on axis tokenizer",
+    )
 
 
 @pytest.mark.parametrize("cond", ["openai<<3", "openai 3", "openai>=3.x", "openai===3", "openai>=3; x"])
@@ -597,8 +715,15 @@ def test_constraint_without_reason(tmp_path):
 def test_contradictory_components_on_one_axis(tmp_path):
     text = constraint('{engine: ["llama-cpp-python<0.3", "vllm"]}')
     err = error_of(tmp_path, text)
-    check(err, "constraints.1.exclude.engine.1", "vllm", len(text.splitlines()) - 1,
-          "can never match", "constraints.1.exclude.engine.0", "one component per axis")
+    check(
+        err,
+        "constraints.1.exclude.engine.1",
+        "vllm",
+        len(text.splitlines()) - 1,
+        "can never match",
+        "constraints.1.exclude.engine.0",
+        "one component per axis",
+    )
 
 
 @pytest.mark.parametrize("cond", ["openai>=2,<1", "openai==1.0,!=1.0", "openai>3,<=3"])
@@ -626,24 +751,38 @@ def test_conditions_on_one_component_are_joined(tmp_path):
 def test_specifier_outside_the_versions_rule(tmp_path):
     text = constraint('{engine: "vllm<0.5"}')
     err = error_of(tmp_path, text)
-    check(err, "constraints.1.exclude.engine", "vllm<0.5", len(text.splitlines()) - 1,
-          "can never match", ">=0.6")
+    check(err, "constraints.1.exclude.engine", "vllm<0.5", len(text.splitlines()) - 1, "can never match", ">=0.6")
 
 
 def test_specifier_matching_no_explicit_version(tmp_path):
     text = constraint('{engine: "llama-cpp-python>=0.4"}')
     err = error_of(tmp_path, text)
-    check(err, "constraints.1.exclude.engine", "llama-cpp-python>=0.4", len(text.splitlines()) - 1,
-          "no explicit version of llama-cpp-python", "0.2.90, 0.3.2")
+    check(
+        err,
+        "constraints.1.exclude.engine",
+        "llama-cpp-python>=0.4",
+        len(text.splitlines()) - 1,
+        "no explicit version of llama-cpp-python",
+        "0.2.90, 0.3.2",
+    )
 
 
 def test_constraints_excluding_a_whole_axis(tmp_path):
-    text = edit("    tokenizers:\n", "    slow:\n      packages: [sentencepiece]\n      versions: {latest: 1}\n"
-                "      default: false\n    tokenizers:\n")
+    text = edit(
+        "    tokenizers:\n",
+        "    slow:\n      packages: [sentencepiece]\n      versions: {latest: 1}\n"
+        "      default: false\n    tokenizers:\n",
+    )
     text += '  - exclude: {tokenizer: slow}\n    reason: "a"\n  - exclude: {tokenizer: tokenizers}\n    reason: "b"\n'
     err = error_of(tmp_path, text)
-    check(err, "constraints.2.exclude.tokenizer", "tokenizers", len(text.splitlines()) - 1,
-          "exclude every component of axis tokenizer", "slow, tokenizers")
+    check(
+        err,
+        "constraints.2.exclude.tokenizer",
+        "tokenizers",
+        len(text.splitlines()) - 1,
+        "exclude every component of axis tokenizer",
+        "slow, tokenizers",
+    )
 
 
 def test_constraints_excluding_every_explicit_version(tmp_path):
@@ -653,12 +792,19 @@ def test_constraints_excluding_every_explicit_version(tmp_path):
     text = edit("      default: false\n    vllm:", "    vllm:", text)  # llama-cpp-python is the default engine
     text = edit("provides: [cpu, gpu, network]", "provides: [cpu, gpu, compile, network]", text)
     text = edit("    provides: [cpu]\n", "    provides: [cpu, compile]\n", text)
-    text += ('  - exclude: {engine: "llama-cpp-python<0.3"}\n    reason: "a"\n'
-             '  - exclude: {engine: vllm}\n    reason: "b"\n'
-             '  - exclude: {engine: "llama-cpp-python>=0.3"}\n    reason: "c"\n')
+    text += (
+        '  - exclude: {engine: "llama-cpp-python<0.3"}\n    reason: "a"\n'
+        '  - exclude: {engine: vllm}\n    reason: "b"\n'
+        '  - exclude: {engine: "llama-cpp-python>=0.3"}\n    reason: "c"\n'
+    )
     err = error_of(tmp_path, text)
-    check(err, "constraints.3.exclude.engine", "llama-cpp-python>=0.3", len(text.splitlines()) - 1,
-          "exclude every component of axis engine")
+    check(
+        err,
+        "constraints.3.exclude.engine",
+        "llama-cpp-python>=0.3",
+        len(text.splitlines()) - 1,
+        "exclude every component of axis engine",
+    )
 
 
 def test_constraint_may_exclude_a_component_outright(tmp_path):
@@ -671,18 +817,32 @@ def test_constraint_may_exclude_a_component_outright(tmp_path):
 
 
 def test_default_component_no_default_runner_can_run(tmp_path):
-    text = edit("      probe: {renderers: [transformers], tokenizers: [transformers]}\n",
-                "      probe: {renderers: [transformers], tokenizers: [transformers]}\n      needs: [gpu]\n")
+    text = edit(
+        "      probe: {renderers: [transformers], tokenizers: [transformers]}\n",
+        "      probe: {renderers: [transformers], tokenizers: [transformers]}\n      needs: [gpu]\n",
+    )
     err = error_of(tmp_path, text)
-    check(err, "axes.engine", ["transformers"], line_of(text, "engine:"),
-          "no default component that a default runner can run", "transformers needs gpu", "cpu: cpu")
+    check(
+        err,
+        "axes.engine",
+        ["transformers"],
+        line_of(text, "engine:"),
+        "no default component that a default runner can run",
+        "transformers needs gpu",
+        "cpu: cpu",
+    )
 
 
 def test_constraint_excluding_the_only_default_component(tmp_path):
     text = constraint("{engine: transformers}")
     err = error_of(tmp_path, text)
-    check(err, "axes.engine", ["transformers", "llama-cpp-python", "vllm"], line_of(text, "engine:"),
-          "no default component")
+    check(
+        err,
+        "axes.engine",
+        ["transformers", "llama-cpp-python", "vllm"],
+        line_of(text, "engine:"),
+        "no default component",
+    )
 
 
 def test_axis_without_default_component(tmp_path):
@@ -712,7 +872,11 @@ def test_default_model_no_default_runner_can_run(tmp_path):
 def test_no_single_default_runner_runs_a_whole_cell(tmp_path):
     # two default runners: one runs only gpu things, the other only cpu things
     text = edit("    provides: [cpu, gpu, network]\n    default: false\n", "    provides: [gpu, network]\n")
-    text = edit("    hf-jinja2:\n      packages: [jinja2]\n", "    hf-jinja2:\n      packages: [jinja2]\n      needs: [gpu]\n", text)
+    text = edit(
+        "    hf-jinja2:\n      packages: [jinja2]\n",
+        "    hf-jinja2:\n      packages: [jinja2]\n      needs: [gpu]\n",
+        text,
+    )
     err = error_of(tmp_path, text)
     check(err, "runners", ["cpu", "gpu"], line_of(text, "runners:"), "no default runner can run a whole default cell")
 
@@ -737,9 +901,19 @@ def test_parse_condition(text, expected):
 @pytest.mark.parametrize(
     "spec, ok",
     [
-        ("", True), (">=1", True), ("<0.0.1", True), (">=2,<1", False), (">1,<1.0.1", True),
-        ("==1.*,!=1.*", False), ("~=1.4.5,<1.4.5", False), ("~=1.4.5,<1.5", True), (">=1,<=1", True),
-        (">1,<=1", False), ("==1.0+cpu", True), ("!=1.*,>=1,<2", False), ("!=1.*,>=1,<2.1", True),
+        ("", True),
+        (">=1", True),
+        ("<0.0.1", True),
+        (">=2,<1", False),
+        (">1,<1.0.1", True),
+        ("==1.*,!=1.*", False),
+        ("~=1.4.5,<1.4.5", False),
+        ("~=1.4.5,<1.5", True),
+        (">=1,<=1", True),
+        (">1,<=1", False),
+        ("==1.0+cpu", True),
+        ("!=1.*,>=1,<2", False),
+        ("!=1.*,>=1,<2.1", True),
     ],
 )
 def test_satisfiable(spec, ok):

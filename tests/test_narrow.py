@@ -27,19 +27,34 @@ T1, T2, NOW = "2026-01-01T00:00:00+00:00", "2026-01-08T00:00:00+00:00", "2026-01
 
 # --------------------------------------------------------------------------- the pipeline's wiring
 
+
 def _cell(engine: str) -> str:
     return f"cpu/tiny-qwen2/llama-cpp-python@{engine}/tokenizers@0.1/tpl@1.0/cli@2.0"
 
 
 def _result(key, cid, outcome):
     parts = cid.split("/")
-    choices = {axis: {"component": p.partition("@")[0], "version": p.partition("@")[2]}
-               for axis, p in zip(("engine", "tokenizer", "template", "client"), parts[2:])}
-    return {"key": key, "outcome": outcome, "finished": T1, "reason": "",
-            "cell": {"id": cid, "runner": parts[0], "model": parts[1], "choices": choices},
-            "stages": {"inference": {"outcome": outcome}},
-            "records": [{"case": "single-user", "stage": "inference", "check": "llama-server", "outcome": outcome,
-                         "detail": "" if outcome == "pass" else "ids differ at step 0"}]}
+    choices = {
+        axis: {"component": p.partition("@")[0], "version": p.partition("@")[2]}
+        for axis, p in zip(("engine", "tokenizer", "template", "client"), parts[2:])
+    }
+    return {
+        "key": key,
+        "outcome": outcome,
+        "finished": T1,
+        "reason": "",
+        "cell": {"id": cid, "runner": parts[0], "model": parts[1], "choices": choices},
+        "stages": {"inference": {"outcome": outcome}},
+        "records": [
+            {
+                "case": "single-user",
+                "stage": "inference",
+                "check": "llama-server",
+                "outcome": outcome,
+                "detail": "" if outcome == "pass" else "ids differ at step 0",
+            }
+        ],
+    }
 
 
 @pytest.fixture
@@ -63,8 +78,14 @@ def test_the_pipeline_stores_why_a_llama_cpp_finding_was_not_narrowed(store, mon
 
     monkeypatch.delenv(gitsrc.ENV_GIT, raising=False)
     # the application layer hands the narrower in (bot.regress does not import bot.narrow)
-    report = regress(store, "r2", rerun=_rerun, releases=lambda a, c: ["0.3.7", "0.3.8", "0.3.9"], now=NOW,
-                     narrow=narrow.pipeline_narrower)
+    report = regress(
+        store,
+        "r2",
+        rerun=_rerun,
+        releases=lambda a, c: ["0.3.7", "0.3.8", "0.3.9"],
+        now=NOW,
+        narrow=narrow.pipeline_narrower,
+    )
     (finding,) = report.findings
     assert (finding["last_good"], finding["first_bad"]) == ("0.3.7", "0.3.8")
     rows = store.bisections(finding["fingerprint"])
@@ -80,12 +101,22 @@ def test_the_pipeline_stores_the_narrowed_range_beside_the_release_bisection(sto
 
     def narrower(finding, bisection):
         seen.append((finding["case_id"], bisection["last_good"], bisection["first_bad"]))
-        return {"component": "llama.cpp", "versions": ["b1", "b2"], "compare_url": "u", "repro": "r",
-                "probes": [("b1", "good"), ("b2", "bad")], "last_good": "b1", "first_bad": "b2",
-                "status": "found", "started": NOW, "finished": NOW}
+        return {
+            "component": "llama.cpp",
+            "versions": ["b1", "b2"],
+            "compare_url": "u",
+            "repro": "r",
+            "probes": [("b1", "good"), ("b2", "bad")],
+            "last_good": "b1",
+            "first_bad": "b2",
+            "status": "found",
+            "started": NOW,
+            "finished": NOW,
+        }
 
-    report = regress(store, "r2", rerun=_rerun, releases=lambda a, c: ["0.3.7", "0.3.8", "0.3.9"], now=NOW,
-                     narrow=narrower)
+    report = regress(
+        store, "r2", rerun=_rerun, releases=lambda a, c: ["0.3.7", "0.3.8", "0.3.9"], now=NOW, narrow=narrower
+    )
     assert seen == [("single-user", "0.3.7", "0.3.8")]
     (row,) = [r for r in store.bisections() if r.component == "llama.cpp"]
     assert (row.last_good, row.first_bad, row.compare_url, row.repro) == ("b1", "b2", "u", "r")
@@ -94,6 +125,7 @@ def test_the_pipeline_stores_the_narrowed_range_beside_the_release_bisection(sto
 
 
 # --------------------------------------------------------------------------- for real: compile and probe
+
 
 def _tools_or_skip():
     for tool in ("git", "cmake", "cc", "c++"):
@@ -189,17 +221,39 @@ def test_the_bisect_command_narrows_llama_cpp_with_a_check_script(demo, tmp_path
 
     model = tinymodel.ensure(arch="qwen2", parts=("tokenizer", "gguf"), reference=loader.load_default().reference)
     check = tmp_path / "check.py"
-    check.write_text(CHECK.replace('sys.argv[1]', repr(str(model.path / "model.gguf"))))
-    proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bisect", "llama.cpp", "b5000..b5004", str(check),
-                           "--git", str(demo["git"])], capture_output=True, text=True, cwd=ROOT, timeout=3000, check=False)
+    check.write_text(CHECK.replace("sys.argv[1]", repr(str(model.path / "model.gguf"))))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "matrix.app.cli",
+            "bisect",
+            "llama.cpp",
+            "b5000..b5004",
+            str(check),
+            "--git",
+            str(demo["git"]),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=3000,
+        check=False,
+    )
     print(proc.stdout, proc.stderr[-3000:])
     assert proc.returncode == 0
     assert "last good:  b5002" in proc.stdout and "first bad:  b5003" in proc.stdout
     assert "compare:    https://github.com/ggml-org/llama.cpp/compare/b5002...b5003" in proc.stdout
     assert f"reproduce:  llmcompat bisect llama.cpp b5000..b5004 {check} --git {demo['git']}" in proc.stdout
     # no git source: said plainly, exit 2
-    proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", "bisect", "llama.cpp", "b5000..b5004", str(check)],
-                          capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "matrix.app.cli", "bisect", "llama.cpp", "b5000..b5004", str(check)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        check=False,
+    )
     assert proc.returncode == 2 and "no llama.cpp git source configured" in proc.stderr
 
 
@@ -213,12 +267,20 @@ def test_the_pipeline_narrows_through_the_configured_source(demo, monkeypatch):
     repo = gitsrc.open_repo(str(demo["git"]))
     got = gitsrc.release_commit(repo, "0.3.8", "good", sdist=demo["sdist"])
     assert (got.commit, got.how) == (demo["commits"]["b5000"], "sdist tree")
-    finding = {"component": "llama-cpp-python", "case_id": "single-user", "stage": "inference",
-               "first_bad_cell": _cell("0.3.9"), "last_good": "0.3.8", "first_bad": "0.3.9"}
+    finding = {
+        "component": "llama-cpp-python",
+        "case_id": "single-user",
+        "stage": "inference",
+        "first_bad_cell": _cell("0.3.9"),
+        "last_good": "0.3.8",
+        "first_bad": "0.3.9",
+    }
     bisection = {"status": "found", "last_good": "0.3.8", "first_bad": "0.3.9"}
     row = narrow.pipeline_narrower(finding, bisection, python_source=str(demo["python_git"]))
     assert (row["status"], row["last_good"], row["first_bad"]) == ("found", "b5002", "b5003"), row
     assert all(isinstance(v, str) for v in row["versions"])
     assert row["compare_url"].endswith("/compare/b5002...b5003")
-    assert row["repro"] == (f"llmcompat bisect llama.cpp b5002..b5003 --case single-user --stage inference "
-                              f"--model tiny-qwen2 --git {demo['git']} --python-git {demo['python_git']}")
+    assert row["repro"] == (
+        f"llmcompat bisect llama.cpp b5002..b5003 --case single-user --stage inference "
+        f"--model tiny-qwen2 --git {demo['git']} --python-git {demo['python_git']}"
+    )

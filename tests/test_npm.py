@@ -12,17 +12,16 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from matrix import suites
-
 from matrix.declare import loader
-from matrix.releases import npm
 from matrix.declare.config import VersionRule
 from matrix.errors import ConfigError
+from matrix.releases import npm
 from matrix.releases.versions import select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,15 +48,18 @@ needs_node = pytest.mark.skipif(
 def test_parse_view_skips_metadata_and_unpublished():
     data = {
         "time": {
-            "created": "2023-01-01T00:00:00.000Z", "modified": "2024-01-01T00:00:00.000Z",
-            "1.0.0": "2023-01-02T00:00:00.000Z", "1.1.0-beta.1": "2023-01-03T00:00:00Z",
-            "1.1.0": "2023-01-04T00:00:00.000Z", "0.9.0": "2022-12-01T00:00:00.000Z",
+            "created": "2023-01-01T00:00:00.000Z",
+            "modified": "2024-01-01T00:00:00.000Z",
+            "1.0.0": "2023-01-02T00:00:00.000Z",
+            "1.1.0-beta.1": "2023-01-03T00:00:00Z",
+            "1.1.0": "2023-01-04T00:00:00.000Z",
+            "0.9.0": "2022-12-01T00:00:00.000Z",
         },
         "versions": ["1.0.0", "1.1.0-beta.1", "1.1.0"],  # 0.9.0 was unpublished
     }
     rels = npm.parse_view(data)
     assert [r.version for r in rels] == ["1.0.0", "1.1.0-beta.1", "1.1.0"]
-    assert rels[0].upload_time == datetime(2023, 1, 2, tzinfo=timezone.utc)
+    assert rels[0].upload_time == datetime(2023, 1, 2, tzinfo=UTC)
     assert select(rels, VersionRule(latest=2)) == ["1.0.0", "1.1.0"]  # npm pre-releases are pre-releases
     assert select(rels, VersionRule(latest=1, prereleases=True)) == ["1.1.0"]
 
@@ -88,7 +90,11 @@ def test_ca_bundle_handed_to_node(tmp_path):
 
 
 def test_no_registry_host_is_written_down():
-    for path in (ROOT / "matrix" / "releases" / "npm.py", PROBE_DIR / "render_node.py", PROBE_DIR / "render_hf_jinja.mjs"):
+    for path in (
+        ROOT / "matrix" / "releases" / "npm.py",
+        PROBE_DIR / "render_node.py",
+        PROBE_DIR / "render_hf_jinja.mjs",
+    ):
         text = path.read_text(encoding="utf-8")
         assert "registry.npmjs" not in text and "npmjs.org" not in text and "npmjs.com" not in text, path
 
@@ -123,22 +129,48 @@ def test_loader_accepts_an_npm_component():
 @pytest.mark.parametrize(
     "old, new, field, words",
     [
-        ("      needs: [cpu, node]\n      repo: huggingface/huggingface.js",
-         "      needs: [cpu]\n      repo: huggingface/huggingface.js",
-         "axes.template.hf-jinja-js.needs", ["needs must include node"]),
-        ("      needs: [cpu, node]\n      repo: huggingface/huggingface.js",
-         "      repo: huggingface/huggingface.js",
-         "axes.template.hf-jinja-js.ecosystem", ["needs must include node"]),
-        ('packages: ["@huggingface/jinja"]', 'packages: ["@HuggingFace/Jinja"]',
-         "axes.template.hf-jinja-js.packages.0", ["not a valid npm package name"]),
-        ('packages: ["@huggingface/jinja"]', 'packages: ["@huggingface/jinja", "other"]',
-         "axes.template.hf-jinja-js.packages", ["exactly one npm package"]),
-        ("      ecosystem: npm\n", "      ecosystem: npm\n      extras: [x]\n",
-         "axes.template.hf-jinja-js.extras", ["pypi components only"]),
-        ("      ecosystem: npm\n", "      ecosystem: cargo\n",
-         "axes.template.hf-jinja-js.ecosystem", ["pypi (the default), npm or corpus"]),
-        ("      ecosystem: npm\n", "",  # an npm name on a pypi component
-         "axes.template.hf-jinja-js.packages.0", ["not a valid package"]),
+        (
+            "      needs: [cpu, node]\n      repo: huggingface/huggingface.js",
+            "      needs: [cpu]\n      repo: huggingface/huggingface.js",
+            "axes.template.hf-jinja-js.needs",
+            ["needs must include node"],
+        ),
+        (
+            "      needs: [cpu, node]\n      repo: huggingface/huggingface.js",
+            "      repo: huggingface/huggingface.js",
+            "axes.template.hf-jinja-js.ecosystem",
+            ["needs must include node"],
+        ),
+        (
+            'packages: ["@huggingface/jinja"]',
+            'packages: ["@HuggingFace/Jinja"]',
+            "axes.template.hf-jinja-js.packages.0",
+            ["not a valid npm package name"],
+        ),
+        (
+            'packages: ["@huggingface/jinja"]',
+            'packages: ["@huggingface/jinja", "other"]',
+            "axes.template.hf-jinja-js.packages",
+            ["exactly one npm package"],
+        ),
+        (
+            "      ecosystem: npm\n",
+            "      ecosystem: npm\n      extras: [x]\n",
+            "axes.template.hf-jinja-js.extras",
+            ["pypi components only"],
+        ),
+        (
+            "      ecosystem: npm\n",
+            "      ecosystem: cargo\n",
+            "axes.template.hf-jinja-js.ecosystem",
+            ["pypi (the default), npm or corpus"],
+        ),
+        (
+            "      ecosystem: npm\n",
+            "",  # an npm name on a pypi component
+            "axes.template.hf-jinja-js.packages.0",
+            ["not a valid package"],
+        ),
     ],
 )
 def test_loader_rejects_bad_npm_components(tmp_path, old, new, field, words):
@@ -251,7 +283,9 @@ def test_failed_install_leaves_nothing(registry):
 
 def renderer(prefix, template=TEMPLATE, cases=CASES, **limits):
     limits = {"render_seconds": 5, **limits}
-    return render_node.node_renderer(template, SPECIAL, limits, {"cases": cases, "node_modules": {PACKAGE: str(prefix)}})
+    return render_node.node_renderer(
+        template, SPECIAL, limits, {"cases": cases, "node_modules": {PACKAGE: str(prefix)}}
+    )
 
 
 def outcome(render, case):
@@ -263,8 +297,10 @@ def outcome(render, case):
 
 @needs_node
 def aliases_reasoning(case) -> bool:
-    return any(isinstance(m, dict) and ("reasoning" in m or "thinking" in m) and "reasoning_content" not in m
-               for m in case["messages"])
+    return any(
+        isinstance(m, dict) and ("reasoning" in m or "thinking" in m) and "reasoning_content" not in m
+        for m in case["messages"]
+    )
 
 
 def test_renders_like_jinja2_with_both_versions(installs):

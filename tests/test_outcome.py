@@ -66,8 +66,17 @@ def test_an_unknown_outcome_is_never_hidden():
 
 
 def test_records_round_trip_through_their_row_form():
-    f = Finding(fingerprint="fp", case_id="c", stage="template", component="jinja2", axis="template",
-                cases=("c", "d"), versions=("3.1.5", "3.1.6"), cells=2, kind="difference")
+    f = Finding(
+        fingerprint="fp",
+        case_id="c",
+        stage="template",
+        component="jinja2",
+        axis="template",
+        cases=("c", "d"),
+        versions=("3.1.5", "3.1.6"),
+        cells=2,
+        kind="difference",
+    )
     row = f.as_row()
     assert row["cases"] == '["c", "d"]' and Finding.from_row(row) == f
     assert f.as_dict()["versions"] == ["3.1.5", "3.1.6"]
@@ -82,10 +91,24 @@ def test_records_round_trip_through_their_row_form():
 def test_the_store_returns_records(tmp_path):
     from reports.store import Store
 
-    f = Finding(fingerprint="fp", case_id="c", stage="template", component="eng", axis="engine",
-                last_good="1.1", first_bad="1.2", first_seen="2026-01-01T00:00:00+00:00")
-    b = Bisection(component="eng", versions=("1.1", "1.2"), probes=(("1.2", "bad"),), status="found",
-                  started="2026-01-01T00:00:00+00:00", compare_url="u")
+    f = Finding(
+        fingerprint="fp",
+        case_id="c",
+        stage="template",
+        component="eng",
+        axis="engine",
+        last_good="1.1",
+        first_bad="1.2",
+        first_seen="2026-01-01T00:00:00+00:00",
+    )
+    b = Bisection(
+        component="eng",
+        versions=("1.1", "1.2"),
+        probes=(("1.2", "bad"),),
+        status="found",
+        started="2026-01-01T00:00:00+00:00",
+        compare_url="u",
+    )
     with Store(tmp_path / "s.sqlite") as s:
         s.save_finding(f, b, [{"event": "detected", "time": f.first_seen}])
         got = s.finding("fp")

@@ -31,8 +31,7 @@ def built(tmp_path_factory):
 
 def by_id(site_data, engine, template="3.1.6", client="3.57.0"):
     for c in site_data["cells"]:
-        if (c["axes"]["engine"] == engine and c["axes"]["template"][1] == template
-                and c["axes"]["client"][1] == client):
+        if c["axes"]["engine"] == engine and c["axes"]["template"][1] == template and c["axes"]["client"][1] == client:
             return c
     raise KeyError(engine)
 
@@ -121,8 +120,14 @@ def test_five_questions_have_samples(built):
     stages = {r["stage"]: r for r in q["stages"]["rows"]}
     assert stages["tokenize"]["silent"] >= 1 and "tool wiring" in stages
     classes = {r["class"]: r["count"] for r in q["classes"]["rows"]}
-    assert classes["crash"] >= 1 and set(classes) == {"numerical", "crash", "concurrency", "backend-specific",
-                                                      "protocol", "configuration-default"}
+    assert classes["crash"] >= 1 and set(classes) == {
+        "numerical",
+        "crash",
+        "concurrency",
+        "backend-specific",
+        "protocol",
+        "configuration-default",
+    }
     ups = {r["component"]: r for r in q["upgrades"]["rows"]}
     assert ups["transformers"]["upgrades"] == 1 and ups["transformers"]["broke"] == 1
     assert q["cases"]["top"][0]["findings"] >= q["cases"]["top"][-1]["findings"]
@@ -131,10 +136,24 @@ def test_five_questions_have_samples(built):
 
 def test_site_files_and_escaping(built):
     _, site, _ = built
-    for rel in ("index.html", "matrix-engine-tokenizer.html", "cells.html", "findings.html", "questions.html",
-                "components.html", "matrix.json", "matrix.schema.json", "feed.xml", "results.json", "app.js",
-                "style.css", "components/engine/transformers.html", "findings/reg-evil.html",
-                "badges/engine/transformers.json", "badges/engine/transformers/5.24.0.json"):
+    for rel in (
+        "index.html",
+        "matrix-engine-tokenizer.html",
+        "cells.html",
+        "findings.html",
+        "questions.html",
+        "components.html",
+        "matrix.json",
+        "matrix.schema.json",
+        "feed.xml",
+        "results.json",
+        "app.js",
+        "style.css",
+        "components/engine/transformers.html",
+        "findings/reg-evil.html",
+        "badges/engine/transformers.json",
+        "badges/engine/transformers/5.24.0.json",
+    ):
         assert (site / rel).is_file(), rel
     for path in site.rglob("*.html"):
         html = path.read_text()
@@ -164,8 +183,13 @@ def test_matrix_json_matches_its_schema(built):
 def test_badges_are_shields_endpoints(built):
     _, site, _ = built
     badge = json.loads((site / "badges" / "engine" / "mistralrs.json").read_text())
-    assert badge == {"schemaVersion": 1, "label": "llmcompat mistralrs", "message": "0.8.1 broken",
-                     "color": "red", "cacheSeconds": 3600}
+    assert badge == {
+        "schemaVersion": 1,
+        "label": "llmcompat mistralrs",
+        "message": "0.8.1 broken",
+        "color": "red",
+        "cacheSeconds": 3600,
+    }
     works = json.loads((site / "badges" / "engine" / "transformers" / "5.23.0.json").read_text())
     assert works["message"] == "5.23.0 works" and works["color"] == "brightgreen"
 
@@ -221,8 +245,11 @@ def test_a_kill_during_publish_leaves_the_old_site_and_the_next_run_cleans_up(tm
     publish(store, site)
     before = (site / "index.html").read_text()
     flag = tmp_path / "flag"
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(tmp_path / "s.sqlite"), str(site), str(flag)],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLER, str(tmp_path / "s.sqlite"), str(site), str(flag)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     deadline = time.time() + 120
     while not flag.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -238,19 +265,45 @@ def test_a_kill_during_publish_leaves_the_old_site_and_the_next_run_cleans_up(tm
 
 
 def test_render_of_an_export_in_hand_lists_cells_and_differences():
-    export = {"cells": [], "runs": [], "findings": [
-        {"fingerprint": "f1", "kind": "regression", "status": "open", "component": "transformers", "axis": "engine",
-         "last_good": "5.22.1", "first_bad": "5.22.2", "stage": "template", "case_id": "single-user",
-         "repro": "nox -s x", "compare_url": "https://github.com/huggingface/transformers/compare/v5.22.1...v5.22.2"},
-        {"fingerprint": "f2", "kind": "regression", "status": "open", "component": "evil", "axis": "engine",
-         "last_good": "1", "first_bad": "2", "stage": "template", "case_id": "<b>x</b>", "repro": "",
-         "compare_url": "javascript:alert(1)"},
-    ]}
+    export = {
+        "cells": [],
+        "runs": [],
+        "findings": [
+            {
+                "fingerprint": "f1",
+                "kind": "regression",
+                "status": "open",
+                "component": "transformers",
+                "axis": "engine",
+                "last_good": "5.22.1",
+                "first_bad": "5.22.2",
+                "stage": "template",
+                "case_id": "single-user",
+                "repro": "nox -s x",
+                "compare_url": "https://github.com/huggingface/transformers/compare/v5.22.1...v5.22.2",
+            },
+            {
+                "fingerprint": "f2",
+                "kind": "regression",
+                "status": "open",
+                "component": "evil",
+                "axis": "engine",
+                "last_good": "1",
+                "first_bad": "2",
+                "stage": "template",
+                "case_id": "<b>x</b>",
+                "repro": "",
+                "compare_url": "javascript:alert(1)",
+            },
+        ],
+    }
     html = page.render(page.page_data(export))
     assert "javascript:" not in html and "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
     data = page.page_data(export)
     assert [f["compare_url"] for f in data["findings"]] == [
-        "https://github.com/huggingface/transformers/compare/v5.22.1...v5.22.2", ""]
+        "https://github.com/huggingface/transformers/compare/v5.22.1...v5.22.2",
+        "",
+    ]
 
 
 def test_slugs_are_safe_file_names():
@@ -268,13 +321,18 @@ def test_the_bots_time_to_fix_and_reproduction_scripts_are_published_with_the_si
     store, _ = sample_store(tmp_path)
     stats = [s.as_dict() for s in ttf.summarize(ttf.collect(store))]
     cells = {c["key"]: c for c in store.cells()}
-    site = publish(store, tmp_path / "site", ttf=stats,
-                   extra=lambda d: repro.write_scripts(store.findings(status="open"), d / "repro", cells))
+    site = publish(
+        store,
+        tmp_path / "site",
+        ttf=stats,
+        extra=lambda d: repro.write_scripts(store.findings(status="open"), d / "repro", cells),
+    )
     written = sorted(p.name for p in (site / "repro").glob("*.py"))
     assert written, "no finding had a standalone reproduction"
     fp = written[0][:-3]
-    finding = next(f for f in store.findings() if (f.fingerprint if hasattr(f, "fingerprint") else f["fingerprint"])
-                   == fp)
+    finding = next(
+        f for f in store.findings() if (f.fingerprint if hasattr(f, "fingerprint") else f["fingerprint"]) == fp
+    )
     slug = d.slug(fp)
     html = (site / "findings" / f"{slug}.html").read_text()
     assert f'href="../repro/{fp}.py"' in html and finding

@@ -21,8 +21,14 @@ from tests.page_store import HOSTILE, sample_store
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = Path(os.environ.get("LLMCOMPAT_HOME") or ROOT / ".llmcompat") / "artifacts" / "screenshots"
 CHROMIUM = os.environ.get("LLMCOMPAT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,12 @@ def test_matrix_view(site, page):
     assert "works with caveats" in caveats.inner_text() and "2 cells" in caveats.inner_text()
     dots = caveats.locator(".dot")
     assert [dots.nth(i).get_attribute("aria-label") for i in range(5)] == [
-        "template: fail", "tokenize: fail", "inference: pass", "postprocess: fail", "client: skipped"]
+        "template: fail",
+        "tokenize: fail",
+        "inference: pass",
+        "postprocess: fail",
+        "client: skipped",
+    ]
     note = caveats.locator("sup a").first
     target = note.get_attribute("href")
     assert page.locator(target).locator("a").first.get_attribute("href").startswith("findings/")
@@ -149,8 +160,14 @@ def test_navigation_to_cell_and_finding_pages(site, page):
     page.wait_for_url("**/cells/*.html")
     text = page.locator("main").inner_text()
     assert "transformers 5.24.0" in text.replace("\n", " ") or "transformers" in text
-    for heading in ("What can I do?", "First divergence", "Results per stage and check", "Log tail",
-                    "Installed packages", "History"):
+    for heading in (
+        "What can I do?",
+        "First divergence",
+        "Results per stage and check",
+        "Log tail",
+        "Installed packages",
+        "History",
+    ):
         assert page.get_by_role("heading", name=heading).count() == 1, heading
     assert page.locator(".sides figure").count() == 2
     assert "jinja2==3.1" in text and 'nox -s "cell(cpu/tiny-qwen2/transformers@5.24.0' in text
@@ -204,8 +221,17 @@ def test_without_javascript(site, browser):
     ctx.close()
 
 
-@pytest.mark.parametrize("rel", ["index.html", "cells.html", "findings.html", "questions.html",
-                                 "findings/reg-jinja2-3.1.5.html", "components/engine/transformers.html"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "index.html",
+        "cells.html",
+        "findings.html",
+        "questions.html",
+        "findings/reg-jinja2-3.1.5.html",
+        "components/engine/transformers.html",
+    ],
+)
 def test_phone_width_has_no_horizontal_overflow(site, browser, rel):
     _, base = site
     ctx = browser.new_context(viewport={"width": 375, "height": 800}, device_scale_factor=1, is_mobile=True)
@@ -242,9 +268,11 @@ def test_keyboard_navigation(site, page):
     seen = []
     for _ in range(80):
         page.keyboard.press("Tab")
-        info = page.evaluate("(() => { const e = document.activeElement;"
-                             " return [e.tagName, e.getAttribute('name') || '', e.getAttribute('href') || '',"
-                             " !!e.closest('#mx')]; })()")
+        info = page.evaluate(
+            "(() => { const e = document.activeElement;"
+            " return [e.tagName, e.getAttribute('name') || '', e.getAttribute('href') || '',"
+            " !!e.closest('#mx')]; })()"
+        )
         seen.append(info)
         if info[0] == "A" and info[3] and info[2].startswith("cells/"):
             break

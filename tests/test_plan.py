@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from matrix.plan.cells import Cell, Choice
 from matrix.declare.config import AXES, Component, Condition, Constraint, Matrix, Model, Runner, VersionRule
 from matrix.errors import ConfigError
+from matrix.plan.cells import Cell, Choice
 from matrix.plan.planner import coverage_report, github_matrix, plan, targets
 
 
@@ -24,8 +24,11 @@ HUB = Model("hub", "hub", hub_id="org/model", needs=frozenset({"network"}), defa
 
 def make_matrix(constraints=(), runners=(CPU, GPU), models=(TINY, HUB), **axes):
     base = {
-        "engine": (comp("engine", "transformers"), comp("engine", "llama-cpp-python", ("cpu", "compile")),
-                   comp("engine", "vllm", ("gpu",), default=False)),
+        "engine": (
+            comp("engine", "transformers"),
+            comp("engine", "llama-cpp-python", ("cpu", "compile")),
+            comp("engine", "vllm", ("gpu",), default=False),
+        ),
         "tokenizer": (comp("tokenizer", "tokenizers"),),
         "template": (comp("template", "hf-jinja2"), comp("template", "minijinja", default=False)),
         "client": (comp("client", "openai"), comp("client", "litellm")),
@@ -120,8 +123,10 @@ def test_unknown_names_and_empty_selections_are_config_errors():
 
 def test_constraints_exclude_combinations_and_only_matching_versions():
     c0 = Constraint((Condition("engine", "llama-cpp-python"), Condition("client", "litellm")), "no tools")
-    c1 = Constraint((Condition("engine", "transformers", ">=5"), Condition("tokenizer", "tokenizers", "<0.23")),
-                    "transformers 5 needs tokenizers 0.23")
+    c1 = Constraint(
+        (Condition("engine", "transformers", ">=5"), Condition("tokenizer", "tokenizers", "<0.23")),
+        "transformers 5 needs tokenizers 0.23",
+    )
     m = make_matrix(constraints=(c0, c1))
     cells = plan(m, VERSIONS)
     for c in cells:
@@ -129,8 +134,9 @@ def test_constraints_exclude_combinations_and_only_matching_versions():
         assert not (e.component == "llama-cpp-python" and cl.component == "litellm")
         assert not (e.component == "transformers" and e.version in ("5.0", "5.1") and t.version == "0.22.0")
     # the versions outside the specifier still pair with tokenizers 0.22.0
-    assert any(c.choice("engine") == Choice("transformers", "4.0") and c.choice("tokenizer").version == "0.22.0"
-               for c in cells)
+    assert any(
+        c.choice("engine") == Choice("transformers", "4.0") and c.choice("tokenizer").version == "0.22.0" for c in cells
+    )
     assert coverage_report(m, VERSIONS, cells)["coverage"] == 1.0
 
 
@@ -215,10 +221,16 @@ def test_coverage_report_lists_missing_pairs_and_bad_cells():
     miss = report["missing"][0]
     assert miss["runner"] == "cpu" and miss["model"] == "tiny" and len(miss["pair"]) == 2
     assert all("==" in v for v in miss["pair"].values())
-    bad = Cell.make("cpu", "tiny", {
-        "engine": Choice("llama-cpp-python", "0.3.36"), "tokenizer": Choice("tokenizers", "0.23.3"),
-        "template": Choice("hf-jinja2", "3.1.6"), "client": Choice("litellm", "1.70.0"),
-    })
+    bad = Cell.make(
+        "cpu",
+        "tiny",
+        {
+            "engine": Choice("llama-cpp-python", "0.3.36"),
+            "tokenizer": Choice("tokenizers", "0.23.3"),
+            "template": Choice("hf-jinja2", "3.1.6"),
+            "client": Choice("litellm", "1.70.0"),
+        },
+    )
     stray = Cell.make("gpu", "tiny", dict(cells[0].choices))
     report = coverage_report(m, VERSIONS, list(cells) + [bad, stray])
     assert report["disallowed"] == [bad.id]
@@ -257,7 +269,10 @@ def test_sweeps_only_for_versions_newer_than_seen():
     assert not [r for c in plan(m, VERSIONS) for r in c.reasons if r.startswith("sweep:")]
     everything = plan(m, VERSIONS, seen={("engine", "transformers"): []})
     assert sorted(r for c in everything for r in c.reasons if r.startswith("sweep:")) == [
-        "sweep:transformers==4.0", "sweep:transformers==5.0", "sweep:transformers==5.1"]
+        "sweep:transformers==4.0",
+        "sweep:transformers==5.0",
+        "sweep:transformers==5.1",
+    ]
     nothing_new = plan(m, VERSIONS, seen={("engine", "transformers"): ["6.0"]})
     assert not [r for c in nothing_new for r in c.reasons if r.startswith("sweep:")]
 
@@ -272,8 +287,14 @@ def test_a_sweep_keeps_the_other_axes_at_the_first_latest_baseline():
     for axis in ("engine", "tokenizer", "template"):
         assert sweep[0].choice(axis) == base.choice(axis)
     # the sweep of the latest version is the baseline itself when it already has it
-    assert "sweep:openai==2.3.0" in cells[[c.id for c in cells].index(
-        Cell.make(base.runner, base.model, {**base.as_dict, "client": Choice("openai", "2.3.0")}).id)].reasons
+    assert (
+        "sweep:openai==2.3.0"
+        in cells[
+            [c.id for c in cells].index(
+                Cell.make(base.runner, base.model, {**base.as_dict, "client": Choice("openai", "2.3.0")}).id
+            )
+        ].reasons
+    )
 
 
 def test_a_sweep_falls_back_to_an_allowed_completion():
@@ -293,8 +314,11 @@ def test_a_sweep_falls_back_to_an_allowed_completion():
 
 
 def many_cells(n, runner="cpu"):
-    rest = {"tokenizer": Choice("tokenizers", "1"), "template": Choice("hf-jinja2", "1"),
-            "client": Choice("openai", "1")}
+    rest = {
+        "tokenizer": Choice("tokenizers", "1"),
+        "template": Choice("hf-jinja2", "1"),
+        "client": Choice("openai", "1"),
+    }
     return [Cell.make(runner, "tiny", {"engine": Choice("transformers", f"1.{i}"), **rest}) for i in range(n)]
 
 
@@ -304,8 +328,12 @@ def test_github_matrix_shards_at_256_jobs():
     shards = github_matrix(cells, m)
     assert [len(s["include"]) for s in shards] == [256, 256, 88]
     assert [j["cell"] for s in shards for j in s["include"]] == [c.id for c in cells]
-    assert shards[0]["include"][0] == {"cell": cells[0].id, "runner": "cpu", "runs-on": ["ubuntu-latest"],
-                                       "environment": "uv"}
+    assert shards[0]["include"][0] == {
+        "cell": cells[0].id,
+        "runner": "cpu",
+        "runs-on": ["ubuntu-latest"],
+        "environment": "uv",
+    }
     assert all(set(s) == {"include"} for s in shards)
     assert github_matrix(cells, m) == shards
 
@@ -329,7 +357,8 @@ def test_github_matrix_of_a_plan():
     shards = github_matrix(cells, m)
     assert sum(len(s["include"]) for s in shards) == len(cells)
     assert [j["runner"] for s in shards for j in s["include"]] == sorted(
-        (c.runner for c in cells), key=["cpu", "gpu"].index)
+        (c.runner for c in cells), key=["cpu", "gpu"].index
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ TOKENIZER_CELLS = {
 
 # --------------------------------------------------------------------------- fake byte-level decoders
 
+
 class ByteDetok(pd.Detokenizer):
     """One token per UTF-8 byte (ids 0..255), 300 = a control token ``<|c|>``, 301 = ``<think>``
     (added, not special): the hardest split a byte-level BPE can make."""
@@ -105,13 +106,24 @@ class SkipsAddedTokens(ByteDetok):
 
 
 def _run_detok(monkeypatch, tmp_path, cls) -> dict:
-    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": [
-        {"id": 300, "content": "<|c|>", "special": True}, {"id": 301, "content": "<think>", "special": False}]}))
+    (tmp_path / "tokenizer.json").write_text(
+        json.dumps(
+            {
+                "added_tokens": [
+                    {"id": 300, "content": "<|c|>", "special": True},
+                    {"id": 301, "content": "<think>", "special": False},
+                ]
+            }
+        )
+    )
     monkeypatch.setattr(pd, "make_detokenizer", lambda name, job: cls())
     monkeypatch.setattr(pd, "SPECIAL_TEXT", "<|c|>a <think>\n你好🙂")
     rec = Recorder("check")
-    job = {"model_dir": str(tmp_path), "postprocess": {"detokenizers": ["fake"]},
-           "cases": [{"id": "g", "expect": {"gen": {"ids": [0xE4, 0xBD, 0xA0, 0x41]}}}]}
+    job = {
+        "model_dir": str(tmp_path),
+        "postprocess": {"detokenizers": ["fake"]},
+        "cases": [{"id": "g", "expect": {"gen": {"ids": [0xE4, 0xBD, 0xA0, 0x41]}}}],
+    }
     pd.detok_checks(pc.Ctx(job, rec))
     return {(r["case"], r["check"]): r for r in rec.records}
 
@@ -154,6 +166,7 @@ def test_incremental_diff_bytes_and_text():
 
 # --------------------------------------------------------------------------- pure helpers
 
+
 def test_reference_reasoning_split_inverts_the_template():
     assert pr.split_reasoning("<think>\nplan\n</think>\n\nanswer") == ("plan", "answer")
     assert pr.split_reasoning("just text ") == (None, "just text")
@@ -170,19 +183,39 @@ def test_compare_split_trim_and_strict():
 
 
 def test_sse_parsing_and_accumulation_of_chat_deltas():
-    lines = [": keep-alive", "",
-             'data: {"choices":[{"delta":{"role":"assistant","reasoning_content":"th"}}]}', "",
-             'data: {"choices":[{"delta":{"content":"Hi "}}]}', "",
-             'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\\"a\\""}}]}}]}',
-             "",
-             'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":": 1}"}}]}}]}', "",
-             'data: {"choices":[{"delta":{},"finish_reason":"tool_calls"}]}', "", "data: [DONE]", "",
-             'data: {"choices":[{"delta":{"content":"after done"}}]}', ""]
+    lines = [
+        ": keep-alive",
+        "",
+        'data: {"choices":[{"delta":{"role":"assistant","reasoning_content":"th"}}]}',
+        "",
+        'data: {"choices":[{"delta":{"content":"Hi "}}]}',
+        "",
+        'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\\"a\\""}}]}}]}',
+        "",
+        'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":": 1}"}}]}}]}',
+        "",
+        'data: {"choices":[{"delta":{},"finish_reason":"tool_calls"}]}',
+        "",
+        "data: [DONE]",
+        "",
+        'data: {"choices":[{"delta":{"content":"after done"}}]}',
+        "",
+    ]
     acc = pe.streamed_answer(pe.sse_payloads("\n".join(lines).encode()))
     assert acc["text"] == "Hi " and acc["reasoning"] == "th" and acc["finish_reason"] == "tool_calls"
     assert acc["tool_calls"] == [{"name": "f", "arguments": '{"a": 1}'}]
-    comp = pe.streamed_answer(pe.sse_payloads("\n".join(['data: {"choices":[{"text":"a"}]}', "", 'data: {"choices":[{"text":"b",'
-                                                          '"finish_reason":"length"}]}', ""])))
+    comp = pe.streamed_answer(
+        pe.sse_payloads(
+            "\n".join(
+                [
+                    'data: {"choices":[{"text":"a"}]}',
+                    "",
+                    'data: {"choices":[{"text":"b","finish_reason":"length"}]}',
+                    "",
+                ]
+            )
+        )
+    )
     assert (comp["text"], comp["finish_reason"]) == ("ab", "length")
 
 
@@ -245,6 +278,7 @@ def test_golden_mode_records_nothing_and_an_empty_cell_is_one_skipped_record(tmp
 
 # --------------------------------------------------------------------------- SSE over real HTTP (stub)
 
+
 class _Stub(BaseHTTPRequestHandler):
     """Answers /v1/completions; streamed, it drops the second byte token of 你 (a lossy stream)."""
 
@@ -293,8 +327,11 @@ def test_stream_request_reads_sse_and_a_lossy_stream_is_a_failure(stub_url):
 
 def test_server_engine_checks_against_a_stub_openai_endpoint(stub_url, tmp_path):
     rec = Recorder("check")
-    job = {"model_dir": str(tmp_path), "engines": [{"name": "openai-endpoint", "base_url": stub_url, "model": "m"}],
-           "cases": [{"id": "c1", "stages": ["inference"], "expect": {"render": "hello", "ids": [1]}}]}
+    job = {
+        "model_dir": str(tmp_path),
+        "engines": [{"name": "openai-endpoint", "base_url": stub_url, "model": "m"}],
+        "cases": [{"id": "c1", "stages": ["inference"], "expect": {"render": "hello", "ids": [1]}}],
+    }
     ctx = pc.Ctx(job, rec)
     pe.engine_checks(ctx)
     recs = {r["check"]: r for r in rec.records}
@@ -330,8 +367,13 @@ def test_incremental_detokenization_and_parsers_with_real_tokenizers(cell, model
     lock = _or_skip(envs.resolve, TOKENIZER_CELLS[cell], python="3.11")
     assert isinstance(lock, envs.Lock), lock
     python = _or_skip(envs.ensure, lock).python
-    job = {"mode": "check", "model_dir": str(model.path), "stages": ["postprocess"],
-           "cases": golden_cases(["single-user"]), "report_versions": ["tokenizers", "transformers"]}
+    job = {
+        "mode": "check",
+        "model_dir": str(model.path),
+        "stages": ["postprocess"],
+        "cases": golden_cases(["single-user"]),
+        "report_versions": ["tokenizers", "transformers"],
+    }
     result = run_postprocess(python, job)
     recs = by_check(result)
     facts = result["facts"]["postprocess"]
@@ -367,9 +409,14 @@ def llama_python():
 
 @pytest.mark.slow
 def test_llama_cpp_streaming_stops_and_specials_for_real(model, llama_python):
-    job = {"mode": "check", "model_dir": str(model.path), "stages": ["postprocess"],
-           "cases": golden_cases(["single-user", "system-prompt"]),
-           "engines": ["llama-cpp-python", "llama-cpp-server"], "postprocess": {"cases": ["single-user"]}}
+    job = {
+        "mode": "check",
+        "model_dir": str(model.path),
+        "stages": ["postprocess"],
+        "cases": golden_cases(["single-user", "system-prompt"]),
+        "engines": ["llama-cpp-python", "llama-cpp-server"],
+        "postprocess": {"cases": ["single-user"]},
+    }
     result = run_postprocess(llama_python, job)
     recs = by_check(result)
     print(result["duration_s"], "s;", json.dumps(result["stages"]["postprocess"]))
@@ -383,9 +430,14 @@ def test_llama_cpp_streaming_stops_and_specials_for_real(model, llama_python):
         # logprobs are asked for: every character split across tokens is lost
         r = recs[("_forced/cjk", f"{eng}:stream-logprobs")]
         assert r["outcome"] == "fail" and r["klass"] == "backend-specific", r
-    for check in ("llama-cpp-python:stop-string", "llama-cpp-python:stop-string:stream",
-                  "llama-cpp-python:stop-token:1490", "llama-cpp-python:stop-token:1493:stream",
-                  "llama-cpp-python:special", "llama-cpp-python:special:stream"):
+    for check in (
+        "llama-cpp-python:stop-string",
+        "llama-cpp-python:stop-string:stream",
+        "llama-cpp-python:stop-token:1490",
+        "llama-cpp-python:stop-token:1493:stream",
+        "llama-cpp-python:special",
+        "llama-cpp-python:special:stream",
+    ):
         case = next(k[0] for k in recs if k[1] == check)
         assert recs[(case, check)]["outcome"] == "pass", recs[(case, check)]
     assert result["facts"]["postprocess"]["special_convention"]["llama-cpp-python:special"] == "skipped"

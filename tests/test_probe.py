@@ -25,8 +25,12 @@ def model_dir(tmp_path, template=CHATML):
 
 def probe(tmp_path, template=CHATML, cases=None, mode="check", limits=None):
     job = {
-        "mode": mode, "model_dir": str(model_dir(tmp_path, template)), "stages": ["template"],
-        "renderers": ["jinja2"], "cases": cases or [], "limits": limits or {"render_seconds": 2},
+        "mode": mode,
+        "model_dir": str(model_dir(tmp_path, template)),
+        "stages": ["template"],
+        "renderers": ["jinja2"],
+        "cases": cases or [],
+        "limits": limits or {"render_seconds": 2},
     }
     (tmp_path / "job.json").write_text(json.dumps(job))
     out = tmp_path / "out.json"
@@ -90,11 +94,14 @@ def test_sandbox_range_limit_is_named(tmp_path):
     assert r["records"][0]["klass"] == "sandbox-limit"
 
 
-@pytest.mark.parametrize("attack", [
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{{ messages.__class__.__init__.__globals__ }}",
-    "{{ messages.append(1) }}",
-])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ messages.__class__.__init__.__globals__ }}",
+        "{{ messages.append(1) }}",
+    ],
+)
 def test_sandbox_escape_is_refused(tmp_path, attack):
     r = probe(tmp_path, template=attack, cases=[case(GOOD)])
     assert r["records"][0]["outcome"] == "fail"

@@ -27,26 +27,43 @@ def result(key, cid, outcome_by_case, cell_outcome=None, detail="boom at /tmp/x/
     for axis, part in zip(("engine", "tokenizer", "template", "client"), parts[2:]):
         name, _, version = part.partition("@")
         choices[axis] = {"component": name, "version": version}
-    records = [{"case": case, "stage": "template", "check": "jinja2", "outcome": o,
-                "detail": detail if o != "pass" else ""} for case, o in outcome_by_case.items()]
+    records = [
+        {"case": case, "stage": "template", "check": "jinja2", "outcome": o, "detail": detail if o != "pass" else ""}
+        for case, o in outcome_by_case.items()
+    ]
     worst = "fail" if "fail" in outcome_by_case.values() else "pass"
-    return {"key": key, "outcome": cell_outcome or worst, "finished": T1, "reason": "",
-            "cell": {"id": cid, "runner": parts[0], "model": parts[1], "choices": choices},
-            "stages": {"template": {"outcome": cell_outcome or worst}}, "records": records}
+    return {
+        "key": key,
+        "outcome": cell_outcome or worst,
+        "finished": T1,
+        "reason": "",
+        "cell": {"id": cid, "runner": parts[0], "model": parts[1], "choices": choices},
+        "stages": {"template": {"outcome": cell_outcome or worst}},
+        "records": records,
+    }
 
 
 @pytest.fixture
 def store(tmp_path):
     s = Store(tmp_path / "store.sqlite")
     # run 1: engine 1.0 passes everything
-    s.ingest_run({"id": "r1", "started": T1, "finished": T1},
-                 [result("k-good", cell_id("1.0"), {"chat": "pass", "tools": "pass"}),
-                  result("k-other", cell_id("1.0", model="small"), {"chat": "pass"})], [])
+    s.ingest_run(
+        {"id": "r1", "started": T1, "finished": T1},
+        [
+            result("k-good", cell_id("1.0"), {"chat": "pass", "tools": "pass"}),
+            result("k-other", cell_id("1.0", model="small"), {"chat": "pass"}),
+        ],
+        [],
+    )
     # run 2: engine 1.3 fails chat (a real regression) and tools (noise); one cell died (infra)
-    s.ingest_run({"id": "r2", "started": T2, "finished": T2},
-                 [result("k-bad", cell_id("1.3"), {"chat": "fail", "tools": "fail"}),
-                  result("k-infra", cell_id("1.3", model="small"), {}, cell_outcome="infra")],
-                 ["k-good"])
+    s.ingest_run(
+        {"id": "r2", "started": T2, "finished": T2},
+        [
+            result("k-bad", cell_id("1.3"), {"chat": "fail", "tools": "fail"}),
+            result("k-infra", cell_id("1.3", model="small"), {}, cell_outcome="infra"),
+        ],
+        ["k-good"],
+    )
     yield s
     s.close()
 
@@ -90,14 +107,16 @@ def test_history_records(store):
     assert by[("r2", cell_id("1.3"), "chat")]["axes"]["engine"] == ["eng", "1.3"]
     assert by[("r2", cell_id("1.0"), "chat")]["reused"] is True
     assert by[("r2", cell_id("1.3", model="small"), "")]["outcome"] == "infra"
-    assert outcomes_from_records([{"case": "a", "stage": "s", "outcome": "pass"},
-                                  {"case": "a", "stage": "s", "outcome": "fail"}]) == {("a", "s"): "fail"}
+    assert outcomes_from_records(
+        [{"case": "a", "stage": "s", "outcome": "pass"}, {"case": "a", "stage": "s", "outcome": "fail"}]
+    ) == {("a", "s"): "fail"}
 
 
 def test_pipeline_end_to_end(store):
     world = World()
-    report = regress(store, "r2", rerun=world.rerun, releases=releases,
-                     repos={"eng": ("acme/eng", "v{version}")}, now=NOW)
+    report = regress(
+        store, "r2", rerun=world.rerun, releases=releases, repos={"eng": ("acme/eng", "v{version}")}, now=NOW
+    )
 
     # infra is requeued, never a finding
     assert report.requeue == [cell_id("1.3", model="small")]
@@ -163,10 +182,12 @@ def test_not_reproduced_and_persistent_infra(store):
 
 def test_two_axes_changed_isolates_the_guilty_one(tmp_path):
     s = Store(tmp_path / "s.sqlite")
-    s.ingest_run({"id": "r1", "started": T1, "finished": T1},
-                 [result("a", cell_id("1.0", tok="0.1"), {"chat": "pass"})], [])
-    s.ingest_run({"id": "r2", "started": T2, "finished": T2},
-                 [result("b", cell_id("1.3", tok="0.2"), {"chat": "fail"})], [])
+    s.ingest_run(
+        {"id": "r1", "started": T1, "finished": T1}, [result("a", cell_id("1.0", tok="0.1"), {"chat": "pass"})], []
+    )
+    s.ingest_run(
+        {"id": "r2", "started": T2, "finished": T2}, [result("b", cell_id("1.3", tok="0.2"), {"chat": "fail"})], []
+    )
 
     def rerun(cid):  # the tokenizer bump broke it, the engine bump is innocent
         tok = cid.split("/")[3].split("@")[1]
@@ -204,11 +225,26 @@ def test_migration_1_to_2_in_place(tmp_path):
         assert [r["id"] for r in s.runs()] == ["r0"]
         tables = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"findings", "bisections", "issues", "ttf_events", "quarantine"} <= tables
-        s.save_finding({"fingerprint": "f1", "case_id": "c", "stage": "template", "component": "eng",
-                        "axis": "engine", "last_good": "1.1", "first_bad": "1.2", "first_seen": T1},
-                       {"component": "eng", "versions": ["1.1", "1.2"], "probes": [["1.2", "bad"]],
-                        "status": "found", "started": T1},
-                       [{"event": "detected", "time": T1}])
+        s.save_finding(
+            {
+                "fingerprint": "f1",
+                "case_id": "c",
+                "stage": "template",
+                "component": "eng",
+                "axis": "engine",
+                "last_good": "1.1",
+                "first_bad": "1.2",
+                "first_seen": T1,
+            },
+            {
+                "component": "eng",
+                "versions": ["1.1", "1.2"],
+                "probes": [["1.2", "bad"]],
+                "status": "found",
+                "started": T1,
+            },
+            [{"event": "detected", "time": T1}],
+        )
         s.add_issue("f1", "acme/eng", 7, "https://github.com/acme/eng/issues/7", T2)
         s.mark_fixed("f1", "1.4", "2026-02-01T00:00:00+00:00")
         s.set_quarantine("cell-x", "flaky", "2026-01-02T00:00:00+00:00")
@@ -224,10 +260,16 @@ def test_migration_1_to_2_in_place(tmp_path):
 
 def test_save_regressions_is_one_transaction(tmp_path):
     with Store(tmp_path / "s.sqlite") as s:
-        good = ({"fingerprint": "a", "case_id": "c", "stage": "t", "component": "e", "axis": "engine",
-                 "first_seen": T1}, None, [{"event": "detected", "time": T1}])
-        broken = ({"fingerprint": "b", "case_id": "c", "stage": "t", "component": "e", "axis": "engine",
-                   "first_seen": T1}, None, [{"event": "not-an-event", "time": T1}])
+        good = (
+            {"fingerprint": "a", "case_id": "c", "stage": "t", "component": "e", "axis": "engine", "first_seen": T1},
+            None,
+            [{"event": "detected", "time": T1}],
+        )
+        broken = (
+            {"fingerprint": "b", "case_id": "c", "stage": "t", "component": "e", "axis": "engine", "first_seen": T1},
+            None,
+            [{"event": "not-an-event", "time": T1}],
+        )
         with pytest.raises(sqlite3.IntegrityError):
             s.save_regressions([good, broken], [{"subject": "x", "reason": "r", "until": T2}])
         assert s.findings() == [] and s.quarantine() == {} and s.ttf_events() == []
@@ -241,8 +283,9 @@ def test_quarantined_case_is_retested_and_released_or_extended(tmp_path):
         store.set_quarantine("cellB#k/template", "flaky: 2/3", "2030-01-01T00:00:00+00:00")
         store.set_quarantine("k/template", "case-wide", "2030-01-01T00:00:00+00:00")
         runs = {"cellA": iter(["pass"] * 3), "cellB": iter(["pass", "fail", "pass"])}
-        done = retest_quarantine(store, lambda cell: {("k", "template"): next(runs[cell])},
-                                 now="2026-11-24T00:00:00+00:00")
+        done = retest_quarantine(
+            store, lambda cell: {("k", "template"): next(runs[cell])}, now="2026-11-24T00:00:00+00:00"
+        )
         assert done == {"cellA#k/template": "released", "cellB#k/template": "extended"}
         active = store.quarantine("2026-11-24T00:00:01+00:00")
         assert "cellA#k/template" not in active and "cellB#k/template" in active
@@ -315,8 +358,10 @@ def test_a_difference_that_disappears_is_bisected_to_its_first_fixed_release(tmp
     def rerun(cid):
         calls.append(cid)
         tpl = _v(cid.split("/")[4].split("@")[1])
-        return {("chat", "template", "jinja2"): "fail" if tpl < _v("1.2") else "pass",
-                ("chat", "template", "other-renderer"): "fail"}
+        return {
+            ("chat", "template", "jinja2"): "fail" if tpl < _v("1.2") else "pass",
+            ("chat", "template", "other-renderer"): "fail",
+        }
 
     with Store(tmp_path / "s.sqlite") as s:
         s.ingest_run({"id": "r1", "started": T1, "finished": T1}, [result("k1", tpl_cell("1.0"), {"chat": "fail"})], [])
@@ -329,8 +374,13 @@ def test_a_difference_that_disappears_is_bisected_to_its_first_fixed_release(tmp
         assert fixed == {diff.fingerprint: "1.3"}
         s.save_differences(current, fixed, T2)
 
-        stored = bisect_fixes(s, rerun=rerun, releases=lambda a, c: ["0.9", "1.0", "1.1", "1.1.1", "1.2", "1.3", "1.4"],
-                              repos={"tpl": ("acme/tpl", "v{version}")}, now=NOW)
+        stored = bisect_fixes(
+            s,
+            rerun=rerun,
+            releases=lambda a, c: ["0.9", "1.0", "1.1", "1.1.1", "1.2", "1.3", "1.4"],
+            repos={"tpl": ("acme/tpl", "v{version}")},
+            now=NOW,
+        )
         (f,) = s.findings(kind="difference")
         assert (f.status, f.last_bad, f.fixed_in) == ("fixed", "1.1.1", "1.2")
         (b,) = s.bisections(f.fingerprint)

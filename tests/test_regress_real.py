@@ -22,9 +22,16 @@ EXTRA = "      extras: [chat-template]"
 
 
 def cell(transformers: str) -> str:
-    return Cell.make("cpu", "tiny-qwen2", {
-        "engine": Choice("transformers", transformers), "tokenizer": Choice("tokenizers", "0.23.3"),
-        "template": Choice("hf-jinja2", "3.1.5"), "client": Choice("openai", "3.57.0")}).id
+    return Cell.make(
+        "cpu",
+        "tiny-qwen2",
+        {
+            "engine": Choice("transformers", transformers),
+            "tokenizer": Choice("tokenizers", "0.23.3"),
+            "template": Choice("hf-jinja2", "3.1.5"),
+            "client": Choice("openai", "3.57.0"),
+        },
+    ).id
 
 
 @pytest.mark.slow
@@ -41,16 +48,24 @@ def test_regression_is_confirmed_and_bisected_to_the_release(tmp_path, monkeypat
         new = Options(axes_file=axes, cells=(cell("5.24.0"),))
         prep = prepare(new)
         second = run_cells(prep, new, store)
+
         def failing(run_id: str) -> set[tuple[str, str]]:
-            return {(r["case_id"], r["check_name"]) for r in store.case_rows(run_id)
-                    if r["stage"] == "template" and r["outcome"] == "fail"}
+            return {
+                (r["case_id"], r["check_name"])
+                for r in store.case_rows(run_id)
+                if r["stage"] == "template" and r["outcome"] == "fail"
+            }
 
         broken = failing(second.run_id) - failing(first.run_id)
         assert any(check == "transformers" for _, check in broken), broken  # cases that passed, now fail
         report = find_regressions(prep, new, store, second.run_id)
         assert report is not None and report.findings
         finding = report.findings[0]
-        assert (finding["component"], finding["last_good"], finding["first_bad"]) == ("transformers", "5.22.1", "5.22.2")
+        assert (finding["component"], finding["last_good"], finding["first_bad"]) == (
+            "transformers",
+            "5.22.1",
+            "5.22.2",
+        )
         assert finding["stage"] == "template"
         assert finding["compare_url"].endswith("/huggingface/transformers/compare/v5.22.1...v5.22.2")
         stored = store.findings()

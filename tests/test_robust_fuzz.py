@@ -67,9 +67,16 @@ def assert_clean_refusal(rc: int, err: str, file: Path, allowed=(2,)) -> None:
 
 # ---- generated malformed axes files ----------------------------------------------------------------
 
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
-                    st.text(max_size=20), st.sampled_from(["", "~", "*x", "&a", "!!python/object:os.system",
-                                                           "{", "[", "'", '"', "<<", "? x", "- -", "\t", "%YAML"]))
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(
+        ["", "~", "*x", "&a", "!!python/object:os.system", "{", "[", "'", '"', "<<", "? x", "- -", "\t", "%YAML"]
+    ),
+)
 
 
 @st.composite
@@ -78,8 +85,9 @@ def mutated_axes(draw):
     lines = base.splitlines()
     for _ in range(draw(st.integers(1, 3))):
         i = draw(st.integers(0, len(lines) - 1))
-        how = draw(st.sampled_from(["replace-value", "delete", "insert", "indent", "dedent", "truncate", "bomb",
-                                    "garbage"]))
+        how = draw(
+            st.sampled_from(["replace-value", "delete", "insert", "indent", "dedent", "truncate", "bomb", "garbage"])
+        )
         if how == "replace-value" and ":" in lines[i]:
             key = lines[i].split(":", 1)[0]
             lines[i] = f"{key}: {json.dumps(draw(SCALARS)) if draw(st.booleans()) else draw(SCALARS)}"
@@ -127,9 +135,11 @@ def test_arbitrary_bytes_as_axes_file(data):
 
 # ---- generated malformed result files ---------------------------------------------------------------
 
-JSON = st.recursive(SCALARS.filter(lambda v: not isinstance(v, float) or v == v),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                    max_leaves=8)
+JSON = st.recursive(
+    SCALARS.filter(lambda v: not isinstance(v, float) or v == v),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def _paths(value, prefix=()):
@@ -200,8 +210,14 @@ def test_generated_result_files_through_a_subprocess(text):
         bad = d / "k0.json"
         bad.write_text(text, encoding="utf-8", errors="surrogatepass")
         env = dict(os.environ, LLMCOMPAT_HOME=str(Path(tmp, "home")), PYTHONPATH=str(ROOT))
-        proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", "ingest", str(d)], capture_output=True,
-                              text=True, env=env, cwd=tmp, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "matrix.app.cli", "ingest", str(d)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp,
+            timeout=120,
+        )
         assert_clean_refusal(proc.returncode, proc.stderr, bad, allowed=(0, 2))
 
 
@@ -211,8 +227,18 @@ def test_generated_axes_files_through_a_subprocess(text):
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
         path = Path(tmp, "axes.yaml")
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
-        env = dict(os.environ, LLMCOMPAT_HOME=str(Path(tmp, "home")), LLMCOMPAT_CACHE=str(Path(tmp, "cache")),
-                   PYTHONPATH=str(ROOT))
-        proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", "plan", "--offline", "--axes", str(path)],
-                              capture_output=True, text=True, env=env, cwd=tmp, timeout=120)
+        env = dict(
+            os.environ,
+            LLMCOMPAT_HOME=str(Path(tmp, "home")),
+            LLMCOMPAT_CACHE=str(Path(tmp, "cache")),
+            PYTHONPATH=str(ROOT),
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "matrix.app.cli", "plan", "--offline", "--axes", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp,
+            timeout=120,
+        )
         assert_clean_refusal(proc.returncode, proc.stderr, path, allowed=(0, 1, 2))

@@ -27,16 +27,29 @@ ROOT = Path(__file__).resolve().parent.parent
 KILLS = settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
-FAST_PROBE = f"{sys.executable} {ROOT / 'tests' / 'fault_probe.py'} --state {{state}} --cases single-user,system-prompt --"
+FAST_PROBE = (
+    f"{sys.executable} {ROOT / 'tests' / 'fault_probe.py'} --state {{state}} --cases single-user,system-prompt --"
+)
 """The real probe on two cases of the suite (a fast real probe path), through the fault wrapper
 with no faults."""
 
 
 def start(argv: list[str], home: Path) -> subprocess.Popen:
-    env = dict(os.environ, LLMCOMPAT_HOME=str(home), PYTHONPATH=str(ROOT),
-               LLMCOMPAT_PROBE_WRAPPER=FAST_PROBE.format(state=home.parent / f"{home.name}-faults"))
-    return subprocess.Popen([sys.executable, "-m", "matrix.app.cli", *argv], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    env = dict(
+        os.environ,
+        LLMCOMPAT_HOME=str(home),
+        PYTHONPATH=str(ROOT),
+        LLMCOMPAT_PROBE_WRAPPER=FAST_PROBE.format(state=home.parent / f"{home.name}-faults"),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "matrix.app.cli", *argv],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(argv: list[str], home: Path, timeout: float = 600) -> tuple[float, subprocess.CompletedProcess]:
@@ -79,8 +92,17 @@ def light(tmp_path_factory):
     """The light matrix, and how long a full run of its cells takes here (the kill window)."""
     d = tmp_path_factory.mktemp("light")
     axes = write_axes(d, runners=CELLS)
-    argv = ["run", "--axes", str(axes), "--offline", "--no-regress", "--no-page", "--jobs", "2",
-            *[a for c in cell_ids(CELLS) for a in ("--cell", c)]]
+    argv = [
+        "run",
+        "--axes",
+        str(axes),
+        "--offline",
+        "--no-regress",
+        "--no-page",
+        "--jobs",
+        "2",
+        *[a for c in cell_ids(CELLS) for a in ("--cell", c)],
+    ]
     seconds, proc = finish(argv, d / "warm")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return argv, seconds

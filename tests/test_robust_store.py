@@ -25,19 +25,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def result(key="k1", outcome="pass", engine_version="5.0.0", cases=2) -> dict:
-    choices = {"engine": {"component": "transformers", "version": engine_version},
-               "tokenizer": {"component": "tokenizers", "version": "0.23.3"},
-               "template": {"component": "hf-jinja2", "version": "3.1.6"},
-               "client": {"component": "openai", "version": "3.51.0"}}
+    choices = {
+        "engine": {"component": "transformers", "version": engine_version},
+        "tokenizer": {"component": "tokenizers", "version": "0.23.3"},
+        "template": {"component": "hf-jinja2", "version": "3.1.6"},
+        "client": {"component": "openai", "version": "3.51.0"},
+    }
     return {
-        "schema": 1, "key": key, "outcome": outcome, "finished": "2026-11-24T00:00:00+00:00", "reason": "",
-        "cell": {"id": f"cpu/tiny-qwen2/transformers@{engine_version}/tokenizers@0.23.3/hf-jinja2@3.1.6/openai@3.51.0",
-                 "runner": "cpu", "model": "tiny-qwen2", "choices": choices, "reasons": []},
+        "schema": 1,
+        "key": key,
+        "outcome": outcome,
+        "finished": "2026-11-24T00:00:00+00:00",
+        "reason": "",
+        "cell": {
+            "id": f"cpu/tiny-qwen2/transformers@{engine_version}/tokenizers@0.23.3/hf-jinja2@3.1.6/openai@3.51.0",
+            "runner": "cpu",
+            "model": "tiny-qwen2",
+            "choices": choices,
+            "reasons": [],
+        },
         "stages": {"template": {"outcome": outcome, "counts": {outcome: cases}}, "tokenize": {"outcome": "pass"}},
-        "records": [{"case": f"c{i}", "stage": "template", "check": "jinja2", "outcome": outcome, "detail": "d",
-                     "klass": None} for i in range(cases)],
-        "lock": {"python": "3.11", "pins": {"jinja2": "3.1.6"}}, "model_hash": "mh", "facts": {"a": {"b": [1]}},
-        "versions": {"jinja2": "3.1.6", "absent": None}, "duration_s": 1.5, "repro": "nox -s cell(x)", "log": "",
+        "records": [
+            {"case": f"c{i}", "stage": "template", "check": "jinja2", "outcome": outcome, "detail": "d", "klass": None}
+            for i in range(cases)
+        ],
+        "lock": {"python": "3.11", "pins": {"jinja2": "3.1.6"}},
+        "model_hash": "mh",
+        "facts": {"a": {"b": [1]}},
+        "versions": {"jinja2": "3.1.6", "absent": None},
+        "duration_s": 1.5,
+        "repro": "nox -s cell(x)",
+        "log": "",
     }
 
 
@@ -71,6 +89,7 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 # ---- result files: every nested field the store reads -------------------------------------------
+
 
 def _set(data: dict, path: tuple, value) -> dict:
     data = copy.deepcopy(data)
@@ -131,8 +150,15 @@ def test_a_real_result_file_is_valid(tmp_path):
     assert read_result(p)["key"] == "abc"
 
 
-@pytest.mark.parametrize("text,words", [("{", "not valid JSON"), ("[1]", "is not of type 'object'"),
-                                        ("[" * 100_000, "nested too deeply"), (b"\xff\xfe", "not UTF-8")])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("{", "not valid JSON"),
+        ("[1]", "is not of type 'object'"),
+        ("[" * 100_000, "nested too deeply"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
 def test_not_json_at_all(home, tmp_path, capsys, text, words):
     d = tmp_path / "in"
     d.mkdir()
@@ -144,6 +170,7 @@ def test_not_json_at_all(home, tmp_path, capsys, text, words):
 
 
 # ---- run ids --------------------------------------------------------------------------------------
+
 
 def test_two_ingests_in_the_same_second_get_two_runs(home, tmp_path, capsys):
     d = tmp_path / "in"
@@ -177,6 +204,7 @@ def test_the_store_refuses_a_repeated_run_id_itself(tmp_path):
 
 # ---- ingest paths -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["missing", "file", "empty"])
 def test_ingest_refuses_what_is_not_a_directory_of_result_files(home, tmp_path, capsys, kind):
     target = tmp_path / "target"
@@ -193,12 +221,13 @@ def test_ingest_refuses_what_is_not_a_directory_of_result_files(home, tmp_path, 
 
 # ---- a damaged store ----------------------------------------------------------------------------
 
+
 def _damage(store: Path) -> None:
     """Overwrite a table page in the middle of the file (what a torn disk write does)."""
     data = bytearray(store.read_bytes())
     page = 4096
     assert len(data) >= 3 * page, len(data)
-    data[2 * page: 3 * page] = b"\xa5" * page
+    data[2 * page : 3 * page] = b"\xa5" * page
     store.write_bytes(bytes(data))
 
 
@@ -249,6 +278,7 @@ def test_rebuild_skips_unreadable_result_files_and_says_which(home, tmp_path, ca
 
 # ---- a read-only or full state directory ---------------------------------------------------------
 
+
 def _in_private_mount(home: Path, options: str, argv: list[str], env: dict, fill: bool = False):
     """The CLI with ``home`` a small tmpfs mounted with ``options`` in a private mount namespace
     (root writes anywhere, so a read-only or full directory needs a real file system that is);
@@ -267,8 +297,14 @@ def _in_private_mount(home: Path, options: str, argv: list[str], env: dict, fill
         script += f" && mount -o remount,ro {shlex.quote(str(home))}"
     cli_cmd = shlex.join([sys.executable, "-m", "matrix.app.cli", *argv])
     script += f" && {cli_cmd}; rc=$?; ls -A {shlex.quote(str(home))} >&2; exit $rc"
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def _env(home: Path, tmp_path: Path) -> dict:
@@ -285,8 +321,14 @@ def test_a_read_only_state_directory_is_reported_before_any_work(tmp_path, argv)
     if proc is None:  # not root: a plain read-only directory does it
         os.chmod(home, 0o555)
         try:
-            proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", *argv], capture_output=True,
-                                  text=True, env=_env(home, tmp_path), cwd=ROOT, timeout=120)
+            proc = subprocess.run(
+                [sys.executable, "-m", "matrix.app.cli", *argv],
+                capture_output=True,
+                text=True,
+                env=_env(home, tmp_path),
+                cwd=ROOT,
+                timeout=120,
+            )
         finally:
             os.chmod(home, 0o755)
     assert proc.returncode == 2, proc.stderr

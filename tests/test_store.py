@@ -18,18 +18,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def result(key="k1", outcome="pass", engine_version="5.0.0", cases=2):
-    choices = {"engine": {"component": "transformers", "version": engine_version},
-               "tokenizer": {"component": "tokenizers", "version": "0.23.3"},
-               "template": {"component": "hf-jinja2", "version": "3.1.6"},
-               "client": {"component": "openai", "version": "3.51.0"}}
+    choices = {
+        "engine": {"component": "transformers", "version": engine_version},
+        "tokenizer": {"component": "tokenizers", "version": "0.23.3"},
+        "template": {"component": "hf-jinja2", "version": "3.1.6"},
+        "client": {"component": "openai", "version": "3.51.0"},
+    }
     return {
-        "key": key, "outcome": outcome, "finished": "2026-11-24T00:00:00+00:00",
-        "cell": {"id": f"cpu/tiny-qwen2/transformers@{engine_version}/tokenizers@0.23.3/hf-jinja2@3.1.6/openai@3.51.0",
-                 "runner": "cpu", "model": "tiny-qwen2", "choices": choices},
+        "key": key,
+        "outcome": outcome,
+        "finished": "2026-11-24T00:00:00+00:00",
+        "cell": {
+            "id": f"cpu/tiny-qwen2/transformers@{engine_version}/tokenizers@0.23.3/hf-jinja2@3.1.6/openai@3.51.0",
+            "runner": "cpu",
+            "model": "tiny-qwen2",
+            "choices": choices,
+        },
         "stages": {"template": {"outcome": outcome}, "tokenize": {"outcome": "pass"}},
-        "records": [{"case": f"c{i}", "stage": "template", "check": "jinja2", "outcome": outcome, "detail": "d"}
-                    for i in range(cases)],
-        "lock": {"python": "3.11", "pins": {"jinja2": "3.1.6"}}, "model_hash": "mh",
+        "records": [
+            {"case": f"c{i}", "stage": "template", "check": "jinja2", "outcome": outcome, "detail": "d"}
+            for i in range(cases)
+        ],
+        "lock": {"python": "3.11", "pins": {"jinja2": "3.1.6"}},
+        "model_hash": "mh",
     }
 
 

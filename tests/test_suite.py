@@ -61,20 +61,28 @@ FEATURES = {
     "multi-turn": lambda c: sum(m["role"] == "user" for m in c["messages"]) >= 3,
     "generation prompt off": lambda c: c.get("add_generation_prompt") is False and not c.get("continue_final_message"),
     "generation prompt on": lambda c: c.get("add_generation_prompt", True) is True,
-    "continue final message": lambda c: c.get("continue_final_message") is True and c["messages"][-1]["role"] == "assistant",
+    "continue final message": lambda c: (
+        c.get("continue_final_message") is True and c["messages"][-1]["role"] == "assistant"
+    ),
     "tool definitions": lambda c: bool(c.get("tools")),
     "single tool call": lambda c: any(len(m.get("tool_calls") or []) == 1 for m in c["messages"]),
     "parallel tool calls": lambda c: any(len(m.get("tool_calls") or []) >= 2 for m in c["messages"]),
-    "arguments as dict": lambda c: any(isinstance(t.get("function", t).get("arguments"), dict)
-                                       for m in c["messages"] for t in m.get("tool_calls") or []),
-    "arguments as JSON string": lambda c: any(isinstance(t.get("function", t).get("arguments"), str)
-                                              for m in c["messages"] for t in m.get("tool_calls") or []),
+    "arguments as dict": lambda c: any(
+        isinstance(t.get("function", t).get("arguments"), dict)
+        for m in c["messages"]
+        for t in m.get("tool_calls") or []
+    ),
+    "arguments as JSON string": lambda c: any(
+        isinstance(t.get("function", t).get("arguments"), str) for m in c["messages"] for t in m.get("tool_calls") or []
+    ),
     "tool results": lambda c: any(m["role"] == "tool" for m in c["messages"]),
-    "consecutive tool results": lambda c: any(a["role"] == b["role"] == "tool"
-                                              for a, b in zip(c["messages"], c["messages"][1:])),
+    "consecutive tool results": lambda c: any(
+        a["role"] == b["role"] == "tool" for a, b in zip(c["messages"], c["messages"][1:])
+    ),
     "reasoning kept": lambda c: c["messages"][-1].get("reasoning_content") and c["messages"][-1]["role"] == "assistant",
-    "reasoning dropped": lambda c: any(m.get("reasoning_content") for m in c["messages"][:-1])
-                                   and c["messages"][-1]["role"] == "user",
+    "reasoning dropped": lambda c: (
+        any(m.get("reasoning_content") for m in c["messages"][:-1]) and c["messages"][-1]["role"] == "user"
+    ),
     "typed content": lambda c: any(isinstance(m.get("content"), list) for m in c["messages"]),
     "CJK": lambda c: any("\u4e00" <= ch <= "\u9fff" for t in contents(c) for ch in t),
     "emoji ZWJ": lambda c: any("\u200d" in t and any(ord(ch) > 0x1F000 for ch in t) for t in contents(c)),
@@ -88,8 +96,10 @@ FEATURES = {
     "CRLF": lambda c: any("\r\n" in t for t in contents(c)),
     "special-token text": lambda c: any("<|im_start|>" in t or "<|im_end|>" in t for t in contents(c)),
     "very long message": lambda c: any(len(t) >= 20_000 for t in contents(c)),
-    "empty content": lambda c: any(m.get("content") == "" and m["role"] in ("user", "assistant", "system")
-                                   and not m.get("tool_calls") for m in c["messages"]),
+    "empty content": lambda c: any(
+        m.get("content") == "" and m["role"] in ("user", "assistant", "system") and not m.get("tool_calls")
+        for m in c["messages"]
+    ),
     "unknown role raises": lambda c: "role" in c.get("expect", {}).get("error", ""),
     "needles": lambda c: bool(c.get("needles")),
 }
@@ -101,8 +111,15 @@ def test_the_core_suite_has_40_cases_covering_every_feature(suite):
     assert not missing
 
 
-CAPABILITIES = {"system-role", "tools", "tool-calls", "parallel-tool-calls", "typed-content", "object-arguments",
-                "reasoning"}
+CAPABILITIES = {
+    "system-role",
+    "tools",
+    "tool-calls",
+    "parallel-tool-calls",
+    "typed-content",
+    "object-arguments",
+    "reasoning",
+}
 
 
 def test_every_capability_has_a_needle_case_with_unique_needles(suite):
@@ -124,39 +141,57 @@ def test_repeat_is_expanded_by_the_loader(suite):
 
 
 def test_repeat_expands_anywhere_in_a_case(tmp_path):
-    root = write_suite(tmp_path, """
+    root = write_suite(
+        tmp_path,
+        """
   - id: a
     messages:
       - role: user
         content: [{type: text, text: {repeat: "xy", times: 3}}]
-""")
+""",
+    )
     (case,) = suites.load("s", root).cases
     assert case["messages"][0]["content"][0]["text"] == "xyxyxy"
 
 
-@pytest.mark.parametrize("bad", [
-    '{repeat: "", times: 3}', '{repeat: "x", times: 0}', '{repeat: "x", times: "3"}', '{repeat: "x"}',
-    '{repeat: "x", times: 2, extra: 1}', '{repeat: "x", times: 100000000}',
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{repeat: "", times: 3}',
+        '{repeat: "x", times: 0}',
+        '{repeat: "x", times: "3"}',
+        '{repeat: "x"}',
+        '{repeat: "x", times: 2, extra: 1}',
+        '{repeat: "x", times: 100000000}',
+    ],
+)
 def test_a_bad_repeat_is_a_config_error_naming_the_case(tmp_path, bad):
-    root = write_suite(tmp_path, f"""
+    root = write_suite(
+        tmp_path,
+        f"""
   - id: a
     messages:
       - {{role: user, content: {bad}}}
-""")
+""",
+    )
     with pytest.raises(ConfigError) as err:
         suites.load("s", root)
     assert "cases[0].messages[0].content" in str(err.value)
 
 
-@pytest.mark.parametrize("field, value", [("needles", "[]"), ("needles", "[1]"), ("needles", "'x'"),
-                                          ("capability", "'Bad Name'"), ("stages", "[render]")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("needles", "[]"), ("needles", "[1]"), ("needles", "'x'"), ("capability", "'Bad Name'"), ("stages", "[render]")],
+)
 def test_the_schema_checks_needles_capability_and_stages(tmp_path, field, value):
-    root = write_suite(tmp_path, f"""
+    root = write_suite(
+        tmp_path,
+        f"""
   - id: a
     {field}: {value}
     messages: [{{role: user, content: hi}}]
-""")
+""",
+    )
     with pytest.raises(ConfigError):
         suites.load("s", root)
 

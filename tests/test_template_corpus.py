@@ -20,14 +20,19 @@ import probe  # noqa: E402
 import stage_template  # noqa: E402
 
 PATH = "vendor/llama.cpp/models/templates"
-CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-NO_SYSTEM = ("{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-             + CHATML)
-TOOLS = ("{% if tools %}TOOLS:{{ tools | tojson }}\n{% endif %}{% for m in messages %}{{ m.role }}: {{ m.content }}"
-         "{% for c in m.tool_calls or [] %}[{{ c.id }} {{ c.function.name }} {{ c.function.arguments | tojson }}]"
-         "{% endfor %}{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}\n{% endfor %}"
-         "{% if add_generation_prompt %}assistant:{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+NO_SYSTEM = (
+    "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + CHATML
+)
+TOOLS = (
+    "{% if tools %}TOOLS:{{ tools | tojson }}\n{% endif %}{% for m in messages %}{{ m.role }}: {{ m.content }}"
+    "{% for c in m.tool_calls or [] %}[{{ c.id }} {{ c.function.name }} {{ c.function.arguments | tojson }}]"
+    "{% endfor %}{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 def _sdist(root: Path, files: dict[str, bytes]) -> Path:
@@ -44,13 +49,16 @@ def _sdist(root: Path, files: dict[str, bytes]) -> Path:
 
 def test_templates_come_from_the_sdist_folder_and_are_cached_by_content(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMCOMPAT_CACHE", str(tmp_path))
-    archive = _sdist(tmp_path, {
-        "t/a.jinja": b"{{ bos_token }}\r\n{{ messages[0].content }}",  # CR LF kept byte for byte
-        "t/b.jinja": "Zürich {{ x }}".encode(),
-        "t/nested/c.jinja": b"not directly under the folder",
-        "other/d.jinja": b"another folder",
-        "t/README.md": b"not a template",
-    })
+    archive = _sdist(
+        tmp_path,
+        {
+            "t/a.jinja": b"{{ bos_token }}\r\n{{ messages[0].content }}",  # CR LF kept byte for byte
+            "t/b.jinja": "Zürich {{ x }}".encode(),
+            "t/nested/c.jinja": b"not directly under the folder",
+            "other/d.jinja": b"another folder",
+            "t/README.md": b"not a template",
+        },
+    )
     corpus = tc.load("demo-pkg", "1.0", "t")
     assert corpus.templates == {"a": "{{ bos_token }}\r\n{{ messages[0].content }}", "b": "Zürich {{ x }}"}
     archive.unlink()  # the second load reads the content-addressed cache, not the archive
@@ -106,14 +114,35 @@ def test_capabilities_are_detected_from_behaviour():
 
 
 def test_a_case_needs_what_it_carries():
-    case = {"tools": [{}], "add_generation_prompt": False, "messages": [
-        {"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-        {"role": "assistant", "content": "", "reasoning_content": "r", "tool_calls": [
-            {"id": "1", "function": {"name": "f", "arguments": {"a": 1}}},
-            {"id": "2", "function": {"name": "g", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "1", "content": "x"}]}
-    assert corpus_render.needs(case) == ["system_role", "tools", "tool_calls", "object_arguments", "string_arguments",
-                                         "parallel_calls", "tool_results", "reasoning", "generation_prompt"]
+    case = {
+        "tools": [{}],
+        "add_generation_prompt": False,
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "u"},
+            {
+                "role": "assistant",
+                "content": "",
+                "reasoning_content": "r",
+                "tool_calls": [
+                    {"id": "1", "function": {"name": "f", "arguments": {"a": 1}}},
+                    {"id": "2", "function": {"name": "g", "arguments": "{}"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "1", "content": "x"},
+        ],
+    }
+    assert corpus_render.needs(case) == [
+        "system_role",
+        "tools",
+        "tool_calls",
+        "object_arguments",
+        "string_arguments",
+        "parallel_calls",
+        "tool_results",
+        "reasoning",
+        "generation_prompt",
+    ]
     assert corpus_render.needs({"messages": [{"role": "user", "content": "u"}]}) == []
 
 
@@ -131,8 +160,15 @@ def _cases():
 def _run(mode: str, templates: dict, goldens=None, renderers=("jinja2",), limits=None, model_dir=None):
     rec = probe.Recorder(mode)
     corpus = {"name": "demo", "version": "1.0", "templates": templates, **({"goldens": goldens} if goldens else {})}
-    job = {"mode": mode, "model_dir": str(model_dir or "/nonexistent"), "template_sources": [], "cases": _cases(),
-           "renderers": list(renderers), "corpus": corpus, "limits": limits or {"render_seconds": 10}}
+    job = {
+        "mode": mode,
+        "model_dir": str(model_dir or "/nonexistent"),
+        "template_sources": [],
+        "cases": _cases(),
+        "renderers": list(renderers),
+        "corpus": corpus,
+        "limits": limits or {"render_seconds": 10},
+    }
     stage_template.run(job, rec)
     corpus_render.run(job, rec)  # as the probe runs the template stage
     return rec

@@ -19,24 +19,48 @@ from tests.conftest import or_skip as _or_skip
 REF = {"tokenizers": "0.23.3", "transformers": "5.23.0", "jinja2": "3.1.6", "gguf": "0.19.0"}
 TEMPLATE = (Path(tinymodel.__file__).parent / "chat_template.jinja").read_text(encoding="utf-8")
 
-IDS = {"<|begin_of_text|>": 1489, "<|end_of_text|>": 1490, "<|pad|>": 1491, "<|im_start|>": 1492,
-       "<|im_end|>": 1493, "<think>": 1494, "</think>": 1495, "<tool_call>": 1496, "</tool_call>": 1497,
-       "<tool_response>": 1498, "</tool_response>": 1499}
+IDS = {
+    "<|begin_of_text|>": 1489,
+    "<|end_of_text|>": 1490,
+    "<|pad|>": 1491,
+    "<|im_start|>": 1492,
+    "<|im_end|>": 1493,
+    "<think>": 1494,
+    "</think>": 1495,
+    "<tool_call>": 1496,
+    "</tool_call>": 1497,
+    "<tool_response>": 1498,
+    "</tool_response>": 1499,
+}
 CONTROL = {"<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|im_start|>", "<|im_end|>"}
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather now.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather now.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Hi"},
     {"role": "assistant", "reasoning_content": "Greet back.", "content": "Hello."},
-    {"role": "user", "content": [{"type": "text", "text": "Weather in "},
-                                 {"type": "text", "text": "Paris?"}]},
-    {"role": "assistant", "reasoning_content": "Use the tool.", "content": "",
-     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-                    {"type": "function",  # arguments as a JSON string, as OpenAI clients send them
-                     "function": {"name": "get_weather", "arguments": '{"city": "東京"}'}}]},
+    {"role": "user", "content": [{"type": "text", "text": "Weather in "}, {"type": "text", "text": "Paris?"}]},
+    {
+        "role": "assistant",
+        "reasoning_content": "Use the tool.",
+        "content": "",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {
+                "type": "function",  # arguments as a JSON string, as OpenAI clients send them
+                "function": {"name": "get_weather", "arguments": '{"city": "東京"}'},
+            },
+        ],
+    },
     {"role": "tool", "content": '{"temp": 21}'},
     {"role": "tool", "content": '{"temp": 18}'},
 ]
@@ -63,8 +87,13 @@ EXPECTED = (
 
 def run_in(python: Path, code: str, *args: str, env: dict | None = None) -> dict:
     """Run ``code`` in the reference environment; it prints one JSON document."""
-    proc = subprocess.run([str(python), "-I", "-c", code, *args], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
+    proc = subprocess.run(
+        [str(python), "-I", "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -91,7 +120,10 @@ def test_parts_always_include_the_tokenizer_and_gguf_needs_weights():
 
 def test_pins_name_only_what_the_parts_import_and_the_callers_pins_win():
     assert tinymodel.reference_pins(("tokenizer",), REF) == {
-        "jinja2": "3.1.6", "tokenizers": "0.23.3", "transformers": "5.23.0"}
+        "jinja2": "3.1.6",
+        "tokenizers": "0.23.3",
+        "transformers": "5.23.0",
+    }
     pins = tinymodel.reference_pins(("tokenizer", "weights"), {"transformers": "5.24.0"})
     assert pins["transformers"] == "5.24.0" and pins["torch"] == "2.13.0+cpu" and "gguf" not in pins
 
@@ -137,8 +169,12 @@ def test_two_builds_give_the_same_model_hash(built, tmp_path):
 
 
 def test_tokenizer_files_and_special_tokens(built):
-    assert set(built.files) == {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                "chat_template.jinja"}
+    assert set(built.files) == {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+    }
     tok = json.loads((built.path / "tokenizer.json").read_text(encoding="utf-8"))
     added = {t["content"]: t for t in tok["added_tokens"]}
     assert {c: t["id"] for c, t in added.items()} == IDS
@@ -148,7 +184,10 @@ def test_tokenizer_files_and_special_tokens(built):
     assert config["chat_template"] == TEMPLATE
     assert (built.path / "chat_template.jinja").read_text(encoding="utf-8") == TEMPLATE
     assert (config["bos_token"], config["eos_token"], config["pad_token"]) == (
-        "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>")
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|pad|>",
+    )
     assert config["add_bos_token"] is False and config["add_eos_token"] is False
 
 
@@ -303,17 +342,28 @@ print(json.dumps(out))
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_weights_and_gguf(arch, tmp_path):
     first = _or_skip(tinymodel.ensure, arch, ("gguf",), REF, root=tmp_path / "a")
-    assert {"config.json", "generation_config.json", "model.safetensors", "model.gguf", "Modelfile",
-            "tokenizer.json"} <= set(first.files)
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model.gguf",
+        "Modelfile",
+        "tokenizer.json",
+    } <= set(first.files)
     if arch == "llama":  # weights are deterministic too (counter-based values, not torch's RNG)
         second = tinymodel.ensure(arch, ("gguf",), REF, root=tmp_path / "b")
         assert second.model_hash == first.model_hash
     config = json.loads((first.path / "config.json").read_text())
     assert config["rope_theta"] == 10000.0 and config["vocab_size"] == 1500
-    assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"],
-            config["num_key_value_heads"], config["intermediate_size"]) == (64, 2, 4, 2, 128)
+    assert (
+        config["hidden_size"],
+        config["num_hidden_layers"],
+        config["num_attention_heads"],
+        config["num_key_value_heads"],
+        config["intermediate_size"],
+    ) == (64, 2, 4, 2, 128)
     modelfile = (first.path / "Modelfile").read_text()
-    assert modelfile.startswith("FROM ./model.gguf\nTEMPLATE \"\"\"")
+    assert modelfile.startswith('FROM ./model.gguf\nTEMPLATE """')
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "$m.ToolCalls" in modelfile and ".Tools" in modelfile
 
@@ -323,10 +373,14 @@ def test_weights_and_gguf(arch, tmp_path):
     assert got["generated"][0] == got["generated"][1] and len(got["generated"][0]) == 6  # greedy
     assert got["generation_config"]["do_sample"] is False
     assert got["gguf"] == {
-        "general.architecture": arch, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2",
+        "general.architecture": arch,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "qwen2",
         "tokenizer.ggml.bos_token_id": IDS["<|begin_of_text|>"],
         "tokenizer.ggml.eos_token_id": IDS["<|end_of_text|>"],
-        "tokenizer.ggml.add_bos_token": False, "tokenizer.chat_template": TEMPLATE}
+        "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.chat_template": TEMPLATE,
+    }
     assert got["n_tokens"] == 1500 and got["tokens_match"]
     assert got["token_types"] == {"<|im_end|>": 3, "<tool_call>": 4, "a": 1}  # control, user-defined, normal
     assert got["tensors_equal"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from matrix import suites, tinymodel
-from matrix.env import uv as envs
-from matrix.declare.loader import load_default
 from matrix.cell.run import PROBE_DIR, run_probe
+from matrix.declare.loader import load_default
+from matrix.env import uv as envs
 
 sys.path.insert(0, str(PROBE_DIR))
 import stage_tokenize  # the probe's own module, standard library only
@@ -29,6 +29,7 @@ TRICKY = stage_tokenize.load_tricky()
 
 
 # --------------------------------------------------------------------------- real environments
+
 
 @pytest.fixture(scope="module")
 def reference():
@@ -55,9 +56,11 @@ def golden_cases(model):
     goldens = suites.load_goldens(suite, "tiny-qwen2")
     if goldens is None or goldens.model_hash != model.model_hash:
         pytest.fail("the committed goldens are not for this tiny model: run `python3 -m matrix.app.cli goldens`")
-    cases = [c for c in suites.cases_with_goldens(suite, goldens)
-             if "render" in c["expect"] and "ids" in c["expect"]
-             and "tokenize" in c.get("stages", ["template", "tokenize"])]
+    cases = [
+        c
+        for c in suites.cases_with_goldens(suite, goldens)
+        if "render" in c["expect"] and "ids" in c["expect"] and "tokenize" in c.get("stages", ["template", "tokenize"])
+    ]
     assert len(cases) >= 5
     return cases, goldens
 
@@ -69,9 +72,16 @@ def env_python(pins: list[str]) -> Path:
 
 
 def job(model, cases, mode="check", tricky=None, tokenizers=FRONT_ENDS) -> dict:
-    return {"mode": mode, "model_dir": str(model.path), "stages": ["tokenize"], "tokenizers": list(tokenizers),
-            "golden_tokenizer": "tokenizers", "cases": cases, "tricky": tricky or {},
-            "report_versions": ["tokenizers", "transformers"]}
+    return {
+        "mode": mode,
+        "model_dir": str(model.path),
+        "stages": ["tokenize"],
+        "tokenizers": list(tokenizers),
+        "golden_tokenizer": "tokenizers",
+        "cases": cases,
+        "tricky": tricky or {},
+        "report_versions": ["tokenizers", "transformers"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +97,7 @@ def tricky_goldens(model, golden_cases, reference):
     assert result is not None, log
     produced = result["produced"]
     assert all(c["id"] in produced for c in cases)
-    return {k[len("_tricky/"):]: v for k, v in produced.items() if k.startswith("_tricky/")}
+    return {k[len("_tricky/") :]: v for k, v in produced.items() if k.startswith("_tricky/")}
 
 
 @pytest.fixture(scope="module", params=sorted(CELLS))
@@ -104,8 +114,9 @@ def test_each_cell_runs_the_pinned_versions(cell_result):
     assert r["versions"] == want
 
 
-def test_every_check_passes_against_the_goldens_but_where_nfc_changes_the_text(cell_result, golden_cases,
-                                                                              tricky_goldens):
+def test_every_check_passes_against_the_goldens_but_where_nfc_changes_the_text(
+    cell_result, golden_cases, tricky_goldens
+):
     _, r = cell_result
     by = {(x["case"], x["check"]): x for x in r["records"]}
     assert len(by) == len(r["records"])  # (case, stage, check) is the store's key: never twice
@@ -177,8 +188,12 @@ def test_fingerprints_agree_across_versions(model, golden_cases, tricky_goldens)
 
 def test_bench_in_process_over_500_texts(model, reference):
     pins = [f"{n}=={reference[n]}" for n in ("tokenizers", "transformers")]
-    proc = subprocess.run([str(env_python(pins)), "-I", str(PROBE_DIR / "bench_tokenize.py"), str(model.path),
-                           "--n", "500"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(env_python(pins)), "-I", str(PROBE_DIR / "bench_tokenize.py"), str(model.path), "--n", "500"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"tokenize stage, tokenizers front end: {out['texts_per_s']} texts/s over {out['texts']} texts")
@@ -191,8 +206,17 @@ BOS, IM_END = "<|begin_of_text|>", "<|im_end|>"
 SPECIALS = {BOS: 1000, IM_END: 1001}
 
 
-def fake(name="fake", *, add_bos=False, parse_specials=True, literal=True, literal_ignored=False,
-         shift_char=None, drop_on_decode=None, crash_on=None):
+def fake(
+    name="fake",
+    *,
+    add_bos=False,
+    parse_specials=True,
+    literal=True,
+    literal_ignored=False,
+    shift_char=None,
+    drop_on_decode=None,
+    crash_on=None,
+):
     """A character-level tokenizer: one id per character (its code point), specials parsed."""
     inverse = {v: k for k, v in SPECIALS.items()}
 
@@ -216,16 +240,25 @@ def fake(name="fake", *, add_bos=False, parse_specials=True, literal=True, liter
 
     lit = None
     if literal:
+
         def lit(text):
             return encode(text, parse=literal_ignored)
-    return stage_tokenize.FrontEnd(name, encode, decode, encode_literal=lit, bos_id=SPECIALS[BOS],
-                                   specials=SPECIALS, cls="Fake")
+
+    return stage_tokenize.FrontEnd(
+        name, encode, decode, encode_literal=lit, bos_id=SPECIALS[BOS], specials=SPECIALS, cls="Fake"
+    )
 
 
 def run_fake(tmp_path, fronts, cases=(), mode="check", tricky=(), tricky_goldens=None):
     rec = Recorder(mode)
-    j = {"mode": mode, "model_dir": str(tmp_path), "tokenizers": [], "cases": list(cases),
-         "tricky": tricky_goldens or {}, "golden_tokenizer": next(iter(fronts))}
+    j = {
+        "mode": mode,
+        "model_dir": str(tmp_path),
+        "tokenizers": [],
+        "cases": list(cases),
+        "tricky": tricky_goldens or {},
+        "golden_tokenizer": next(iter(fronts)),
+    }
     stage_tokenize.run(j, rec, front_ends=fronts, tricky=list(tricky))
     return rec, {(r["case"], r["check"]): r for r in rec.records}
 
@@ -302,8 +335,10 @@ def test_no_literal_mode_still_checks_parsing(tmp_path):
 
 def test_tricky_texts_against_goldens_and_literal_goldens(tmp_path):
     items = [{"name": "st", "text": "a" + IM_END, "special": True}, {"name": "sp", "text": " x"}]
-    goldens = {"st": {"text": "a" + IM_END, "ids": [97, 1001], "ids_literal": ords("a" + IM_END)},
-               "sp": {"text": " x", "ids": [32, 121]}}
+    goldens = {
+        "st": {"text": "a" + IM_END, "ids": [97, 1001], "ids_literal": ords("a" + IM_END)},
+        "sp": {"text": " x", "ids": [32, 121]},
+    }
     rec, by = run_fake(tmp_path, {"fake": fake()}, tricky=items, tricky_goldens=goldens)
     assert by[("_tricky/st", "fake")]["outcome"] == "pass"
     assert by[("_tricky/st", "fake:literal")]["outcome"] == "pass"
@@ -312,8 +347,12 @@ def test_tricky_texts_against_goldens_and_literal_goldens(tmp_path):
 
 
 def test_stale_tricky_golden_is_named(tmp_path):
-    rec, by = run_fake(tmp_path, {"fake": fake()}, tricky=[{"name": "t", "text": "new"}],
-                       tricky_goldens={"t": {"text": "old", "ids": ords("old")}})
+    rec, by = run_fake(
+        tmp_path,
+        {"fake": fake()},
+        tricky=[{"name": "t", "text": "new"}],
+        tricky_goldens={"t": {"text": "old", "ids": ords("old")}},
+    )
     r = by[("_tricky/t", "fake")]
     assert (r["outcome"], r["klass"]) == ("fail", "stale-golden") and "regenerate goldens" in r["detail"]
 
@@ -343,8 +382,9 @@ def test_golden_mode_produces_case_ids_and_tricky_pseudo_cases(tmp_path):
 def test_front_ends_the_model_does_not_use_skip_with_a_reason(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{}")
     rec = Recorder("check")
-    stage_tokenize.run({"model_dir": str(tmp_path), "tokenizers": ["sentencepiece", "tiktoken"], "cases": []},
-                       rec, tricky=[])
+    stage_tokenize.run(
+        {"model_dir": str(tmp_path), "tokenizers": ["sentencepiece", "tiktoken"], "cases": []}, rec, tricky=[]
+    )
     assert rec.records == []
     assert "no tokenizer.model" in rec.facts["tokenizer_skipped"]["sentencepiece"]
     assert "no tiktoken BPE file" in rec.facts["tokenizer_skipped"]["tiktoken"]

@@ -10,8 +10,10 @@ import pytest
 from bot import triage as t
 from tests.conftest import or_skip
 
-IMPORT_ERROR = ("ImportError: apply_chat_template requires jinja2>=3.1.6 to be installed. Your version is 3.1.5. "
-                "You can upgrade it with `pip install -U jinja2`.")
+IMPORT_ERROR = (
+    "ImportError: apply_chat_template requires jinja2>=3.1.6 to be installed. Your version is 3.1.5. "
+    "You can upgrade it with `pip install -U jinja2`."
+)
 
 META = t.read_metadata("""Metadata-Version: 2.1
 Name: transformers
@@ -45,9 +47,11 @@ def facts(extras=(), pins=None, meta=META, python="3.11"):
 def test_a_requirement_in_an_extra_the_cell_did_not_request_is_configuration():
     v = t.triage(finding(), facts())
     assert (v.verdict, v.upstream_ok) == ("matrix-configuration", False)
-    assert v.reason == ("transformers 5.24.0 declares jinja2>=3.1.6 in its extra 'chat-template' (also: all); the "
-                        "cell installed transformers without it and has jinja2 3.1.5: install "
-                        "transformers[chat-template]")
+    assert v.reason == (
+        "transformers 5.24.0 declares jinja2>=3.1.6 in its extra 'chat-template' (also: all); the "
+        "cell installed transformers without it and has jinja2 3.1.5: install "
+        "transformers[chat-template]"
+    )
 
 
 def test_the_same_failure_with_the_extra_requested_and_broken_pins_is_still_configuration():
@@ -56,8 +60,13 @@ def test_the_same_failure_with_the_extra_requested_and_broken_pins_is_still_conf
 
 
 def test_a_genuinely_undeclared_requirement_stays_a_finding():
-    meta = t.PackageMeta("transformers", "5.24.0", tuple(r for r in META.requires_dist if "jinja2" not in r),
-                         ">=3.10.0", META.provides_extra)
+    meta = t.PackageMeta(
+        "transformers",
+        "5.24.0",
+        tuple(r for r in META.requires_dist if "jinja2" not in r),
+        ">=3.10.0",
+        META.provides_extra,
+    )
     v = t.triage(finding(), facts(meta=meta))
     assert (v.verdict, v.upstream_ok) == ("component-bug", True)
     assert "declares no requirement on jinja2" in v.reason
@@ -104,8 +113,9 @@ def test_verdicts_are_checked():
 
 
 def test_requested_extras_and_names():
-    assert t.requested_extras(["transformers[chat-template,torch]==5.24.0", "torch", "jinja2==3.1.5"],
-                              "Transformers") == {"chat-template", "torch"}
+    assert t.requested_extras(
+        ["transformers[chat-template,torch]==5.24.0", "torch", "jinja2==3.1.5"], "Transformers"
+    ) == {"chat-template", "torch"}
     assert t.named_in("requires jinja2>=3.1.6", "Jinja2") and not t.named_in("requires jinja2x", "jinja2")
     assert t.named_in("No module named 'huggingface_hub'", "huggingface-hub")
 
@@ -127,8 +137,12 @@ def test_real_metadata_from_the_cells_environment(tmp_path):
     reqs = ["transformers==5.24.0", "tokenizers==0.23.3", "jinja2==3.1.5"]
     lock = or_skip(envs.resolve, reqs, python="3.11")
     env = or_skip(envs.ensure, lock, tmp_path / "envs")
-    row = {"key": "k", "cell_id": "cpu/tiny-qwen2/transformers@5.24.0/tokenizers@0.23.3/hf-jinja2@3.1.5/openai@3.57.0",
-           "lock": json.dumps(lock.to_json()), "facts": json.dumps({"requirements": reqs})}
+    row = {
+        "key": "k",
+        "cell_id": "cpu/tiny-qwen2/transformers@5.24.0/tokenizers@0.23.3/hf-jinja2@3.1.5/openai@3.57.0",
+        "lock": json.dumps(lock.to_json()),
+        "facts": json.dumps({"requirements": reqs}),
+    }
     f = finding()
     fa = t.facts_for(f, row, None, env_root=tmp_path / "envs")
     assert fa.package.name == "transformers" and fa.package.version == "5.24.0" and fa.requested_extras == set()
@@ -148,17 +162,46 @@ def test_triage_store_saves_verdicts_on_the_findings(tmp_path):
     reqs = ["transformers==5.24.0", "tokenizers==0.23.3", "jinja2==3.1.5"]
     lock = or_skip(envs.resolve, reqs, python="3.11")
     store = Store(tmp_path / "store.sqlite")
-    cell = {"id": "cpu/tiny-qwen2/transformers@5.24.0/tokenizers@0.23.3/hf-jinja2@3.1.5/openai@3.57.0",
-            "runner": "cpu", "model": "tiny-qwen2",
-            "choices": {"engine": {"component": "transformers", "version": "5.24.0"},
-                        "tokenizer": {"component": "tokenizers", "version": "0.23.3"},
-                        "template": {"component": "hf-jinja2", "version": "3.1.5"},
-                        "client": {"component": "openai", "version": "3.57.0"}}}
-    store.ingest_run({"id": "r1", "started": "2026-12-01T00:00:00Z"},
-                     [{"key": "k1", "cell": cell, "outcome": "fail", "finished": "2026-12-01T00:01:00Z", "stages": {},
-                       "lock": lock.to_json(), "facts": {"requirements": reqs}}], [])
-    store.save_differences([{**finding(), "fingerprint": "f1", "case_id": "single-user", "stage": "template",
-                             "check_name": "transformers", "bad_key": "k1"}], {}, "2026-12-01T00:02:00Z")
+    cell = {
+        "id": "cpu/tiny-qwen2/transformers@5.24.0/tokenizers@0.23.3/hf-jinja2@3.1.5/openai@3.57.0",
+        "runner": "cpu",
+        "model": "tiny-qwen2",
+        "choices": {
+            "engine": {"component": "transformers", "version": "5.24.0"},
+            "tokenizer": {"component": "tokenizers", "version": "0.23.3"},
+            "template": {"component": "hf-jinja2", "version": "3.1.5"},
+            "client": {"component": "openai", "version": "3.57.0"},
+        },
+    }
+    store.ingest_run(
+        {"id": "r1", "started": "2026-12-01T00:00:00Z"},
+        [
+            {
+                "key": "k1",
+                "cell": cell,
+                "outcome": "fail",
+                "finished": "2026-12-01T00:01:00Z",
+                "stages": {},
+                "lock": lock.to_json(),
+                "facts": {"requirements": reqs},
+            }
+        ],
+        [],
+    )
+    store.save_differences(
+        [
+            {
+                **finding(),
+                "fingerprint": "f1",
+                "case_id": "single-user",
+                "stage": "template",
+                "check_name": "transformers",
+                "bad_key": "k1",
+            }
+        ],
+        {},
+        "2026-12-01T00:02:00Z",
+    )
     out = t.triage_store(store, None, env_root=tmp_path / "envs")
     saved = store.finding("f1")
     assert out["f1"].verdict == saved.triage == "matrix-configuration" and saved.triage_reason == out["f1"].reason

@@ -40,12 +40,25 @@ def test_empty_statistics():
 
 timeline_st = st.builds(
     lambda project, fixed, filed, closed, bad, fix, det: ttf.Timeline(
-        fingerprint="f", project=project, component=project, kind="regression", status="fixed" if fixed else "open",
-        bad_released=T0 + timedelta(days=bad), fix_released=(T0 + timedelta(days=bad + fix)) if fixed else None,
-        detected=T0 + timedelta(days=bad + det), filed=(T0 + timedelta(days=bad + det)) if filed else None,
-        closed=(T0 + timedelta(days=bad + det + 3)) if filed and closed else None),
-    st.sampled_from(["a/x", "b/y", "c/z"]), st.booleans(), st.booleans(), st.booleans(),
-    st.integers(0, 400), st.integers(0, 300), st.integers(0, 100))
+        fingerprint="f",
+        project=project,
+        component=project,
+        kind="regression",
+        status="fixed" if fixed else "open",
+        bad_released=T0 + timedelta(days=bad),
+        fix_released=(T0 + timedelta(days=bad + fix)) if fixed else None,
+        detected=T0 + timedelta(days=bad + det),
+        filed=(T0 + timedelta(days=bad + det)) if filed else None,
+        closed=(T0 + timedelta(days=bad + det + 3)) if filed and closed else None,
+    ),
+    st.sampled_from(["a/x", "b/y", "c/z"]),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 400),
+    st.integers(0, 300),
+    st.integers(0, 100),
+)
 
 
 @given(st.lists(timeline_st, max_size=40))
@@ -62,18 +75,49 @@ def test_summary_counts_and_statistics_per_project(lines):
 
 
 def test_timeline_of_a_regression_and_of_a_difference():
-    times = {("transformers", "5.1.0"): "2026-03-01T00:00:00Z", ("transformers", "5.3.0"): "2026-03-21T12:00:00+00:00",
-             ("transformers", "5.0.0"): "2026-02-01T00:00:00Z"}
-    reg = {"fingerprint": "r", "component": "transformers", "kind": "regression", "status": "fixed",
-           "first_bad": "5.1.0", "fixed_in": "5.3.0", "versions": ["5.1.0"], "first_seen": "2026-03-11T00:00:00Z"}
-    diff = {"fingerprint": "d", "component": "transformers", "kind": "difference", "status": "open",
-            "first_bad": None, "fixed_in": None, "versions": ["5.1.0", "5.0.0"], "first_seen": "2026-03-02T00:00:00Z"}
+    times = {
+        ("transformers", "5.1.0"): "2026-03-01T00:00:00Z",
+        ("transformers", "5.3.0"): "2026-03-21T12:00:00+00:00",
+        ("transformers", "5.0.0"): "2026-02-01T00:00:00Z",
+    }
+    reg = {
+        "fingerprint": "r",
+        "component": "transformers",
+        "kind": "regression",
+        "status": "fixed",
+        "first_bad": "5.1.0",
+        "fixed_in": "5.3.0",
+        "versions": ["5.1.0"],
+        "first_seen": "2026-03-11T00:00:00Z",
+    }
+    diff = {
+        "fingerprint": "d",
+        "component": "transformers",
+        "kind": "difference",
+        "status": "open",
+        "first_bad": None,
+        "fixed_in": None,
+        "versions": ["5.1.0", "5.0.0"],
+        "first_seen": "2026-03-02T00:00:00Z",
+    }
     events = [{"fingerprint": "r", "event": "detected", "time": "2026-03-05T00:00:00Z", "version": None}]
-    issues = [{"fingerprint": "r", "repo": "o/r", "number": 2, "created": "2026-03-06T00:00:00Z",
-               "closed": "2026-03-26T00:00:00Z"},
-              {"fingerprint": "r", "repo": "up/r", "number": 9, "created": "2026-03-07T00:00:00Z", "closed": None}]
-    r, d = ttf.timelines([reg, diff], upload_time=lambda p, v: times.get((p, v)), events=events, issues=issues,
-                         projects={"transformers": "huggingface/transformers"})
+    issues = [
+        {
+            "fingerprint": "r",
+            "repo": "o/r",
+            "number": 2,
+            "created": "2026-03-06T00:00:00Z",
+            "closed": "2026-03-26T00:00:00Z",
+        },
+        {"fingerprint": "r", "repo": "up/r", "number": 9, "created": "2026-03-07T00:00:00Z", "closed": None},
+    ]
+    r, d = ttf.timelines(
+        [reg, diff],
+        upload_time=lambda p, v: times.get((p, v)),
+        events=events,
+        issues=issues,
+        projects={"transformers": "huggingface/transformers"},
+    )
     assert r.project == "huggingface/transformers" and r.bad_basis == "first-bad"
     assert r.exposure_days == 20.5 and r.detection_delay_days == 4 and r.time_to_close_days == 20
     assert not r.open
@@ -81,7 +125,8 @@ def test_timeline_of_a_regression_and_of_a_difference():
     assert d.detection_delay_days == 29 and d.open
     assert ttf.release_events(r) == [
         {"event": "released", "time": "2026-03-01T00:00:00+00:00", "version": "5.1.0"},
-        {"event": "fix-released", "time": "2026-03-21T12:00:00+00:00", "version": "5.3.0"}]
+        {"event": "fix-released", "time": "2026-03-21T12:00:00+00:00", "version": "5.3.0"},
+    ]
 
 
 def test_bad_times_are_unknown_not_errors():
@@ -96,17 +141,45 @@ def _store(tmp_path):
     from reports.store import Store
 
     store = Store(tmp_path / "store.sqlite")
-    store.ingest_run({"id": "r0", "started": "2026-03-01T00:00:00Z"}, [], [],
-                     [("transformers", "5.1.0", "2026-03-01T00:00:00+00:00"),
-                      ("transformers", "5.3.0", "2026-03-21T12:00:00+00:00"),
-                      ("tokenizers", "0.23.2", "2026-02-01T00:00:00+00:00")])
-    store.save_finding({"fingerprint": "r1", "case_id": "c", "stage": "tokenize", "component": "transformers",
-                        "axis": "engine", "first_bad": "5.1.0", "last_good": "5.0.0", "first_seen": "2026-03-05T00:00:00Z",
-                        "last_seen": "2026-03-05T00:00:00Z"},
-                       events=[{"event": "detected", "time": "2026-03-05T00:00:00Z"}])
-    store.save_differences([{"fingerprint": "d1", "case_id": "c", "stage": "postprocess", "component": "tokenizers",
-                             "axis": "tokenizer", "check_name": "tokenizers:incremental", "versions": ["0.23.2"]}],
-                           {}, "2026-03-03T00:00:00Z")
+    store.ingest_run(
+        {"id": "r0", "started": "2026-03-01T00:00:00Z"},
+        [],
+        [],
+        [
+            ("transformers", "5.1.0", "2026-03-01T00:00:00+00:00"),
+            ("transformers", "5.3.0", "2026-03-21T12:00:00+00:00"),
+            ("tokenizers", "0.23.2", "2026-02-01T00:00:00+00:00"),
+        ],
+    )
+    store.save_finding(
+        {
+            "fingerprint": "r1",
+            "case_id": "c",
+            "stage": "tokenize",
+            "component": "transformers",
+            "axis": "engine",
+            "first_bad": "5.1.0",
+            "last_good": "5.0.0",
+            "first_seen": "2026-03-05T00:00:00Z",
+            "last_seen": "2026-03-05T00:00:00Z",
+        },
+        events=[{"event": "detected", "time": "2026-03-05T00:00:00Z"}],
+    )
+    store.save_differences(
+        [
+            {
+                "fingerprint": "d1",
+                "case_id": "c",
+                "stage": "postprocess",
+                "component": "tokenizers",
+                "axis": "tokenizer",
+                "check_name": "tokenizers:incremental",
+                "versions": ["0.23.2"],
+            }
+        ],
+        {},
+        "2026-03-03T00:00:00Z",
+    )
     store.add_issue("r1", "o/r", 7, "https://example.invalid/7", "2026-03-06T00:00:00Z")
     store.mark_fixed("r1", "5.3.0", "2026-03-22T00:00:00Z")
     store.close_issue("o/r", 7, "2026-03-26T00:00:00Z")
@@ -123,8 +196,14 @@ def test_against_a_real_store(tmp_path):
     assert r.project == "huggingface/transformers" and not r.open
     assert d.project == "huggingface/tokenizers" and d.open and d.detection_delay_days == 30
     events = {(e["fingerprint"], e["event"]): e for e in store.export()["ttf_events"]}
-    assert {k[1] for k in events if k[0] == "r1"} == {"detected", "filed", "fixed", "closed", "released",
-                                                      "fix-released"}
+    assert {k[1] for k in events if k[0] == "r1"} == {
+        "detected",
+        "filed",
+        "fixed",
+        "closed",
+        "released",
+        "fix-released",
+    }
     assert events[("r1", "fix-released")]["version"] == "5.3.0"
     assert events[("d1", "released")]["version"] == "0.23.2"
     stats = {s.project: s for s in ttf.summarize(lines.values())}
@@ -170,8 +249,10 @@ def test_migration_5_keeps_the_events_of_an_older_store(tmp_path):
     for number, script in enumerate(MIGRATIONS[:4], start=1):
         db.executescript(script)
         db.execute(f"PRAGMA user_version = {number}")
-    db.execute("INSERT INTO findings (fingerprint, case_id, stage, component, axis, first_seen, last_seen)"
-               " VALUES ('f', 'c', 'template', 'transformers', 'engine', 't', 't')")
+    db.execute(
+        "INSERT INTO findings (fingerprint, case_id, stage, component, axis, first_seen, last_seen)"
+        " VALUES ('f', 'c', 'template', 'transformers', 'engine', 't', 't')"
+    )
     db.execute("INSERT INTO ttf_events VALUES ('f', 'detected', '2026-01-01T00:00:00Z', NULL)")
     db.commit()
     db.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -191,7 +191,7 @@ _version = st.builds(
 _release = st.builds(
     Release,
     version=_version,
-    upload_time=st.one_of(st.none(), st.just(datetime(2025, 1, 1, tzinfo=timezone.utc))),
+    upload_time=st.one_of(st.none(), st.just(datetime(2025, 1, 1, tzinfo=UTC))),
     yanked=st.booleans(),
     requires_python=st.sampled_from([None, ">=3.8", ">=3.12", "<3.11", "not a spec"]),
 )
@@ -216,7 +216,9 @@ def _eligible(releases, rule, python="3.11"):
             continue
         if rule.floor and v < Version(rule.floor):
             continue
-        if rule.below and not (v < Version(rule.below) and not (v.is_prerelease and Version(v.base_version) == Version(rule.below))):
+        if rule.below and not (
+            v < Version(rule.below) and not (v.is_prerelease and Version(v.base_version) == Version(rule.below))
+        ):
             continue
         out.append(r)
     return out
@@ -244,11 +246,14 @@ def test_rule_properties(releases, rule):
     if rule.per == "minor":
         assert len({(v.major, v.minor) for v in versions}) == len(versions)
     if rule.per == "release":  # a post-release supersedes the release it amends
-        assert len({(v.release + (0,) * (3 - len(v.release)), v.pre, v.dev if v.post is None else None) for v in versions}) == len(versions)
+        assert len(
+            {(v.release + (0,) * (3 - len(v.release)), v.pre, v.dev if v.post is None else None) for v in versions}
+        ) == len(versions)
         for v in versions:
             if v.post is None:
                 assert not any(
-                    Version(r.version).post is not None and Version(Version(r.version).base_version) == v
+                    Version(r.version).post is not None
+                    and Version(Version(r.version).base_version) == v
                     and Version(r.version).pre == v.pre
                     for r in eligible
                 )

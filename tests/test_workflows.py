@@ -42,16 +42,20 @@ def _jobs():
 
 def test_actionlint_passes_with_nothing_ignored():
     assert not (ROOT / ".github" / "actionlint.yaml").exists() and not (ROOT / ".github" / "actionlint.yml").exists()
-    proc = subprocess.run([_tool("actionlint"), *sorted(map(str, WORKFLOWS.glob("*.yml")))],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [_tool("actionlint"), *sorted(map(str, WORKFLOWS.glob("*.yml")))], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_zizmor_strictest_persona_passes_with_nothing_ignored():
     texts = [p.read_text() for p in WORKFLOWS.glob("*.yml")]
     assert not any("zizmor: ignore" in t for t in texts) and not (ROOT / ".github" / "zizmor.yml").exists()
-    proc = subprocess.run([_tool("zizmor"), "--offline", "--persona=auditor", "--no-progress", str(WORKFLOWS)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [_tool("zizmor"), "--offline", "--persona=auditor", "--no-progress", str(WORKFLOWS)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "No findings" in proc.stdout + proc.stderr
 
@@ -75,8 +79,9 @@ def test_hygiene_least_permissions_pins_timeouts_no_persisted_credentials():
             if step.get("uses", "").startswith("actions/checkout@"):
                 assert step.get("with", {}).get("persist-credentials") is False, f"{wf}:{name}: checkout keeps no token"
             script = step.get("run", "")
-            assert not re.search(r"\$\{\{\s*(inputs|matrix|github\.event|steps|needs)\.", script), \
+            assert not re.search(r"\$\{\{\s*(inputs|matrix|github\.event|steps|needs)\.", script), (
                 f"{wf}:{name}: an expression is interpolated into a script; pass it through env"
+            )
 
 
 def test_only_the_bot_writes_issues_and_code_from_the_matrix_holds_no_secret():
@@ -94,7 +99,9 @@ def test_only_the_bot_writes_issues_and_code_from_the_matrix_holds_no_secret():
     assert set(loop["on"]["workflow_dispatch"]["inputs"]) == {"only", "with", "dry-run"}
     jobs = loop["jobs"]
     assert jobs["keepalive"]["if"] == "github.event_name == 'schedule'"
-    assert "dry-run" in jobs["bot"]["steps"][-3]["env"]["DRY_RUN"] and "fork" in jobs["bot"]["steps"][-3]["env"]["DRY_RUN"]
+    assert (
+        "dry-run" in jobs["bot"]["steps"][-3]["env"]["DRY_RUN"] and "fork" in jobs["bot"]["steps"][-3]["env"]["DRY_RUN"]
+    )
     order = ["plan", "cells-0", "aggregate", "regress", "record", "bot", "page"]
     for before, after in zip(order, order[1:]):
         needs = jobs[after]["needs"]
@@ -142,8 +149,12 @@ def test_the_plan_fits_githubs_limits_and_the_workflows_shard_jobs(tmp_path):
 def _small_axes(tmp_path) -> Path:
     """The default axes narrowed to three cheap cells: one engine and SDK, three jinja2 releases."""
     data = yaml.safe_load((ROOT / "matrix" / "axes.yaml").read_text())
-    keep = {"engine": ("transformers", ["5.24.0"]), "tokenizer": ("tokenizers", ["0.23.3"]),
-            "template": ("hf-jinja2", ["3.1.4", "3.1.5", "3.1.6"]), "client": ("openai", ["3.57.0"])}
+    keep = {
+        "engine": ("transformers", ["5.24.0"]),
+        "tokenizer": ("tokenizers", ["0.23.3"]),
+        "template": ("hf-jinja2", ["3.1.4", "3.1.5", "3.1.6"]),
+        "client": ("openai", ["3.57.0"]),
+    }
     for axis, comps in data["axes"].items():
         name, versions = keep[axis]
         data["axes"][axis] = {name: {**comps[name], "versions": {"explicit": versions}}}
@@ -154,8 +165,13 @@ def _small_axes(tmp_path) -> Path:
 
 
 def _env(home: Path, axes: Path, **extra) -> dict:
-    env = {**os.environ, "LLMCOMPAT_HOME": str(home), "LLMCOMPAT_AXES": str(axes), "PYTHONPATH": str(ROOT),
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "LLMCOMPAT_HOME": str(home),
+        "LLMCOMPAT_AXES": str(axes),
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
     env.pop("GITHUB_OUTPUT", None)
     env.pop("GITHUB_STEP_SUMMARY", None)
     return {**env, **extra}
@@ -163,16 +179,28 @@ def _env(home: Path, axes: Path, **extra) -> dict:
 
 def _llmcompat(home, axes, *args, **extra):
     home.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "matrix.app.cli", *args], capture_output=True, text=True,
-                          env=_env(home, axes, **extra), cwd=home, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "matrix.app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=_env(home, axes, **extra),
+        cwd=home,
+        timeout=1200,
+    )
     assert proc.returncode == 0, f"llmcompat {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
     return proc
 
 
 def _script(name, home, axes, **extra):
     home.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["bash", str(SCRIPTS / name)], capture_output=True, text=True, cwd=home,
-                          env=_env(home, axes, **extra), timeout=1200)
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / name)],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env=_env(home, axes, **extra),
+        timeout=1200,
+    )
     assert proc.returncode == 0, f"{name}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
     return proc
 
@@ -184,8 +212,9 @@ def _outputs(path: Path) -> dict:
 def _normal(export: dict) -> dict:
     """A store's export less what names the run (ids, times, durations)."""
     cells = sorted((c["key"], c["cell_id"], c["outcome"]) for c in export["cells"])
-    findings = sorted((f["fingerprint"], f["kind"], f["status"], tuple(f["cases"]), f["cells"])
-                      for f in export["findings"])
+    findings = sorted(
+        (f["fingerprint"], f["kind"], f["status"], tuple(f["cases"]), f["cells"]) for f in export["findings"]
+    )
     return {"cells": cells, "findings": findings}
 
 
@@ -213,8 +242,14 @@ def test_the_workflow_sequence_locally_gives_the_single_machine_store_and_page(t
     # aggregate job, then the page job
     agg = tmp_path / "aggregate"
     out.write_text("")
-    _script("aggregate", agg, axes, RUN_ID="gha-1-1", GITHUB_OUTPUT=str(out),
-            GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"))
+    _script(
+        "aggregate",
+        agg,
+        axes,
+        RUN_ID="gha-1-1",
+        GITHUB_OUTPUT=str(out),
+        GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"),
+    )
     assert json.loads(_outputs(out)["regress"]) == {"include": []}  # no history: no candidates
     summary = (tmp_path / "summary.md").read_text()
     assert "**3 cells: 3 run, 0 reused**" in summary
@@ -230,15 +265,22 @@ def test_the_workflow_sequence_locally_gives_the_single_machine_store_and_page(t
 
     with Store(one / "store.sqlite", readonly=True) as a, Store(agg / "store.sqlite", readonly=True) as b:
         single, sharded = _normal(a.export()), _normal(b.export())
-        locks = {(i, c["cell_id"]): (c["key"][:12], c["lock"], c["facts"][:300])
-                 for i, s in enumerate((a, b)) for c in s.cells()
-                 if (c["key"], c["cell_id"], c["outcome"]) not in set(single["cells"]) & set(sharded["cells"])}
+        locks = {
+            (i, c["cell_id"]): (c["key"][:12], c["lock"], c["facts"][:300])
+            for i, s in enumerate((a, b))
+            for c in s.cells()
+            if (c["key"], c["cell_id"], c["outcome"]) not in set(single["cells"]) & set(sharded["cells"])
+        }
     assert single == sharded, locks  # same keys: same locks, probe, suite and model on both sides
     assert len(single["cells"]) == 3
     pages = []
     for site in (one / "site", agg / "site"):
-        text = " ".join(p.read_text(errors="replace") for p in sorted(site.rglob("*")) if p.is_file()
-                        and p.suffix in {".html", ".json"})
-        pages.append(({c for _, c, _ in single["cells"] if c in text},
-                      {f[0] for f in single["findings"] if f[0][:12] in text}))
+        text = " ".join(
+            p.read_text(errors="replace")
+            for p in sorted(site.rglob("*"))
+            if p.is_file() and p.suffix in {".html", ".json"}
+        )
+        pages.append(
+            ({c for _, c, _ in single["cells"] if c in text}, {f[0] for f in single["findings"] if f[0][:12] in text})
+        )
     assert pages[0] == pages[1] and len(pages[0][0]) == 3

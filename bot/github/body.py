@@ -24,8 +24,18 @@ import jinja2
 from bot.github import escape
 from matrix.outcome import failure_class
 
-__all__ = ["LIMIT", "IssueView", "Divergence", "divergence", "length", "marker", "parse_marker", "render",
-           "summary", "title"]
+__all__ = [
+    "LIMIT",
+    "IssueView",
+    "Divergence",
+    "divergence",
+    "length",
+    "marker",
+    "parse_marker",
+    "render",
+    "summary",
+    "title",
+]
 
 LIMIT = 65_536
 """GitHub's limit on an issue or comment body, in characters (counted here in UTF-16 units, the
@@ -36,7 +46,10 @@ MARKER_RE = re.compile(r"<!-- llmcompat:(finding|comment) (\{.*?\}) -->")
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=False, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    autoescape=False,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
     keep_trailing_newline=True,
 )
 _ENV.filters.update(md=escape.text, code=escape.code, fence=escape.fence)
@@ -72,7 +85,8 @@ class IssueView:
 
 _DIVERGENCE = re.compile(
     r"expected (?P<e>\[[^\]]*\]|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+), "
-    r"got (?P<a>\[[^\]]*\]|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+?)(?=[;,]?\s|[;,]?$)")
+    r"got (?P<a>\[[^\]]*\]|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+?)(?=[;,]?\s|[;,]?$)"
+)
 
 
 def divergence(detail: str, decoded: dict | None = None) -> Divergence | None:
@@ -88,11 +102,15 @@ def summary(f) -> str:
     """The one-line summary (plain text; escaped by the caller)."""
     what = f.check_name or f.case_id
     if f.kind == "regression" and f.first_bad:
-        return (f"{f.component} {f.first_bad} breaks {f.case_id} at the {f.stage} stage"
-                f" (last good {f.last_good or 'unknown'})")
+        return (
+            f"{f.component} {f.first_bad} breaks {f.case_id} at the {f.stage} stage"
+            f" (last good {f.last_good or 'unknown'})"
+        )
     n = len(f.cases) or 1
-    return (f"{f.component} disagrees with the reference at the {f.stage} stage: {what} ({f.klass or 'fail'}),"
-            f" {n} case{'s' if n != 1 else ''} in {f.cells} cell{'s' if f.cells != 1 else ''}")
+    return (
+        f"{f.component} disagrees with the reference at the {f.stage} stage: {what} ({f.klass or 'fail'}),"
+        f" {n} case{'s' if n != 1 else ''} in {f.cells} cell{'s' if f.cells != 1 else ''}"
+    )
 
 
 def title(f) -> str:
@@ -137,8 +155,21 @@ def _clip(s: Any, n: int = CLIP) -> Any:
 
 def _clipped(view: IssueView) -> IssueView:
     f = view.finding
-    fields = {k: _clip(getattr(f, k)) for k in ("case_id", "check_name", "klass", "detail", "component", "repro",
-                                                "last_good", "first_bad", "stage", "axis")}
+    fields = {
+        k: _clip(getattr(f, k))
+        for k in (
+            "case_id",
+            "check_name",
+            "klass",
+            "detail",
+            "component",
+            "repro",
+            "last_good",
+            "first_bad",
+            "stage",
+            "axis",
+        )
+    }
     fields["cases"] = tuple(_clip(c, 100) for c in f.cases[:CASES_SUMMARY])
     fields["versions"] = tuple(_clip(v, 100) for v in f.versions[:CASES_SUMMARY])
     try:
@@ -148,13 +179,39 @@ def _clipped(view: IssueView) -> IssueView:
     triage = view.triage
     if triage is not None:
         triage = _Obj({"verdict": _clip(triage.verdict, 40), "reason": _clip(triage.reason)})
-    return replace(view, finding=f, triage=triage, flake=_clip(view.flake), script=None,
-                   cell_ids=tuple(_clip(c, 200) for c in view.cell_ids[:CASES_SUMMARY]), decoded={},
-                   fixed_in=_clip(view.fixed_in, 100), repro_state=_clip(view.repro_state, 200))
+    return replace(
+        view,
+        finding=f,
+        triage=triage,
+        flake=_clip(view.flake),
+        script=None,
+        cell_ids=tuple(_clip(c, 200) for c in view.cell_ids[:CASES_SUMMARY]),
+        decoded={},
+        fixed_in=_clip(view.fixed_in, 100),
+        repro_state=_clip(view.repro_state, 200),
+    )
 
 
-_ATTRS = ("fingerprint", "kind", "case_id", "stage", "component", "axis", "check_name", "klass", "detail", "cases",
-          "versions", "cells", "last_good", "first_bad", "compare_url", "repro", "status", "fixed_in")
+_ATTRS = (
+    "fingerprint",
+    "kind",
+    "case_id",
+    "stage",
+    "component",
+    "axis",
+    "check_name",
+    "klass",
+    "detail",
+    "cases",
+    "versions",
+    "cells",
+    "last_good",
+    "first_bad",
+    "compare_url",
+    "repro",
+    "status",
+    "fixed_in",
+)
 
 
 class _Obj:
@@ -164,7 +221,10 @@ class _Obj:
 
 # (cases shown: None = all, details, cell list) per step
 STEPS: tuple[tuple[int | None, bool, bool], ...] = (
-    (None, True, True), (CASES_SUMMARY, True, True), (CASES_SUMMARY, False, True), (CASES_SUMMARY, False, False),
+    (None, True, True),
+    (CASES_SUMMARY, True, True),
+    (CASES_SUMMARY, False, True),
+    (CASES_SUMMARY, False, False),
 )
 
 
@@ -174,13 +234,24 @@ def _render(view: IssueView, cases: int | None, details: bool, cells: bool) -> s
     url = lambda u: u if u and len(u) <= 2000 and _URL.fullmatch(u) else None  # noqa: E731
     return _ENV.get_template("issue.md.j2").render(
         marker=marker("finding", {"fp": f.fingerprint, "state": view.state}),
-        summary=escape.text(summary(f)), f=f, klass_class=failure_class(f.klass, f.stage).value,
-        versions=list(f.versions[:CASES_SUMMARY]), more_versions=max(0, len(f.versions) - CASES_SUMMARY),
-        fixed_in=view.fixed_in, compare_url=url(f.compare_url), triage=view.triage, flake=view.flake,
-        repro_state=view.repro_state, divergence=divergence(f.detail, view.decoded), details=details,
-        cases=all_cases if cases is None else (all_cases[:cases] if cases else None), n_cases=len(all_cases),
-        n_cells=max(f.cells, len(view.cell_ids)), cell_ids=list(view.cell_ids) if cells and view.cell_ids else None,
-        script=view.script, page_url=url(view.page_url),
+        summary=escape.text(summary(f)),
+        f=f,
+        klass_class=failure_class(f.klass, f.stage).value,
+        versions=list(f.versions[:CASES_SUMMARY]),
+        more_versions=max(0, len(f.versions) - CASES_SUMMARY),
+        fixed_in=view.fixed_in,
+        compare_url=url(f.compare_url),
+        triage=view.triage,
+        flake=view.flake,
+        repro_state=view.repro_state,
+        divergence=divergence(f.detail, view.decoded),
+        details=details,
+        cases=all_cases if cases is None else (all_cases[:cases] if cases else None),
+        n_cases=len(all_cases),
+        n_cells=max(f.cells, len(view.cell_ids)),
+        cell_ids=list(view.cell_ids) if cells and view.cell_ids else None,
+        script=view.script,
+        page_url=url(view.page_url),
     )
 
 

@@ -30,6 +30,7 @@ from matrix.errors import LlmcompatError
 
 __all__ = ["BotAuthError", "Connection", "Remote", "auth_from_env", "connect"]
 
+
 class BotAuthError(LlmcompatError):
     """No usable credentials (exit 2, naming what is missing; never the secret)."""
 
@@ -48,16 +49,22 @@ class _Retry(GithubRetry):
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
-def auth_from_env(env=os.environ, app_id: str | None = None, key_file: str | Path | None = None,
-                  installation_id: str | int | None = None):
+def auth_from_env(
+    env=os.environ,
+    app_id: str | None = None,
+    key_file: str | Path | None = None,
+    installation_id: str | int | None = None,
+):
     """An ``Auth``: the App installation when an app id is given, else ``$GITHUB_TOKEN``."""
     app_id = app_id or env.get("GITHUB_APP_ID")
     if app_id:
         key_file = key_file or env.get("GITHUB_APP_PRIVATE_KEY_FILE")
         installation_id = installation_id or env.get("GITHUB_APP_INSTALLATION_ID")
         if not key_file or not installation_id:
-            raise BotAuthError("GitHub App auth needs --app-key-file and --installation-id "
-                               "(or GITHUB_APP_PRIVATE_KEY_FILE and GITHUB_APP_INSTALLATION_ID)")
+            raise BotAuthError(
+                "GitHub App auth needs --app-key-file and --installation-id "
+                "(or GITHUB_APP_PRIVATE_KEY_FILE and GITHUB_APP_INSTALLATION_ID)"
+            )
         try:
             key = Path(key_file).read_text()
         except OSError as exc:
@@ -65,22 +72,37 @@ def auth_from_env(env=os.environ, app_id: str | None = None, key_file: str | Pat
         return Auth.AppAuth(int(app_id), key).get_installation_auth(int(installation_id))
     token = env.get("GITHUB_TOKEN")
     if not token:
-        raise BotAuthError("no credentials: set GITHUB_TOKEN, or give --app-id, --app-key-file and "
-                           "--installation-id (use --dry-run to see what would be filed without any)")
+        raise BotAuthError(
+            "no credentials: set GITHUB_TOKEN, or give --app-id, --app-key-file and "
+            "--installation-id (use --dry-run to see what would be filed without any)"
+        )
     return Auth.Token(token)
 
 
 def connect(auth, conn: Connection | None = None) -> Github:
     conn = conn or Connection()
-    retry = _Retry(total=conn.total, backoff_factor=conn.backoff, backoff_max=conn.backoff_max,
-                   secondary_rate_wait=conn.secondary_wait, max_rate_limit_wait=conn.max_wait,
-                   status_forcelist=[429, *range(500, 600)],
-                   allowed_methods={"GET", "HEAD", "PATCH", "PUT", "DELETE", "POST"})
+    retry = _Retry(
+        total=conn.total,
+        backoff_factor=conn.backoff,
+        backoff_max=conn.backoff_max,
+        secondary_rate_wait=conn.secondary_wait,
+        max_rate_limit_wait=conn.max_wait,
+        status_forcelist=[429, *range(500, 600)],
+        allowed_methods={"GET", "HEAD", "PATCH", "PUT", "DELETE", "POST"},
+    )
     base = conn.api_url.rstrip("/")
     if conn.throttle:  # PyGithub's own pauses between requests and writes
         return Github(auth=auth, base_url=base, per_page=conn.per_page, retry=retry, timeout=conn.timeout, lazy=True)
-    return Github(auth=auth, base_url=base, per_page=conn.per_page, retry=retry, timeout=conn.timeout, lazy=True,
-                  seconds_between_requests=None, seconds_between_writes=None)
+    return Github(
+        auth=auth,
+        base_url=base,
+        per_page=conn.per_page,
+        retry=retry,
+        timeout=conn.timeout,
+        lazy=True,
+        seconds_between_requests=None,
+        seconds_between_writes=None,
+    )
 
 
 def _iso(dt) -> str | None:
@@ -144,8 +166,19 @@ class Remote:
                 continue
             self._gh_issues[(repo.lower(), i.number)] = i
             comments = tuple(self.comments(repo, i.number)) if i.comments else ()
-            out.append(Issue(repo, i.number, i.title, i.body or "", i.state, tuple(lb.name for lb in i.labels),
-                             comments, _iso(i.closed_at), i.html_url or ""))
+            out.append(
+                Issue(
+                    repo,
+                    i.number,
+                    i.title,
+                    i.body or "",
+                    i.state,
+                    tuple(lb.name for lb in i.labels),
+                    comments,
+                    _iso(i.closed_at),
+                    i.html_url or "",
+                )
+            )
         return out
 
     def comments(self, repo: str, number: int) -> list[Comment]:
@@ -179,7 +212,7 @@ class Remote:
     def _again(self, attempt: int, exc: BaseException) -> None:
         if not _transient(exc) or attempt + 1 >= self.attempts:
             raise exc
-        time.sleep(min(self.conn.backoff_max, self.conn.backoff * 2 ** attempt))
+        time.sleep(min(self.conn.backoff_max, self.conn.backoff * 2**attempt))
 
     def create(self, a: Action, label: str | None, creator: str | None) -> Issue:
         """Create the issue, unless its marker is already there (an earlier answer got lost)."""
@@ -188,8 +221,17 @@ class Remote:
             try:
                 i = self._repo(a.repo).create_issue(title=a.title, body=a.body, labels=list(a.labels or ()))
                 self._gh_issues[(a.repo.lower(), i.number)] = i
-                return Issue(a.repo, i.number, i.title, i.body or "", i.state, tuple(lb.name for lb in i.labels),
-                             (), None, i.html_url or "")
+                return Issue(
+                    a.repo,
+                    i.number,
+                    i.title,
+                    i.body or "",
+                    i.state,
+                    tuple(lb.name for lb in i.labels),
+                    (),
+                    None,
+                    i.html_url or "",
+                )
             except Exception as exc:  # noqa: BLE001 - sorted by _again
                 self._again(attempt, exc)
                 found = self.find(a.repo, fingerprint, label, creator)

@@ -40,8 +40,19 @@ from bot.github.evidence import Evidence, newer, vkey
 from bot.triage import Triage
 from matrix.outcome import failure_class
 
-__all__ = ["Action", "Comment", "Context", "Issue", "Plan", "Settings", "changes", "decide", "labels_for",
-           "state_of", "targets"]
+__all__ = [
+    "Action",
+    "Comment",
+    "Context",
+    "Issue",
+    "Plan",
+    "Settings",
+    "changes",
+    "decide",
+    "labels_for",
+    "state_of",
+    "targets",
+]
 
 VERBS = ("label-create", "create", "update", "comment", "close", "reopen")
 STATE_VERSIONS = 50
@@ -160,9 +171,15 @@ def state_of(f, ctx: Context, status: str | None = None) -> dict:
     versions = sorted({str(v)[:64] for v in f.versions}, key=vkey)[-STATE_VERSIONS:]
     bar = f.first_bad or max(f.versions, key=vkey, default=None)
     fixed = f.fixed_in if f.status == "fixed" and f.fixed_in and newer(f.fixed_in, bar) else None  # a re-run: no fix
-    return {"kind": f.kind, "last_good": f.last_good, "first_bad": f.first_bad, "fixed_in": fixed,
-            "cells": max(int(f.cells or 0), len(ctx.evidence.cell_ids)), "versions": versions,
-            "status": status or ("fixed" if f.status == "fixed" else "open")}
+    return {
+        "kind": f.kind,
+        "last_good": f.last_good,
+        "first_bad": f.first_bad,
+        "fixed_in": fixed,
+        "cells": max(int(f.cells or 0), len(ctx.evidence.cell_ids)),
+        "versions": versions,
+        "status": status or ("fixed" if f.status == "fixed" else "open"),
+    }
 
 
 def digest(text: str) -> str:
@@ -188,13 +205,16 @@ def changes(old: dict | None, new: dict) -> list[str]:
     out = []
     if new.get("first_bad") and (old.get("last_good"), old.get("first_bad")) != (new["last_good"], new["first_bad"]):
         word = "narrowed" if old.get("first_bad") else "found"
-        out.append(f"Range {word}: last good {c(new['last_good'] or 'unknown')} → first bad {c(new['first_bad'])}"
-                   + (f" (was {c(old.get('last_good') or 'unknown')} → {c(old['first_bad'])})" if old.get("first_bad")
-                      else ""))
+        out.append(
+            f"Range {word}: last good {c(new['last_good'] or 'unknown')} → first bad {c(new['first_bad'])}"
+            + (f" (was {c(old.get('last_good') or 'unknown')} → {c(old['first_bad'])})" if old.get("first_bad") else "")
+        )
     added = [v for v in new["versions"] if v not in set(old.get("versions") or ())]
     if new["cells"] > int(old.get("cells") or 0) or added:
-        out.append(f"New affected cells: now {new['cells']} (was {int(old.get('cells') or 0)})"
-                   + (f"; newly failing at {', '.join(c(v) for v in added[:10])}" if added else ""))
+        out.append(
+            f"New affected cells: now {new['cells']} (was {int(old.get('cells') or 0)})"
+            + (f"; newly failing at {', '.join(c(v) for v in added[:10])}" if added else "")
+        )
     if new.get("fixed_in") and new["fixed_in"] != old.get("fixed_in"):
         out.append(f"Fixed: passes again at {c(new['fixed_in'])}.")
     if old.get("status") == "fixed" and new["status"] == "open":
@@ -230,7 +250,8 @@ def _label_action(repo: str, name: str, settings: Settings) -> Action:
     prefix = name.split(":", 1)[0]
     color = LABEL_COLORS.get(prefix, "fbca04" if name == settings.keep_open else "ededed")
     desc = {settings.label: "Filed by llmcompat", settings.keep_open: "llmcompat: never close automatically"}.get(
-        name, f"llmcompat {prefix}")
+        name, f"llmcompat {prefix}"
+    )
     return Action("label-create", repo, title=name, color=color, description=desc)
 
 
@@ -239,8 +260,14 @@ def targets(f, ctx: Context, settings: Settings) -> list[tuple[str, bool]]:
     out = [(settings.repo, False)]
     up = settings.upstream.get(f.component)
     t = ctx.triage
-    if (up and up.lower() != settings.repo.lower() and t is not None and t.verdict == "component-bug"
-            and getattr(t, "upstream_ok", True) and getattr(f, "repro_verified", None) is True):
+    if (
+        up
+        and up.lower() != settings.repo.lower()
+        and t is not None
+        and t.verdict == "component-bug"
+        and getattr(t, "upstream_ok", True)
+        and getattr(f, "repro_verified", None) is True
+    ):
         out.append((up, True))
     return out
 
@@ -249,8 +276,11 @@ def _repro_state(f) -> str:
     v = getattr(f, "repro_verified", None)
     if v is None:
         return "not run"
-    return ("verified: fails in the bad environment, passes in the good one" if v else
-            "did not show the problem (not filed upstream)")
+    return (
+        "verified: fails in the bad environment, passes in the good one"
+        if v
+        else "did not show the problem (not filed upstream)"
+    )
 
 
 def _body(f, ctx: Context, settings: Settings, state: dict) -> str:
@@ -258,9 +288,18 @@ def _body(f, ctx: Context, settings: Settings, state: dict) -> str:
     if settings.page_url:  # the finding's own page (reports/web: findings/<slug>.html; a hex fingerprint is its slug)
         safe = re.fullmatch(r"[0-9A-Za-z_-]+", f.fingerprint or "")
         page = settings.page_url.rstrip("/") + (f"/findings/{f.fingerprint}.html" if safe else "/findings.html")
-    view = bodies.IssueView(finding=f, state=state, triage=ctx.triage, cell_ids=ctx.evidence.cell_ids,
-                            flake=ctx.flake, repro_state=_repro_state(f), script=ctx.script, page_url=page,
-                            fixed_in=state.get("fixed_in"), decoded=dict(ctx.decoded))
+    view = bodies.IssueView(
+        finding=f,
+        state=state,
+        triage=ctx.triage,
+        cell_ids=ctx.evidence.cell_ids,
+        flake=ctx.flake,
+        repro_state=_repro_state(f),
+        script=ctx.script,
+        page_url=page,
+        fixed_in=state.get("fixed_in"),
+        decoded=dict(ctx.decoded),
+    )
     return bodies.render(view)
 
 
@@ -269,8 +308,14 @@ def _human_recently(issue: Issue, settings: Settings) -> bool:
     return any(not c.is_bot and (_dt(c.created) or since) > since for c in issue.comments)
 
 
-def decide(findings: Iterable, contexts: Mapping[str, Context], issues: Iterable[Issue],
-           labels: Mapping[str, Iterable[str]], queued: Iterable[tuple[str, str]], settings: Settings) -> Plan:
+def decide(
+    findings: Iterable,
+    contexts: Mapping[str, Context],
+    issues: Iterable[Issue],
+    labels: Mapping[str, Iterable[str]],
+    queued: Iterable[tuple[str, str]],
+    settings: Settings,
+) -> Plan:
     """The actions of one run, in order: labels, then per existing issue its comment before its
     edit, then the creations (queued ones first, at most ``max_new``)."""
     by_marker: dict[tuple[str, str], Issue] = {}
@@ -292,8 +337,14 @@ def decide(findings: Iterable, contexts: Mapping[str, Context], issues: Iterable
                 if f.status != "open":
                     continue
                 state = state_of(f, ctx)
-                act = Action("create", repo, fingerprint=f.fingerprint, title=bodies.title(f),
-                             body=_body(f, ctx, settings, state), labels=want)
+                act = Action(
+                    "create",
+                    repo,
+                    fingerprint=f.fingerprint,
+                    title=bodies.title(f),
+                    body=_body(f, ctx, settings, state),
+                    labels=want,
+                )
                 rank = order.get((f.fingerprint, repo), len(order))
                 creates.append(((rank, f.first_seen or "", f.fingerprint, repo), act))
                 if want:
@@ -306,13 +357,18 @@ def decide(findings: Iterable, contexts: Mapping[str, Context], issues: Iterable
             actions.extend(acts)
     creates.sort(key=lambda x: x[0])
     chosen = [a for _, a in creates[: max(0, settings.max_new)]]
-    rest = [(fp, repo) for (_, _, fp, repo), _ in creates[max(0, settings.max_new):]]
+    rest = [(fp, repo) for (_, _, fp, repo), _ in creates[max(0, settings.max_new) :]]
     label_acts = _missing_labels(wanted_labels, labels, chosen, actions, settings)
     return Plan(label_acts + actions + chosen, rest, found)
 
 
-def _missing_labels(wanted: dict[str, set[str]], have: Mapping[str, Iterable[str]], creates: list[Action],
-                    actions: list[Action], settings: Settings) -> list[Action]:
+def _missing_labels(
+    wanted: dict[str, set[str]],
+    have: Mapping[str, Iterable[str]],
+    creates: list[Action],
+    actions: list[Action],
+    settings: Settings,
+) -> list[Action]:
     used = {a.repo for a in creates + actions}
     out = []
     for repo in sorted(wanted):
@@ -331,18 +387,35 @@ def _existing(f, ctx: Context, issue: Issue, want: tuple[str, ...], settings: Se
     ev = ctx.evidence
     labels = tuple(sorted(set(issue.labels) | set(want))) if not set(want) <= set(issue.labels) else None
     held = bool(old and (old.get("status") == "closed" or old.get("held")))  # a person reopened it: not again
-    if (ev.passing_runs >= settings.close_after and settings.keep_open not in issue.labels and not held
-            and not _human_recently(issue, settings)):
+    if (
+        ev.passing_runs >= settings.close_after
+        and settings.keep_open not in issue.labels
+        and not held
+        and not _human_recently(issue, settings)
+    ):
         fixed = ev.passing_version
         state = {**state_of(f, ctx, "closed"), "fixed_in": fixed, "closed": settings.now}
-        note = (f"Closing: {escape.code(ev.passing_version)} (newer than first bad) passed the check on "
-                f"{ev.passing_runs} consecutive scheduled runs.")
+        note = (
+            f"Closing: {escape.code(ev.passing_version)} (newer than first bad) passed the check on "
+            f"{ev.passing_runs} consecutive scheduled runs."
+        )
         acts = []
         text = _comment(f.fingerprint, old, state, [note])
         if not _already_commented(issue, text):
             acts.append(Action("comment", issue.repo, issue.number, f.fingerprint, t, text))
-        acts.append(Action("close", issue.repo, issue.number, f.fingerprint, t, _body(f, ctx, settings, state),
-                           labels, state_reason="completed", version=fixed))
+        acts.append(
+            Action(
+                "close",
+                issue.repo,
+                issue.number,
+                f.fingerprint,
+                t,
+                _body(f, ctx, settings, state),
+                labels,
+                state_reason="completed",
+                version=fixed,
+            )
+        )
         return acts
     state = state_of(f, ctx)
     if held and old:  # closed by the bot and reopened by a person: keep the fix known, never close it again
@@ -359,25 +432,41 @@ def _existing(f, ctx: Context, issue: Issue, want: tuple[str, ...], settings: Se
     return acts
 
 
-def _reopen(f, ctx: Context, issue: Issue, old: dict | None, want: tuple[str, ...],
-            settings: Settings) -> list[Action]:
+def _reopen(f, ctx: Context, issue: Issue, old: dict | None, want: tuple[str, ...], settings: Settings) -> list[Action]:
     """A bot-closed issue reopens on a failure at or after its fixing release, after the close."""
     if not old or old.get("status") != "closed" or not old.get("fixed_in"):
         return []
     fixed, closed = old["fixed_in"], _dt(issue.closed_at or old.get("closed"))
-    seen = [v for started, v in ctx.evidence.failures
-            if vkey(v) >= vkey(fixed) and (closed is None or (_dt(started) or closed) > closed)]
+    seen = [
+        v
+        for started, v in ctx.evidence.failures
+        if vkey(v) >= vkey(fixed) and (closed is None or (_dt(started) or closed) > closed)
+    ]
     if not seen:
         return []
     version = max(seen, key=vkey)
     state = {**state_of(f, ctx, "open"), "fixed_in": None, "reopened": version}
     t = bodies.title(f)
-    text = _comment(f.fingerprint, old, state, [f"Reopening: fails again at {escape.code(version)}, at or after the "
-                                                 f"fixing release {escape.code(fixed)}."])
+    text = _comment(
+        f.fingerprint,
+        old,
+        state,
+        [f"Reopening: fails again at {escape.code(version)}, at or after the fixing release {escape.code(fixed)}."],
+    )
     acts = []
     if not _already_commented(issue, text):
         acts.append(Action("comment", issue.repo, issue.number, f.fingerprint, t, text))
     labels = tuple(sorted(set(issue.labels) | set(want))) if not set(want) <= set(issue.labels) else None
-    acts.append(Action("reopen", issue.repo, issue.number, f.fingerprint, t, _body(f, ctx, settings, state), labels,
-                       version=version))
+    acts.append(
+        Action(
+            "reopen",
+            issue.repo,
+            issue.number,
+            f.fingerprint,
+            t,
+            _body(f, ctx, settings, state),
+            labels,
+            version=version,
+        )
+    )
     return acts

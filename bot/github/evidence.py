@@ -58,8 +58,9 @@ def _matches(f, row: Mapping, owners: Owners) -> bool:
     return row.get(f.axis) == f.component
 
 
-def evidence(findings: Iterable, rows: Iterable[Mapping], owners: Owners,
-             kinds: Mapping[str, str] | None = None) -> dict[str, Evidence]:
+def evidence(
+    findings: Iterable, rows: Iterable[Mapping], owners: Owners, kinds: Mapping[str, str] | None = None
+) -> dict[str, Evidence]:
     """Evidence per fingerprint from :meth:`reports.store.Store.case_rows` rows; ``kinds`` maps
     run id -> kind (runs of other kinds than :data:`SCHEDULED` are left out)."""
     rows = [r for r in rows if kinds is None or kinds.get(r["run_id"], "matrix") in SCHEDULED]
@@ -69,8 +70,9 @@ def evidence(findings: Iterable, rows: Iterable[Mapping], owners: Owners,
         for r in rows:
             if not _matches(f, r, owners):
                 continue
-            run = runs.setdefault(r["run_id"], {"started": r["run_started"], "pass": set(), "fail": set(),
-                                                "cells": set()})
+            run = runs.setdefault(
+                r["run_id"], {"started": r["run_started"], "pass": set(), "fail": set(), "cells": set()}
+            )
             version = r.get(f"{f.axis}_version") or ""
             if r["outcome"] == "pass":
                 run["pass"].add(version)

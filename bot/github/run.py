@@ -103,10 +103,15 @@ def contexts(store, matrix, findings, triages=None) -> dict[str, Context]:
     ev = evidence(findings, store.case_rows(), owners_of(matrix), kinds)
     triages = triages or {}
     cells = {c["key"]: c for c in store.cells()}
-    return {f.fingerprint: Context(evidence=ev[f.fingerprint], triage=triages.get(f.fingerprint) or _triage_of(f),
-                                   script=_script(f, cells.get(f.bad_key)) if f.status == "open" else None,
-                                   decoded=_decoded(f, cells.get(f.bad_key)) if f.status == "open" else {})
-            for f in findings}
+    return {
+        f.fingerprint: Context(
+            evidence=ev[f.fingerprint],
+            triage=triages.get(f.fingerprint) or _triage_of(f),
+            script=_script(f, cells.get(f.bad_key)) if f.status == "open" else None,
+            decoded=_decoded(f, cells.get(f.bad_key)) if f.status == "open" else {},
+        )
+        for f in findings
+    }
 
 
 def _cached(store) -> tuple[list[Issue], dict[str, set[str]], list[tuple[str, str]]]:
@@ -121,8 +126,17 @@ def _cached(store) -> tuple[list[Issue], dict[str, set[str]], list[tuple[str, st
             queued.append((row["fingerprint"], row["repo"]))
         if row["number"] is not None:
             body = bodies.marker("finding", {"fp": row["fingerprint"], "state": row["state"]})
-            issues.append(Issue(row["repo"], row["number"], row["title"], body, row["issue_state"],
-                                tuple(row["labels"]), digest=row["state_hash"] or None))
+            issues.append(
+                Issue(
+                    row["repo"],
+                    row["number"],
+                    row["title"],
+                    body,
+                    row["issue_state"],
+                    tuple(row["labels"]),
+                    digest=row["state_hash"] or None,
+                )
+            )
     return issues, labels, queued
 
 
@@ -139,8 +153,15 @@ def _own_repo(opts: BotOptions, env) -> str:
 
 def settings_for(matrix, opts: BotOptions, env, now: str) -> Settings:
     upstream = {c.name: c.repo for comps in matrix.axes.values() for c in comps if c.upstream_issues and c.repo}
-    return Settings(repo=_own_repo(opts, env), now=now, label=opts.label, close_after=matrix.bot.close_after,
-                    max_new=opts.max_new, page_url=opts.page_url, upstream=upstream)
+    return Settings(
+        repo=_own_repo(opts, env),
+        now=now,
+        label=opts.label,
+        close_after=matrix.bot.close_after,
+        max_new=opts.max_new,
+        page_url=opts.page_url,
+        upstream=upstream,
+    )
 
 
 def print_plan(plan: Plan, settings: Settings, out) -> None:
@@ -181,8 +202,11 @@ def run(store, matrix, opts: BotOptions, out=None, env=None, remote=None) -> Pla
     issues, labels = [], {}
     for repo in sorted(repos):
         own = repo == settings.repo
-        if not own and not any(st["repo"] == repo for st in states.values()) and not _may_go(findings, ctx, settings,
-                                                                                              repo):
+        if (
+            not own
+            and not any(st["repo"] == repo for st in states.values())
+            and not _may_go(findings, ctx, settings, repo)
+        ):
             continue
         issues += remote.issues(repo, settings.label if own else None, None if own else remote.login)
         labels[repo] = remote.labels(repo) if own else set()
@@ -222,9 +246,19 @@ def _record_found(store, plan: Plan, states, now: str) -> None:
 
 def _row(fp: str, repo: str, issue: Issue, now: str, **extra) -> dict:
     m = issue.marker or {}
-    return {"fingerprint": fp, "repo": repo, "number": issue.number, "title": issue.title, "state": m.get("state", {}),
-            "state_hash": digest(issue.body), "issue_state": issue.state, "labels": list(issue.labels), "queued": 0,
-            "updated": now, **extra}
+    return {
+        "fingerprint": fp,
+        "repo": repo,
+        "number": issue.number,
+        "title": issue.title,
+        "state": m.get("state", {}),
+        "state_hash": digest(issue.body),
+        "issue_state": issue.state,
+        "labels": list(issue.labels),
+        "queued": 0,
+        "updated": now,
+        **extra,
+    }
 
 
 def _apply(store, remote, plan: Plan, settings: Settings, states, ctx, out, now: str) -> None:
@@ -258,8 +292,12 @@ def _apply(store, remote, plan: Plan, settings: Settings, states, ctx, out, now:
             store.save_bot_state([_row(fp, a.repo, issue, now, passing_runs=streak)])
         print(f"{a.verb} {where}: {a.title}", file=out)
     since = {(r["fingerprint"], r["repo"]): r.get("queued_since") for r in states.values()}
-    store.save_bot_state([{"fingerprint": fp, "repo": repo, "queued": 1, "queued_since": since.get((fp, repo)) or now,
-                           "updated": now} for fp, repo in plan.queued])
+    store.save_bot_state(
+        [
+            {"fingerprint": fp, "repo": repo, "queued": 1, "queued_since": since.get((fp, repo)) or now, "updated": now}
+            for fp, repo in plan.queued
+        ]
+    )
     for fp, repo in plan.queued:
         print(f"queued {repo}: finding {fp} (over the cap of {settings.max_new} new issues per run)", file=out)
 
@@ -286,8 +324,11 @@ def _readable(path):
 def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", help="the bot's own repository OWNER/NAME (default: $GITHUB_REPOSITORY)")
     p.add_argument("--api-url", default=None, help="REST API root, for GitHub Enterprise (https://HOST/api/v3)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print what would be created, updated, commented, closed or reopened; no token, no network")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be created, updated, commented, closed or reopened; no token, no network",
+    )
     p.add_argument("--max-new", type=int, default=5, help="new issues per run at most; the rest wait (default 5)")
     p.add_argument("--label", default="llmcompat", help="the bot's own label (default llmcompat)")
     p.add_argument("--page-url", help="the published page's URL, for links to findings")
@@ -296,18 +337,37 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--installation-id", help="the App's installation id")
     p.add_argument("--axes", help="the matrix file (default: matrix/axes.yaml)")
     p.add_argument("--backoff", type=float, default=1.0, help="retry backoff factor in seconds (default 1)")
-    p.add_argument("--secondary-wait", type=float, default=60.0,
-                   help="seconds to wait on GitHub's secondary rate limit without Retry-After (default 60)")
-    p.add_argument("--no-throttle", action="store_true",
-                   help="no pause between requests (GitHub asks for 1 s between writes; for local servers)")
+    p.add_argument(
+        "--secondary-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait on GitHub's secondary rate limit without Retry-After (default 60)",
+    )
+    p.add_argument(
+        "--no-throttle",
+        action="store_true",
+        help="no pause between requests (GitHub asks for 1 s between writes; for local servers)",
+    )
 
 
 def options_from(args) -> BotOptions:
-    conn = Connection(api_url=args.api_url or os.environ.get("GITHUB_API_URL") or Connection.api_url,
-                      backoff=args.backoff, secondary_wait=args.secondary_wait, throttle=not args.no_throttle)
-    return BotOptions(repo=args.repo, dry_run=args.dry_run, max_new=args.max_new, label=args.label,
-                      page_url=args.page_url, app_id=args.app_id, app_key_file=args.app_key_file,
-                      installation_id=args.installation_id, conn=conn)
+    conn = Connection(
+        api_url=args.api_url or os.environ.get("GITHUB_API_URL") or Connection.api_url,
+        backoff=args.backoff,
+        secondary_wait=args.secondary_wait,
+        throttle=not args.no_throttle,
+    )
+    return BotOptions(
+        repo=args.repo,
+        dry_run=args.dry_run,
+        max_new=args.max_new,
+        label=args.label,
+        page_url=args.page_url,
+        app_id=args.app_id,
+        app_key_file=args.app_key_file,
+        installation_id=args.installation_id,
+        conn=conn,
+    )
 
 
 def cmd_bot(args) -> int:
@@ -336,4 +396,3 @@ def cmd_bot(args) -> int:
 
 
 __all__ += ["options_from", "print_plan", "settings_for"]
-

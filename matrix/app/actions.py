@@ -32,8 +32,9 @@ class Headline:
     retry: Sequence[tuple[str, str]] = field(default_factory=tuple)
 
 
-def headline(run: Mapping, cells: Iterable[Mapping], findings: Iterable[Finding],
-             candidates: int | None = None) -> Headline:
+def headline(
+    run: Mapping, cells: Iterable[Mapping], findings: Iterable[Finding], candidates: int | None = None
+) -> Headline:
     """The headline of ``run`` from its cells and every finding (typed ``Finding`` records).
 
     New: first seen during the run; fixed: marked fixed during it; spurious: candidate
@@ -50,7 +51,9 @@ def headline(run: Mapping, cells: Iterable[Mapping], findings: Iterable[Finding]
         executed=sum(1 for c in cells if not c.get("reused")),
         reused=sum(1 for c in cells if c.get("reused")),
         outcomes=dict(sorted(Counter(c["outcome"] for c in cells).items())),
-        new=new, fixed=fixed, open=len([f for f in findings if f.status == "open"]),
+        new=new,
+        fixed=fixed,
+        open=len([f for f in findings if f.status == "open"]),
         spurious=None if candidates is None else max(candidates - confirmed, 0),
         retry=tuple(sorted((c["cell_id"], c.get("reason") or "") for c in cells if c["outcome"] == "infra")),
     )
@@ -68,14 +71,21 @@ def markdown(h: Headline) -> str:
     """The step summary: one headline sentence, then the new findings and the retry list."""
     outcomes = ", ".join(f"{k} {v}" for k, v in h.outcomes.items()) or "none"
     spurious = "" if h.spurious is None else f", {h.spurious} spurious"
-    lines = [f"### llmcompat run `{_md(h.run_id)}`", "",
-             f"**{h.executed + h.reused} cells: {h.executed} run, {h.reused} reused** ({outcomes}); "
-             f"**{len(h.new)} new findings, {len(h.fixed)} fixed{spurious}**, {h.open} open; "
-             f"{len(h.retry)} to retry.", ""]
+    lines = [
+        f"### llmcompat run `{_md(h.run_id)}`",
+        "",
+        f"**{h.executed + h.reused} cells: {h.executed} run, {h.reused} reused** ({outcomes}); "
+        f"**{len(h.new)} new findings, {len(h.fixed)} fixed{spurious}**, {h.open} open; "
+        f"{len(h.retry)} to retry.",
+        "",
+    ]
     if h.new:
         lines += ["| new finding | component | stage | range |", "|---|---|---|---|"]
-        lines += [f"| {_md(f.fingerprint[:12])} | {_md(f.component)} | {_md(f.stage)} | "
-                  f"{_md(f.last_good or '-')} → {_md(f.first_bad or '-')} |" for f in h.new]
+        lines += [
+            f"| {_md(f.fingerprint[:12])} | {_md(f.component)} | {_md(f.stage)} | "
+            f"{_md(f.last_good or '-')} → {_md(f.first_bad or '-')} |"
+            for f in h.new
+        ]
         lines.append("")
     if h.retry:
         lines += ["Retried on the next run (infra):", ""]
@@ -94,12 +104,18 @@ def _escape_property(text: str) -> str:
 
 def workflow_commands(h: Headline) -> list[str]:
     """Workflow commands: an error per new finding, a warning per cell to retry."""
-    out = [f"::error title={_escape_property('new finding: ' + f.component)}::"
-           + _escape_data(f"{f.component} {f.stage} {f.check_name or f.case_id}: "
-                          f"{f.last_good or '-'} -> {f.first_bad or '-'} ({f.fingerprint[:12]})")
-           for f in h.new]
-    out += [f"::warning title={_escape_property('infra: retried next run')}::" + _escape_data(f"{cell}: {reason}")
-            for cell, reason in h.retry]
+    out = [
+        f"::error title={_escape_property('new finding: ' + f.component)}::"
+        + _escape_data(
+            f"{f.component} {f.stage} {f.check_name or f.case_id}: "
+            f"{f.last_good or '-'} -> {f.first_bad or '-'} ({f.fingerprint[:12]})"
+        )
+        for f in h.new
+    ]
+    out += [
+        f"::warning title={_escape_property('infra: retried next run')}::" + _escape_data(f"{cell}: {reason}")
+        for cell, reason in h.retry
+    ]
     return out
 
 

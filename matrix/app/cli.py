@@ -18,13 +18,28 @@ from matrix.errors import LlmcompatError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--axes", type=Path, default=os.environ.get("LLMCOMPAT_AXES") or None,
-                   help="the matrix file (default: $LLMCOMPAT_AXES, else matrix/axes.yaml)")
+    p.add_argument(
+        "--axes",
+        type=Path,
+        default=os.environ.get("LLMCOMPAT_AXES") or None,
+        help="the matrix file (default: $LLMCOMPAT_AXES, else matrix/axes.yaml)",
+    )
     p.add_argument("--offline", action="store_true", help="use the cached package index only")
-    p.add_argument("--with", dest="with_components", action="append", default=[], metavar="AXIS/NAME",
-                   help="add an opt-in component, e.g. engine/llama-cpp-python (repeatable)")
-    p.add_argument("--only", action="append", default=[], metavar="AXIS/NAME",
-                   help="on that axis, test just this component, e.g. client/openai (repeatable)")
+    p.add_argument(
+        "--with",
+        dest="with_components",
+        action="append",
+        default=[],
+        metavar="AXIS/NAME",
+        help="add an opt-in component, e.g. engine/llama-cpp-python (repeatable)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="AXIS/NAME",
+        help="on that axis, test just this component, e.g. client/openai (repeatable)",
+    )
     p.add_argument("--runner", dest="runners", action="append", default=[], help="plan for this runner (repeatable)")
     p.add_argument("--model", dest="models", action="append", default=[], help="plan for this model (repeatable)")
 
@@ -33,13 +48,19 @@ def _options(args):
     from matrix.app.job import Options
 
     return Options(
-        axes_file=args.axes, offline=args.offline, with_components=tuple(args.with_components),
+        axes_file=args.axes,
+        offline=args.offline,
+        with_components=tuple(args.with_components),
         only=tuple(getattr(args, "only", ()) or ()),
-        runners=tuple(args.runners), models=tuple(args.models),
-        cells=tuple(getattr(args, "cells", ()) or ()), jobs=getattr(args, "jobs", 2),
-        force=getattr(args, "force", False), page=not getattr(args, "no_page", False),
+        runners=tuple(args.runners),
+        models=tuple(args.models),
+        cells=tuple(getattr(args, "cells", ()) or ()),
+        jobs=getattr(args, "jobs", 2),
+        force=getattr(args, "force", False),
+        page=not getattr(args, "no_page", False),
         regress=not getattr(args, "no_regress", False),
-        bot_dry_run=getattr(args, "bot_dry_run", False), env=getattr(args, "env", None),
+        bot_dry_run=getattr(args, "bot_dry_run", False),
+        env=getattr(args, "env", None),
     )
 
 
@@ -82,8 +103,9 @@ def cmd_plan(args) -> int:
             print(f"{axis}/{name}: {', '.join(vs)}")
         for c in cells:
             print(f"{c.id}    [{', '.join(c.reasons)}]")
-    report = coverage_report(matrix, versions, cells, components=components,
-                             runners=opts.runners or None, models=opts.models or None)
+    report = coverage_report(
+        matrix, versions, cells, components=components, runners=opts.runners or None, models=opts.models or None
+    )
     missing = report.get("missing") or []
     print(f"{len(cells)} cells; pairs covered {report.get('covered')}/{report.get('allowed')}", file=sys.stderr)
     return 1 if missing else 0
@@ -98,12 +120,16 @@ def cmd_gha_matrix(args) -> int:
     if args.skip_known:
         known = known_cell_ids()
         cells = [c for c in cells if c.id not in known]
-        print(f"{len(planned.cells) - len(cells)} of {len(planned.cells)} planned cells already have a result: "
-              "skipped", file=sys.stderr)
+        print(
+            f"{len(planned.cells) - len(cells)} of {len(planned.cells)} planned cells already have a result: skipped",
+            file=sys.stderr,
+        )
     matrices = github_matrix(cells, planned.matrix, max_jobs=args.max_jobs)
     if len(matrices) > args.shards:
-        raise LlmcompatError(f"the plan needs {len(matrices)} matrices of at most {args.max_jobs} jobs; "
-                             f"the workflow has {args.shards} shard jobs: raise --shards and add jobs")
+        raise LlmcompatError(
+            f"the plan needs {len(matrices)} matrices of at most {args.max_jobs} jobs; "
+            f"the workflow has {args.shards} shard jobs: raise --shards and add jobs"
+        )
     print(json.dumps(matrices, separators=(",", ":")))
     output = os.environ.get("GITHUB_OUTPUT")
     if output:  # one output per shard job; empty shards are skipped by the workflow
@@ -143,8 +169,10 @@ def cmd_ingest(args) -> int:
             found = report.findings if report is not None else []
             print(f"regressions: {len(found)} finding(s)")
             for f in found:
-                print(f"  finding {f['fingerprint']}: {f['component']} {f['last_good']} -> {f['first_bad']} "
-                      f"({f['stage']}, case {f['case_id']}) {f.get('compare_url') or ''}")
+                print(
+                    f"  finding {f['fingerprint']}: {f['component']} {f['last_good']} -> {f['first_bad']} "
+                    f"({f['stage']}, case {f['case_id']}) {f.get('compare_url') or ''}"
+                )
             from rich.console import Console
 
             from matrix.app.job import before_filing
@@ -198,16 +226,25 @@ def cmd_store_rebuild(args) -> int:
 
     check_state()
     results = args.results or paths.results_dir()
-    run = {"id": unique_run_id("rebuild"), "started": now_iso(), "finished": now_iso(), "kind": "rebuild",
-           "meta": {"results": str(results)}}
+    run = {
+        "id": unique_run_id("rebuild"),
+        "started": now_iso(),
+        "finished": now_iso(),
+        "kind": "rebuild",
+        "meta": {"results": str(results)},
+    }
     aside, n, skipped = rebuild(paths.store_path(), results, run)
     for problem in skipped:
         print(f"skipped: {problem}", file=sys.stderr)
-    print(f"rebuilt {paths.store_path()} from {n} result file(s) under {results} as run {run['id']}"
-          + (f"; {len(skipped)} unreadable file(s) skipped" if skipped else ""))
+    print(
+        f"rebuilt {paths.store_path()} from {n} result file(s) under {results} as run {run['id']}"
+        + (f"; {len(skipped)} unreadable file(s) skipped" if skipped else "")
+    )
     if aside is not None:
-        print(f"the previous store is kept as {aside} (its findings, bisections and issues are not in the "
-              f"result files: the next run finds the differences and regressions again)")
+        print(
+            f"the previous store is kept as {aside} (its findings, bisections and issues are not in the "
+            f"result files: the next run finds the differences and regressions again)"
+        )
     return 0
 
 
@@ -318,10 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run cells even when their key has a result")
     p.add_argument("--no-page", action="store_true", help="do not publish the page")
     p.add_argument("--no-regress", action="store_true", help="do not look for regressions after the run")
-    p.add_argument("--bot-dry-run", action="store_true",
-                   help="then print what the GitHub bot would file (no token, no network)")
-    p.add_argument("--env", choices=["uv", "image"],
-                   help="run every cell in a uv environment or in its container image (default: the runner's)")
+    p.add_argument(
+        "--bot-dry-run", action="store_true", help="then print what the GitHub bot would file (no token, no network)"
+    )
+    p.add_argument(
+        "--env",
+        choices=["uv", "image"],
+        help="run every cell in a uv environment or in its container image (default: the runner's)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("images", help="build the planned cells' container images (or --cell ids) without running them")
@@ -335,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_aa)
 
     p = sub.add_parser("bisect", help="bisect a package's releases with a check script (exit 0 good, 1 bad, 125 skip)")
-    from bot.bisect_cmd import build_parser as bisect_parser, cmd_bisect
+    from bot.bisect_cmd import build_parser as bisect_parser
+    from bot.bisect_cmd import cmd_bisect
 
     bisect_parser(p)
     p.set_defaults(func=cmd_bisect)
@@ -349,15 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--max-jobs", type=int, default=256)
     p.add_argument("--shards", type=int, default=4, help="shard jobs in the workflow (default 4)")
-    p.add_argument("--skip-known", action="store_true",
-                   help="leave out cells whose id already has a result (not infra) in the store")
+    p.add_argument(
+        "--skip-known",
+        action="store_true",
+        help="leave out cells whose id already has a result (not infra) in the store",
+    )
     p.set_defaults(func=cmd_gha_matrix)
 
     p = sub.add_parser("ingest", help="ingest result files (from shard jobs) into the store as one run")
     p.add_argument("dirs", nargs="+", type=Path)
     p.add_argument("--run-id")
-    p.add_argument("--regress", action="store_true",
-                   help="then look for regressions: confirm by re-running cells on this machine, and bisect")
+    p.add_argument(
+        "--regress",
+        action="store_true",
+        help="then look for regressions: confirm by re-running cells on this machine, and bisect",
+    )
     _common(p)
     p.set_defaults(func=cmd_ingest)
 
@@ -379,8 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--run-id", help="the run (default: the latest)")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="this job's share (default 0/1)")
-    p.add_argument("--plan-jobs", type=int, metavar="N",
-                   help="print the fan-out matrix for at most N jobs (GitHub output `regress`) and stop")
+    p.add_argument(
+        "--plan-jobs",
+        type=int,
+        metavar="N",
+        help="print the fan-out matrix for at most N jobs (GitHub output `regress`) and stop",
+    )
     p.set_defaults(func=cmd_regress)
 
     p = sub.add_parser("summary", help="a run's headline; --github adds the step summary and annotations")
@@ -390,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("bot", help="file, update, close and reopen GitHub issues for the store's findings")
-    from bot.github.run import build_parser as bot_parser, cmd_bot
+    from bot.github.run import build_parser as bot_parser
+    from bot.github.run import cmd_bot
 
     bot_parser(p)
     p.set_defaults(func=cmd_bot)

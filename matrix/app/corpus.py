@@ -49,10 +49,17 @@ def load(matrix: Matrix, selected, versions: dict | None = None, *, offline: boo
     if first.corpus_path is None:  # the loader gives every corpus component its path
         raise matrix.error(f"axes.{AXIS}.{first.name}.corpus", first.name, "a corpus component needs corpus.path")
     for c in comps[1:]:
-        if (c.primary, c.corpus_path, _version(matrix, c, versions or {})) != (first.primary, first.corpus_path, version):
-            raise ConfigError(matrix.source, f"axes.{AXIS}.{c.name}", c.name,
-                              f"a run renders one corpus; {first.name} is {first.primary}=={version} "
-                              f"{first.corpus_path}")
+        if (c.primary, c.corpus_path, _version(matrix, c, versions or {})) != (
+            first.primary,
+            first.corpus_path,
+            version,
+        ):
+            raise ConfigError(
+                matrix.source,
+                f"axes.{AXIS}.{c.name}",
+                c.name,
+                f"a run renders one corpus; {first.name} is {first.primary}=={version} {first.corpus_path}",
+            )
     try:
         whole = template_corpus.load(first.primary, version, first.corpus_path, offline=offline)
         named = [c.corpus_templates for c in comps if c.corpus_templates is not None]
@@ -70,38 +77,55 @@ def _version(matrix: Matrix, comp: Component, versions: dict) -> str:
         return found[0]
     if comp.versions.explicit:
         return comp.versions.explicit[0]
-    raise matrix.error(f"axes.{AXIS}.{comp.name}.versions", comp.name,
-                       "a corpus needs its version discovered, or an explicit version")
+    raise matrix.error(
+        f"axes.{AXIS}.{comp.name}.versions", comp.name, "a corpus needs its version discovered, or an explicit version"
+    )
 
 
 def _cases(suite: SuiteRef) -> list[dict]:
-    return [{k: v for k, v in c.items() if k not in ("expect", "needles")}
-            for c in suite.cases if "template" in c.get("stages", ["template"])]
+    return [
+        {k: v for k, v in c.items() if k not in ("expect", "needles")}
+        for c in suite.cases
+        if "template" in c.get("stages", ["template"])
+    ]
 
 
 def reference_goldens(matrix: Matrix, model: ModelRef, suite: SuiteRef, corpus) -> dict:
     """``{template: {"capabilities", "renders"}}`` from the reference renderer, cached by content."""
     cases = _cases(suite)
-    key = digest(corpus.digest, json.dumps(cases, sort_keys=True, ensure_ascii=False),
-                 json.dumps(dict(matrix.reference), sort_keys=True), harness_digest(), model.hash)
+    key = digest(
+        corpus.digest,
+        json.dumps(cases, sort_keys=True, ensure_ascii=False),
+        json.dumps(dict(matrix.reference), sort_keys=True),
+        harness_digest(),
+        model.hash,
+    )
     path = paths.cache_dir() / "template-corpus" / "goldens" / f"{key[:32]}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     from matrix.env.uv import reference_env
 
     env = reference_env(matrix)
-    job = {"mode": "golden", "model_dir": str(model.path), "stages": ["template"], "template_sources": [],
-           "renderers": ["jinja2"], "golden_renderer": "jinja2", "cases": cases,
-           "corpus": {"name": corpus.package, "version": corpus.version, "templates": corpus.templates},
-           "limits": {"render_seconds": 10, "render_chars": 1_000_000}}
+    job = {
+        "mode": "golden",
+        "model_dir": str(model.path),
+        "stages": ["template"],
+        "template_sources": [],
+        "renderers": ["jinja2"],
+        "golden_renderer": "jinja2",
+        "cases": cases,
+        "corpus": {"name": corpus.package, "version": corpus.version, "templates": corpus.templates},
+        "limits": {"render_seconds": 10, "render_chars": 1_000_000},
+    }
     result, log = run_probe(env.python, job)
     if result is None:
         raise LlmcompatError(f"the reference renderer failed on the template corpus:\n{log[-3000:]}")
     crashed = [r for r in result["records"] if r["outcome"] == "fail"]
     if crashed:
         raise LlmcompatError(f"the reference renderer failed on the template corpus: {crashed[0]['detail'][:2000]}")
-    goldens = {case[len("_corpus/"):]: v["corpus"] for case, v in result["produced"].items()
-               if case.startswith("_corpus/")}
+    goldens = {
+        case[len("_corpus/") :]: v["corpus"] for case, v in result["produced"].items() if case.startswith("_corpus/")
+    }
     atomic.write_json(path, goldens)
     return goldens
 
@@ -112,8 +136,14 @@ def attach(matrix: Matrix, model: ModelRef, suite: SuiteRef, corpus, component_n
         return suite
     goldens = reference_goldens(matrix, model, suite, corpus)
     reference = f"jinja2 {matrix.reference.get('jinja2', '?')}"
-    payload = {"name": corpus.package, "version": corpus.version, "digest": corpus.digest,
-               "components": list(component_names), "reference": reference,
-               "templates": dict(corpus.templates), "goldens": goldens}
+    payload = {
+        "name": corpus.package,
+        "version": corpus.version,
+        "digest": corpus.digest,
+        "components": list(component_names),
+        "reference": reference,
+        "templates": dict(corpus.templates),
+        "goldens": goldens,
+    }
     gold_digest = digest(json.dumps(goldens, sort_keys=True, ensure_ascii=False))
     return dataclasses.replace(suite, digest=digest(suite.digest, corpus.digest, gold_digest), corpus=payload)

@@ -10,23 +10,29 @@ against the committed goldens is printed for review.
 from __future__ import annotations
 
 from matrix import suites
+from matrix.cell.run import ModelRef, run_probe
 from matrix.env import uv as envs
 from matrix.errors import LlmcompatError
-from matrix.cell.run import ModelRef, run_probe
-
 
 reference_env = envs.reference_env
 
 
 def _job(model: ModelRef, cases, mode: str, tricky: dict | None = None) -> dict:
     return {
-        "mode": mode, "model_dir": str(model.path), "stages": ["template", "tokenize", "inference"],
-        "template_sources": ["hf", "gguf"], "renderers": ["jinja2", "transformers"],
-        "engines": ["transformers"], "reference_engine": "transformers", "inference_min_level": "L1",
+        "mode": mode,
+        "model_dir": str(model.path),
+        "stages": ["template", "tokenize", "inference"],
+        "template_sources": ["hf", "gguf"],
+        "renderers": ["jinja2", "transformers"],
+        "engines": ["transformers"],
+        "reference_engine": "transformers",
+        "inference_min_level": "L1",
         "max_new_tokens": 16,
         "tokenizers": ["tokenizers", "transformers", "transformers-slow", "sentencepiece", "tiktoken"],
         "tricky": tricky or {},
-        "golden_renderer": "jinja2", "golden_tokenizer": "tokenizers", "cases": list(cases),
+        "golden_renderer": "jinja2",
+        "golden_tokenizer": "tokenizers",
+        "cases": list(cases),
         "limits": {"render_seconds": 10, "render_chars": 1_000_000},
     }
 
@@ -49,8 +55,10 @@ def produce(matrix, model: ModelRef, suite: suites.Suite) -> dict:
     if bad:
         raise LlmcompatError(f"the reference path disagrees with itself; no golden written:\n{_lines(bad)}")
     if failed:  # other implementations in the reference env: findings for the cells, not a veto
-        print(f"note: other implementations in the reference environment differ from the goldens "
-              f"(cells will report these):\n{_lines(failed)}")
+        print(
+            f"note: other implementations in the reference environment differ from the goldens "
+            f"(cells will report these):\n{_lines(failed)}"
+        )
     return produced
 
 
@@ -82,8 +90,12 @@ def regenerate(opts, check: bool = False) -> int:
         if check:
             current = suites.load_goldens(suite, name)
             cases, tricky = suites.split_tricky(produced)
-            same = (current is not None and current.model_hash == model.hash and current.cases == cases
-                    and current.tricky == tricky)
+            same = (
+                current is not None
+                and current.model_hash == model.hash
+                and current.cases == cases
+                and current.tricky == tricky
+            )
             print(f"{name}: goldens {'up to date' if same else 'WOULD CHANGE'}")
             changed |= not same
             continue

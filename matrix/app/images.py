@@ -38,7 +38,10 @@ def build_images(opts: Options, out=None) -> int:
             print(f"build failed  {cell.id}: {exc}", file=out)
             failed += 1
             continue
-        how = (f"built in {built.seconds:.1f}s, {built.cached}/{built.steps} layers from the cache" if built.built
-               else "exists")
+        how = (
+            f"built in {built.seconds:.1f}s, {built.cached}/{built.steps} layers from the cache"
+            if built.built
+            else "exists"
+        )
         print(f"{'built' if built.built else 'exists':<13} {cell.id}: {built.tag} ({how})", file=out)
     return 1 if failed else 0

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from matrix import paths
-from matrix.plan.cells import Cell
+from matrix.cell.run import CellReport, CellRunner, ModelRef, SuiteRef, now_iso
 from matrix.declare.config import AXES, Matrix
 from matrix.errors import ConfigError, LlmcompatError
 from matrix.outcome import Finding, Outcome
-from matrix.cell.run import CellReport, CellRunner, ModelRef, SuiteRef, now_iso
+from matrix.plan.cells import Cell
 
 if TYPE_CHECKING:
     from bot.regress import RegressReport
@@ -102,9 +102,8 @@ def selected_components(matrix: Matrix, with_components, only=()) -> set[tuple[s
 
 def discover(matrix: Matrix, components, index, python: str = "3.11"):
     """Version sets of the chosen components, from the index (cached) and their rules."""
-    from matrix.releases.versions import EmptyVersionSet, InvalidRule, UnknownVersion, select
-
     from matrix.releases import npm
+    from matrix.releases.versions import EmptyVersionSet, InvalidRule, UnknownVersion, select
 
     comps = [matrix.component(a, n) for a, n in components]
     fetched = index.releases_many(sorted({c.primary for c in comps if c.ecosystem in ("pypi", "corpus")}))
@@ -123,8 +122,11 @@ def discover(matrix: Matrix, components, index, python: str = "3.11"):
         except (EmptyVersionSet, InvalidRule) as exc:
             raise matrix.error(field_path, name, str(exc)) from None
         wanted = set(versions[(axis, name)])
-        releases += [(comp.primary, r.version, r.upload_time.isoformat() if r.upload_time else None)
-                     for r in rels if r.version in wanted]
+        releases += [
+            (comp.primary, r.version, r.upload_time.isoformat() if r.upload_time else None)
+            for r in rels
+            if r.version in wanted
+        ]
     return versions, releases
 
 
@@ -182,8 +184,14 @@ def plan_cells(opts: Options, seen: dict | None = None) -> Planned:
     matrix = load_matrix(opts)
     components = selected_components(matrix, opts.with_components, opts.only)
     versions, releases = discover(matrix, components, package_index(opts.offline))
-    cells = plan(matrix, versions, components=components, runners=opts.runners or None,
-                 models=opts.models or None, seen=seen or {})
+    cells = plan(
+        matrix,
+        versions,
+        components=components,
+        runners=opts.runners or None,
+        models=opts.models or None,
+        seen=seen or {},
+    )
     return Planned(matrix, components, versions, releases, cells)
 
 
@@ -281,12 +289,23 @@ def run_cells(prep: Prepared, opts: Options, store, console=None) -> RunSummary:
 
     started_at, started = now_iso(), time.perf_counter()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    runner = CellRunner(prep.matrix, prep.suites, prep.models, known_keys=store.reusable_keys(),  # infra: retried
-                        env=opts.env)
+    runner = CellRunner(
+        prep.matrix,
+        prep.suites,
+        prep.models,
+        known_keys=store.reusable_keys(),  # infra: retried
+        env=opts.env,
+    )
     reports: list[CellReport] = []
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.fields[current]}"), console=console,
-                  transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[current]}"),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("cells", total=len(prep.cells), current="")
         with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
             futures = {pool.submit(_one, runner, cell, opts.force): cell for cell in prep.cells}
@@ -299,8 +318,13 @@ def run_cells(prep: Prepared, opts: Options, store, console=None) -> RunSummary:
     new_files = [r.path for r in reports if r.path is not None and not r.reused]
     reused = [r.key for r in reports if r.reused and r.key in runner.known_keys]
     reused_files = [r.path for r in reports if r.reused and r.key not in runner.known_keys and r.path]
-    run = {"id": run_id, "started": started_at, "finished": now_iso(), "kind": "matrix",
-           "meta": {"cells": len(prep.cells), "offline": opts.offline}}
+    run = {
+        "id": run_id,
+        "started": started_at,
+        "finished": now_iso(),
+        "kind": "matrix",
+        "meta": {"cells": len(prep.cells), "offline": opts.offline},
+    }
     ingest(store, run, new_files + reused_files, reused, prep.releases)
     return RunSummary(run_id, reports, time.perf_counter() - started)
 
@@ -324,11 +348,18 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
         console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     say(f"run {summary.run_id}")
-    rows = [{"runner": r.cell.runner, "model": r.cell.model,
-             **{a: (r.cell.choice(a).component, r.cell.choice(a).version) for a in AXES},
-             "outcome": r.outcome.value, "reused": r.reused, "seconds": r.seconds,
-             "stages": {k: (v or {}).get("outcome", "skipped") for k, v in (r.stages or {}).items()}}
-            for r in summary.reports]
+    rows = [
+        {
+            "runner": r.cell.runner,
+            "model": r.cell.model,
+            **{a: (r.cell.choice(a).component, r.cell.choice(a).version) for a in AXES},
+            "outcome": r.outcome.value,
+            "reused": r.reused,
+            "seconds": r.seconds,
+            "stages": {k: (v or {}).get("outcome", "skipped") for k, v in (r.stages or {}).items()},
+        }
+        for r in summary.reports
+    ]
     for line in cell_lines(rows) if rows else []:
         say(line)
     c = summary.counts
@@ -343,16 +374,23 @@ def print_summary(summary: RunSummary, console, site: Path | None) -> None:
     if summary.differences:
         console.print(f"differences from the reference path: {len(summary.differences)} finding(s)")
         for f in summary.differences:
-            console.print(f"  difference {f.fingerprint}: {f.component} {', '.join(f.versions)} ({f.stage}, "
-                          f"check {f.check_name}, {f.klass}, {len(f.cases)} case(s))", markup=False)
+            console.print(
+                f"  difference {f.fingerprint}: {f.component} {', '.join(f.versions)} ({f.stage}, "
+                f"check {f.check_name}, {f.klass}, {len(f.cases)} case(s))",
+                markup=False,
+            )
     reg = summary.regressions
     if reg is not None:
-        console.print(f"regressions: {len(reg.findings)} finding(s), {len(reg.flaky)} flaky (quarantined), "
-                      f"{len(reg.not_reproduced)} not reproduced, {len(reg.requeue)} requeued (infra)")
+        console.print(
+            f"regressions: {len(reg.findings)} finding(s), {len(reg.flaky)} flaky (quarantined), "
+            f"{len(reg.not_reproduced)} not reproduced, {len(reg.requeue)} requeued (infra)"
+        )
         for row in reg.findings:
-            console.print(f"  finding {row['fingerprint']}: {row['component']} {row['last_good']} -> "
-                          f"{row['first_bad']} ({row['stage']}, case {row['case_id']}) {row.get('compare_url') or ''}",
-                          markup=False)
+            console.print(
+                f"  finding {row['fingerprint']}: {row['component']} {row['last_good']} -> "
+                f"{row['first_bad']} ({row['stage']}, case {row['case_id']}) {row.get('compare_url') or ''}",
+                markup=False,
+            )
     counts = summary.findings or {"new": 0, "fixed": 0, "open": 0}
     say(final_line(str(site / "index.html") if site else None, counts))
 
@@ -363,8 +401,10 @@ def run_job(opts: Options, console=None) -> tuple[RunSummary, Path | None]:
 
     prep = prepare(opts)
     if console is not None:
-        console.print(f"planned {len(prep.cells)} cells over "
-                      f"{len({c.runner for c in prep.cells})} runner(s) and {len(prep.models)} model(s)")
+        console.print(
+            f"planned {len(prep.cells)} cells over "
+            f"{len({c.runner for c in prep.cells})} runner(s) and {len(prep.models)} model(s)"
+        )
     with Store(paths.store_path()) as store:
         summary = run_cells(prep, opts, store, console)
         summary.differences = record_differences(prep.matrix, store, summary.run_id)
@@ -419,8 +459,7 @@ def before_filing(matrix: Matrix, opts: Options, store, console=None) -> dict:
         console.print(f"triage of {len(verdicts)} open finding(s) (only component bugs go upstream):")
         for f in store.findings(status="open"):
             shown = {True: "reproduced", False: "NOT reproduced", None: "no standalone reproduction"}
-            console.print(f"  {f.triage} {f.fingerprint} ({shown[f.repro_verified]}): {f.triage_reason}",
-                          markup=False)
+            console.print(f"  {f.triage} {f.fingerprint} ({shown[f.repro_verified]}): {f.triage_reason}", markup=False)
     return verdicts
 
 
@@ -431,8 +470,13 @@ def publish_page(store, matrix: Matrix | None = None, site: Path | None = None) 
     from reports import page
 
     stats = [s.as_dict() for s in ttf.summarize(ttf.collect(store, matrix))]
-    return page.publish(store, site or paths.site_dir(), ttf=stats, results_dir=paths.results_dir(),
-                        extra=lambda new: write_repro_scripts(store, new))
+    return page.publish(
+        store,
+        site or paths.site_dir(),
+        ttf=stats,
+        results_dir=paths.results_dir(),
+        extra=lambda new: write_repro_scripts(store, new),
+    )
 
 
 def write_repro_scripts(store, site: Path) -> dict:
@@ -485,7 +529,7 @@ def find_regressions(prep: Prepared, opts: Options, store, run_id: str, shard: t
     from bot.narrow import pipeline_narrower
     from bot.regress import cell_rerunner, index_releases, regress, repo_links, retest_quarantine
 
-    candidates = regression_candidates(store, run_id)[shard[0]::shard[1]]
+    candidates = regression_candidates(store, run_id)[shard[0] :: shard[1]]
     if not candidates and (shard[0] or not store.quarantine(now_iso())):
         return None
     rerun = cell_rerunner(CellRunner(prep.matrix, prep.suites, prep.models))
@@ -493,10 +537,17 @@ def find_regressions(prep: Prepared, opts: Options, store, run_id: str, shard: t
         report = None
         if candidates:
             need, of = rerun_plan(store, len(candidates))
-            report = regress(store, run_id, rerun=rerun,
-                             releases=index_releases(prep.matrix, package_index(opts.offline)),
-                             repos=repo_links(prep.matrix), need=need, of=of, shard=shard,
-                             narrow=pipeline_narrower)
+            report = regress(
+                store,
+                run_id,
+                rerun=rerun,
+                releases=index_releases(prep.matrix, package_index(opts.offline)),
+                repos=repo_links(prep.matrix),
+                need=need,
+                of=of,
+                shard=shard,
+                narrow=pipeline_narrower,
+            )
         if shard[0] == 0:  # one job re-tests the quarantine
             retest_quarantine(store, rerun)
         return report
@@ -513,8 +564,12 @@ def fix_differences(prep: Prepared, opts: Options, store) -> list[dict]:
         return []
     rerun = cell_rerunner(CellRunner(prep.matrix, prep.suites, prep.models), checks=True)
     try:
-        return bisect_fixes(store, rerun=rerun, releases=index_releases(prep.matrix, package_index(opts.offline)),
-                            repos=repo_links(prep.matrix))
+        return bisect_fixes(
+            store,
+            rerun=rerun,
+            releases=index_releases(prep.matrix, package_index(opts.offline)),
+            repos=repo_links(prep.matrix),
+        )
     finally:
         rerun.cleanup()
 
@@ -539,7 +594,9 @@ def aa_run(opts: Options, console=None) -> dict:
     meta = {"aa_rate": aa_spurious_rate(pairs), "samples": samples, "cells": len(prep.cells)}
     run_id = "aa-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     with Store(paths.store_path()) as store:
-        store.ingest_run({"id": run_id, "started": now_iso(), "finished": now_iso(), "kind": "aa", "meta": meta}, [], [])
+        store.ingest_run(
+            {"id": run_id, "started": now_iso(), "finished": now_iso(), "kind": "aa", "meta": meta}, [], []
+        )
     return meta
 
 

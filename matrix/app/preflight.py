@@ -24,8 +24,10 @@ class NotWritable(LlmcompatError):
     """A directory llmcompat must write to refuses writes or is (nearly) full."""
 
     def __init__(self, directory: Path, what: str, problem: str):
-        super().__init__(f"{directory}: the {what} is {problem}; nothing was started "
-                         f"(free some space, fix its permissions, or point {_ENV.get(what, 'it')} elsewhere)")
+        super().__init__(
+            f"{directory}: the {what} is {problem}; nothing was started "
+            f"(free some space, fix its permissions, or point {_ENV.get(what, 'it')} elsewhere)"
+        )
 
 
 _ENV = {"state directory": "LLMCOMPAT_HOME", "cache directory": "LLMCOMPAT_CACHE", "site directory": "LLMCOMPAT_SITE"}
@@ -35,8 +37,9 @@ def min_free_bytes() -> int:
     try:
         return int(float(os.environ.get("LLMCOMPAT_MIN_FREE_MB", MIN_FREE_MB)) * 1024 * 1024)
     except ValueError:
-        raise LlmcompatError(f"LLMCOMPAT_MIN_FREE_MB: {os.environ['LLMCOMPAT_MIN_FREE_MB']!r}: "
-                             "not a number of megabytes") from None
+        raise LlmcompatError(
+            f"LLMCOMPAT_MIN_FREE_MB: {os.environ['LLMCOMPAT_MIN_FREE_MB']!r}: not a number of megabytes"
+        ) from None
 
 
 def check_writable(directory: Path, what: str = "state directory") -> None:

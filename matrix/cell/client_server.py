@@ -33,8 +33,12 @@ START_SECONDS = 300.0
 def requirements(matrix: Matrix) -> list[str]:
     """The server's environment: the reference transformers with its serving extra."""
     ref = matrix.reference
-    return [f"transformers[serving]=={ref.get('transformers', '5.24.0')}", "accelerate", "torch",
-            *(f"{name}=={ref[name]}" for name in ("jinja2", "tokenizers") if name in ref)]
+    return [
+        f"transformers[serving]=={ref.get('transformers', '5.24.0')}",
+        "accelerate",
+        "torch",
+        *(f"{name}=={ref[name]}" for name in ("jinja2", "tokenizers") if name in ref),
+    ]
 
 
 class ClientServer:
@@ -51,8 +55,9 @@ class ClientServer:
         with self._lock:
             if self._resolved is None:
                 runner = next(r for r in self.matrix.runners if r.default)
-                self._resolved = envs.resolve(requirements(self.matrix), python=runner.python,
-                                              overrides=list(runner.pins))
+                self._resolved = envs.resolve(
+                    requirements(self.matrix), python=runner.python, overrides=list(runner.pins)
+                )
             return self._resolved
 
     def key_part(self) -> str:
@@ -90,12 +95,30 @@ class ClientServer:
                 return self._servers[str(model_dir)]
             env = envs.ensure(lock)
             exe = Path(env.python).with_name("transformers")
-            cmd = [str(exe), "serve", "--host", "{host}", "--port", "{port}", "--device", "cpu",
-                   "--dtype", "float32", str(model_dir)]
-            child_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR",
-                                                                      "SSL_CERT_FILE")}
-            child_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-                              "TOKENIZERS_PARALLELISM": "false"})
+            cmd = [
+                str(exe),
+                "serve",
+                "--host",
+                "{host}",
+                "--port",
+                "{port}",
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                str(model_dir),
+            ]
+            child_env = {
+                k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "SSL_CERT_FILE")
+            }
+            child_env.update(
+                {
+                    "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1",
+                    "HF_HUB_DISABLE_TELEMETRY": "1",
+                    "TOKENIZERS_PARALLELISM": "false",
+                }
+            )
             srv = servers.Server(cmd, name="client-server", env=child_env, start_timeout=START_SECONDS)
             srv.start()
             self._servers[str(model_dir)] = srv

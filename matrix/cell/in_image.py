@@ -36,11 +36,24 @@ def cell_inputs(runner, cell, key: str, lock) -> image.CellInputs:
     built = runner.built(cell)
     server = runner.llama_server(cell) or ""
     return image.CellInputs(
-        cell_id=cell.id, key=key, runner=cell.runner, gpu="gpu" in host.provides, base=host.image.base,
-        engine=engine, vendor_base=dict(host.image.engines).get(family, ""), python=lock.python, pins=lock.pins,
-        engine_roots=tuple(engine_roots), engine_packages=engine_packages, other_roots=tuple(other_roots), overrides=tuple(host.pins),
-        built=tuple(sorted((name, str(d)) for name, d in built.items())), llama_server=server,
-        harness=runner.harness, suite=runner.suites[cell.model].digest)
+        cell_id=cell.id,
+        key=key,
+        runner=cell.runner,
+        gpu="gpu" in host.provides,
+        base=host.image.base,
+        engine=engine,
+        vendor_base=dict(host.image.engines).get(family, ""),
+        python=lock.python,
+        pins=lock.pins,
+        engine_roots=tuple(engine_roots),
+        engine_packages=engine_packages,
+        other_roots=tuple(other_roots),
+        overrides=tuple(host.pins),
+        built=tuple(sorted((name, str(d)) for name, d in built.items())),
+        llama_server=server,
+        harness=runner.harness,
+        suite=runner.suites[cell.model].digest,
+    )
 
 
 def limits_of(runner, cell) -> image.Limits:

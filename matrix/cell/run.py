@@ -19,24 +19,39 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from matrix import atomic, paths, scratch
-from matrix.env import uv as envs
-from matrix.plan.cells import Cell
 from matrix.declare.config import Matrix
-from matrix.plan.key import cell_key, digest
+from matrix.env import uv as envs
 from matrix.outcome import Outcome, worst
+from matrix.plan.cells import Cell
+from matrix.plan.key import cell_key, digest
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 PROBE_TIMEOUT = 900
 HEALTH_TIMEOUT = 60
 # Only these reach a cell's probe: no tokens or other secrets of the caller's environment.
-PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
-              "OLLAMA_BIN", "CUDA_VISIBLE_DEVICES")  # the runner's Ollama runtime; its GPU selection
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+PASSED_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "OLLAMA_BIN",
+    "CUDA_VISIBLE_DEVICES",
+)  # the runner's Ollama runtime; its GPU selection
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONHASHSEED": "0",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
 
 
 class BrokenEnvironment(Exception):
@@ -100,8 +115,11 @@ def requirements(matrix: Matrix, cell: Cell) -> list[str]:
 
 def npm_pins(matrix: Matrix, cell: Cell) -> dict[str, str]:
     """npm packages of a cell (package -> exact version); they live beside the uv env."""
-    return {matrix.component(a, c.component).primary: c.version for a, c in cell.choices
-            if matrix.component(a, c.component).ecosystem == "npm"}
+    return {
+        matrix.component(a, c.component).primary: c.version
+        for a, c in cell.choices
+        if matrix.component(a, c.component).ecosystem == "npm"
+    }
 
 
 def node_version() -> str:
@@ -137,8 +155,14 @@ SERVER_ENGINES = ("llama-cpp-server", "llama-server", "transformers-serve", "vll
 """Engines that serve an OpenAI-compatible endpoint the client stage can talk to."""
 
 
-def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode: str = "check",
-              node_modules: dict[str, str] | None = None) -> dict:
+def probe_job(
+    matrix: Matrix,
+    cell: Cell,
+    model: ModelRef,
+    suite: SuiteRef,
+    mode: str = "check",
+    node_modules: dict[str, str] | None = None,
+) -> dict:
     """The probe's job: the stages, renderers, tokenizers and engines this cell's components bring."""
     roles: dict[str, list[str]] = {role: [] for role in ROLES}
     report: list[str] = []
@@ -153,8 +177,9 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
     target = next((e for e in roles["engines"] if e in SERVER_ENGINES), None)
     if roles["clients"]:
         stages.append("client")  # without a server in the cell the stage says so (skipped)
-    sources = ["hf"] + [src for src, name in (("gguf", "model.gguf"), ("ollama", "Modelfile"))
-                        if (model.path / name).is_file()]
+    sources = ["hf"] + [
+        src for src, name in (("gguf", "model.gguf"), ("ollama", "Modelfile")) if (model.path / name).is_file()
+    ]
     return {
         "mode": mode,
         "model_dir": str(model.path),
@@ -169,8 +194,7 @@ def probe_job(matrix: Matrix, cell: Cell, model: ModelRef, suite: SuiteRef, mode
         "tricky": dict(suite.tricky),
         **({"corpus": suite.corpus} if suite.corpus else {}),
         "max_new_tokens": 16,
-        "limits": {"render_seconds": 5, "render_chars": 1_000_000, "request_seconds": 60,
-                   "server_start_seconds": 120},
+        "limits": {"render_seconds": 5, "render_chars": 1_000_000, "request_seconds": 60, "server_start_seconds": 120},
         "report_versions": sorted(set(report)),
         "node_modules": node_modules or {},
     }
@@ -181,7 +205,7 @@ def repro_command(cell: Cell) -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -201,7 +225,11 @@ def run_probe(python: Path, job: dict, timeout: float = PROBE_TIMEOUT) -> tuple[
         try:
             proc = subprocess.run(
                 [*wrapper, str(python), "-I", str(PROBE_DIR / "probe.py"), str(job_path), str(out_path)],
-                capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                cwd=tmp,
             )
         except subprocess.TimeoutExpired as exc:
             return None, f"probe timed out after {timeout:.0f}s\n{str(exc.stderr or '')}"
@@ -222,8 +250,13 @@ def env_problem(python: Path, timeout: float = HEALTH_TIMEOUT) -> str | None:
     if not python.exists():
         return f"{python} is missing"
     try:
-        proc = subprocess.run([str(python), "-I", "-c", "import sys, json"], capture_output=True, text=True,
-                              timeout=timeout, env={"PATH": os.environ.get("PATH", "")})
+        proc = subprocess.run(
+            [str(python), "-I", "-c", "import sys, json"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={"PATH": os.environ.get("PATH", "")},
+        )
     except subprocess.TimeoutExpired:
         return f"{python} did not start within {timeout:.0f}s"
     except OSError as exc:
@@ -259,8 +292,15 @@ def overall(stages: dict) -> Outcome:
 class CellRunner:
     """Runs cells of one matrix against one suite and its models. Thread-safe per cell."""
 
-    def __init__(self, matrix: Matrix, suites: dict[str, SuiteRef], models: dict[str, ModelRef],
-                 results_dir: Path | None = None, known_keys: set[str] | None = None, env: str | None = None):
+    def __init__(
+        self,
+        matrix: Matrix,
+        suites: dict[str, SuiteRef],
+        models: dict[str, ModelRef],
+        results_dir: Path | None = None,
+        known_keys: set[str] | None = None,
+        env: str | None = None,
+    ):
         self.matrix = matrix
         self.env = env
         """``uv`` or ``image`` for every cell (``--env``); None: each runner's ``environment``."""
@@ -313,8 +353,9 @@ class CellRunner:
         reqs = requirements(self.matrix, cell)
         memo = (tuple(reqs), runner.python, tuple(runner.pins), tuple(sorted(map(str, built.values()))))
         if memo not in self._resolved:  # a ResolveError (infra) is not kept: the retry asks uv again
-            self._resolved[memo] = envs.resolve(reqs, python=runner.python, overrides=list(runner.pins),
-                                                find_links=list(built.values()))
+            self._resolved[memo] = envs.resolve(
+                reqs, python=runner.python, overrides=list(runner.pins), find_links=list(built.values())
+            )
         return self._resolved[memo]
 
     def key(self, cell: Cell, lock: envs.Lock) -> str:
@@ -334,8 +375,14 @@ class CellRunner:
         if npm:
             pins |= {f"npm:{p}": v for p, v in npm.items()}
             pins["node"] = node_version()
-        return cell_key(pins=pins, python=lock.python, suite=self.suites[cell.model].digest,
-                        model_hash=self.models[cell.model].hash, runner=cell.runner, harness=self.harness)
+        return cell_key(
+            pins=pins,
+            python=lock.python,
+            suite=self.suites[cell.model].digest,
+            model_hash=self.models[cell.model].hash,
+            runner=cell.runner,
+            harness=self.harness,
+        )
 
     def result_path(self, key: str) -> Path:
         return self.results_dir / f"{key}.json"
@@ -359,8 +406,9 @@ class CellRunner:
         try:
             resolved = resolved or self.resolve(cell)
         except envs.ResolveError as exc:
-            return CellReport(cell, Outcome.INFRA, reason=f"resolution failed: {exc}"[:4000],
-                              seconds=time.perf_counter() - started)
+            return CellReport(
+                cell, Outcome.INFRA, reason=f"resolution failed: {exc}"[:4000], seconds=time.perf_counter() - started
+            )
         if isinstance(resolved, envs.Unresolvable):
             key = digest("unresolvable", *resolved.requirements, cell.runner)
             return self._finish(cell, key, Outcome.UNRESOLVABLE, {}, started, reason=resolved.reason)
@@ -369,24 +417,31 @@ class CellRunner:
         path = self.result_path(key)
         data = None if force else reusable(path, key in self.known_keys)
         if data is not None:
-            return CellReport(cell, Outcome(data.get("outcome", "pass")), key, reused=True,
-                              path=path if path.is_file() else None, stages=data.get("stages", {}),
-                              seconds=time.perf_counter() - started)
+            return CellReport(
+                cell,
+                Outcome(data.get("outcome", "pass")),
+                key,
+                reused=True,
+                path=path if path.is_file() else None,
+                stages=data.get("stages", {}),
+                seconds=time.perf_counter() - started,
+            )
         in_image = self.environment(cell) == "image"
         try:
             env = None if in_image else self.healthy_env(resolved, cell)
         except envs.ResolveError as exc:
-            return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
-                                reason=f"environment build failed: {exc}"[:4000])
+            return self._finish(
+                cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=f"environment build failed: {exc}"[:4000]
+            )
         except BrokenEnvironment as exc:
             return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=str(exc))
         try:
             node_modules = self.npm_packages(cell)
         except Exception as exc:  # noqa: BLE001 - npm down or a failed install is infra
-            return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
-                                reason=f"npm install failed: {exc}"[:4000])
-        job = probe_job(self.matrix, cell, self.models[cell.model], self.suites[cell.model],
-                        node_modules=node_modules)
+            return self._finish(
+                cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=f"npm install failed: {exc}"[:4000]
+            )
+        job = probe_job(self.matrix, cell, self.models[cell.model], self.suites[cell.model], node_modules=node_modules)
         job["cell"] = cell.id  # for the log and a probe wrapper; the probe itself ignores it
         job["llama_server_bin"] = self.llama_server(cell)
         if "client" in job["stages"] and "client_target" not in job and self.wants_client_server(cell):
@@ -394,8 +449,9 @@ class CellRunner:
         try:
             job["exports"] = self.exports(cell, job["engines"])
         except Exception as exc:  # noqa: BLE001 - a failed model export is infra, not the engine's fault
-            return self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved,
-                                reason=f"model export failed: {exc}"[:4000])
+            return self._finish(
+                cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=f"model export failed: {exc}"[:4000]
+            )
         if in_image:
             from matrix.cell import in_image as image_path
 
@@ -406,8 +462,9 @@ class CellRunner:
         if result is None:
             report = self._finish(cell, key, Outcome.INFRA, {}, started, lock=resolved, reason=log[-4000:])
         else:
-            report = self._finish(cell, key, overall(result["stages"]), result["stages"], started,
-                                  lock=resolved, probe=result, log=log)
+            report = self._finish(
+                cell, key, overall(result["stages"]), result["stages"], started, lock=resolved, probe=result, log=log
+            )
         report.env_seconds = env.seconds if env else 0.0
         return report
 
@@ -426,8 +483,9 @@ class CellRunner:
         env = envs.ensure(lock, built=self.built(cell))
         again = env_problem(env.python)
         if again is not None:
-            raise BrokenEnvironment(f"environment {env.path} is broken ({problem}); rebuilt once, "
-                                    f"still broken: {again}")
+            raise BrokenEnvironment(
+                f"environment {env.path} is broken ({problem}); rebuilt once, still broken: {again}"
+            )
         return env
 
     def llama_server(self, cell: Cell) -> str | None:
@@ -457,8 +515,10 @@ class CellRunner:
     def npm_packages(self, cell: Cell) -> dict[str, str]:
         from matrix.releases import npm
 
-        return {pkg: str(npm.ensure_package(pkg, version, paths.cache_dir()))
-                for pkg, version in npm_pins(self.matrix, cell).items()}
+        return {
+            pkg: str(npm.ensure_package(pkg, version, paths.cache_dir()))
+            for pkg, version in npm_pins(self.matrix, cell).items()
+        }
 
     def _finish(self, cell, key, outcome, stages, started, *, lock=None, reason="", probe=None, log="") -> CellReport:
         seconds = time.perf_counter() - started

@@ -28,8 +28,18 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from matrix.declare.config import (AXES, BotSettings, Component, Condition, Constraint, ImageConfig, Matrix, Model,
-                                   Runner, VersionRule)
+from matrix.declare.config import (
+    AXES,
+    BotSettings,
+    Component,
+    Condition,
+    Constraint,
+    ImageConfig,
+    Matrix,
+    Model,
+    Runner,
+    VersionRule,
+)
 from matrix.errors import ConfigError
 
 __all__ = ["load", "load_default", "parse_condition", "satisfiable", "DEFAULT_PATH", "SCHEMA_PATH", "CAPABILITIES"]
@@ -120,9 +130,13 @@ def _count_aliases(text: str, file: str) -> None:
         if isinstance(event, yaml.AliasEvent):
             seen += 1
             if seen > MAX_ALIASES:
-                raise ConfigError(file, DOCUMENT, f"*{event.anchor}",
-                                  f"more than {MAX_ALIASES} aliases: refused (an alias bomb?)",
-                                  line=event.start_mark.line + 1)
+                raise ConfigError(
+                    file,
+                    DOCUMENT,
+                    f"*{event.anchor}",
+                    f"more than {MAX_ALIASES} aliases: refused (an alias bomb?)",
+                    line=event.start_mark.line + 1,
+                )
 
 
 def _parse(text: str, file: str) -> tuple[Any, dict[str, int]]:
@@ -149,8 +163,9 @@ def _parse(text: str, file: str) -> tuple[Any, dict[str, int]]:
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
         line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else None
         char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
-        raise ConfigError(file, DOCUMENT, None, f"malformed YAML: unacceptable character {char}: {exc.reason}",
-                          line=line) from None
+        raise ConfigError(
+            file, DOCUMENT, None, f"malformed YAML: unacceptable character {char}: {exc.reason}", line=line
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(file, DOCUMENT, None, "malformed YAML: " + " ".join(str(exc).split())) from None
     finally:
@@ -174,8 +189,13 @@ class _Walker:
         self.values += 1
         if self.values > MAX_VALUES:
             line = _line(self.lines, _dot(path)) or node.start_mark.line + 1
-            raise ConfigError(self.file, _dot(path), None,
-                              f"aliases expand to more than {MAX_VALUES} values: refused (an alias bomb?)", line=line)
+            raise ConfigError(
+                self.file,
+                _dot(path),
+                None,
+                f"aliases expand to more than {MAX_VALUES} values: refused (an alias bomb?)",
+                line=line,
+            )
         if isinstance(node, yaml.ScalarNode):
             return self.loader.construct_object(node)
         if id(node) in self.active:
@@ -217,7 +237,8 @@ class _Walker:
             key = self.loader.construct_object(knode)
             if not isinstance(key, str):
                 raise self.error(
-                    path + (key,), key,
+                    path + (key,),
+                    key,
                     f"mapping keys must be strings; YAML reads this key as {type(key).__name__} {key!r}: quote it",
                     knode,
                 )
@@ -246,8 +267,13 @@ def _validator():
 
 
 _JSON_TYPES = {
-    "object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
-    "number": "a number", "boolean": "true or false", "null": "nothing",
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "nothing",
 }
 
 
@@ -392,14 +418,9 @@ class _Builder:
         reference = self.reference(self.data.get("reference", {}))
         runners = tuple(self.runner(n, r) for n, r in self.data["runners"].items())
         models = tuple(self.model(n, m) for n, m in self.data["models"].items())
-        axes = {
-            axis: tuple(self.component(axis, n, c) for n, c in self.data["axes"][axis].items())
-            for axis in AXES
-        }
+        axes = {axis: tuple(self.component(axis, n, c) for n, c in self.data["axes"][axis].items()) for axis in AXES}
         self.runnable_somewhere(runners, models, axes)
-        constraints = tuple(
-            self.constraint(i, c, axes) for i, c in enumerate(self.data.get("constraints", []))
-        )
+        constraints = tuple(self.constraint(i, c, axes) for i, c in enumerate(self.data.get("constraints", [])))
         excluded = self.outright_exclusions(constraints, axes)
         self.default_selection(runners, models, axes, excluded)
         return Matrix(
@@ -425,7 +446,9 @@ class _Builder:
             try:
                 Requirement(req)
             except InvalidRequirement as exc:
-                raise self.error(f"{field}.{i}", req, f"invalid requirement (PEP 508): {str(exc).splitlines()[0]}") from None
+                raise self.error(
+                    f"{field}.{i}", req, f"invalid requirement (PEP 508): {str(exc).splitlines()[0]}"
+                ) from None
         return tuple(reqs)
 
     def runner(self, name: str, r: dict) -> Runner:
@@ -442,9 +465,13 @@ class _Builder:
         )
 
     def image_config(self, i: dict) -> ImageConfig:
-        return ImageConfig(base=i.get("base", ImageConfig.base), engines=tuple(sorted(i.get("engines", {}).items())),
-                           memory=str(i.get("memory", ImageConfig.memory)), pids=i.get("pids", ImageConfig.pids),
-                           seconds=i.get("seconds", ImageConfig.seconds))
+        return ImageConfig(
+            base=i.get("base", ImageConfig.base),
+            engines=tuple(sorted(i.get("engines", {}).items())),
+            memory=str(i.get("memory", ImageConfig.memory)),
+            pids=i.get("pids", ImageConfig.pids),
+            seconds=i.get("seconds", ImageConfig.seconds),
+        )
 
     def model(self, name: str, m: dict) -> Model:
         base = f"models.{name}"
@@ -452,7 +479,9 @@ class _Builder:
         if kind == "tiny" and "arch" not in m:
             raise self.error(f"{base}.arch", None, "a tiny model needs arch (e.g. qwen2, llama)")
         if kind == "tiny" and "hub_id" in m:
-            raise self.error(f"{base}.hub_id", m["hub_id"], "a tiny model is built by the project: hub_id is for kind hub")
+            raise self.error(
+                f"{base}.hub_id", m["hub_id"], "a tiny model is built by the project: hub_id is for kind hub"
+            )
         if kind == "hub" and "hub_id" not in m:
             raise self.error(f"{base}.hub_id", None, "a hub model needs hub_id (owner/name)")
         return Model(
@@ -470,8 +499,9 @@ class _Builder:
         try:
             tag_format.format(version="1.0")
         except (KeyError, IndexError, ValueError) as exc:
-            raise self.error(f"{base}.tag_format", tag_format,
-                             f"tag_format may only use the {{version}} placeholder ({exc!r})") from None
+            raise self.error(
+                f"{base}.tag_format", tag_format, f"tag_format may only use the {{version}} placeholder ({exc!r})"
+            ) from None
         ecosystem = c.get("ecosystem", "pypi")
         if ecosystem == "npm":
             self.npm_component(base, c)
@@ -516,34 +546,45 @@ class _Builder:
     def npm_component(self, base: str, c: dict) -> None:
         """An npm component: one npm package, run by Node (so a runner must provide ``node``)."""
         if len(c["packages"]) != 1:
-            raise self.error(f"{base}.packages", c["packages"],
-                             "an npm component names exactly one npm package (its dependencies come from npm)")
+            raise self.error(
+                f"{base}.packages",
+                c["packages"],
+                "an npm component names exactly one npm package (its dependencies come from npm)",
+            )
         for key in ("extras", "requires"):
             if key in c:
                 raise self.error(f"{base}.{key}", c[key], f"{key} applies to pypi components only")
         needs = c.get("needs", ["cpu"])
         if "node" not in needs:
             field = f"{base}.needs" if "needs" in c else f"{base}.ecosystem"
-            raise self.error(field, needs if "needs" in c else "npm",
-                             "an npm component is run by Node: its needs must include node")
+            raise self.error(
+                field, needs if "needs" in c else "npm", "an npm component is run by Node: its needs must include node"
+            )
 
     def version_rule(self, base: str, v: dict) -> VersionRule:
         if "explicit" in v and "latest" in v:
-            raise self.error(base, v, "both explicit and latest given: list exact versions or discover the latest, not both")
+            raise self.error(
+                base, v, "both explicit and latest given: list exact versions or discover the latest, not both"
+            )
         if "explicit" not in v and "latest" not in v:
             raise self.error(base, v, "needs explicit (exact versions) or latest (how many releases to discover)")
         if "explicit" in v:
             for key in _RULE_ONLY:
                 if key in v:
-                    raise self.error(f"{base}.{key}", v[key], f"{key} applies to latest only; explicit lists exact versions")
+                    raise self.error(
+                        f"{base}.{key}", v[key], f"{key} applies to latest only; explicit lists exact versions"
+                    )
             seen: dict[Version, int] = {}
             for i, text in enumerate(v["explicit"]):
                 ver = _version(text)
                 if ver is None:
                     raise self.error(f"{base}.explicit.{i}", text, "invalid version (PEP 440)")
                 if ver in seen:
-                    raise self.error(f"{base}.explicit.{i}", text,
-                                     f"same version as {base}.explicit.{seen[ver]} ({v['explicit'][seen[ver]]!r})")
+                    raise self.error(
+                        f"{base}.explicit.{i}",
+                        text,
+                        f"same version as {base}.explicit.{seen[ver]} ({v['explicit'][seen[ver]]!r})",
+                    )
                 seen[ver] = i
             return VersionRule(explicit=tuple(v["explicit"]))
         bounds = {}
@@ -554,7 +595,9 @@ class _Builder:
                     raise self.error(f"{base}.{key}", v[key], "invalid version (PEP 440)")
         floor, below = bounds.get("floor"), bounds.get("below")
         if floor is not None and below is not None and not floor < below:
-            raise self.error(f"{base}.below", v["below"], f"empty version range: below must be greater than floor {v['floor']!r}")
+            raise self.error(
+                f"{base}.below", v["below"], f"empty version range: below must be greater than floor {v['floor']!r}"
+            )
         return VersionRule(
             latest=int(v["latest"]),
             floor=v.get("floor"),
@@ -580,9 +623,11 @@ class _Builder:
         base = f"constraints.{i}.exclude"
         by_axis: dict[str, tuple[str, str, str]] = {}  # axis -> (component, specifier, field)
         for axis, raw in c["exclude"].items():
-            items = [(f"{base}.{axis}", raw)] if isinstance(raw, str) else [
-                (f"{base}.{axis}.{j}", text) for j, text in enumerate(raw)
-            ]
+            items = (
+                [(f"{base}.{axis}", raw)]
+                if isinstance(raw, str)
+                else [(f"{base}.{axis}.{j}", text) for j, text in enumerate(raw)]
+            )
             for field, text in items:
                 try:
                     cond = parse_condition(axis, text)
@@ -590,14 +635,18 @@ class _Builder:
                     raise self.error(field, text, str(exc)) from None
                 names = [comp.name for comp in axes[axis]]
                 if cond.component not in names:
-                    raise self.error(field, text,
-                                     f"unknown component {cond.component!r} on axis {axis} (known: {', '.join(names)})")
+                    raise self.error(
+                        field, text, f"unknown component {cond.component!r} on axis {axis} (known: {', '.join(names)})"
+                    )
                 if axis in by_axis:
                     first, spec, first_field = by_axis[axis]
                     if first != cond.component:
-                        raise self.error(field, text,
-                                         f"can never match: {first_field} names {first!r} on the same axis; "
-                                         "a cell has one component per axis")
+                        raise self.error(
+                            field,
+                            text,
+                            f"can never match: {first_field} names {first!r} on the same axis; "
+                            "a cell has one component per axis",
+                        )
                     joined = ",".join(s for s in (spec, cond.specifier) if s)
                     by_axis[axis] = (first, str(SpecifierSet(joined)), first_field)
                 else:
@@ -615,21 +664,31 @@ class _Builder:
         rule = comp.versions
         if rule.explicit is not None:
             if not any(spec.contains(v, prereleases=True) for v in rule.explicit):
-                raise self.error(field, text, f"can never match: no explicit version of {comp.name} "
-                                              f"({', '.join(rule.explicit)}) satisfies {spec_text!r}")
+                raise self.error(
+                    field,
+                    text,
+                    f"can never match: no explicit version of {comp.name} "
+                    f"({', '.join(rule.explicit)}) satisfies {spec_text!r}",
+                )
             return
         bounded = spec_text
         bounded += f",>={rule.floor}" if rule.floor else ""
         bounded += f",<{rule.below}" if rule.below else ""
         if not satisfiable(SpecifierSet(bounded)):
-            extra = f" within the versions rule ({bounded.removeprefix(spec_text).lstrip(',')})" if bounded != spec_text else ""
+            extra = (
+                f" within the versions rule ({bounded.removeprefix(spec_text).lstrip(',')})"
+                if bounded != spec_text
+                else ""
+            )
             raise self.error(field, text, f"can never match: no version satisfies {spec_text!r}{extra}")
 
     def outright_exclusions(self, constraints, axes) -> dict[str, set[str]]:
         """Components excluded whatever the other axes are; error when that is a whole axis."""
         excluded: dict[str, set[str]] = {axis: set() for axis in AXES}
         left = {
-            (c.axis, c.name): set(c.versions.explicit) for comps in axes.values() for c in comps
+            (c.axis, c.name): set(c.versions.explicit)
+            for comps in axes.values()
+            for c in comps
             if c.versions.explicit is not None
         }
         for i, con in enumerate(constraints):
@@ -647,9 +706,12 @@ class _Builder:
             names = [c.name for c in axes[cond.axis]]
             if excluded[cond.axis] >= set(names):
                 field = f"constraints.{i}.exclude.{cond.axis}"
-                raise self.error(field, self.data["constraints"][i]["exclude"][cond.axis],
-                                 f"constraints exclude every component of axis {cond.axis} "
-                                 f"({', '.join(names)}): no cell could be planned")
+                raise self.error(
+                    field,
+                    self.data["constraints"][i]["exclude"][cond.axis],
+                    f"constraints exclude every component of axis {cond.axis} "
+                    f"({', '.join(names)}): no cell could be planned",
+                )
         return excluded
 
     # --- the default selection
@@ -664,24 +726,34 @@ class _Builder:
             raise self.error("models", [m.name for m in models], "no default model: set default: true on one")
         provides = ", ".join(f"{r.name}: {', '.join(sorted(r.provides))}" for r in d_runners)
         if not any(m.needs <= r.provides for m in d_models for r in d_runners):
-            raise self.error("models", [m.name for m in d_models],
-                             f"no default model can run on a default runner (default runners provide {provides})")
+            raise self.error(
+                "models",
+                [m.name for m in d_models],
+                f"no default model can run on a default runner (default runners provide {provides})",
+            )
         for axis in AXES:
             usable = [c for c in axes[axis] if c.default and c.name not in excluded[axis]]
             if not usable:
-                raise self.error(f"axes.{axis}", [c.name for c in axes[axis]],
-                                 "no default component: set default: true on one that no constraint excludes")
+                raise self.error(
+                    f"axes.{axis}",
+                    [c.name for c in axes[axis]],
+                    "no default component: set default: true on one that no constraint excludes",
+                )
             if not any(c.needs <= r.provides for c in usable for r in d_runners):
                 needs = "; ".join(f"{c.name} needs {', '.join(sorted(c.needs))}" for c in usable)
-                raise self.error(f"axes.{axis}", [c.name for c in usable],
-                                 f"no default component that a default runner can run ({needs}; "
-                                 f"default runners provide {provides})")
+                raise self.error(
+                    f"axes.{axis}",
+                    [c.name for c in usable],
+                    f"no default component that a default runner can run ({needs}; default runners provide {provides})",
+                )
         for r in d_runners:
             if any(m.needs <= r.provides for m in d_models) and all(
                 any(c.default and c.name not in excluded[axis] and c.needs <= r.provides for c in axes[axis])
                 for axis in AXES
             ):
                 return
-        raise self.error("runners", [r.name for r in d_runners],
-                         "no default runner can run a whole default cell (a default model and a default "
-                         "component of every axis)")
+        raise self.error(
+            "runners",
+            [r.name for r in d_runners],
+            "no default runner can run a whole default cell (a default model and a default component of every axis)",
+        )

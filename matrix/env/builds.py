@@ -47,13 +47,17 @@ MARKER = "llmcompat-build.json"
 KEY_FORMAT = 1
 """Version of the key document and layout; a change builds everything afresh."""
 
-DEFAULT_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
-                      "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF")
+DEFAULT_CMAKE_ARGS = (
+    "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+    "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+)
 DEFAULT_BUILD_ENV = {"CMAKE_ARGS": DEFAULT_CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
 """Portable (no -march=native), library only: what a cell's llama-cpp-python is built with."""
 
-SERVER_CMAKE_ARGS = ("-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF "
-                     "-DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release")
+SERVER_CMAKE_ARGS = (
+    "-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF "
+    "-DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release"
+)
 """Appended after the build flags for the native server (later -D wins in cmake): the server
 lives under examples/ (0.2.x) or tools/ (newer); static, so the binary stands alone."""
 
@@ -75,6 +79,7 @@ class BuildError(Exception):
 
 # --------------------------------------------------------------------------- keys (pure)
 
+
 def build_env_of(build_env: dict | None) -> dict[str, str]:
     """The build variables: the defaults, overridden entry by entry by ``build_env``."""
     return {**DEFAULT_BUILD_ENV, **{k: str(v) for k, v in (build_env or {}).items()}}
@@ -91,10 +96,19 @@ def flags_of(build_env: dict | None) -> dict[str, str]:
     return out
 
 
-def key_doc(kind: str, package: str, version: str, build_env: dict | None, *, python: str,
-            platform_tag: str, compiler: str) -> dict:
-    return {"v": KEY_FORMAT, "kind": kind, "package": str(canonicalize_name(package)), "version": str(version),
-            "flags": flags_of(build_env), "python": python, "platform": platform_tag, "compiler": compiler}
+def key_doc(
+    kind: str, package: str, version: str, build_env: dict | None, *, python: str, platform_tag: str, compiler: str
+) -> dict:
+    return {
+        "v": KEY_FORMAT,
+        "kind": kind,
+        "package": str(canonicalize_name(package)),
+        "version": str(version),
+        "flags": flags_of(build_env),
+        "python": python,
+        "platform": platform_tag,
+        "compiler": compiler,
+    }
 
 
 def key_of(doc: dict) -> str:
@@ -103,6 +117,7 @@ def key_of(doc: dict) -> str:
 
 
 # --------------------------------------------------------------------------- machine facts
+
 
 def platform_tag() -> str:
     """OS, machine and C library: a wheel built here runs on machines that share these."""
@@ -131,6 +146,7 @@ def default_python() -> str:
 
 # --------------------------------------------------------------------------- locking and layout
 
+
 @contextlib.contextmanager
 def _locked(lock_path: Path, wait: float = LOCK_WAIT):
     """:func:`matrix.atomic.locked`, a wait too long a build error."""
@@ -150,8 +166,13 @@ def _build_once(root: Path, doc: dict, build) -> tuple[Path, bool]:
     def timed(tmp: Path) -> dict:
         started = time.perf_counter()
         info = build(tmp) or {}
-        return {"key": key, "inputs": doc, "seconds": round(time.perf_counter() - started, 1),
-                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
+        return {
+            "key": key,
+            "inputs": doc,
+            "seconds": round(time.perf_counter() - started, 1),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **info,
+        }
 
     try:
         built = atomic.build_once(path, timed, marker=MARKER, lock_path=root / f".{key[:24]}.lock", wait=LOCK_WAIT)
@@ -186,29 +207,57 @@ def _cache() -> Path:
 
 # --------------------------------------------------------------------------- wheels
 
+
 def wheel_key(package: str, version: str, build_env: dict | None = None, python: str | None = None) -> str:
     """The full key of a wheel build (the directory is named by its first 24 characters)."""
-    return key_of(key_doc("wheel", package, version, build_env, python=python or default_python(),
-                          platform_tag=platform_tag(), compiler=compiler_id()))
+    return key_of(
+        key_doc(
+            "wheel",
+            package,
+            version,
+            build_env,
+            python=python or default_python(),
+            platform_tag=platform_tag(),
+            compiler=compiler_id(),
+        )
+    )
 
 
-def wheel(package: str, version: str, build_env: dict | None = None, *, python: str | None = None,
-          root: Path | None = None, timeout: float = BUILD_TIMEOUT) -> Path:
+def wheel(
+    package: str,
+    version: str,
+    build_env: dict | None = None,
+    *,
+    python: str | None = None,
+    root: Path | None = None,
+    timeout: float = BUILD_TIMEOUT,
+) -> Path:
     """The directory holding ``package==version``'s wheel built with ``build_env`` (defaults:
     :data:`DEFAULT_BUILD_ENV`, overridden per entry), for ``python`` (``major.minor``, default
     this interpreter's). Built once per key with ``uv build --wheel`` on the sdist; pass the
     directory to uv as ``--find-links`` and it installs this wheel instead of compiling."""
     python = python or default_python()
-    doc = key_doc("wheel", package, version, build_env, python=python, platform_tag=platform_tag(),
-                  compiler=compiler_id())
+    doc = key_doc(
+        "wheel", package, version, build_env, python=python, platform_tag=platform_tag(), compiler=compiler_id()
+    )
 
     def build(tmp: Path) -> dict:
         src = sdist(package, version)
         env = envs._uv_env()
         env.update(build_env_of(build_env))
         out = tmp / ".out"
-        cmd = [envs.uv_bin(), "build", "--wheel", "--no-build-logs", "--out-dir", str(out),
-               "--python", envs.interpreter(python), *envs._index_args(), str(src)]
+        cmd = [
+            envs.uv_bin(),
+            "build",
+            "--wheel",
+            "--no-build-logs",
+            "--out-dir",
+            str(out),
+            "--python",
+            envs.interpreter(python),
+            *envs._index_args(),
+            str(src),
+        ]
         log = _run(cmd, env, timeout, f"uv build --wheel {package}=={version}")
         wheels = sorted(out.glob("*.whl"))
         if len(wheels) != 1:
@@ -233,7 +282,7 @@ def _run(cmd: list[str], env: dict, timeout: float, what: str, cwd: Path | None 
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
-        tail = ((exc.stdout or b"")[-4000:] if isinstance(exc.stdout, bytes) else (exc.stdout or "")[-4000:])
+        tail = (exc.stdout or b"")[-4000:] if isinstance(exc.stdout, bytes) else (exc.stdout or "")[-4000:]
         raise BuildError(f"{what}: timed out after {timeout:.0f}s", str(tail)) from None
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -243,19 +292,30 @@ def _run(cmd: list[str], env: dict, timeout: float, what: str, cwd: Path | None 
 
 # --------------------------------------------------------------------------- the native llama-server
 
+
 def server_key(version: str, build_env: dict | None = None, package: str = "llama-cpp-python") -> str:
-    return key_of(key_doc("llama-server", package, version, build_env, python="", platform_tag=platform_tag(),
-                          compiler=compiler_id()))
+    return key_of(
+        key_doc(
+            "llama-server", package, version, build_env, python="", platform_tag=platform_tag(), compiler=compiler_id()
+        )
+    )
 
 
-def llama_server(version: str, build_env: dict | None = None, *, package: str = "llama-cpp-python",
-                 root: Path | None = None, timeout: float = BUILD_TIMEOUT) -> Path:
+def llama_server(
+    version: str,
+    build_env: dict | None = None,
+    *,
+    package: str = "llama-cpp-python",
+    root: Path | None = None,
+    timeout: float = BUILD_TIMEOUT,
+) -> Path:
     """llama.cpp's native ``llama-server`` from the sources vendored in ``package==version``'s
     sdist (``vendor/llama.cpp``), built once per (version, flags): ``build_env``'s ``CMAKE_ARGS``
     (the library defaults) followed by :data:`SERVER_CMAKE_ARGS`; only the server target is
     compiled (``llama-server``, or ``server`` in older trees). Returns the binary's path."""
-    doc = key_doc("llama-server", package, version, build_env, python="", platform_tag=platform_tag(),
-                  compiler=compiler_id())
+    doc = key_doc(
+        "llama-server", package, version, build_env, python="", platform_tag=platform_tag(), compiler=compiler_id()
+    )
     benv = build_env_of(build_env)
 
     def build(tmp: Path) -> dict:
@@ -278,13 +338,24 @@ def llama_server(version: str, build_env: dict | None = None, *, package: str = 
             names = set(re.findall(r"^(?:\.\.\. )?([\w.+-]+)(?::| |$)", targets, re.M))
             target = next((t for t in SERVER_TARGETS if t in names), None)
             if target is None:
-                raise BuildError(f"no server target ({', '.join(SERVER_TARGETS)}) in llama.cpp of "
-                                 f"{package}=={version}", log[-3000:])
+                raise BuildError(
+                    f"no server target ({', '.join(SERVER_TARGETS)}) in llama.cpp of {package}=={version}", log[-3000:]
+                )
             jobs = benv.get("CMAKE_BUILD_PARALLEL_LEVEL") or "2"
-            log += _run(["cmake", "--build", str(bdir), "--target", target, "-j", jobs], env, timeout,
-                        f"cmake --build --target {target}")
-            exe = next((p for p in (bdir / "bin" / target, bdir / target, bdir / "examples" / "server" / target)
-                        if p.is_file()), None)
+            log += _run(
+                ["cmake", "--build", str(bdir), "--target", target, "-j", jobs],
+                env,
+                timeout,
+                f"cmake --build --target {target}",
+            )
+            exe = next(
+                (
+                    p
+                    for p in (bdir / "bin" / target, bdir / target, bdir / "examples" / "server" / target)
+                    if p.is_file()
+                ),
+                None,
+            )
             if exe is None:
                 raise BuildError(f"built {target}, but found no binary under {bdir}", log[-3000:])
             shutil.copy2(exe, tmp / "llama-server")
@@ -298,8 +369,9 @@ def llama_server(version: str, build_env: dict | None = None, *, package: str = 
     return path / "llama-server"
 
 
-def server_built(version: str, build_env: dict | None = None, *, package: str = "llama-cpp-python",
-                 root: Path | None = None) -> Path | None:
+def server_built(
+    version: str, build_env: dict | None = None, *, package: str = "llama-cpp-python", root: Path | None = None
+) -> Path | None:
     """The binary of an already finished :func:`llama_server` build, or None (never builds)."""
     path = (root or _cache() / "bin") / server_key(version, build_env, package)[:24]
     return path / "llama-server" if (path / MARKER).is_file() else None
@@ -315,8 +387,17 @@ COMPILED = re.compile(r"Building (?:C|CXX) object ")
 def tree_key(tree: str, build_env: dict | None = None) -> str:
     """Key of a llama-server built from the llama.cpp source tree ``tree`` (a git tree hash): the
     content, not the commit, so equal trees (a vendored sdist, a revert) share one binary."""
-    return key_of(key_doc("llama-server-tree", "llama.cpp", tree, build_env, python="", platform_tag=platform_tag(),
-                          compiler=compiler_id()))
+    return key_of(
+        key_doc(
+            "llama-server-tree",
+            "llama.cpp",
+            tree,
+            build_env,
+            python="",
+            platform_tag=platform_tag(),
+            compiler=compiler_id(),
+        )
+    )
 
 
 def _alias(root: Path, tree: str, build_env: dict | None) -> Path:
@@ -376,8 +457,9 @@ def _git_run(args: list[str], cwd: Path, timeout: float = 1800.0) -> str:
 def _worktree(build_env: dict | None, work_root: Path | None):
     """A build worktree for these flags, held exclusively: the first free slot, else slot 0
     once free. Its object files persist, so the next commit recompiles only what changed."""
-    flags_key = key_of({"v": KEY_FORMAT, "flags": flags_of(build_env), "platform": platform_tag(),
-                        "compiler": compiler_id()})[:16]
+    flags_key = key_of(
+        {"v": KEY_FORMAT, "flags": flags_of(build_env), "platform": platform_tag(), "compiler": compiler_id()}
+    )[:16]
     base = (work_root or _cache() / "llama-worktrees") / flags_key
     base.mkdir(parents=True, exist_ok=True)
     for i in range(WORKTREE_SLOTS):
@@ -397,9 +479,16 @@ def _worktree(build_env: dict | None, work_root: Path | None):
         yield base / "slot-0"
 
 
-def llama_server_tree(repo: Path | str, commit: str, tree: str, build_env: dict | None = None, *,
-                      root: Path | None = None, work_root: Path | None = None,
-                      timeout: float = BUILD_TIMEOUT) -> tuple[Path, dict]:
+def llama_server_tree(
+    repo: Path | str,
+    commit: str,
+    tree: str,
+    build_env: dict | None = None,
+    *,
+    root: Path | None = None,
+    work_root: Path | None = None,
+    timeout: float = BUILD_TIMEOUT,
+) -> tuple[Path, dict]:
     """llama.cpp's ``llama-server`` at ``commit`` of the git repository ``repo``, keyed by the
     commit's source ``tree`` and the flags (see :func:`llama_server`), built at most once per key.
 
@@ -413,8 +502,15 @@ def llama_server_tree(repo: Path | str, commit: str, tree: str, build_env: dict 
     if found is not None:
         kind = "tree" if info(found.parent).get("kind") == "tree" else "sdist"
         return found, {"reused": kind, "seconds": 0.0, "compiled": 0}
-    doc = key_doc("llama-server-tree", "llama.cpp", tree, build_env, python="", platform_tag=platform_tag(),
-                  compiler=compiler_id())
+    doc = key_doc(
+        "llama-server-tree",
+        "llama.cpp",
+        tree,
+        build_env,
+        python="",
+        platform_tag=platform_tag(),
+        compiler=compiler_id(),
+    )
     benv = build_env_of(build_env)
     how: dict = {"reused": False}
 
@@ -460,17 +556,34 @@ def llama_server_tree(repo: Path | str, commit: str, tree: str, build_env: dict 
             jobs = benv.get("CMAKE_BUILD_PARALLEL_LEVEL") or "2"
             for stale in (bdir / "bin" / target, bdir / target):
                 stale.unlink(missing_ok=True)  # never take a previous commit's binary
-            out = _run(["cmake", "--build", str(bdir), "--target", target, "-j", jobs], env, timeout,
-                       f"cmake --build --target {target} at {commit[:12]}")
+            out = _run(
+                ["cmake", "--build", str(bdir), "--target", target, "-j", jobs],
+                env,
+                timeout,
+                f"cmake --build --target {target} at {commit[:12]}",
+            )
             log += out
-            exe = next((p for p in (bdir / "bin" / target, bdir / target, bdir / "examples" / "server" / target)
-                        if p.is_file()), None)
+            exe = next(
+                (
+                    p
+                    for p in (bdir / "bin" / target, bdir / target, bdir / "examples" / "server" / target)
+                    if p.is_file()
+                ),
+                None,
+            )
             if exe is None:
                 raise BuildError(f"built {target}, but found no binary under {bdir}", log[-3000:])
             shutil.copy2(exe, tmp / "llama-server")
             how.update(compiled=len(COMPILED.findall(out)), incremental=incremental, worktree=slot.name)
-        return {"kind": "tree", "commit": commit, "tree": tree, "target": target, "build_env": benv,
-                "cmake_args": args, **{k: v for k, v in how.items() if k != "reused"}}
+        return {
+            "kind": "tree",
+            "commit": commit,
+            "tree": tree,
+            "target": target,
+            "build_env": benv,
+            "cmake_args": args,
+            **{k: v for k, v in how.items() if k != "reused"},
+        }
 
     path, built_now = _build_once(root, doc, build)
     if not built_now:

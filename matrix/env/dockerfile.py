@@ -85,8 +85,13 @@ def closure(roots: set[str], graph: dict[str, set[str]]) -> set[str]:
     return seen
 
 
-def split_layers(pins: dict[str, str], graph: dict[str, set[str]], engine_roots: set[str],
-                 other_roots: set[str], engine_packages: set[str] | None = None) -> list[tuple[str, list[str]]]:
+def split_layers(
+    pins: dict[str, str],
+    graph: dict[str, set[str]],
+    engine_roots: set[str],
+    other_roots: set[str],
+    engine_packages: set[str] | None = None,
+) -> list[tuple[str, list[str]]]:
     """The lock's packages in three groups: engine-only dependencies, the engine, the rest.
 
     ``graph`` maps a package to its requirements (from the resolver's annotations);
@@ -128,8 +133,19 @@ def parse_annotated(text: str) -> tuple[dict[str, str], dict[str, set[str]]]:
     return pins, graph
 
 
-def labels(cell_id: str, key: str, runner: str, family: str, versions: dict[str, str], *, base: str,
-           python: str, uv: str, harness: str, suite: str) -> tuple[tuple[str, str], ...]:
+def labels(
+    cell_id: str,
+    key: str,
+    runner: str,
+    family: str,
+    versions: dict[str, str],
+    *,
+    base: str,
+    python: str,
+    uv: str,
+    harness: str,
+    suite: str,
+) -> tuple[tuple[str, str], ...]:
     """OCI annotations plus the cell's key and every version in its lock."""
     out = [
         ("org.opencontainers.image.title", f"llmcompat cell {cell_id}"),
@@ -153,9 +169,21 @@ def render(spec: ImageSpec) -> str:
     """The Dockerfile text of ``spec`` (Jinja2, strict: a missing variable is an error)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)  # a Dockerfile, not HTML
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )  # a Dockerfile, not HTML
     text = env.get_template(spec.template).render(
-        cell_id=spec.cell_id, template=spec.template, base=spec.base, python=spec.python, layers=spec.layers,
-        family=spec.family, family_files=spec.family_files, labels=spec.labels, vendor=spec.vendor)
+        cell_id=spec.cell_id,
+        template=spec.template,
+        base=spec.base,
+        python=spec.python,
+        layers=spec.layers,
+        family=spec.family,
+        family_files=spec.family_files,
+        labels=spec.labels,
+        vendor=spec.vendor,
+    )
     return re.sub(r"\n{3,}", "\n\n", text)

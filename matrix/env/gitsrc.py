@@ -35,9 +35,9 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from matrix import atomic
 from matrix.errors import LlmcompatError
@@ -51,8 +51,7 @@ LLAMACPP_REPO = "ggml-org/llama.cpp"
 BUILD_TAG = re.compile(r"^b(\d+)$")
 VENDOR_PATH = "vendor/llama.cpp"
 PYTHON_TAG_FORMAT = "v{version}"
-BUILD_PATHS = ("CMakeLists.txt", "cmake", "common", "src", "include", "ggml",
-               "examples/server", "tools/server")
+BUILD_PATHS = ("CMakeLists.txt", "cmake", "common", "src", "include", "ggml", "examples/server", "tools/server")
 """What makes the llama-server binary: the files under these paths (those present) are compared."""
 QUICK_PATHS = ("CMakeLists.txt", "cmake", "common", "src", "include", "examples/server", "tools/server")
 """Build paths that hold no submodule: their subtree hashes can be compared directly (fast)."""
@@ -64,6 +63,7 @@ class GitSourceError(LlmcompatError):
 
 
 # --------------------------------------------------------------------------- pure parts
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -124,18 +124,27 @@ def is_url(source: str) -> bool:
 
 # --------------------------------------------------------------------------- git
 
+
 def git_bin() -> str | None:
     return shutil.which("git")
 
 
-def _git(args: Sequence[str], *, cwd: Path | None = None, input: str | None = None,
-         timeout: float = GIT_TIMEOUT, env: Mapping[str, str] | None = None, what: str = "") -> str:
+def _git(
+    args: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float = GIT_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    what: str = "",
+) -> str:
     exe = git_bin()
     if exe is None:
         raise GitSourceError("git is not installed (needed to narrow llama.cpp to commits)")
     full_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})}
-    proc = subprocess.run([exe, *args], cwd=cwd, input=input, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    proc = subprocess.run(
+        [exe, *args], cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
     if proc.returncode != 0:
         raise GitSourceError(f"{what or 'git ' + ' '.join(args[:2])}: {proc.stderr.strip()[:600]}")
     return proc.stdout
@@ -150,8 +159,11 @@ class Repo:
     """What the configuration named (path or URL), for messages and reproduction commands."""
 
     def git(self, *args: str, input: str | None = None, what: str = "") -> str:
-        return _git(["-C", str(self.path), *args], input=input,
-                    what=what or f"git {' '.join(args[:2])} in {self.source or self.path}")
+        return _git(
+            ["-C", str(self.path), *args],
+            input=input,
+            what=what or f"git {' '.join(args[:2])} in {self.source or self.path}",
+        )
 
     def commit_of(self, ref: str) -> str:
         """The commit id ``ref`` (tag, branch, id) names; a clear error naming ``ref`` if none."""
@@ -178,8 +190,10 @@ class Repo:
             raise GitSourceError(f"{self.source or self.path}: {bad[:12]} is not after {good[:12]}")
         parent = self.git("rev-parse", f"{line[0]}^").strip() if len(line) else ""
         if parent != good:
-            raise GitSourceError(f"{self.source or self.path}: {good[:12]} is not on the first-parent "
-                                 f"line of {bad[:12]}: cannot order the commits between them")
+            raise GitSourceError(
+                f"{self.source or self.path}: {good[:12]} is not on the first-parent "
+                f"line of {bad[:12]}: cannot order the commits between them"
+            )
         return [good, *line]
 
     def tags(self) -> dict[str, list[str]]:
@@ -266,6 +280,7 @@ def open_repo(source: str, *, cache: Path | None = None, what: str = ENV_GIT) ->
     if (mirror / "HEAD").is_file():
         _git(["-C", str(mirror), "fetch", "--prune", "--tags", "origin"], what=f"{what}: fetching {source}")
     else:
+
         def clone(tmp: Path) -> None:  # git writes HEAD: the marker of a finished mirror
             _git(["clone", "--mirror", "--quiet", source, str(tmp)], what=f"{what}: cloning {source}")
 
@@ -275,8 +290,8 @@ def open_repo(source: str, *, cache: Path | None = None, what: str = ENV_GIT) ->
 
 # --------------------------------------------------------------------------- vendored commits
 
-def vendored_commit(py_repo: Repo, version: str, tag_format: str = PYTHON_TAG_FORMAT,
-                    path: str = VENDOR_PATH) -> str:
+
+def vendored_commit(py_repo: Repo, version: str, tag_format: str = PYTHON_TAG_FORMAT, path: str = VENDOR_PATH) -> str:
     """The llama.cpp commit llama-cpp-python ``version`` vendors: its tag's submodule pointer."""
     tag = release_tags.tag(tag_format, version)
     out = py_repo.git("ls-tree", tag, path, what=f"git ls-tree {tag} {path}").split()
@@ -312,8 +327,9 @@ def vendored_tree(sdist: Path, *, cache: bool = True) -> VendoredTree:
         src = extract_vendored(sdist, Path(work) / "x")
         result = tree_of_dir(src, Path(work) / "git")
     if cache:
-        atomic.write_json(memo, {"tree": result.tree, "subtrees": result.subtrees, "files": result.files,
-                                 "sdist": sdist.name})
+        atomic.write_json(
+            memo, {"tree": result.tree, "subtrees": result.subtrees, "files": result.files, "sdist": sdist.name}
+        )
     return result
 
 
@@ -334,8 +350,9 @@ def extract_vendored(sdist: Path, dest: Path) -> Path:
 def nested_checkouts(directory: Path) -> list[str]:
     """Relative paths of checked-out submodules inside ``directory`` (a ``.git`` entry of their own):
     upstream they are gitlinks, whose commit a source distribution does not record."""
-    return sorted(str(p.parent.relative_to(directory)) for p in Path(directory).rglob(".git")
-                  if p.parent != Path(directory))
+    return sorted(
+        str(p.parent.relative_to(directory)) for p in Path(directory).rglob(".git") if p.parent != Path(directory)
+    )
 
 
 def tree_of_dir(directory: Path, git_dir: Path) -> VendoredTree:
@@ -383,14 +400,23 @@ class ReleaseCommit:
     sdist: Path | None = None
 
 
-def release_commit(repo: Repo, version: str, end: str, *, py_repo: Repo | None = None,
-                   sdist: Path | None = None, package: str = "llama-cpp-python") -> ReleaseCommit:
+def release_commit(
+    repo: Repo,
+    version: str,
+    end: str,
+    *,
+    py_repo: Repo | None = None,
+    sdist: Path | None = None,
+    package: str = "llama-cpp-python",
+) -> ReleaseCommit:
     """The llama.cpp commit that ``package==version`` vendors (see the module docstring)."""
     if py_repo is not None:
         commit = vendored_commit(py_repo, version)
         if not repo.has(commit):
-            raise GitSourceError(f"{repo.source or repo.path}: has no commit {commit[:12]} "
-                                 f"(vendored by {package} {version}): fetch it or point {ENV_GIT} at a newer clone")
+            raise GitSourceError(
+                f"{repo.source or repo.path}: has no commit {commit[:12]} "
+                f"(vendored by {package} {version}): fetch it or point {ENV_GIT} at a newer clone"
+            )
         return ReleaseCommit(version, commit, "submodule")
     if sdist is None:
         sdist = sources.cached_sdist(package, version)
@@ -398,13 +424,17 @@ def release_commit(repo: Repo, version: str, end: str, *, py_repo: Repo | None =
             try:
                 sdist = sources.sdist(package, version)
             except sources.SdistError as exc:
-                raise GitSourceError(f"{package} {version}: no llama-cpp-python repository configured "
-                                     f"({ENV_PYTHON_GIT}) and no source distribution: {str(exc).splitlines()[0]}") from None
+                raise GitSourceError(
+                    f"{package} {version}: no llama-cpp-python repository configured "
+                    f"({ENV_PYTHON_GIT}) and no source distribution: {str(exc).splitlines()[0]}"
+                ) from None
     vt = vendored_tree(sdist)
     matched = match_vendored(repo, vt, end)
     if matched is None:
-        raise GitSourceError(f"{repo.source or repo.path}: no commit matches the llama.cpp vendored by "
-                             f"{package} {version} (tree {vt.tree[:12]}); set {ENV_PYTHON_GIT} to a "
-                             f"llama-cpp-python clone for the exact submodule commit")
+        raise GitSourceError(
+            f"{repo.source or repo.path}: no commit matches the llama.cpp vendored by "
+            f"{package} {version} (tree {vt.tree[:12]}); set {ENV_PYTHON_GIT} to a "
+            f"llama-cpp-python clone for the exact submodule commit"
+        )
     exact = repo.tree_of(matched) == vt.tree
     return ReleaseCommit(version, matched, "sdist tree" if exact else "sdist subtrees", sdist)

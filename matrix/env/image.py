@@ -60,6 +60,7 @@ class ImageError(LlmcompatError):
 
 # --------------------------------------------------------------------------- the engine
 
+
 def client():
     """A docker SDK client for ``DOCKER_HOST`` (or the default socket), checked with a ping."""
     try:
@@ -70,8 +71,9 @@ def client():
         c = docker.from_env(timeout=600)
         c.ping()
     except Exception as exc:  # noqa: BLE001 - any failure to reach the engine says the same
-        raise ImageError(f"no Docker engine answers at {os.environ.get('DOCKER_HOST') or 'the default socket'}: "
-                         f"{exc}") from None
+        raise ImageError(
+            f"no Docker engine answers at {os.environ.get('DOCKER_HOST') or 'the default socket'}: {exc}"
+        ) from None
     return c
 
 
@@ -113,12 +115,19 @@ BASE_PACKAGES = ("python3", "libgomp1")
 
 def base_inputs(suite: str, include: tuple[str, ...] = BASE_PACKAGES) -> dict:
     """What makes a debootstrap base: the image name is their digest (same inputs, same image)."""
-    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
-                          check=False).stdout.strip()
-    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"], capture_output=True,
-                             text=True, check=False).stdout.strip()
-    return {"v": DEBOOTSTRAP_FORMAT, "suite": suite, "variant": "minbase", "include": sorted(include),
-            "arch": arch, "debootstrap": version, "mirror": os.environ.get("LLMCOMPAT_DEBIAN_MIRROR", "")}
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=False).stdout.strip()
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "debootstrap"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "v": DEBOOTSTRAP_FORMAT,
+        "suite": suite,
+        "variant": "minbase",
+        "include": sorted(include),
+        "arch": arch,
+        "debootstrap": version,
+        "mirror": os.environ.get("LLMCOMPAT_DEBIAN_MIRROR", ""),
+    }
 
 
 def base_name(inputs: dict) -> str:
@@ -144,8 +153,9 @@ def debootstrap_base(c, suite: str) -> str:
     name = base_name(inputs)
     if exists(c, name):
         return name
-    exe = shutil.which("debootstrap") or ("/usr/sbin/debootstrap" if os.access("/usr/sbin/debootstrap", os.X_OK)
-                                          else None)
+    exe = shutil.which("debootstrap") or (
+        "/usr/sbin/debootstrap" if os.access("/usr/sbin/debootstrap", os.X_OK) else None
+    )
     if not exe:
         raise ImageError("debootstrap is not installed (apt-get install debootstrap): no base image to build on")
     if os.geteuid() != 0:
@@ -167,8 +177,11 @@ def debootstrap_base(c, suite: str) -> str:
         tar = Path(tmp, "rootfs.tar")
         subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tar), "."], check=True)
         repo, tag = name.split(":")
-        changes = [f'LABEL io.llmcompat.base="{json.dumps(inputs, sort_keys=True).replace(chr(34), chr(39))}"',
-                   f'LABEL io.llmcompat.python="{python}"', 'CMD ["/usr/bin/python3"]']
+        changes = [
+            f'LABEL io.llmcompat.base="{json.dumps(inputs, sort_keys=True).replace(chr(34), chr(39))}"',
+            f'LABEL io.llmcompat.python="{python}"',
+            'CMD ["/usr/bin/python3"]',
+        ]
         c.api.import_image_from_file(str(tar), repository=repo, tag=tag, changes=changes)
     if not exists(c, name):
         raise ImageError(f"importing the debootstrap root filesystem as {name} failed")
@@ -176,6 +189,7 @@ def debootstrap_base(c, suite: str) -> str:
 
 
 # --------------------------------------------------------------------------- package sources
+
 
 def index_secret(config=None, ca: str | None = None) -> str:
     """Shell lines for the build's install steps: pip's remote indexes and the CA bundle path.
@@ -289,8 +303,20 @@ def _resolve_graph(lock_pins: dict[str, str], *, python: str, overrides=(), find
     with tempfile.TemporaryDirectory(prefix="llmcompat-graph-") as tmp:
         req = Path(tmp, "lock.in")
         req.write_text("".join(f"{n}=={v}\n" for n, v in sorted(lock_pins.items())))
-        cmd = [envs.uv_bin(), "pip", "compile", str(req), "--quiet", "--no-header", "--python-version", python,
-               "--python", envs.interpreter(python), *envs._index_args(), *envs._find_links(find_links)]
+        cmd = [
+            envs.uv_bin(),
+            "pip",
+            "compile",
+            str(req),
+            "--quiet",
+            "--no-header",
+            "--python-version",
+            python,
+            "--python",
+            envs.interpreter(python),
+            *envs._index_args(),
+            *envs._find_links(find_links),
+        ]
         if overrides:
             ov = Path(tmp, "overrides.txt")
             ov.write_text("".join(f"{o}\n" for o in overrides))
@@ -304,11 +330,15 @@ def _resolve_graph(lock_pins: dict[str, str], *, python: str, overrides=(), find
 
 # --------------------------------------------------------------------------- build context
 
+
 def _place(src: Path, dest: Path) -> None:
     """``src`` at ``dest`` (a hard link where possible): unchanged files keep their metadata, so
     BuildKit's context transfer sends only what changed since the last build of this context."""
-    if dest.exists() and dest.stat().st_size == src.stat().st_size and (
-            dest.samefile(src) or dest.read_bytes() == src.read_bytes()):
+    if (
+        dest.exists()
+        and dest.stat().st_size == src.stat().st_size
+        and (dest.samefile(src) or dest.read_bytes() == src.read_bytes())
+    ):
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.unlink(missing_ok=True)
@@ -368,13 +398,15 @@ class CellInputs:
     suite: str = ""
 
 
-def spec_for(inputs: CellInputs, base_ref: str, graph: dict[str, set[str]], local: dict[str, list[Path]],
-             uv_version: str) -> tuple[dockerfile_mod.ImageSpec, dict[str, list[Path]]]:
+def spec_for(
+    inputs: CellInputs, base_ref: str, graph: dict[str, set[str]], local: dict[str, list[Path]], uv_version: str
+) -> tuple[dockerfile_mod.ImageSpec, dict[str, list[Path]]]:
     """The image spec of a cell and the wheels each layer's context directory holds."""
     pins = dict(inputs.pins)
     built = dict(inputs.built)
-    groups = dockerfile_mod.split_layers(pins, graph, set(inputs.engine_roots), set(inputs.other_roots),
-                                         set(inputs.engine_packages) or None)
+    groups = dockerfile_mod.split_layers(
+        pins, graph, set(inputs.engine_roots), set(inputs.other_roots), set(inputs.engine_packages) or None
+    )
     layers, wheels = [], {}
     for i, (name, members) in enumerate(groups, 1):
         files = [f for m in members for f in local.get(m, [])]
@@ -388,11 +420,31 @@ def spec_for(inputs: CellInputs, base_ref: str, graph: dict[str, set[str]], loca
     family_files = (("bin/llama-server", LLAMA_SERVER),) if inputs.llama_server else ()
     vendor = bool(inputs.gpu and inputs.vendor_base)
     python = inputs.python if inputs.gpu else "/usr/bin/python3"
-    lbls = dockerfile_mod.labels(inputs.cell_id, inputs.key, inputs.runner, family, pins,
-                                 base=inputs.vendor_base or inputs.base, python=inputs.python, uv=uv_version,
-                                 harness=inputs.harness, suite=inputs.suite)
-    spec = dockerfile_mod.ImageSpec(inputs.cell_id, inputs.key, inputs.runner, family, base_ref, python,
-                                    inputs.gpu, tuple(layers), lbls, vendor, family_files)
+    lbls = dockerfile_mod.labels(
+        inputs.cell_id,
+        inputs.key,
+        inputs.runner,
+        family,
+        pins,
+        base=inputs.vendor_base or inputs.base,
+        python=inputs.python,
+        uv=uv_version,
+        harness=inputs.harness,
+        suite=inputs.suite,
+    )
+    spec = dockerfile_mod.ImageSpec(
+        inputs.cell_id,
+        inputs.key,
+        inputs.runner,
+        family,
+        base_ref,
+        python,
+        inputs.gpu,
+        tuple(layers),
+        lbls,
+        vendor,
+        family_files,
+    )
     return spec, wheels
 
 
@@ -418,6 +470,7 @@ def fill_context(ctx: Path, text: str, wheels: dict[str, list[Path]], llama_serv
 
 
 # --------------------------------------------------------------------------- build
+
 
 @dataclass
 class Built:
@@ -453,8 +506,21 @@ def build(ctx: Path, tag: str, *, ca: str | None, config=None, timeout: float = 
         if not ca:
             ca_file.write_text("")
         os.chmod(index_file, 0o600)
-        cmd = [cli, "build", "--progress", "plain", "--network", "host", "--secret", f"id=index,src={index_file}",
-               "--secret", f"id=ca,src={ca_file}", "-t", tag, str(ctx)]
+        cmd = [
+            cli,
+            "build",
+            "--progress",
+            "plain",
+            "--network",
+            "host",
+            "--secret",
+            f"id=index,src={index_file}",
+            "--secret",
+            f"id=ca,src={ca_file}",
+            "-t",
+            tag,
+            str(ctx),
+        ]
         env = dict(os.environ, DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
@@ -491,16 +557,21 @@ def ensure_cell_image(inputs: CellInputs, *, ca: str | None = None, force: bool 
 def render_cell(inputs: CellInputs, c=None) -> tuple[str, dict[str, list[Path]]]:
     """A cell's Dockerfile text and the wheels of its layers (the base is made when ``c`` is given)."""
     base = inputs.vendor_base if inputs.gpu and inputs.vendor_base else inputs.base
-    base_ref = ensure_base(c, base) if c is not None else (base_name(base_inputs(base.split(":", 1)[1]))
-                                                              if base.startswith("debootstrap:") else base)
+    base_ref = (
+        ensure_base(c, base)
+        if c is not None
+        else (base_name(base_inputs(base.split(":", 1)[1])) if base.startswith("debootstrap:") else base)
+    )
     pins = dict(inputs.pins)
-    graph = dependency_graph(pins, python=inputs.python, overrides=inputs.overrides,
-                             find_links=[Path(d) for _, d in inputs.built])
+    graph = dependency_graph(
+        pins, python=inputs.python, overrides=inputs.overrides, find_links=[Path(d) for _, d in inputs.built]
+    )
     spec, wheels = spec_for(inputs, base_ref, graph, local_wheels(pins), uv_version())
     return dockerfile_mod.render(spec), wheels
 
 
 # --------------------------------------------------------------------------- run
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -531,8 +602,9 @@ def container_job(job: dict) -> tuple[dict, dict[str, dict]]:
     return out, volumes
 
 
-def run_probe(tag: str, job: dict, env: dict[str, str], *, gpu: bool = False, limits: Limits = Limits(),
-              c=None) -> tuple[dict | None, str]:
+def run_probe(
+    tag: str, job: dict, env: dict[str, str], *, gpu: bool = False, limits: Limits = Limits(), c=None
+) -> tuple[dict | None, str]:
     """Run the probe in a container of ``tag``; (result, log) as :func:`matrix.cell.run.run_probe`
     gives them. The container has no network and is removed whatever happens."""
     import docker
@@ -548,11 +620,20 @@ def run_probe(tag: str, job: dict, env: dict[str, str], *, gpu: bool = False, li
         if gpu:
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
         container = c.containers.create(
-            tag, [IN_IMAGE_PYTHON, "-I", "/opt/llmcompat/probe/probe.py", f"{IO_DIR}/job.json", f"{IO_DIR}/result.json"],
-            entrypoint=[], environment={"PATH": CONTAINER_PATH, "HOME": "/tmp", **env, "HF_HOME": "/tmp/hf"},
-            network_mode="none", mem_limit=limits.memory, memswap_limit=limits.memory, pids_limit=limits.pids,
-            user=f"{os.getuid()}:{os.getgid()}", volumes=volumes, working_dir=IO_DIR,
-            labels={"io.llmcompat.probe": "1"}, **kwargs)
+            tag,
+            [IN_IMAGE_PYTHON, "-I", "/opt/llmcompat/probe/probe.py", f"{IO_DIR}/job.json", f"{IO_DIR}/result.json"],
+            entrypoint=[],
+            environment={"PATH": CONTAINER_PATH, "HOME": "/tmp", **env, "HF_HOME": "/tmp/hf"},
+            network_mode="none",
+            mem_limit=limits.memory,
+            memswap_limit=limits.memory,
+            pids_limit=limits.pids,
+            user=f"{os.getuid()}:{os.getgid()}",
+            volumes=volumes,
+            working_dir=IO_DIR,
+            labels={"io.llmcompat.probe": "1"},
+            **kwargs,
+        )
         try:
             container.start()
             try:
@@ -580,6 +661,7 @@ def _logs(container) -> str:
 
 
 # --------------------------------------------------------------------------- inspection
+
 
 def layer_blobs(tag: str, c=None):
     """Every layer of ``tag`` as a ``tarfile.TarFile`` (``docker save`` → tar → each layer tar),

@@ -67,8 +67,21 @@ EXPORTERS = {
     "onnxruntime-genai": Exporter(
         engine="onnxruntime-genai",
         requirements=("onnxruntime-genai=={version}", "onnx", "onnx-ir", "torch", "transformers=={transformers}"),
-        command=("{python}", "-m", "onnxruntime_genai.models.builder", "-i", "{src}", "-o", "{out}",
-                 "-p", "fp32", "-e", "cpu", "-c", "{cache}"),
+        command=(
+            "{python}",
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            "{src}",
+            "-o",
+            "{out}",
+            "-p",
+            "fp32",
+            "-e",
+            "cpu",
+            "-c",
+            "{cache}",
+        ),
         expect=("genai_config.json", "model.onnx"),
     ),
     "openvino-genai": Exporter(
@@ -76,10 +89,27 @@ EXPORTERS = {
         # openvino itself pinned to the genai release: openvino-genai 2026.4.0.0 accepts openvino
         # 2026.4.1, whose runtime refuses openvino-tokenizers 2026.4.0's ops ("Couldn't create
         # operation: SpecialTokensSplit"), and optimum then exports no tokenizer IR without a word
-        requirements=("optimum-intel[openvino]", "openvino-genai=={version}", "openvino=={release}",
-                      "openvino-tokenizers=={version}", "torch"),
-        command=("{python}", "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model", "{src}",
-                 "--task", "text-generation-with-past", "--weight-format", "fp32", "{out}"),
+        requirements=(
+            "optimum-intel[openvino]",
+            "openvino-genai=={version}",
+            "openvino=={release}",
+            "openvino-tokenizers=={version}",
+            "torch",
+        ),
+        command=(
+            "{python}",
+            "-m",
+            "optimum.commands.optimum_cli",
+            "export",
+            "openvino",
+            "--model",
+            "{src}",
+            "--task",
+            "text-generation-with-past",
+            "--weight-format",
+            "fp32",
+            "{out}",
+        ),
         drop=("torchvision",),
         expect=("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml"),
     ),
@@ -109,6 +139,7 @@ def exports_root() -> Path:
 
 # --------------------------------------------------------------------------- pure helpers
 
+
 def exporter(engine: str) -> Exporter:
     try:
         return EXPORTERS[engine]
@@ -118,8 +149,14 @@ def exporter(engine: str) -> Exporter:
 
 def export_key(engine: str, model_hash: str, pins: Mapping[str, str], python: str, command: tuple[str, ...]) -> str:
     """sha256 of everything that decides an export's bytes."""
-    doc = {"format": FORMAT, "engine": engine, "model_hash": model_hash, "pins": dict(sorted(pins.items())),
-           "python": python, "command": list(command)}
+    doc = {
+        "format": FORMAT,
+        "engine": engine,
+        "model_hash": model_hash,
+        "pins": dict(sorted(pins.items())),
+        "python": python,
+        "command": list(command),
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -140,8 +177,10 @@ def drop_pins(pins: tuple[tuple[str, str], ...], drop: tuple[str, ...]) -> tuple
 
 # --------------------------------------------------------------------------- shells
 
-def exporter_env(engine: str, version: str | None = None, *, python: str = "3.11",
-                 reference: Mapping[str, str] | None = None):
+
+def exporter_env(
+    engine: str, version: str | None = None, *, python: str = "3.11", reference: Mapping[str, str] | None = None
+):
     """The exporter's environment (:class:`matrix.env.uv.Environment`), made once per lock."""
     from matrix.env import uv as envs
 
@@ -177,9 +216,15 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
         env.pop(name, None)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
-               TQDM_DISABLE="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        TOKENIZERS_PARALLELISM="false",
+        TRANSFORMERS_VERBOSITY="error",
+        TQDM_DISABLE="1",
+    )
     return env
 
 
@@ -196,16 +241,26 @@ def _run_export(ex: Exporter, python_bin: Path, model_dir: Path, out: Path, time
         except subprocess.TimeoutExpired:
             raise ExportError(f"{ex.engine} export timed out after {timeout:.0f}s: {' '.join(cmd)}") from None
         if proc.returncode != 0:
-            raise ExportError(f"{ex.engine} export exited {proc.returncode}: {' '.join(cmd)}\n"
-                              f"{(proc.stdout + proc.stderr)[-4000:]}")
+            raise ExportError(
+                f"{ex.engine} export exited {proc.returncode}: {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-4000:]}"
+            )
     missing = [name for name in ex.expect if not (out / name).is_file()]
     if missing:
-        raise ExportError(f"{ex.engine} export lacks {', '.join(missing)} (has {sorted(p.name for p in out.iterdir())})")
+        raise ExportError(
+            f"{ex.engine} export lacks {', '.join(missing)} (has {sorted(p.name for p in out.iterdir())})"
+        )
 
 
-def ensure_export(model_dir: Path | str, engine: str, version: str | None = None, *, python: str = "3.11",
-                  reference: Mapping[str, str] | None = None, root: Path | None = None,
-                  timeout: float = EXPORT_TIMEOUT) -> BuiltExport:
+def ensure_export(
+    model_dir: Path | str,
+    engine: str,
+    version: str | None = None,
+    *,
+    python: str = "3.11",
+    reference: Mapping[str, str] | None = None,
+    root: Path | None = None,
+    timeout: float = EXPORT_TIMEOUT,
+) -> BuiltExport:
     """The ``engine`` export of the model in ``model_dir`` for engine ``version``, made once."""
     from matrix import tinymodel
 
@@ -222,14 +277,27 @@ def ensure_export(model_dir: Path | str, engine: str, version: str | None = None
     if (path / tinymodel.MARKER).is_file():
         return BuiltExport(engine, path, key, pins, env_seconds=env_seconds)
     t = time.perf_counter()
-    tinymodel.build_dir(path, lambda out: _run_export(ex, env.python, model_dir, out, timeout),
-                        {"engine": engine, "engine_version": version, "model_hash": mhash, "pins": pins,
-                             "python": env.lock.python, "key": key, "command": list(ex.command)})
+    tinymodel.build_dir(
+        path,
+        lambda out: _run_export(ex, env.python, model_dir, out, timeout),
+        {
+            "engine": engine,
+            "engine_version": version,
+            "model_hash": mhash,
+            "pins": pins,
+            "python": env.lock.python,
+            "key": key,
+            "command": list(ex.command),
+        },
+    )
     return BuiltExport(engine, path, key, pins, created=True, seconds=time.perf_counter() - t, env_seconds=env_seconds)
 
 
 def job_exports(model_dir: Path | str, engines: Mapping[str, str | None], **kwargs) -> dict[str, str]:
     """``job["exports"]`` for a cell: engine name -> export directory, for the engines (name ->
     version) that need one; others are ignored."""
-    return {name: str(ensure_export(model_dir, name, version, **kwargs).path)
-            for name, version in engines.items() if name in EXPORTERS}
+    return {
+        name: str(ensure_export(model_dir, name, version, **kwargs).path)
+        for name, version in engines.items()
+        if name in EXPORTERS
+    }

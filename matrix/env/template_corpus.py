@@ -70,7 +70,7 @@ def read_tar(archive: Path, path: str) -> dict[str, str]:
             if not member.isfile() or not member.name.endswith(SUFFIX):
                 continue
             _, _, inner = member.name.partition("/")
-            if not inner.startswith(want) or "/" in inner[len(want):]:
+            if not inner.startswith(want) or "/" in inner[len(want) :]:
                 continue
             if member.size > MAX_TEMPLATE_BYTES:
                 raise CorpusError(f"{archive.name}: {member.name} is {member.size} bytes, not a chat template")
@@ -106,8 +106,10 @@ def _store(package: str, version: str, path: str, templates: dict[str, str]) -> 
         if not blob.is_file():
             atomic.write_text(blob, text)
         names[name] = sha
-    atomic.write_json(_manifest_path(package, version, path),
-                      {"package": package, "version": version, "path": path, "templates": names})
+    atomic.write_json(
+        _manifest_path(package, version, path),
+        {"package": package, "version": version, "path": path, "templates": names},
+    )
 
 
 def load(package: str, version: str, path: str, *, offline: bool = False) -> Corpus:
@@ -137,6 +139,8 @@ def select(corpus: Corpus, names: tuple[str, ...] | None) -> Corpus:
         return corpus
     missing = [n for n in names if n not in corpus.templates]
     if missing:
-        raise CorpusError(f"{corpus.package}=={corpus.version} has no template {missing[0]!r} under {corpus.path} "
-                          f"(it has {len(corpus.templates)}, e.g. {', '.join(sorted(corpus.templates)[:5])})")
+        raise CorpusError(
+            f"{corpus.package}=={corpus.version} has no template {missing[0]!r} under {corpus.path} "
+            f"(it has {len(corpus.templates)}, e.g. {', '.join(sorted(corpus.templates)[:5])})"
+        )
     return Corpus(corpus.package, corpus.version, corpus.path, {n: corpus.templates[n] for n in names})

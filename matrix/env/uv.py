@@ -123,8 +123,18 @@ def resolve(
         req_file = Path(tmp, "requirements.in")
         req_file.write_text("".join(f"{r}\n" for r in reqs))
         cmd = [
-            uv_bin(), "pip", "compile", str(req_file), "--quiet", "--no-header", "--no-annotate",
-            "--python-version", python, "--python", interpreter(python), *_index_args(),
+            uv_bin(),
+            "pip",
+            "compile",
+            str(req_file),
+            "--quiet",
+            "--no-header",
+            "--no-annotate",
+            "--python-version",
+            python,
+            "--python",
+            interpreter(python),
+            *_index_args(),
             *_find_links(find_links),
         ]
         if overrides:
@@ -182,8 +192,11 @@ class Environment:
 def reference_env(matrix) -> Environment:
     """The reference path's environment (goldens, the template corpus): the matrix's reference
     pins of jinja2, transformers and tokenizers on the default runner, with its pins."""
-    pins = [f"{name}=={version}" for name, version in sorted(matrix.reference.items())
-            if name in ("jinja2", "transformers", "tokenizers")] + ["torch"]  # the runner pins its build
+    pins = [
+        f"{name}=={version}"
+        for name, version in sorted(matrix.reference.items())
+        if name in ("jinja2", "transformers", "tokenizers")
+    ] + ["torch"]  # the runner pins its build
     runner = next(r for r in matrix.runners if r.default)
     lock = resolve(pins, python=runner.python, overrides=list(runner.pins))
     if isinstance(lock, Unresolvable):
@@ -218,15 +231,31 @@ def ensure(lock: Lock, root: Path | None = None, *, built: dict[str, Path] | Non
         env = _uv_env()
         subprocess.run(
             [uv_bin(), "venv", "--quiet", "--relocatable", "--python", interpreter(lock.python), str(tmp)],
-            check=True, capture_output=True, text=True, env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         lock_file = tmp / "llmcompat-lock.txt"
         lock_file.write_text(lock.text)
         proc = subprocess.run(
-            [uv_bin(), "pip", "install", "--quiet", "--no-deps", "--python", str(tmp / "bin" / "python"),
-             *_index_args(), *_find_links(built.values()),
-             *[a for name in sorted(built) for a in ("--only-binary", name)], "-r", str(lock_file)],
-            capture_output=True, text=True, env=env,
+            [
+                uv_bin(),
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--python",
+                str(tmp / "bin" / "python"),
+                *_index_args(),
+                *_find_links(built.values()),
+                *[a for name in sorted(built) for a in ("--only-binary", name)],
+                "-r",
+                str(lock_file),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
         )
         if proc.returncode != 0:
             raise ResolveError(tuple(f"{n}=={v}" for n, v in lock.pins), _strip_ansi(proc.stderr).strip())

@@ -33,7 +33,7 @@ class Cell:
     reasons: tuple[str, ...] = field(default=(), compare=False, hash=False)
 
     @classmethod
-    def make(cls, runner: str, model: str, choices: dict[str, Choice], reasons=()) -> "Cell":
+    def make(cls, runner: str, model: str, choices: dict[str, Choice], reasons=()) -> Cell:
         missing = [a for a in AXES if a not in choices]
         if missing:
             raise ValueError(f"cell lacks axes {missing}")
@@ -56,7 +56,7 @@ class Cell:
         return "/".join(_SAFE.sub("_", p) for p in parts)
 
     @classmethod
-    def parse(cls, cell_id: str) -> "Cell":
+    def parse(cls, cell_id: str) -> Cell:
         """The inverse of :attr:`id`; raises ValueError naming the bad part."""
         parts = cell_id.split("/")
         if len(parts) != 2 + len(AXES):

@@ -225,8 +225,13 @@ def _tiebreaks(tries: int) -> list[Callable[[int, int, int, int], Any]]:
     return (fixed + [seeded(s) for s in range(1, max(tries - len(fixed), 0) + 1)])[: max(tries, 1)]
 
 
-def _horizontal(prob: _Problem, rows: list[list[int | None]], unc: list[set[tuple[int, int]]],
-                k: int, tiebreak: Callable[[int, int, int, int], Any]) -> None:
+def _horizontal(
+    prob: _Problem,
+    rows: list[list[int | None]],
+    unc: list[set[tuple[int, int]]],
+    k: int,
+    tiebreak: Callable[[int, int, int, int], Any],
+) -> None:
     """Give rows a value of factor ``k``, always taking the (row, value) that covers most
     uncovered pairs over the whole array; rows that would cover nothing stay don't-cares."""
     size = prob.sizes[k]
@@ -274,8 +279,9 @@ def _horizontal(prob: _Problem, rows: list[list[int | None]], unc: list[set[tupl
                     gain[i2, b] -= 1
 
 
-def _ipog(prob: _Problem, seeds: list[list[int | None]],
-          tiebreak: Callable[[int, int, int, int], Any]) -> list[list[int]]:
+def _ipog(
+    prob: _Problem, seeds: list[list[int | None]], tiebreak: Callable[[int, int, int, int], Any]
+) -> list[list[int]]:
     n = prob.n
     sizes = prob.sizes
     constrained = prob.allowed is not None

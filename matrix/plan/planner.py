@@ -23,9 +23,9 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from matrix.declare.config import AXES, Component, Matrix, Model, Runner
 from matrix.plan import covering
 from matrix.plan.cells import Cell, Choice
-from matrix.declare.config import AXES, Component, Matrix, Model, Runner
 
 __all__ = ["Target", "coverage_report", "github_matrix", "plan", "targets"]
 
@@ -48,8 +48,9 @@ class Target:
     allowed: Callable[[dict[int, Choice]], bool]
 
     def latest(self, versions: Mapping[tuple[str, str], Sequence[str]]) -> list[list[Choice]]:
-        return [[Choice(c.name, _versions(versions, a, c)[-1]) for c in comps]
-                for a, comps in zip(AXES, self.components)]
+        return [
+            [Choice(c.name, _versions(versions, a, c)[-1]) for c in comps] for a, comps in zip(AXES, self.components)
+        ]
 
     def previous(self, versions: Mapping[tuple[str, str], Sequence[str]]) -> list[list[Choice]] | None:
         """Each component's previous release; an axis where none has one keeps its latest.
@@ -177,7 +178,8 @@ def targets(
                 if not runnable:
                     names = [c.name for c in selected[axis]]
                     raise matrix.error(
-                        f"axes.{axis}", names,
+                        f"axes.{axis}",
+                        names,
                         f"no selected component runs on runner {runner.name!r} "
                         f"(it provides {', '.join(sorted(runner.provides)) or 'nothing'})",
                     )
@@ -195,7 +197,8 @@ def targets(
             out.append(Target(runner, model, tuple(comps), tuple(factors), allowed))
     if not out:
         raise matrix.error(
-            "models", [m.name for m in chosen_models],
+            "models",
+            [m.name for m in chosen_models],
             f"no selected model runs on a selected runner ({', '.join(r.name for r in chosen_runners)})",
         )
     return out
@@ -342,13 +345,15 @@ def coverage_report(
         lacking = covering.uncovered(t.factors, rows, t.allowed)
         total_allowed += len(required)
         total_covered += len(required) - len(lacking)
-        per_target.append({
-            "runner": t.runner.name,
-            "model": t.model.name,
-            "cells": len(cs),
-            "allowed": len(required),
-            "covered": len(required) - len(lacking),
-        })
+        per_target.append(
+            {
+                "runner": t.runner.name,
+                "model": t.model.name,
+                "cells": len(cs),
+                "allowed": len(required),
+                "covered": len(required) - len(lacking),
+            }
+        )
         for pair in sorted(lacking, key=lambda p: (p[0][0], str(p[0][1]), p[1][0], str(p[1][1]))):
             missing.append({"runner": t.runner.name, "model": t.model.name, "pair": _pair_label(pair)})
     return {
@@ -382,10 +387,16 @@ def github_matrix(cells: Sequence[Cell], matrix: Matrix, max_jobs: int = GITHUB_
         if cell.id in ids:
             continue
         ids.add(cell.id)
-        groups[runner.name].append({"cell": cell.id, "runner": runner.name, "runs-on": list(runner.labels),
-                                    "environment": getattr(runner, "environment", "uv")})
+        groups[runner.name].append(
+            {
+                "cell": cell.id,
+                "runner": runner.name,
+                "runs-on": list(runner.labels),
+                "environment": getattr(runner, "environment", "uv"),
+            }
+        )
     out: list[dict] = []
     for jobs in groups.values():
         for start in range(0, len(jobs), max_jobs):
-            out.append({"include": jobs[start:start + max_jobs]})
+            out.append({"include": jobs[start : start + max_jobs]})
     return out

@@ -48,14 +48,22 @@ def bench_in_process(n_cases: int = 500, model_dir: str | None = None, repeats: 
         from matrix import tinymodel
         from matrix.declare import loader
 
-        model_dir = str(tinymodel.ensure(arch="qwen2", parts=("tokenizer",),
-                                         reference=loader.load_default().reference).path)
+        model_dir = str(
+            tinymodel.ensure(arch="qwen2", parts=("tokenizer",), reference=loader.load_default().reference).path
+        )
     base = [c for c in suite_cases() if "template" in c.get("stages", ["template"])]
     cases: list[dict] = []
     while len(cases) < n_cases:
         cases.extend(dict(c, id=f"{c['id']}#{len(cases) + i}") for i, c in enumerate(base))
-    job = {"mode": "check", "model_dir": model_dir, "stages": ["template"], "renderers": ["jinja2"],
-           "template_sources": ["hf"], "cases": cases, "limits": {"render_seconds": 10, "render_chars": 1_000_000}}
+    job = {
+        "mode": "check",
+        "model_dir": model_dir,
+        "stages": ["template"],
+        "renderers": ["jinja2"],
+        "template_sources": ["hf"],
+        "cases": cases,
+        "limits": {"render_seconds": 10, "render_chars": 1_000_000},
+    }
     best, best_wall = 0.0, 0.0
     for _ in range(max(1, repeats)):
         rec = probe.Recorder("check")
@@ -67,8 +75,10 @@ def bench_in_process(n_cases: int = 500, model_dir: str | None = None, repeats: 
         bad = [r for r in rec.records if r["outcome"] not in ("pass",)]
         if bad:
             r = bad[0]
-            raise AssertionError(f"{len(bad)} template checks did not pass, first: {r['case']} {r['check']} "
-                                 f"{r['outcome']}: {r['detail'][:300]}")
+            raise AssertionError(
+                f"{len(bad)} template checks did not pass, first: {r['case']} {r['check']} "
+                f"{r['outcome']}: {r['detail'][:300]}"
+            )
         best = max(best, len(cases) / seconds)
     LAST["wall"] = best_wall
     return best
@@ -80,9 +90,16 @@ def bench_corpus(corpus: dict, cases: list[dict], model_dir: str, repeats: int =
     probe, stage_template = _probe_modules()
     import corpus_render
 
-    job = {"mode": "check", "model_dir": model_dir, "stages": ["template"], "renderers": ["jinja2"],
-           "template_sources": [], "cases": cases, "corpus": corpus,
-           "limits": {"render_seconds": 10, "render_chars": 1_000_000}}
+    job = {
+        "mode": "check",
+        "model_dir": model_dir,
+        "stages": ["template"],
+        "renderers": ["jinja2"],
+        "template_sources": [],
+        "cases": cases,
+        "corpus": corpus,
+        "limits": {"render_seconds": 10, "render_chars": 1_000_000},
+    }
     best, renders = 0.0, 0
     for _ in range(max(1, repeats)):
         rec = probe.Recorder("check")

@@ -46,15 +46,21 @@ def bench_in_process(n: int = 500, model_dir: str | None = None, front_end: str 
     """
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
-    from probe import Recorder
-
     import stage_tokenize
+    from probe import Recorder
 
     model_dir = model_dir or os.environ["LLMCOMPAT_MODEL_DIR"]
     texts = bench_texts(n)
-    cases: list[dict[str, Any]] = [{"id": f"bench-{i}", "stages": ["tokenize"], "expect": {"render": t}} for i, t in enumerate(texts)]
-    job = {"mode": "golden", "model_dir": model_dir, "tokenizers": [front_end], "golden_tokenizer": front_end,
-           "cases": cases}
+    cases: list[dict[str, Any]] = [
+        {"id": f"bench-{i}", "stages": ["tokenize"], "expect": {"render": t}} for i, t in enumerate(texts)
+    ]
+    job = {
+        "mode": "golden",
+        "model_dir": model_dir,
+        "tokenizers": [front_end],
+        "golden_tokenizer": front_end,
+        "cases": cases,
+    }
     golden = Recorder("golden")
     stage_tokenize.run(job, golden, tricky=[])  # untimed: loads the tokenizer, makes the goldens
     for case in cases:
@@ -68,8 +74,9 @@ def bench_in_process(n: int = 500, model_dir: str | None = None, front_end: str 
     if bad:
         raise RuntimeError(f"{len(bad)} checks did not pass, first: {bad[0]}")
     LAST.clear()
-    LAST.update({"texts": n, "cpu_seconds": round(seconds, 4), "wall_seconds": round(wall, 4),
-                 "records": len(check.records)})
+    LAST.update(
+        {"texts": n, "cpu_seconds": round(seconds, 4), "wall_seconds": round(wall, 4), "records": len(check.records)}
+    )
     return n / seconds
 
 

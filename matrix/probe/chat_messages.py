@@ -49,7 +49,9 @@ def prepare_messages(case: dict, alias_reasoning: bool = True) -> tuple[list, st
                 final, block["text"] = block["text"], block["text"] + CONTINUE_TAG
                 break
         else:
-            raise ValueError("continue_final_message is set but we could not find any text to continue in the final message!")
+            raise ValueError(
+                "continue_final_message is set but we could not find any text to continue in the final message!"
+            )
     else:
         messages[-1]["content"] = final + CONTINUE_TAG
     return messages, final
@@ -59,10 +61,12 @@ def cut_continued(rendered: str, final: str) -> str:
     """transformers' cut after the continued final message (the tag marks where it ends)."""
     tag = CONTINUE_TAG
     if final.strip() not in rendered or tag.strip() not in rendered:
-        raise ValueError("continue_final_message is set but the final message does not appear in the chat "
-                         "after applying the chat template!")
+        raise ValueError(
+            "continue_final_message is set but the final message does not appear in the chat "
+            "after applying the chat template!"
+        )
     loc = rendered.rindex(tag.strip())
-    if rendered[loc: loc + len(tag)] == tag:
+    if rendered[loc : loc + len(tag)] == tag:
         return rendered[:loc]
     return rendered[:loc].rstrip()
 

@@ -36,30 +36,54 @@ def _call(name: str, args, call_id: str) -> dict:
 
 
 def _tool(name: str) -> dict:
-    return {"type": "function", "function": {"name": name, "description": "d",
-                                             "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": "d",
+            "parameters": {"type": "object", "properties": {"x": {"type": "string"}}},
+        },
+    }
 
 
 def _calls_case(calls: list[dict]) -> dict:
-    return {"id": "probe", "tools": [_tool(c["function"]["name"]) for c in calls], "add_generation_prompt": True,
-            "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "", "tool_calls": calls},
-                         *({"role": "tool", "tool_call_id": c["id"], "content": f"result{N}"} for c in calls[:1])]}
+    return {
+        "id": "probe",
+        "tools": [_tool(c["function"]["name"]) for c in calls],
+        "add_generation_prompt": True,
+        "messages": [
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "", "tool_calls": calls},
+            *({"role": "tool", "tool_call_id": c["id"], "content": f"result{N}"} for c in calls[:1]),
+        ],
+    }
 
 
 PROBES: dict[str, tuple[dict, tuple[str, ...]]] = {
-    "system_role": ({"messages": [{"role": "system", "content": f"sys{N}"}, {"role": "user", "content": "u"}]},
-                    (f"sys{N}",)),
+    "system_role": (
+        {"messages": [{"role": "system", "content": f"sys{N}"}, {"role": "user", "content": "u"}]},
+        (f"sys{N}",),
+    ),
     "tools": ({"tools": [_tool(f"tool{N}")], "messages": [{"role": "user", "content": "u"}]}, (f"tool{N}",)),
     "tool_calls": (_calls_case([_call(f"call{N}", {f"arg{N}": "v"}, f"id{N}")]), (f"call{N}",)),
     "tool_call_ids": (_calls_case([_call(f"call{N}", {f"arg{N}": "v"}, f"id{N}")]), (f"id{N}",)),
     "object_arguments": (_calls_case([_call(f"call{N}", {f"arg{N}": "v"}, f"id{N}")]), (f"arg{N}",)),
     "string_arguments": (_calls_case([_call(f"call{N}", json.dumps({f"arg{N}": "v"}), f"id{N}")]), (f"arg{N}",)),
-    "parallel_calls": (_calls_case([_call(f"one{N}", {"x": "1"}, "i1"), _call(f"two{N}", {"x": "2"}, "i2")]),
-                       (f"one{N}", f"two{N}")),
+    "parallel_calls": (
+        _calls_case([_call(f"one{N}", {"x": "1"}, "i1"), _call(f"two{N}", {"x": "2"}, "i2")]),
+        (f"one{N}", f"two{N}"),
+    ),
     "tool_results": (_calls_case([_call(f"call{N}", {f"arg{N}": "v"}, f"id{N}")]), (f"result{N}",)),
-    "reasoning": ({"add_generation_prompt": False, "messages": [
-        {"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "reasoning_content": f"think{N}"}]},
-        (f"think{N}",)),
+    "reasoning": (
+        {
+            "add_generation_prompt": False,
+            "messages": [
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a", "reasoning_content": f"think{N}"},
+            ],
+        },
+        (f"think{N}",),
+    ),
 }
 """Capability -> (probe conversation, needles that must all be in its render)."""
 CAPABILITIES = (*PROBES, "generation_prompt")
@@ -80,7 +104,10 @@ def detect(render) -> dict[str, bool]:
         text = _try(render, case)
         caps[name] = text is not None and all(n in text for n in needles)
     user = {"messages": [{"role": "user", "content": "u"}]}
-    on, off = _try(render, dict(user, add_generation_prompt=True)), _try(render, dict(user, add_generation_prompt=False))
+    on, off = (
+        _try(render, dict(user, add_generation_prompt=True)),
+        _try(render, dict(user, add_generation_prompt=False)),
+    )
     caps["generation_prompt"] = on is not None and off is not None and on != off
     return caps
 
@@ -105,8 +132,10 @@ def needs(case: dict) -> list[str]:
             out.append("parallel_calls")
     if any(m.get("role") == "tool" for m in msgs):
         out.append("tool_results")
-    if any(m.get("role") == "assistant" and any(m.get(k) for k in ("reasoning_content", "thinking", "reasoning"))
-           for m in msgs):
+    if any(
+        m.get("role") == "assistant" and any(m.get(k) for k in ("reasoning_content", "thinking", "reasoning"))
+        for m in msgs
+    ):
         out.append("reasoning")
     if "add_generation_prompt" in case:
         out.append("generation_prompt")
@@ -144,8 +173,11 @@ def _renderer(name: str, text: str, special: dict, job: dict):
 
 def _cases(job: dict) -> list[dict]:
     """The suite's template cases, without their tiny-model expectations."""
-    return [{k: v for k, v in c.items() if k not in ("expect", "needles")}
-            for c in job["cases"] if "template" in c.get("stages", ["template"])]
+    return [
+        {k: v for k, v in c.items() if k not in ("expect", "needles")}
+        for c in job["cases"]
+        if "template" in c.get("stages", ["template"])
+    ]
 
 
 def golden(job: dict, rec, special: dict) -> None:
@@ -176,9 +208,17 @@ def check(job: dict, rec, special: dict) -> None:
     corpus, cases = job["corpus"], _cases(job)
     goldens = corpus.get("goldens") or {}
     seconds = float(job.get("limits", {}).get("render_seconds", 5))
-    facts = rec.facts.setdefault("corpus", {"name": corpus.get("name"), "version": corpus.get("version"),
-                                            "reference": corpus.get("reference"), "templates": len(corpus["templates"]),
-                                            "capabilities": {}, "identical": {}})
+    facts = rec.facts.setdefault(
+        "corpus",
+        {
+            "name": corpus.get("name"),
+            "version": corpus.get("version"),
+            "reference": corpus.get("reference"),
+            "templates": len(corpus["templates"]),
+            "capabilities": {},
+            "identical": {},
+        },
+    )
     for renderer in job.get("renderers", ["jinja2"]):
         check_name = f"{CHECK_PREFIX}/{renderer}"
         if renderer not in st.RENDERERS:
@@ -196,15 +236,25 @@ def check(job: dict, rec, special: dict) -> None:
             for case in cases:
                 missing = [c for c in needs(case) if not caps.get(c)]
                 if missing:
-                    skips.append((f"{name}/{case['id']}", f"template {name} cannot express this case: no "
-                                  f"{', '.join(missing)} (detected from the reference's renders)"))
+                    skips.append(
+                        (
+                            f"{name}/{case['id']}",
+                            f"template {name} cannot express this case: no "
+                            f"{', '.join(missing)} (detected from the reference's renders)",
+                        )
+                    )
                 else:
                     todo.append(case)
             try:
                 render = _renderer(renderer, text, special, dict(job, cases=todo))
             except ImportError as exc:
-                rec.add("*", "template", check_name, "skipped",
-                        f"{st.RENDERERS[renderer][0]} is not installed in this cell: {exc}")
+                rec.add(
+                    "*",
+                    "template",
+                    check_name,
+                    "skipped",
+                    f"{st.RENDERERS[renderer][0]} is not installed in this cell: {exc}",
+                )
                 break
             except st.RendererInfra as exc:
                 rec.add(f"{name}/*", "template", check_name, "infra", str(exc), klass="renderer-start")
@@ -214,7 +264,9 @@ def check(job: dict, rec, special: dict) -> None:
             for case in todo:
                 want = gold["renders"].get(case["id"])
                 if want is None:
-                    rec.add(f"{name}/{case['id']}", "template", check_name, "skipped", "no reference render of this case")
+                    rec.add(
+                        f"{name}/{case['id']}", "template", check_name, "skipped", "no reference render of this case"
+                    )
                     continue
                 outcome, detail, klass = _compare(name, renderer, want, _outcome(render, case, seconds))
                 same &= outcome != "fail"

@@ -40,8 +40,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_SAMPLING = {"temperature": 0.0, "top_k": 1, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0,
-                    "seed": 0, "stop_at_eos": False}
+DEFAULT_SAMPLING = {
+    "temperature": 0.0,
+    "top_k": 1,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "repeat_penalty": 1.0,
+    "seed": 0,
+    "stop_at_eos": False,
+}
 TOPK = 5
 ROUND = 5
 """Logprobs are rounded to this many decimals (goldens are committed JSON)."""
@@ -72,9 +79,9 @@ class Generation:
     tokens: list
     topk: list
     text: str | None = None
-    by: str = "ids"               # "ids" | "pieces" | "text" (no logprobs: text only)
+    by: str = "ids"  # "ids" | "pieces" | "text" (no logprobs: text only)
     finish_reason: str | None = None
-    prompt_kind: str = "ids"      # how the prompt was given: ids | text | messages
+    prompt_kind: str = "ids"  # how the prompt was given: ids | text | messages
     extra: dict = field(default_factory=dict)
 
     @property
@@ -144,6 +151,7 @@ class Engine:
 
 # --------------------------------------------------------------------------- transformers
 
+
 class TransformersEngine(Engine):
     """In-process transformers, float32 on CPU; greedy ``generate`` with every parameter pinned."""
 
@@ -152,8 +160,10 @@ class TransformersEngine(Engine):
     def start(self) -> None:
         for mod in ("torch", "transformers"):
             if not have(mod):
-                raise EngineUnavailable(f"{mod} is not installed in this cell (the transformers engine "
-                                        "needs torch: `requires: [torch]` on the component)")
+                raise EngineUnavailable(
+                    f"{mod} is not installed in this cell (the transformers engine "
+                    "needs torch: `requires: [torch]` on the component)"
+                )
         import torch
         import transformers
         from transformers import AutoModelForCausalLM
@@ -182,17 +192,24 @@ class TransformersEngine(Engine):
             self._facts["tokenizer_error"] = str(exc)[:300]
         self.has_output_logits = _vtuple(transformers.__version__) >= (4, 38)
         cuda = torch.backends.cuda.matmul
-        self._facts.update({
-            "torch": torch.__version__, "transformers": transformers.__version__, "device": device,
-            "dtype": str(dtype).replace("torch.", ""), "param_dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
-            "threads": torch.get_num_threads(), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "tf32_matmul": bool(getattr(cuda, "allow_tf32", False)),
-            "attn_implementation": getattr(self.model.config, "_attn_implementation", attn),
-            "topk_from": "raw logits (output_logits)" if self.has_output_logits else "scores (output_scores)",
-        })
-        self.eos_ids = _as_list(getattr(self.model.generation_config, "eos_token_id", None)) \
-            or _as_list(getattr(self.model.config, "eos_token_id", None))
+        self._facts.update(
+            {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "device": device,
+                "dtype": str(dtype).replace("torch.", ""),
+                "param_dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+                "threads": torch.get_num_threads(),
+                "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+                "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                "tf32_matmul": bool(getattr(cuda, "allow_tf32", False)),
+                "attn_implementation": getattr(self.model.config, "_attn_implementation", attn),
+                "topk_from": "raw logits (output_logits)" if self.has_output_logits else "scores (output_scores)",
+            }
+        )
+        self.eos_ids = _as_list(getattr(self.model.generation_config, "eos_token_id", None)) or _as_list(
+            getattr(self.model.config, "eos_token_id", None)
+        )
 
     def generate(self, case: dict) -> Generation:
         torch = self.torch
@@ -205,21 +222,28 @@ class TransformersEngine(Engine):
         pad = getattr(self.model.config, "pad_token_id", None)
         # A fresh config: nothing inherited from the model's generation_config by accident.
         gc = GenerationConfig(
-            max_new_tokens=n, min_new_tokens=0, do_sample=not greedy, num_beams=1,
+            max_new_tokens=n,
+            min_new_tokens=0,
+            do_sample=not greedy,
+            num_beams=1,
             temperature=None if greedy else float(s["temperature"]),
-            top_k=None if greedy else int(s["top_k"]), top_p=None if greedy else float(s["top_p"]),
+            top_k=None if greedy else int(s["top_k"]),
+            top_p=None if greedy else float(s["top_p"]),
             min_p=None if greedy or not s.get("min_p") else float(s["min_p"]),
-            repetition_penalty=float(s["repeat_penalty"]), no_repeat_ngram_size=0,
+            repetition_penalty=float(s["repeat_penalty"]),
+            no_repeat_ngram_size=0,
             eos_token_id=self.eos_ids if s.get("stop_at_eos") else None,
             pad_token_id=pad if pad is not None else (self.eos_ids or [0])[0],
-            use_cache=True, return_dict_in_generate=True, output_scores=True,
+            use_cache=True,
+            return_dict_in_generate=True,
+            output_scores=True,
             output_logits=self.has_output_logits,
         )
         torch.manual_seed(int(s["seed"]))
         inputs = torch.tensor([prompt], dtype=torch.long, device=self.device)
         with torch.no_grad():
             out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=gc)
-        ids = out.sequences[0, len(prompt):].tolist()
+        ids = out.sequences[0, len(prompt) :].tolist()
         steps = out.logits if self.has_output_logits and getattr(out, "logits", None) is not None else out.scores
         topk = []
         for step in steps[: len(ids)]:
@@ -247,6 +271,7 @@ def _as_list(v) -> list:
 
 # --------------------------------------------------------------------------- llama-cpp-python
 
+
 class LlamaCppEngine(Engine):
     """In-process llama-cpp-python on the GGUF, from the golden token ids."""
 
@@ -262,16 +287,32 @@ class LlamaCppEngine(Engine):
 
         threads = int(self.options.get("threads", 2))
         self.n_ctx = int(self.options.get("n_ctx") or self.job.get("_n_ctx") or 2048)
-        self.llm = Llama(model_path=self.gguf_path, logits_all=True, n_ctx=self.n_ctx, n_batch=512,
-                         seed=int(self.options.get("seed", 0)), n_threads=threads, n_threads_batch=threads,
-                         n_gpu_layers=int(self.options.get("n_gpu_layers", 0)), verbose=False)
-        self.eos_ids = sorted({t for t in (self.llm.token_eos(), _safe(lambda: self.llm._model.token_eot()))
-                               if t is not None and t >= 0})
+        self.llm = Llama(
+            model_path=self.gguf_path,
+            logits_all=True,
+            n_ctx=self.n_ctx,
+            n_batch=512,
+            seed=int(self.options.get("seed", 0)),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=int(self.options.get("n_gpu_layers", 0)),
+            verbose=False,
+        )
+        self.eos_ids = sorted(
+            {t for t in (self.llm.token_eos(), _safe(lambda: self.llm._model.token_eot())) if t is not None and t >= 0}
+        )
         info = _safe(lambda: llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip())
-        self._facts.update({"llama_cpp_python": dist_version("llama-cpp-python"), "threads": threads,
-                            "n_ctx": self.n_ctx, "n_gpu_layers": int(self.options.get("n_gpu_layers", 0)),
-                            "system_info": info, "topk_from": "Llama.scores (logits_all=True)",
-                            "eos_ids": self.eos_ids})
+        self._facts.update(
+            {
+                "llama_cpp_python": dist_version("llama-cpp-python"),
+                "threads": threads,
+                "n_ctx": self.n_ctx,
+                "n_gpu_layers": int(self.options.get("n_gpu_layers", 0)),
+                "system_info": info,
+                "topk_from": "Llama.scores (logits_all=True)",
+                "eos_ids": self.eos_ids,
+            }
+        )
 
     def generate(self, case: dict, reset: bool = True) -> Generation:
         import numpy as np
@@ -286,10 +327,21 @@ class LlamaCppEngine(Engine):
             llm.reset()
         llm.set_seed(int(s["seed"]))
         ids: list[int] = []
-        gen = llm.generate(prompt, top_k=int(s["top_k"]), top_p=float(s["top_p"]), min_p=float(s.get("min_p") or 0.0),
-                           typical_p=1.0, temp=float(s["temperature"]), repeat_penalty=float(s["repeat_penalty"]),
-                           frequency_penalty=0.0, presence_penalty=0.0, tfs_z=1.0, mirostat_mode=0,
-                           penalize_nl=False, reset=True)
+        gen = llm.generate(
+            prompt,
+            top_k=int(s["top_k"]),
+            top_p=float(s["top_p"]),
+            min_p=float(s.get("min_p") or 0.0),
+            typical_p=1.0,
+            temp=float(s["temperature"]),
+            repeat_penalty=float(s["repeat_penalty"]),
+            frequency_penalty=0.0,
+            presence_penalty=0.0,
+            tfs_z=1.0,
+            mirostat_mode=0,
+            penalize_nl=False,
+            reset=True,
+        )
         for tok in gen:
             ids.append(int(tok))
             if len(ids) >= n or (s.get("stop_at_eos") and tok in self.eos_ids):
@@ -336,7 +388,7 @@ class ServerEngine(Engine):
     server = True
     package = ""
     api = "completions"
-    prompt = "auto"         # ids | text | auto
+    prompt = "auto"  # ids | text | auto
 
     def __init__(self, job, options=None):
         super().__init__(job, options)
@@ -351,8 +403,14 @@ class ServerEngine(Engine):
 
     def server_env(self) -> dict:
         env = dict(os.environ)
-        env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-                    "TOKENIZERS_PARALLELISM": "false"})
+        env.update(
+            {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        )
         return env
 
     def start(self) -> None:
@@ -360,16 +418,25 @@ class ServerEngine(Engine):
 
         if self.package and not have(self.package):
             raise EngineUnavailable(f"{self.package} is not installed in this cell")
-        self.srv = Server(self.command(), name=self.name, env=self.server_env(),
-                          start_timeout=float(self.timeouts.get("server_start_seconds", 120)),
-                          ready_path=self.options.get("ready_path", "/v1/models"))
+        self.srv = Server(
+            self.command(),
+            name=self.name,
+            env=self.server_env(),
+            start_timeout=float(self.timeouts.get("server_start_seconds", 120)),
+            ready_path=self.options.get("ready_path", "/v1/models"),
+        )
         try:
             self.srv.start()
         except ServerStartError as exc:
             raise EngineInfra(str(exc).split("\n")[0], exc.log_tail) from None
         self.client = OpenAIClient(self.srv.base_url, timeout=float(self.timeouts.get("request_seconds", 120)))
-        self._facts.update({"server_ready_seconds": self.srv.ready_seconds, "api": self.api,
-                            "command": " ".join(self.srv.cmd).replace(self.model_dir, "$MODEL")})
+        self._facts.update(
+            {
+                "server_ready_seconds": self.srv.ready_seconds,
+                "api": self.api,
+                "command": " ".join(self.srv.cmd).replace(self.model_dir, "$MODEL"),
+            }
+        )
         self.model_name = self.options.get("model") or self._first_model()
 
     def _first_model(self) -> str | None:
@@ -382,8 +449,14 @@ class ServerEngine(Engine):
     def body(self, case: dict, prompt_kind: str) -> dict:
         s = sampling_of(case)
         n = int(case.get("max_new_tokens", 16))
-        body: dict[str, Any] = {"max_tokens": n, "temperature": float(s["temperature"]), "top_p": float(s["top_p"]),
-                                "seed": int(s["seed"]), "n": 1, "stream": False}
+        body: dict[str, Any] = {
+            "max_tokens": n,
+            "temperature": float(s["temperature"]),
+            "top_p": float(s["top_p"]),
+            "seed": int(s["seed"]),
+            "n": 1,
+            "stream": False,
+        }
         if self.model_name:
             body["model"] = self.model_name
         if self.api == "chat":
@@ -455,8 +528,10 @@ class ServerEngine(Engine):
             by = "ids"
             tokens = [int(m.group(1)) for m in matches if m is not None]
             tops = [[[int(m.group(1)), v] for t, v in step if (m := _TOKEN_ID.match(str(t)))] for step in tops]
-        tops = [sorted(([t, round(float(v), ROUND)] for t, v in step if v is not None),
-                       key=lambda tv: -tv[1])[: self.k] for step in tops]
+        tops = [
+            sorted(([t, round(float(v), ROUND)] for t, v in step if v is not None), key=lambda tv: -tv[1])[: self.k]
+            for step in tops
+        ]
         return Generation(tokens, tops, text=text, by=by, finish_reason=finish, prompt_kind=prompt_kind)
 
     def _text_only(self, text, finish, prompt_kind) -> Generation:
@@ -480,15 +555,39 @@ class LlamaCppServerEngine(ServerEngine):
 
     def command(self) -> list[str]:
         threads = str(self.options.get("threads", 2))
-        return [sys.executable, "-m", "llama_cpp.server", "--model", self.gguf_path, "--host", "{host}",
-                "--port", "{port}", "--n_ctx", str(self.options.get("n_ctx") or self.job.get("_n_ctx") or 2048),
-                "--n_threads", threads, "--n_threads_batch", threads, "--seed", str(self.options.get("seed", 0)),
-                "--logits_all", "true", "--verbose", "false"]
+        return [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            self.gguf_path,
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--n_ctx",
+            str(self.options.get("n_ctx") or self.job.get("_n_ctx") or 2048),
+            "--n_threads",
+            threads,
+            "--n_threads_batch",
+            threads,
+            "--seed",
+            str(self.options.get("seed", 0)),
+            "--logits_all",
+            "true",
+            "--verbose",
+            "false",
+        ]
 
     def sampling_extras(self, s: dict) -> dict:
-        return {"top_k": int(s["top_k"]), "min_p": float(s.get("min_p") or 0.0),
-                "repeat_penalty": float(s["repeat_penalty"]), "frequency_penalty": 0.0, "presence_penalty": 0.0,
-                "mirostat_mode": 0}
+        return {
+            "top_k": int(s["top_k"]),
+            "min_p": float(s.get("min_p") or 0.0),
+            "repeat_penalty": float(s["repeat_penalty"]),
+            "frequency_penalty": 0.0,
+            "presence_penalty": 0.0,
+            "mirostat_mode": 0,
+        }
 
 
 class LlamaServerEngine(ServerEngine):
@@ -511,9 +610,27 @@ class LlamaServerEngine(ServerEngine):
         exe = self.binary()
         if not exe:
             raise EngineUnavailable("no llama-server binary in this cell (job['llama_server_bin'])")
-        cmd = [exe, "-m", self.gguf_path, "--host", "{host}", "--port", "{port}",
-               "-c", str(n_ctx * parallel), "-np", str(parallel), "-t", threads, "-tb", threads,
-               "--seed", str(self.options.get("seed", 0)), "-ngl", str(self.options.get("n_gpu_layers", 0))]
+        cmd = [
+            exe,
+            "-m",
+            self.gguf_path,
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "-c",
+            str(n_ctx * parallel),
+            "-np",
+            str(parallel),
+            "-t",
+            threads,
+            "-tb",
+            threads,
+            "--seed",
+            str(self.options.get("seed", 0)),
+            "-ngl",
+            str(self.options.get("n_gpu_layers", 0)),
+        ]
         return cmd + [str(a) for a in self.options.get("extra_args", [])]
 
     def start(self) -> None:
@@ -526,9 +643,13 @@ class LlamaServerEngine(ServerEngine):
             raise EngineUnavailable(f"the llama-server binary {exe} does not exist or is not executable")
         if not os.path.isfile(self.gguf_path):
             raise EngineUnavailable(f"the model has no GGUF file ({self.gguf_path})")
-        self.srv = Server(self.command(), name=self.name, env=self.server_env(),
-                          start_timeout=float(self.timeouts.get("server_start_seconds", 120)),
-                          ready_path=self.options.get("ready_path", "/health"))
+        self.srv = Server(
+            self.command(),
+            name=self.name,
+            env=self.server_env(),
+            start_timeout=float(self.timeouts.get("server_start_seconds", 120)),
+            ready_path=self.options.get("ready_path", "/health"),
+        )
         try:
             self.srv.start()
         except ServerStartError as exc:
@@ -536,11 +657,16 @@ class LlamaServerEngine(ServerEngine):
         self.client = OpenAIClient(self.srv.base_url, timeout=float(self.timeouts.get("request_seconds", 120)))
         self.model_name = None
         props = _safe(lambda: self._request("GET", "/props")) or {}
-        self._facts.update({
-            "server_ready_seconds": self.srv.ready_seconds, "api": "native /completion",
-            "command": " ".join(self.srv.cmd).replace(self.model_dir, "$MODEL"),
-            "build": props.get("build_info"), "parallel": int(self.options.get("parallel", 1)),
-            "topk_from": "n_probs (pre-sampling log-probabilities)"})
+        self._facts.update(
+            {
+                "server_ready_seconds": self.srv.ready_seconds,
+                "api": "native /completion",
+                "command": " ".join(self.srv.cmd).replace(self.model_dir, "$MODEL"),
+                "build": props.get("build_info"),
+                "parallel": int(self.options.get("parallel", 1)),
+                "topk_from": "n_probs (pre-sampling log-probabilities)",
+            }
+        )
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         from servers import NotJSON, request_json
@@ -552,12 +678,26 @@ class LlamaServerEngine(ServerEngine):
 
     def body(self, case: dict, prompt_kind: str = "ids") -> dict:
         s = sampling_of(case)
-        body = {"prompt": [int(t) for t in case["prompt_ids"]], "n_predict": int(case.get("max_new_tokens", 16)),
-                "n_probs": self.k, "post_sampling_probs": False, "return_tokens": True, "stream": False,
-                "temperature": float(s["temperature"]), "top_k": int(s["top_k"]), "top_p": float(s["top_p"]),
-                "min_p": float(s.get("min_p") or 0.0), "repeat_penalty": float(s["repeat_penalty"]),
-                "frequency_penalty": 0.0, "presence_penalty": 0.0, "mirostat": 0, "typical_p": 1.0,
-                "seed": int(s["seed"]), "ignore_eos": not s.get("stop_at_eos"), "n_keep": 0}
+        body = {
+            "prompt": [int(t) for t in case["prompt_ids"]],
+            "n_predict": int(case.get("max_new_tokens", 16)),
+            "n_probs": self.k,
+            "post_sampling_probs": False,
+            "return_tokens": True,
+            "stream": False,
+            "temperature": float(s["temperature"]),
+            "top_k": int(s["top_k"]),
+            "top_p": float(s["top_p"]),
+            "min_p": float(s.get("min_p") or 0.0),
+            "repeat_penalty": float(s["repeat_penalty"]),
+            "frequency_penalty": 0.0,
+            "presence_penalty": 0.0,
+            "mirostat": 0,
+            "typical_p": 1.0,
+            "seed": int(s["seed"]),
+            "ignore_eos": not s.get("stop_at_eos"),
+            "n_keep": 0,
+        }
         if "cache_prompt" in self.options:
             body["cache_prompt"] = bool(self.options["cache_prompt"])
         return body
@@ -571,42 +711,55 @@ class LlamaServerEngine(ServerEngine):
         if not isinstance(resp, dict):
             raise ProtocolError(f"/completion answered {str(resp)[:300]}")
         text = resp.get("content")
-        stop = resp.get("stop_type") or ("eos" if resp.get("stopped_eos") else
-                                         "limit" if resp.get("stopped_limit") else None)
+        stop = resp.get("stop_type") or (
+            "eos" if resp.get("stopped_eos") else "limit" if resp.get("stopped_limit") else None
+        )
         finish = {"eos": "stop", "word": "stop", "limit": "length"}.get(stop, stop) if stop is not None else None
         probs = resp.get("completion_probabilities")
         if isinstance(probs, list) and probs and isinstance(probs[0], dict) and "id" in probs[0]:
             prob_ids = [int(p["id"]) for p in probs]
-            ids = [int(t) for t in resp["tokens"]] if isinstance(resp.get("tokens"), list) and resp["tokens"] else prob_ids
+            ids = (
+                [int(t) for t in resp["tokens"]]
+                if isinstance(resp.get("tokens"), list) and resp["tokens"]
+                else prob_ids
+            )
             # The server may leave a token out of completion_probabilities (seen: tokens whose text
             # is not whole UTF-8): align them to ``tokens`` in order; a step without one has no top-k.
             topk, j = [], 0
             for tok in ids:
                 if j < len(probs) and prob_ids[j] == tok:
-                    step = [[int(t["id"]), round(float(t["logprob"]), ROUND)]
-                            for t in (probs[j].get("top_logprobs") or []) if t.get("logprob") is not None]
+                    step = [
+                        [int(t["id"]), round(float(t["logprob"]), ROUND)]
+                        for t in (probs[j].get("top_logprobs") or [])
+                        if t.get("logprob") is not None
+                    ]
                     topk.append(sorted(step, key=lambda tv: (-tv[1], tv[0]))[: self.k])
                     j += 1
                 else:
                     topk.append([])
             if j != len(probs):
-                raise ProtocolError(f"completion_probabilities ids {prob_ids[:8]} are not a subsequence of "
-                                    f"the generated tokens {ids[:8]}")
+                raise ProtocolError(
+                    f"completion_probabilities ids {prob_ids[:8]} are not a subsequence of "
+                    f"the generated tokens {ids[:8]}"
+                )
             if len(prob_ids) != len(ids):
                 missing = self._facts.setdefault("steps_without_probs", 0)
                 self._facts["steps_without_probs"] = missing + len(ids) - len(prob_ids)
             return Generation(ids, topk, text=text, by="ids", finish_reason=finish, prompt_kind="ids")
         if isinstance(resp.get("tokens"), list) and resp["tokens"]:
             self._facts["logprobs"] = "not returned (ids only)"
-            return Generation([int(t) for t in resp["tokens"]], [], text=text, by="ids", finish_reason=finish,
-                              prompt_kind="ids")
+            return Generation(
+                [int(t) for t in resp["tokens"]], [], text=text, by="ids", finish_reason=finish, prompt_kind="ids"
+            )
         if isinstance(probs, list) and probs and isinstance(probs[0], dict) and "probs" in probs[0]:
             # older servers: pieces with post-sampling probabilities
             import math
 
             pieces = [p.get("content", "") for p in probs]
-            topk = [[[t.get("tok_str"), round(math.log(t["prob"]), ROUND)] for t in p.get("probs") or []
-                     if t.get("prob")] for p in probs]
+            topk = [
+                [[t.get("tok_str"), round(math.log(t["prob"]), ROUND)] for t in p.get("probs") or [] if t.get("prob")]
+                for p in probs
+            ]
             self._facts["logprobs"] = "older server: pieces with post-sampling probabilities"
             # such servers give no entry for a token that is not whole UTF-8 on its own: the
             # judge puts those steps back where the reference has such a piece
@@ -614,8 +767,15 @@ class LlamaServerEngine(ServerEngine):
             omitted = predicted - len(probs) if isinstance(predicted, int) and predicted > len(probs) else 0
             if omitted:
                 self._facts["steps_without_probs"] = self._facts.get("steps_without_probs", 0) + omitted
-            return Generation(pieces, [s[: self.k] for s in topk], text=text, by="pieces", finish_reason=finish,
-                              prompt_kind="ids", extra={"omitted_steps": omitted})
+            return Generation(
+                pieces,
+                [s[: self.k] for s in topk],
+                text=text,
+                by="pieces",
+                finish_reason=finish,
+                prompt_kind="ids",
+                extra={"omitted_steps": omitted},
+            )
         return self._text_only(text, finish, "ids")
 
     def generate_many(self, cases: list[dict]) -> list[Generation]:
@@ -630,8 +790,19 @@ class TransformersServeEngine(ServerEngine):
 
     def command(self) -> list[str]:
         exe = shutil.which("transformers", path=os.path.dirname(sys.executable)) or "transformers"
-        return [exe, "serve", "--host", "{host}", "--port", "{port}", "--device", "cpu", "--dtype", "float32",
-                self.model_dir]  # FORCE_MODEL: loaded at start, served under this name
+        return [
+            exe,
+            "serve",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            self.model_dir,
+        ]  # FORCE_MODEL: loaded at start, served under this name
 
     def start(self) -> None:
         if not have("torch"):
@@ -658,6 +829,15 @@ class OpenAIEndpointEngine(ServerEngine):
         self.model_name = self.options.get("model") or self._first_model()
 
 
-ADAPTERS = {cls.name: cls for cls in (TransformersEngine, LlamaCppEngine, LlamaCppServerEngine,
-                                      TransformersServeEngine, OpenAIEndpointEngine, LlamaServerEngine)}
+ADAPTERS = {
+    cls.name: cls
+    for cls in (
+        TransformersEngine,
+        LlamaCppEngine,
+        LlamaCppServerEngine,
+        TransformersServeEngine,
+        OpenAIEndpointEngine,
+        LlamaServerEngine,
+    )
+}
 """The core adapters by name; :mod:`engine_registry` joins them with the others."""

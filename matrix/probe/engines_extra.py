@@ -40,7 +40,7 @@ import os
 import shutil
 import tempfile
 
-from engines import Engine, EngineUnavailable, Generation, ProtocolError, ROUND, _safe, dist_version, have, sampling_of
+from engines import ROUND, Engine, EngineUnavailable, Generation, ProtocolError, _safe, dist_version, have, sampling_of
 
 
 class PromptMismatch(ProtocolError):
@@ -51,8 +51,10 @@ class PromptMismatch(ProtocolError):
 def _first_diff(a: list, b: list) -> str:
     n = min(len(a), len(b))
     i = next((k for k in range(n) if a[k] != b[k]), n)
-    return (f"first divergence at prompt token {i} ({len(a)} golden ids, {len(b)} engine ids): "
-            f"golden {a[max(0, i - 3):i + 4]}, engine {b[max(0, i - 3):i + 4]}")
+    return (
+        f"first divergence at prompt token {i} ({len(a)} golden ids, {len(b)} engine ids): "
+        f"golden {a[max(0, i - 3) : i + 4]}, engine {b[max(0, i - 3) : i + 4]}"
+    )
 
 
 def _topk_from_logits(row, k: int) -> list:
@@ -91,7 +93,8 @@ class ExportEngine(Engine):
         if not path or not os.path.isdir(path):
             raise EngineUnavailable(
                 f"no {self.name} export of the model (job['exports'][{self.export_key or self.name!r}] = {path!r}); "
-                "the host makes it with matrix.model_exports.ensure_export")
+                "the host makes it with matrix.model_exports.ensure_export"
+            )
         return path
 
 
@@ -101,8 +104,15 @@ IDENTITY_TEMPLATE = "{%- for message in messages %}{{ message['content'] }}{%- e
 """The chat template mistralrs is given: the prompt text exactly, nothing added."""
 
 
-_MISTRALRS_ARCH = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama", "mistral": "Mistral", "gemma": "Gemma",
-                   "gemma2": "Gemma2", "phi3": "Phi3"}
+_MISTRALRS_ARCH = {
+    "qwen2": "Qwen2",
+    "qwen3": "Qwen3",
+    "llama": "Llama",
+    "mistral": "Mistral",
+    "gemma": "Gemma",
+    "gemma2": "Gemma2",
+    "phi3": "Phi3",
+}
 """config.json model_type -> ``mistralrs.Architecture`` member (others: the engine detects it)."""
 
 
@@ -133,29 +143,42 @@ class MistralRsEngine(Engine):
         if self.source == "gguf":
             if not os.path.isfile(self.gguf_path):
                 raise EngineUnavailable(f"the model has no GGUF file ({self.gguf_path})")
-            which = Which.GGUF(quantized_model_id=os.path.dirname(self.gguf_path),
-                               quantized_filename=os.path.basename(self.gguf_path), tok_model_id=self.model_dir, **kw)
+            which = Which.GGUF(
+                quantized_model_id=os.path.dirname(self.gguf_path),
+                quantized_filename=os.path.basename(self.gguf_path),
+                tok_model_id=self.model_dir,
+                **kw,
+            )
         else:
             model_type = _config(self.model_dir).get("model_type", "")
             arch_enum = getattr(mistralrs, "Architecture", None)
             arch = getattr(arch_enum, _MISTRALRS_ARCH.get(model_type, ""), None) if arch_enum else None
             which = Which.Plain(model_id=self.model_dir, arch=arch, **kw)
-        runner_kw = {"token_source": "none", "jinja_explicit": template,
-                     "prefix_cache_n": int(self.options.get("prefix_cache_n", 16))}
+        runner_kw = {
+            "token_source": "none",
+            "jinja_explicit": template,
+            "prefix_cache_n": int(self.options.get("prefix_cache_n", 16)),
+        }
         try:
             self.runner = Runner(which=which, no_paged_attn=True, **runner_kw)
         except TypeError:  # older wheels: fewer keywords
             self.runner = Runner(which=which, **runner_kw)
         self.model_id = "default"
-        self._facts.update({
-            "mistralrs": dist_version("mistralrs"), "source": self.source, "threads": threads,
-            "dtype": self.options.get("dtype", "F32"), "arch": str(arch) if arch is not None else "auto",
-            "kv_cache": "f32 (MISTRALRS_CPU_KV_F32=1)" if kv == "f32"
-            else "engine default", "prefix_cache_n": runner_kw["prefix_cache_n"],
-            "prompt": "golden prompt text through an identity chat template (the Python API takes no token "
-                      "ids); the engine's tokenization of it is checked against the golden ids",
-            "topk_from": "chat completion top_logprobs", "seed": "unset (the CPU device cannot be seeded)",
-        })
+        self._facts.update(
+            {
+                "mistralrs": dist_version("mistralrs"),
+                "source": self.source,
+                "threads": threads,
+                "dtype": self.options.get("dtype", "F32"),
+                "arch": str(arch) if arch is not None else "auto",
+                "kv_cache": "f32 (MISTRALRS_CPU_KV_F32=1)" if kv == "f32" else "engine default",
+                "prefix_cache_n": runner_kw["prefix_cache_n"],
+                "prompt": "golden prompt text through an identity chat template (the Python API takes no token "
+                "ids); the engine's tokenization of it is checked against the golden ids",
+                "topk_from": "chat completion top_logprobs",
+                "seed": "unset (the CPU device cannot be seeded)",
+            }
+        )
 
     def _tokenize(self, text: str) -> list[int]:
         try:
@@ -174,44 +197,70 @@ class MistralRsEngine(Engine):
             raise ProtocolError("mistralrs takes text prompts only, and the case has no prompt text")
         engine_ids = self._tokenize(text)
         if engine_ids != prompt:
-            raise PromptMismatch("mistralrs tokenizes the golden prompt text into other ids than the golden: "
-                                 + _first_diff(prompt, engine_ids))
+            raise PromptMismatch(
+                "mistralrs tokenizes the golden prompt text into other ids than the golden: "
+                + _first_diff(prompt, engine_ids)
+            )
         greedy = float(s["temperature"]) == 0.0
         req = ChatCompletionRequest(
-            messages=text, model=self.model_id, max_tokens=n, n_choices=1, logprobs=True, top_logprobs=self.k,
-            temperature=0.0 if greedy else float(s["temperature"]), top_k=1 if greedy else int(s["top_k"]),
-            top_p=1.0 if greedy else float(s["top_p"]), min_p=None if greedy or not s.get("min_p") else float(s["min_p"]),
-            repetition_penalty=float(s["repeat_penalty"]), presence_penalty=0.0, frequency_penalty=0.0,
-            ignore_eos=not s.get("stop_at_eos"))
+            messages=text,
+            model=self.model_id,
+            max_tokens=n,
+            n_choices=1,
+            logprobs=True,
+            top_logprobs=self.k,
+            temperature=0.0 if greedy else float(s["temperature"]),
+            top_k=1 if greedy else int(s["top_k"]),
+            top_p=1.0 if greedy else float(s["top_p"]),
+            min_p=None if greedy or not s.get("min_p") else float(s["min_p"]),
+            repetition_penalty=float(s["repeat_penalty"]),
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
+            ignore_eos=not s.get("stop_at_eos"),
+        )
         resp = self.runner.send_chat_completion_request(req)
         choice = resp.choices[0]
         used = getattr(getattr(resp, "usage", None), "prompt_tokens", None)
         if used is not None and used != len(prompt):
-            raise PromptMismatch(f"mistralrs ran a prompt of {used} tokens, the golden prompt has {len(prompt)} "
-                                 "(the engine added tokens around the prompt text)")
+            raise PromptMismatch(
+                f"mistralrs ran a prompt of {used} tokens, the golden prompt has {len(prompt)} "
+                "(the engine added tokens around the prompt text)"
+            )
         content = (choice.logprobs.content if choice.logprobs is not None else None) or []
         ids, topk, pieces, by = [], [], [], "ids"
         for step in content:
-            tops = sorted(((int(t.token), float(t.logprob), t.bytes) for t in step.top_logprobs),
-                          key=lambda t: (-t[1], t[0]))
+            tops = sorted(
+                ((int(t.token), float(t.logprob), t.bytes) for t in step.top_logprobs), key=lambda t: (-t[1], t[0])
+            )
             pieces.append(step.token)
-            chosen = [t for t in tops if t[1] == step.logprob and t[2] == step.token] \
-                or [t for t in tops if t[1] == step.logprob]
+            chosen = [t for t in tops if t[1] == step.logprob and t[2] == step.token] or [
+                t for t in tops if t[1] == step.logprob
+            ]
             if not chosen:
                 by = "pieces"  # a sampled token outside the top-k: its id is not reported
             ids.append(chosen[0][0] if chosen else None)
             topk.append([[t[0], round(t[1], ROUND)] for t in tops[: self.k]])
         if not content:
-            gen = Generation([], [], text=choice.message.content, by="text", finish_reason=choice.finish_reason,
-                             prompt_kind="text")
+            gen = Generation(
+                [], [], text=choice.message.content, by="text", finish_reason=choice.finish_reason, prompt_kind="text"
+            )
             self._facts["logprobs"] = "not returned (text-only comparison)"
             return gen
         if by == "pieces":
-            topk = [[[t.bytes, round(float(t.logprob), ROUND)] for t in step.top_logprobs][: self.k] for step in content]
-            return Generation(pieces, topk, text=choice.message.content, by="pieces",
-                              finish_reason=choice.finish_reason, prompt_kind="text")
-        gen = Generation(ids, topk, text=choice.message.content, by="ids", finish_reason=choice.finish_reason,
-                         prompt_kind="text")
+            topk = [
+                [[t.bytes, round(float(t.logprob), ROUND)] for t in step.top_logprobs][: self.k] for step in content
+            ]
+            return Generation(
+                pieces,
+                topk,
+                text=choice.message.content,
+                by="pieces",
+                finish_reason=choice.finish_reason,
+                prompt_kind="text",
+            )
+        gen = Generation(
+            ids, topk, text=choice.message.content, by="ids", finish_reason=choice.finish_reason, prompt_kind="text"
+        )
         gen.extra["pieces"] = pieces
         return gen
 
@@ -223,6 +272,7 @@ class MistralRsEngine(Engine):
 
 
 # --------------------------------------------------------------------------- ONNX Runtime GenAI
+
 
 class OnnxRuntimeGenAIEngine(ExportEngine):
     name = "onnxruntime-genai"
@@ -240,8 +290,9 @@ class OnnxRuntimeGenAIEngine(ExportEngine):
         if hasattr(og, "Config"):
             cfg = og.Config(path)
             cfg.clear_providers()  # CPU
-            overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
-                                                                 "inter_op_num_threads": 1}}}}
+            overlay = {
+                "model": {"decoder": {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}}
+            }
             if hasattr(cfg, "overlay"):
                 try:
                     cfg.overlay(json.dumps(overlay))
@@ -258,13 +309,18 @@ class OnnxRuntimeGenAIEngine(ExportEngine):
             gcfg = json.load(f)
         eos = gcfg.get("model", {}).get("eos_token_id")
         self.eos_ids = sorted(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self._facts.update({
-            "onnxruntime_genai": dist_version("onnxruntime-genai"), "onnxruntime": dist_version("onnxruntime"),
-            "provider": "cpu", "threads": threads if overlay else "engine default",
-            "export": os.path.basename(os.path.normpath(path)), "eos_ids": self.eos_ids,
-            "topk_from": "Generator.get_logits() before each step",
-            "stops_at_eos": "always (the API has no ignore_eos)",
-        })
+        self._facts.update(
+            {
+                "onnxruntime_genai": dist_version("onnxruntime-genai"),
+                "onnxruntime": dist_version("onnxruntime"),
+                "provider": "cpu",
+                "threads": threads if overlay else "engine default",
+                "export": os.path.basename(os.path.normpath(path)),
+                "eos_ids": self.eos_ids,
+                "topk_from": "Generator.get_logits() before each step",
+                "stops_at_eos": "always (the API has no ignore_eos)",
+            }
+        )
 
     def generate(self, case: dict) -> Generation:
         og = self.og
@@ -273,11 +329,20 @@ class OnnxRuntimeGenAIEngine(ExportEngine):
         prompt = [int(t) for t in case["prompt_ids"]]
         greedy = float(s["temperature"]) == 0.0
         params = og.GeneratorParams(self.model)
-        opts = {"max_length": len(prompt) + n, "min_length": 0, "num_beams": 1, "do_sample": not greedy,
-                "repetition_penalty": float(s["repeat_penalty"])}
+        opts = {
+            "max_length": len(prompt) + n,
+            "min_length": 0,
+            "num_beams": 1,
+            "do_sample": not greedy,
+            "repetition_penalty": float(s["repeat_penalty"]),
+        }
         if not greedy:
-            opts.update(temperature=float(s["temperature"]), top_k=int(s["top_k"]), top_p=float(s["top_p"]),
-                        random_seed=int(s["seed"]))
+            opts.update(
+                temperature=float(s["temperature"]),
+                top_k=int(s["top_k"]),
+                top_p=float(s["top_p"]),
+                random_seed=int(s["seed"]),
+            )
         params.set_search_options(**opts)
         gen = og.Generator(self.model, params)
         if hasattr(gen, "append_tokens"):
@@ -333,12 +398,17 @@ class OpenVINOGenAIEngine(ExportEngine):
         self.device = self.options.get("device", "CPU")
         self.pipe = openvino_genai.LLMPipeline(path, self.device, **props)
         self.tokenizer = _safe(self.pipe.get_tokenizer)
-        self._facts.update({
-            "openvino_genai": dist_version("openvino-genai"), "openvino": dist_version("openvino"),
-            "openvino_tokenizers": dist_version("openvino-tokenizers"), "device": self.device,
-            "properties": {k: str(v) for k, v in props.items()}, "export": os.path.basename(os.path.normpath(path)),
-            "topk_from": "not exposed (one-sided: engine token in the reference top-k)",
-        })
+        self._facts.update(
+            {
+                "openvino_genai": dist_version("openvino-genai"),
+                "openvino": dist_version("openvino"),
+                "openvino_tokenizers": dist_version("openvino-tokenizers"),
+                "device": self.device,
+                "properties": {k: str(v) for k, v in props.items()},
+                "export": os.path.basename(os.path.normpath(path)),
+                "topk_from": "not exposed (one-sided: engine token in the reference top-k)",
+            }
+        )
 
     def generate(self, case: dict) -> Generation:
         import numpy as np
@@ -383,5 +453,11 @@ ADAPTERS = {cls.name: cls for cls in (MistralRsEngine, OnnxRuntimeGenAIEngine, O
 EXPORT_ENGINES = {"onnxruntime-genai": "onnxruntime-genai", "openvino-genai": "openvino-genai"}
 """Engines that need a host-made export: engine name -> key in ``job["exports"]``."""
 
-__all__ = ["ADAPTERS", "EXPORT_ENGINES", "MistralRsEngine", "OnnxRuntimeGenAIEngine", "OpenVINOGenAIEngine",
-           "PromptMismatch"]
+__all__ = [
+    "ADAPTERS",
+    "EXPORT_ENGINES",
+    "MistralRsEngine",
+    "OnnxRuntimeGenAIEngine",
+    "OpenVINOGenAIEngine",
+    "PromptMismatch",
+]

@@ -54,8 +54,18 @@ import subprocess
 import sys
 import tempfile
 
-from engines import (ROUND, EngineInfra, EngineUnavailable, Generation, ProtocolError, ServerEngine, _safe,
-                     dist_version, have, sampling_of)
+from engines import (
+    ROUND,
+    EngineInfra,
+    EngineUnavailable,
+    Generation,
+    ProtocolError,
+    ServerEngine,
+    _safe,
+    dist_version,
+    have,
+    sampling_of,
+)
 
 SERVED_NAME = "llmcompat-tiny"
 """The name the model is served under (vLLM ``--served-model-name``, SGLang, Ollama ``create``)."""
@@ -81,16 +91,24 @@ def _gpu_names() -> list[str]:
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
-    out = _safe(lambda: subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                                       capture_output=True, text=True, timeout=30).stdout)
+    out = _safe(
+        lambda: (
+            subprocess.run(
+                [smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+        )
+    )
     return [line.strip() for line in (out or "").splitlines() if line.strip()]
 
 
 class _GPUServerEngine(ServerEngine):
     """A Python-module server that needs an NVIDIA GPU."""
 
-    module = ""        # the server's entry module: present in the cell, else unavailable
-    dist = ""          # its distribution, for the version fact
+    module = ""  # the server's entry module: present in the cell, else unavailable
+    dist = ""  # its distribution, for the version fact
     ready = "/health"
 
     def n_ctx(self) -> int:
@@ -120,21 +138,34 @@ class _GPUServerEngine(ServerEngine):
         from servers import OpenAIClient, Server, ServerStartError
 
         self.check_available()
-        self.srv = Server(self.command(), name=self.name, env=self.server_env(),
-                          start_timeout=float(self.options.get("start_seconds") or max(
-                              GPU_START_SECONDS, float(self.timeouts.get("server_start_seconds", 120)))),
-                          ready_path=self.options.get("ready_path", self.ready))
+        self.srv = Server(
+            self.command(),
+            name=self.name,
+            env=self.server_env(),
+            start_timeout=float(
+                self.options.get("start_seconds")
+                or max(GPU_START_SECONDS, float(self.timeouts.get("server_start_seconds", 120)))
+            ),
+            ready_path=self.options.get("ready_path", self.ready),
+        )
         try:
             self.srv.start()
         except ServerStartError as exc:
             raise EngineInfra(str(exc).split("\n")[0], exc.log_tail) from None
         self.client = OpenAIClient(self.srv.base_url, timeout=float(self.timeouts.get("request_seconds", 120)))
         self.model_name = self.options.get("model") or self._first_model() or SERVED_NAME
-        self._facts.update({
-            "server_ready_seconds": self.srv.ready_seconds, "api": self.api,
-            "command": " ".join(self.srv.cmd).replace(self.model_dir, "$MODEL"),
-            self.dist.replace("-", "_"): dist_version(self.dist), "torch": dist_version("torch"),
-            "dtype": self.dtype(), "seed": self.seed(), "gpu": _gpu_names()})
+        self._facts.update(
+            {
+                "server_ready_seconds": self.srv.ready_seconds,
+                "api": self.api,
+                "command": " ".join(self.srv.cmd).replace(self.model_dir, "$MODEL"),
+                self.dist.replace("-", "_"): dist_version(self.dist),
+                "torch": dist_version("torch"),
+                "dtype": self.dtype(),
+                "seed": self.seed(),
+                "gpu": _gpu_names(),
+            }
+        )
 
     def _request(self, method: str, path: str, body: dict | None = None):
         from servers import NotJSON, request_json
@@ -147,6 +178,7 @@ class _GPUServerEngine(ServerEngine):
 
 # --------------------------------------------------------------------------- vLLM
 
+
 class VllmEngine(_GPUServerEngine):
     name = "vllm"
     package = "vllm"
@@ -157,12 +189,37 @@ class VllmEngine(_GPUServerEngine):
 
     def command(self) -> list[str]:
         k = self.k
-        cmd = [sys.executable, "-m", self.module, "--model", self.model_dir, "--host", "{host}", "--port", "{port}",
-               "--served-model-name", SERVED_NAME, "--dtype", self.dtype(), "--seed", str(self.seed()),
-               "--enforce-eager", "--generation-config", "vllm", "--max-model-len", str(self.n_ctx()),
-               "--max-logprobs", str(max(20, k)), "--return-tokens-as-token-ids",
-               "--gpu-memory-utilization", str(self.options.get("gpu_memory_utilization", 0.3)),
-               "--tensor-parallel-size", "1", "--max-num-seqs", str(self.options.get("max_num_seqs", 16))]
+        cmd = [
+            sys.executable,
+            "-m",
+            self.module,
+            "--model",
+            self.model_dir,
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--served-model-name",
+            SERVED_NAME,
+            "--dtype",
+            self.dtype(),
+            "--seed",
+            str(self.seed()),
+            "--enforce-eager",
+            "--generation-config",
+            "vllm",
+            "--max-model-len",
+            str(self.n_ctx()),
+            "--max-logprobs",
+            str(max(20, k)),
+            "--return-tokens-as-token-ids",
+            "--gpu-memory-utilization",
+            str(self.options.get("gpu_memory_utilization", 0.3)),
+            "--tensor-parallel-size",
+            "1",
+            "--max-num-seqs",
+            str(self.options.get("max_num_seqs", 16)),
+        ]
         mode = self.options.get("logprobs_mode", "raw_logprobs")
         if mode:
             cmd += ["--logprobs-mode", str(mode)]
@@ -170,22 +227,37 @@ class VllmEngine(_GPUServerEngine):
 
     def sampling_extras(self, s: dict) -> dict:
         greedy = float(s["temperature"]) == 0.0
-        return {"top_k": 1 if greedy else int(s["top_k"]), "min_p": float(s.get("min_p") or 0.0),
-                "repetition_penalty": float(s["repeat_penalty"]), "presence_penalty": 0.0,
-                "frequency_penalty": 0.0, "ignore_eos": not s.get("stop_at_eos"), "min_tokens": 0,
-                "skip_special_tokens": False, "spaces_between_special_tokens": False,
-                "return_tokens_as_token_ids": True, "echo": False}
+        return {
+            "top_k": 1 if greedy else int(s["top_k"]),
+            "min_p": float(s.get("min_p") or 0.0),
+            "repetition_penalty": float(s["repeat_penalty"]),
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "ignore_eos": not s.get("stop_at_eos"),
+            "min_tokens": 0,
+            "skip_special_tokens": False,
+            "spaces_between_special_tokens": False,
+            "return_tokens_as_token_ids": True,
+            "echo": False,
+        }
 
     def start(self) -> None:
         super().start()
         version = _safe(lambda: self._request("GET", "/version")) or {}
-        self._facts.update({
-            "server_version": version.get("version"), "enforce_eager": True, "generation_config": "vllm",
-            "logprobs_mode": self.options.get("logprobs_mode", "raw_logprobs"),
-            "topk_from": "completions logprobs (token_id:N)", "prompt_kind": "ids"})
+        self._facts.update(
+            {
+                "server_version": version.get("version"),
+                "enforce_eager": True,
+                "generation_config": "vllm",
+                "logprobs_mode": self.options.get("logprobs_mode", "raw_logprobs"),
+                "topk_from": "completions logprobs (token_id:N)",
+                "prompt_kind": "ids",
+            }
+        )
 
 
 # --------------------------------------------------------------------------- SGLang
+
 
 class SGLangEngine(_GPUServerEngine):
     name = "sglang"
@@ -195,13 +267,34 @@ class SGLangEngine(_GPUServerEngine):
     api = "native"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", self.module, "--model-path", self.model_dir, "--host", "{host}",
-               "--port", "{port}", "--served-model-name", SERVED_NAME, "--dtype", self.dtype(),
-               "--random-seed", str(self.seed()), "--context-length", str(self.n_ctx()),
-               "--mem-fraction-static", str(self.options.get("gpu_memory_utilization", 0.3)),
-               "--tp-size", "1", "--disable-cuda-graph",
-               "--attention-backend", str(self.options.get("attention_backend", "torch_native")),
-               "--sampling-backend", str(self.options.get("sampling_backend", "pytorch"))]
+        cmd = [
+            sys.executable,
+            "-m",
+            self.module,
+            "--model-path",
+            self.model_dir,
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--served-model-name",
+            SERVED_NAME,
+            "--dtype",
+            self.dtype(),
+            "--random-seed",
+            str(self.seed()),
+            "--context-length",
+            str(self.n_ctx()),
+            "--mem-fraction-static",
+            str(self.options.get("gpu_memory_utilization", 0.3)),
+            "--tp-size",
+            "1",
+            "--disable-cuda-graph",
+            "--attention-backend",
+            str(self.options.get("attention_backend", "torch_native")),
+            "--sampling-backend",
+            str(self.options.get("sampling_backend", "pytorch")),
+        ]
         if not self.options.get("radix_cache", False):
             cmd.append("--disable-radix-cache")
         if self.options.get("deterministic_inference"):
@@ -211,27 +304,47 @@ class SGLangEngine(_GPUServerEngine):
     def body(self, case: dict, prompt_kind: str = "ids") -> dict:
         s = sampling_of(case)
         greedy = float(s["temperature"]) == 0.0
-        params = {"max_new_tokens": int(case.get("max_new_tokens", 16)), "temperature": float(s["temperature"]),
-                  "top_p": float(s["top_p"]), "top_k": 1 if greedy else int(s["top_k"]),
-                  "min_p": float(s.get("min_p") or 0.0), "repetition_penalty": float(s["repeat_penalty"]),
-                  "frequency_penalty": 0.0, "presence_penalty": 0.0, "ignore_eos": not s.get("stop_at_eos"),
-                  "skip_special_tokens": False, "spaces_between_special_tokens": False, "no_stop_trim": True}
+        params = {
+            "max_new_tokens": int(case.get("max_new_tokens", 16)),
+            "temperature": float(s["temperature"]),
+            "top_p": float(s["top_p"]),
+            "top_k": 1 if greedy else int(s["top_k"]),
+            "min_p": float(s.get("min_p") or 0.0),
+            "repetition_penalty": float(s["repeat_penalty"]),
+            "frequency_penalty": 0.0,
+            "presence_penalty": 0.0,
+            "ignore_eos": not s.get("stop_at_eos"),
+            "skip_special_tokens": False,
+            "spaces_between_special_tokens": False,
+            "no_stop_trim": True,
+        }
         if not greedy:
             params["sampling_seed"] = int(s["seed"])  # per-request seed (SGLang 0.5)
-        return {"input_ids": [int(t) for t in case["prompt_ids"]], "sampling_params": params,
-                "return_logprob": True, "top_logprobs_num": self.k, "logprob_start_len": -1,
-                "return_text_in_logprobs": False, "stream": False}
+        return {
+            "input_ids": [int(t) for t in case["prompt_ids"]],
+            "sampling_params": params,
+            "return_logprob": True,
+            "top_logprobs_num": self.k,
+            "logprob_start_len": -1,
+            "return_text_in_logprobs": False,
+            "stream": False,
+        }
 
     def start(self) -> None:
         super().start()
         info = _safe(lambda: self._request("GET", "/get_model_info")) or {}
         version = _safe(lambda: self._request("GET", "/version")) or {}
-        self._facts.update({
-            "server_version": version.get("version"), "model_info": {k: info.get(k) for k in ("model_path", "is_generation")
-                                                                     if k in info},
-            "attention_backend": self.options.get("attention_backend", "torch_native"),
-            "radix_cache": bool(self.options.get("radix_cache", False)), "api": "native /generate",
-            "topk_from": "meta_info.output_top_logprobs", "prompt_kind": "ids"})
+        self._facts.update(
+            {
+                "server_version": version.get("version"),
+                "model_info": {k: info.get(k) for k in ("model_path", "is_generation") if k in info},
+                "attention_backend": self.options.get("attention_backend", "torch_native"),
+                "radix_cache": bool(self.options.get("radix_cache", False)),
+                "api": "native /generate",
+                "topk_from": "meta_info.output_top_logprobs",
+                "prompt_kind": "ids",
+            }
+        )
 
     def generate(self, case: dict) -> Generation:
         resp = self._request("POST", "/generate", self.body(case))
@@ -250,7 +363,9 @@ class SGLangEngine(_GPUServerEngine):
         fr = meta.get("finish_reason")
         finish = fr.get("type") if isinstance(fr, dict) else fr
         if n_prompt is not None and meta.get("prompt_tokens") not in (None, n_prompt):
-            raise ProtocolError(f"sglang ran a prompt of {meta['prompt_tokens']} tokens, the golden prompt has {n_prompt}")
+            raise ProtocolError(
+                f"sglang ran a prompt of {meta['prompt_tokens']} tokens, the golden prompt has {n_prompt}"
+            )
         toks = meta.get("output_token_logprobs")
         if isinstance(toks, list) and toks:
             try:
@@ -260,15 +375,17 @@ class SGLangEngine(_GPUServerEngine):
                     pairs = [[int(t[1]), round(float(t[0]), ROUND)] for t in (step or []) if t[0] is not None]
                     tops.append(sorted(pairs, key=lambda tv: (-tv[1], tv[0]))[: self.k])
             except (TypeError, IndexError, ValueError) as exc:
-                raise ProtocolError(f"output_token_logprobs not [logprob, id, text] triples ({exc}): "
-                                    f"{str(toks[:2])[:300]}") from None
+                raise ProtocolError(
+                    f"output_token_logprobs not [logprob, id, text] triples ({exc}): {str(toks[:2])[:300]}"
+                ) from None
             while len(tops) < len(ids):
                 tops.append([])
             return Generation(ids, tops, text=text, by="ids", finish_reason=finish, prompt_kind="ids")
         if isinstance(resp.get("output_ids"), list):
             self._facts["logprobs"] = "not returned (ids only)"
-            return Generation([int(t) for t in resp["output_ids"]], [], text=text, by="ids", finish_reason=finish,
-                              prompt_kind="ids")
+            return Generation(
+                [int(t) for t in resp["output_ids"]], [], text=text, by="ids", finish_reason=finish, prompt_kind="ids"
+            )
         return self._text_only(text, finish, "ids")
 
 
@@ -329,10 +446,17 @@ class OllamaEngine(ServerEngine):
 
     def server_env(self, port: int | None = None) -> dict:
         env = super().server_env()
-        env.update({"OLLAMA_HOST": f"127.0.0.1:{port}" if port else env.get("OLLAMA_HOST", ""),
-                    "OLLAMA_MODELS": os.path.join(self._tmp or "", "models"), "HOME": self._tmp or env.get("HOME", ""),
-                    "OLLAMA_NUM_PARALLEL": str(int(self.options.get("parallel", 1))),
-                    "OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_NOPRUNE": "1", "OLLAMA_NOHISTORY": "1"})
+        env.update(
+            {
+                "OLLAMA_HOST": f"127.0.0.1:{port}" if port else env.get("OLLAMA_HOST", ""),
+                "OLLAMA_MODELS": os.path.join(self._tmp or "", "models"),
+                "HOME": self._tmp or env.get("HOME", ""),
+                "OLLAMA_NUM_PARALLEL": str(int(self.options.get("parallel", 1))),
+                "OLLAMA_KEEP_ALIVE": "-1",
+                "OLLAMA_NOPRUNE": "1",
+                "OLLAMA_NOHISTORY": "1",
+            }
+        )
         if self.options.get("llm_library"):
             env["OLLAMA_LLM_LIBRARY"] = str(self.options["llm_library"])
         return env
@@ -342,8 +466,10 @@ class OllamaEngine(ServerEngine):
 
         self.binary = ollama_binary(self.options, self.job)
         if not self.binary:
-            raise EngineUnavailable("no ollama binary on PATH (nor option bin, job['ollama_bin'] or $OLLAMA_BIN): "
-                                    "Ollama runs only on runners that provide it")
+            raise EngineUnavailable(
+                "no ollama binary on PATH (nor option bin, job['ollama_bin'] or $OLLAMA_BIN): "
+                "Ollama runs only on runners that provide it"
+            )
         if not (os.path.isfile(self.binary) and os.access(self.binary, os.X_OK)):
             raise EngineUnavailable(f"the ollama binary {self.binary} does not exist or is not executable")
         if not os.path.isfile(self.modelfile):
@@ -352,9 +478,14 @@ class OllamaEngine(ServerEngine):
             raise EngineUnavailable(f"the model has no GGUF file ({self.gguf_path})")
         self._tmp = tempfile.mkdtemp(prefix="llmcompat-ollama-")
         port = free_port()
-        self.srv = Server(self.command(), name=self.name, env=self.server_env(port), port=port,
-                          start_timeout=float(self.options.get("start_seconds") or self.timeouts.get("server_start_seconds", 120)),
-                          ready_path=self.options.get("ready_path", "/api/version"))
+        self.srv = Server(
+            self.command(),
+            name=self.name,
+            env=self.server_env(port),
+            port=port,
+            start_timeout=float(self.options.get("start_seconds") or self.timeouts.get("server_start_seconds", 120)),
+            ready_path=self.options.get("ready_path", "/api/version"),
+        )
         try:
             self.srv.start()
         except ServerStartError as exc:
@@ -365,15 +496,25 @@ class OllamaEngine(ServerEngine):
         self.version = (_safe(lambda: self._request("GET", "/api/version")) or {}).get("version")
         self.model_name = self.options.get("model") or SERVED_NAME
         self._create()
-        self._facts.update({
-            "ollama": self.version, "binary": self.binary, "server_ready_seconds": self.srv.ready_seconds,
-            "api": "native /api/generate (raw prompt text)", "prompt_kind": "text",
-            "command": " ".join(self.srv.cmd), "model": self.model_name,
-            "topk_from": ("logprobs.top_logprobs (text pieces)" if _vt(self.version) >= LOGPROBS_SINCE
-                          else f"not available before {'.'.join(map(str, LOGPROBS_SINCE))}: text only"),
-            "compared_by": "pieces with top-k (no ids)" if _vt(self.version) >= LOGPROBS_SINCE
-            else "text only (no logprobs: identical text or fail)",
-        })
+        self._facts.update(
+            {
+                "ollama": self.version,
+                "binary": self.binary,
+                "server_ready_seconds": self.srv.ready_seconds,
+                "api": "native /api/generate (raw prompt text)",
+                "prompt_kind": "text",
+                "command": " ".join(self.srv.cmd),
+                "model": self.model_name,
+                "topk_from": (
+                    "logprobs.top_logprobs (text pieces)"
+                    if _vt(self.version) >= LOGPROBS_SINCE
+                    else f"not available before {'.'.join(map(str, LOGPROBS_SINCE))}: text only"
+                ),
+                "compared_by": "pieces with top-k (no ids)"
+                if _vt(self.version) >= LOGPROBS_SINCE
+                else "text only (no logprobs: identical text or fail)",
+            }
+        )
 
     def _create(self) -> None:
         """``ollama create`` from the project's Modelfile (FROM pointed at the job's GGUF)."""
@@ -384,13 +525,21 @@ class OllamaEngine(ServerEngine):
             f.write(text)
         env = self.server_env(self.srv.port)
         try:
-            out = subprocess.run([self._found_binary(), "create", self.model_name, "-f", path], capture_output=True, text=True,
-                                 env=env, cwd=self._tmp, timeout=float(self.options.get("create_seconds", 300)))
+            out = subprocess.run(
+                [self._found_binary(), "create", self.model_name, "-f", path],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=self._tmp,
+                timeout=float(self.options.get("create_seconds", 300)),
+            )
         except subprocess.TimeoutExpired as exc:
             raise EngineInfra(f"ollama create timed out after {exc.timeout:.0f}s", self.log_tail()) from None
         if out.returncode != 0:
-            raise EngineInfra(f"ollama create exited with {out.returncode}: {(out.stderr or out.stdout).strip()[-500:]}",
-                              self.log_tail())
+            raise EngineInfra(
+                f"ollama create exited with {out.returncode}: {(out.stderr or out.stdout).strip()[-500:]}",
+                self.log_tail(),
+            )
 
     def _request(self, method: str, path: str, body: dict | None = None):
         from servers import NotJSON, request_json
@@ -406,16 +555,31 @@ class OllamaEngine(ServerEngine):
         text = case.get("prompt_text")
         if not text:
             raise ProtocolError("ollama takes text prompts only, and the case has no prompt text")
-        options: dict[str, object] = {"temperature": float(s["temperature"]), "top_k": 1 if greedy else int(s["top_k"]),
-                   "top_p": float(s["top_p"]), "min_p": float(s.get("min_p") or 0.0), "seed": int(s["seed"]),
-                   "num_predict": int(case.get("max_new_tokens", 16)), "repeat_penalty": float(s["repeat_penalty"]),
-                   "presence_penalty": 0.0, "frequency_penalty": 0.0,
-                   "num_ctx": int(self.options.get("n_ctx") or self.job.get("_n_ctx") or 2048),
-                   "num_thread": int(self.options.get("threads", 2))}
+        options: dict[str, object] = {
+            "temperature": float(s["temperature"]),
+            "top_k": 1 if greedy else int(s["top_k"]),
+            "top_p": float(s["top_p"]),
+            "min_p": float(s.get("min_p") or 0.0),
+            "seed": int(s["seed"]),
+            "num_predict": int(case.get("max_new_tokens", 16)),
+            "repeat_penalty": float(s["repeat_penalty"]),
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "num_ctx": int(self.options.get("n_ctx") or self.job.get("_n_ctx") or 2048),
+            "num_thread": int(self.options.get("threads", 2)),
+        }
         if not s.get("stop_at_eos"):
             options["stop"] = []  # the Modelfile's stop strings would end the generation early
-        return {"model": self.model_name, "prompt": text, "raw": True, "stream": False, "options": options,
-                "logprobs": True, "top_logprobs": self.k, "keep_alive": -1}
+        return {
+            "model": self.model_name,
+            "prompt": text,
+            "raw": True,
+            "stream": False,
+            "options": options,
+            "logprobs": True,
+            "top_logprobs": self.k,
+            "keep_alive": -1,
+        }
 
     def generate(self, case: dict) -> Generation:
         resp = self._request("POST", "/api/generate", self.body(case))
@@ -433,8 +597,10 @@ class OllamaEngine(ServerEngine):
         if n_prompt is not None and isinstance(used, int):
             self._facts["prompt_eval_count"] = used
             if used > n_prompt:
-                raise ProtocolError(f"ollama evaluated a prompt of {used} tokens, the golden prompt has {n_prompt} "
-                                    "(the engine added tokens around the raw prompt text)")
+                raise ProtocolError(
+                    f"ollama evaluated a prompt of {used} tokens, the golden prompt has {n_prompt} "
+                    "(the engine added tokens around the raw prompt text)"
+                )
         lps = resp.get("logprobs")
         if not isinstance(lps, list) or not lps:
             return self._text_only(text, finish, "text")
@@ -443,8 +609,11 @@ class OllamaEngine(ServerEngine):
             if not isinstance(step, dict) or "token" not in step:
                 raise ProtocolError(f"a logprobs entry without token: {str(step)[:200]}")
             pieces.append(step["token"])
-            pairs = [[t.get("token"), round(float(t["logprob"]), ROUND)] for t in (step.get("top_logprobs") or [])
-                     if t.get("logprob") is not None]
+            pairs = [
+                [t.get("token"), round(float(t["logprob"]), ROUND)]
+                for t in (step.get("top_logprobs") or [])
+                if t.get("logprob") is not None
+            ]
             tops.append(sorted(pairs, key=lambda tv: -tv[1])[: self.k])
         return Generation(pieces, tops, text=text, by="pieces", finish_reason=finish, prompt_kind="text")
 
@@ -462,5 +631,4 @@ class OllamaEngine(ServerEngine):
 ADAPTERS = {cls.name: cls for cls in (VllmEngine, SGLangEngine, OllamaEngine)}
 """Engine name -> adapter class, for :mod:`engine_registry`."""
 
-__all__ = ["ADAPTERS", "OllamaEngine", "SGLangEngine", "VllmEngine", "gpu_reason", "modelfile_for",
-           "ollama_binary"]
+__all__ = ["ADAPTERS", "OllamaEngine", "SGLangEngine", "VllmEngine", "gpu_reason", "modelfile_for", "ollama_binary"]

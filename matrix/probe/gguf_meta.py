@@ -23,13 +23,32 @@ MAGIC = b"GGUF"
 
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
 TYPE_NAMES = {
-    UINT8: "uint8", INT8: "int8", UINT16: "uint16", INT16: "int16", UINT32: "uint32", INT32: "int32",
-    FLOAT32: "float32", BOOL: "bool", STRING: "string", ARRAY: "array", UINT64: "uint64", INT64: "int64",
+    UINT8: "uint8",
+    INT8: "int8",
+    UINT16: "uint16",
+    INT16: "int16",
+    UINT32: "uint32",
+    INT32: "int32",
+    FLOAT32: "float32",
+    BOOL: "bool",
+    STRING: "string",
+    ARRAY: "array",
+    UINT64: "uint64",
+    INT64: "int64",
     FLOAT64: "float64",
 }
 SCALARS = {
-    UINT8: "B", INT8: "b", UINT16: "H", INT16: "h", UINT32: "I", INT32: "i", FLOAT32: "f", BOOL: "?",
-    UINT64: "Q", INT64: "q", FLOAT64: "d",
+    UINT8: "B",
+    INT8: "b",
+    UINT16: "H",
+    INT16: "h",
+    UINT32: "I",
+    INT32: "i",
+    FLOAT32: "f",
+    BOOL: "?",
+    UINT64: "Q",
+    INT64: "q",
+    FLOAT64: "d",
 }
 
 MAX_KV = 1 << 20
@@ -64,7 +83,7 @@ class GGUFMetadata:
     def named_chat_templates(self) -> dict:
         """``tokenizer.chat_template.<name>`` entries (e.g. ``tool_use``), by name."""
         prefix = "tokenizer.chat_template."
-        return {k[len(prefix):]: v for k, v in self.kv.items() if k.startswith(prefix) and isinstance(v, str)}
+        return {k[len(prefix) :]: v for k, v in self.kv.items() if k.startswith(prefix) and isinstance(v, str)}
 
     def token(self, key: str) -> str | None:
         """The text of a special token named by id, e.g. ``token("tokenizer.ggml.eos_token_id")``."""
@@ -200,8 +219,9 @@ def special_tokens(meta: GGUFMetadata) -> dict:
     return out
 
 
-def write_metadata(path, kv: dict, *, version: int = 3, byteorder: str = "little", tensor_count: int = 0,
-                   types: dict | None = None) -> None:
+def write_metadata(
+    path, kv: dict, *, version: int = 3, byteorder: str = "little", tensor_count: int = 0, types: dict | None = None
+) -> None:
     """Write a metadata-only GGUF (tests and fixtures). Python values map to GGUF types: str
     string, bool bool, int int64 (or ``types[key]``), float float64 (or float32), list array
     of the first element's type; ``types`` names a type per key (``"uint32"``, ``"array[int8]"``)."""

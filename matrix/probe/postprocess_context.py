@@ -49,8 +49,9 @@ def pick_cases(job: dict, max_cases: int) -> list[dict]:
     if wanted is not None:
         sel = [c for c in cases if c["id"] in set(wanted)]
     else:
-        sel = [c for c in cases if STAGE in (c.get("stages") or ())] or \
-              [c for c in cases if "inference" in (c.get("stages") or ())]
+        sel = [c for c in cases if STAGE in (c.get("stages") or ())] or [
+            c for c in cases if "inference" in (c.get("stages") or ())
+        ]
     out = []
     for c in sel:
         e = c.get("expect") or {}

@@ -111,8 +111,9 @@ class TransformersDetok(Detokenizer):
             def on_finalized_text(self, text, stream_end=False):
                 pieces.append(text)
 
-        st = Collect(self.tok, skip_prompt=False, skip_special_tokens=skip_special_tokens,
-                     clean_up_tokenization_spaces=False)
+        st = Collect(
+            self.tok, skip_prompt=False, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
+        )
         for i in ids:
             st.put(_Ids([int(i)]))
         st.end()
@@ -211,15 +212,31 @@ def detok_checks(ctx: Ctx) -> None:
                 diff = incremental_diff(pieces, full)
                 full_text = full.decode("utf-8", errors="replace") if isinstance(full, bytes) else full
                 if not diff and text is not None and full_text != text:
-                    ctx.add(case, check, "pass", f"{len(ids)} ids; incremental equals the full decode, which "
-                            f"itself differs from the text (a tokenize-stage matter): {first_divergence(text, full_text)}",
-                            n_ids=len(ids))
+                    ctx.add(
+                        case,
+                        check,
+                        "pass",
+                        f"{len(ids)} ids; incremental equals the full decode, which "
+                        f"itself differs from the text (a tokenize-stage matter): {first_divergence(text, full_text)}",
+                        n_ids=len(ids),
+                    )
                 elif diff:
-                    ctx.add(case, check, "fail", f"{len(ids)} ids fed one at a time: {diff}", klass="backend-specific",
-                            n_ids=len(ids))
+                    ctx.add(
+                        case,
+                        check,
+                        "fail",
+                        f"{len(ids)} ids fed one at a time: {diff}",
+                        klass="backend-specific",
+                        n_ids=len(ids),
+                    )
                 else:
-                    ctx.add(case, check, "pass", f"{len(ids)} ids, {sum(1 for p in pieces if p)} non-empty pieces",
-                            n_ids=len(ids))
+                    ctx.add(
+                        case,
+                        check,
+                        "pass",
+                        f"{len(ids)} ids, {sum(1 for p in pieces if p)} non-empty pieces",
+                        n_ids=len(ids),
+                    )
             special_check(ctx, d, control, conv)
         finally:
             if hasattr(d, "close"):

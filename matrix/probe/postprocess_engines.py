@@ -18,8 +18,17 @@ import engine_registry
 import engines
 import wire
 from postprocess_context import Ctx, Unavailable, model_specials, pick_cases
-from postprocess_rules import (SPECIAL_TEXT, TEXTS, convention, gbnf_literal, judge_stop, special_expectations,
-                               stop_across, stream_diff, whole_pieces)
+from postprocess_rules import (
+    SPECIAL_TEXT,
+    TEXTS,
+    convention,
+    gbnf_literal,
+    judge_stop,
+    special_expectations,
+    stop_across,
+    stream_diff,
+    whole_pieces,
+)
 from probe import first_divergence
 from servers import HTTPStatusError
 
@@ -29,6 +38,7 @@ FORCED_PROMPT = "<|im_start|>user\nSay it.<|im_end|>\n<|im_start|>assistant\n"
 
 
 # --------------------------------------------------------------------------- answers in one shape
+
 
 def sse_payloads(body: bytes | str) -> list[dict]:
     """The JSON payloads of an SSE body (:func:`wire.parse_sse`) up to OpenAI's ``[DONE]``; a
@@ -49,18 +59,29 @@ def streamed_answer(chunks) -> dict:
     and a plain completion give, so the two compare field by field)."""
     acc = wire.accumulate(chunks)
     calls = [{"name": c["name"] or "", "arguments": c["arguments"]} for c in acc["tool_calls"]] or None
-    return {"text": acc["content"] or "", "finish_reason": acc["finish_reason"], "reasoning": acc["reasoning"],
-            "tool_calls": calls, "chunks": acc["chunks"]}
+    return {
+        "text": acc["content"] or "",
+        "finish_reason": acc["finish_reason"],
+        "reasoning": acc["reasoning"],
+        "tool_calls": calls,
+        "chunks": acc["chunks"],
+    }
 
 
 def chat_message(resp: dict) -> dict:
     """A non-streamed chat completion's choice 0 in :func:`streamed_answer`'s shape."""
     ch = (resp.get("choices") or [{}])[0]
     msg = ch.get("message") or {}
-    calls = [{"name": (c.get("function") or {}).get("name", ""), "arguments": (c.get("function") or {}).get("arguments", "")}
-             for c in msg.get("tool_calls") or []] or None
-    return {"text": msg.get("content") or "", "finish_reason": ch.get("finish_reason"),
-            "reasoning": msg.get("reasoning_content") or None, "tool_calls": calls}
+    calls = [
+        {"name": (c.get("function") or {}).get("name", ""), "arguments": (c.get("function") or {}).get("arguments", "")}
+        for c in msg.get("tool_calls") or []
+    ] or None
+    return {
+        "text": msg.get("content") or "",
+        "finish_reason": ch.get("finish_reason"),
+        "reasoning": msg.get("reasoning_content") or None,
+        "tool_calls": calls,
+    }
 
 
 def stream_request(client, path: str, body: dict) -> list[dict]:
@@ -69,6 +90,7 @@ def stream_request(client, path: str, body: dict) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- the driver
+
 
 def engine_checks(ctx: Ctx) -> None:
     for spec in list(ctx.job.get("engines") or []):
@@ -84,7 +106,9 @@ def engine_checks(ctx: Ctx) -> None:
         except Unavailable as exc:
             ctx.skipped[name] = str(exc)
         finally:
-            ctx.facts.setdefault("engines", {}).setdefault(name, {})["seconds"] = round(time.perf_counter() - started, 3)
+            ctx.facts.setdefault("engines", {}).setdefault(name, {})["seconds"] = round(
+                time.perf_counter() - started, 3
+            )
 
 
 def _adapter(ctx: Ctx, spec):
@@ -102,6 +126,7 @@ def _close(eng) -> None:
 
 
 # --------------------------------------------------------------------------- llama-cpp-python in-process
+
 
 class _Force:
     """A llama-cpp-python logits processor forcing ``target`` ids after ``n_prompt`` tokens."""
@@ -132,8 +157,9 @@ class _Completer:
 
         lp = LogitsProcessorList([_Force(len(prompt), force)]) if force is not None else None
         self.llm.reset()
-        kw = dict(max_tokens=max_tokens, stream=stream, stop=stop or [], logprobs=logprobs, logits_processor=lp,
-                  **GREEDY)
+        kw = dict(
+            max_tokens=max_tokens, stream=stream, stop=stop or [], logprobs=logprobs, logits_processor=lp, **GREEDY
+        )
         if not stream:
             ch = self.llm.create_completion(prompt, **kw)["choices"][0]
             return {"text": ch["text"], "finish_reason": ch["finish_reason"]}
@@ -187,11 +213,19 @@ def _llama_streams(ctx: Ctx, eng: str, run: _Completer, base: list[int]) -> None
                 continue
             diff = stream_diff(plain, streamed)
             if expected is not None and plain["text"] != expected:
-                diff = (diff + "; " if diff else "") + "non-streamed text is not the forced text: " + \
-                    first_divergence(expected, plain["text"])
-            ctx.add(case, check, "fail" if diff else "pass",
-                    diff or f"{len(plain['text'])} chars equal, finish_reason {plain['finish_reason']!r}",
-                    klass="backend-specific" if diff else None, logprobs=lp)
+                diff = (
+                    (diff + "; " if diff else "")
+                    + "non-streamed text is not the forced text: "
+                    + first_divergence(expected, plain["text"])
+                )
+            ctx.add(
+                case,
+                check,
+                "fail" if diff else "pass",
+                diff or f"{len(plain['text'])} chars equal, finish_reason {plain['finish_reason']!r}",
+                klass="backend-specific" if diff else None,
+                logprobs=lp,
+            )
 
 
 def _llama_stop_string(ctx: Ctx, eng: str, run: _Completer, base: list[int], facts: dict) -> None:
@@ -246,13 +280,19 @@ def _llama_special(ctx: Ctx, eng: str, run: _Completer, base: list[int]) -> None
         c = convention(out["text"], kept, skipped)
         ctx.facts.setdefault("special_convention", {})[check] = c
         if c == "neither":
-            ctx.add("_special/mixed", check, "fail", f"{out['text']!r} is neither the text with control tokens "
-                    f"kept {kept!r} nor skipped {skipped!r}", klass="backend-specific")
+            ctx.add(
+                "_special/mixed",
+                check,
+                "fail",
+                f"{out['text']!r} is neither the text with control tokens kept {kept!r} nor skipped {skipped!r}",
+                klass="backend-specific",
+            )
         else:
             ctx.add("_special/mixed", check, "pass", f"control tokens {c}; added tokens <think>/<tool_call> kept")
 
 
 # --------------------------------------------------------------------------- servers
+
 
 class _Server:
     """One started server adapter: request bodies for its API, plain and streamed answers, and
@@ -296,7 +336,9 @@ class _Server:
         try:
             return fn()
         except HTTPStatusError as exc:
-            self.ctx.add(case, check, "fail", f"{exc}{_tail(self.eng)}", klass="protocol" if exc.status < 500 else "crash")
+            self.ctx.add(
+                case, check, "fail", f"{exc}{_tail(self.eng)}", klass="protocol" if exc.status < 500 else "crash"
+            )
         except Exception:  # noqa: BLE001
             self.ctx.add(case, check, "fail", traceback.format_exc(limit=6) + _tail(self.eng), klass="crash")
         return None
@@ -328,11 +370,16 @@ def _server_streams(srv: _Server):
     """1. streamed vs not on the golden prompts and, where a grammar can force it, fixed texts;
     returns the first golden case's plain answer (or None)."""
     ctx = srv.ctx
-    cases = [c for c in pick_cases(ctx.job, int(ctx.conf.get("max_cases", 2)))
-             if (c.get("messages") if srv.api == "chat" else (c.get("expect") or {}).get("render"))]
+    cases = [
+        c
+        for c in pick_cases(ctx.job, int(ctx.conf.get("max_cases", 2)))
+        if (c.get("messages") if srv.api == "chat" else (c.get("expect") or {}).get("render"))
+    ]
     runs = [(c, None) for c in cases]
     if srv.forced:
-        runs += [({"id": f"_forced/{tname}", "expect": {"render": FORCED_PROMPT}}, text) for tname, text in TEXTS.items()]
+        runs += [
+            ({"id": f"_forced/{tname}", "expect": {"render": FORCED_PROMPT}}, text) for tname, text in TEXTS.items()
+        ]
     first_plain = None
     for case, text in runs:
         extra: dict[str, Any] = _grammar(text) if text else {}
@@ -348,20 +395,29 @@ def _server_streams(srv: _Server):
             if first_plain is None and text is None:
                 first_plain = (case, p)
             diff = _forced_diff(stream_diff(p, s), p, text)
-            ctx.add(case["id"], check, "fail" if diff else "pass",
-                    diff or f"{len(p['text'])} chars equal over {s['chunks']} chunks, finish_reason "
-                            f"{p['finish_reason']!r}", klass="backend-specific" if diff else None)
+            ctx.add(
+                case["id"],
+                check,
+                "fail" if diff else "pass",
+                diff or f"{len(p['text'])} chars equal over {s['chunks']} chunks, finish_reason {p['finish_reason']!r}",
+                klass="backend-specific" if diff else None,
+            )
     return first_plain
 
 
 def _forced_diff(diff: str, plain: dict, text: str | None) -> str:
     """The stream difference, plus what a grammar-forced answer got wrong."""
     if text is not None and plain["text"] != text:
-        diff = (diff + "; " if diff else "") + "the grammar-forced text came back different: " + \
-            first_divergence(text, plain["text"])
+        diff = (
+            (diff + "; " if diff else "")
+            + "the grammar-forced text came back different: "
+            + first_divergence(text, plain["text"])
+        )
     if text is not None and plain["finish_reason"] != "stop":
-        diff = (diff + "; " if diff else "") + (f"finish_reason {plain['finish_reason']!r} after the grammar "
-                                                "ended (EOS is the only token left): expected 'stop'")
+        diff = (diff + "; " if diff else "") + (
+            f"finish_reason {plain['finish_reason']!r} after the grammar "
+            "ended (EOS is the only token left): expected 'stop'"
+        )
     return diff
 
 
@@ -398,14 +454,17 @@ def _forced_stop_case(srv: _Server) -> tuple[dict, dict, list[str]] | None:
     """The grammar-forced mixed text with its token pieces (from ``logprobs.tokens``), or None."""
     text = TEXTS["mixed"]
     case: dict[str, Any] = {"id": "_forced/mixed", "expect": {"render": FORCED_PROMPT}}
-    r = srv.attempt(case["id"], f"{srv.name}:stop-string",
-                    lambda: srv.plain(srv.body(case, **_grammar(text), logprobs=1))[1])
+    r = srv.attempt(
+        case["id"], f"{srv.name}:stop-string", lambda: srv.plain(srv.body(case, **_grammar(text), logprobs=1))[1]
+    )
     toks = (((r or {}).get("choices") or [{}])[0].get("logprobs") or {}).get("tokens") if r else None
     if toks and "".join(toks) == text:
         return case, _grammar(text), toks
     if r is not None:
-        srv.facts["stop_string"] = ("token pieces unavailable or not whole UTF-8 (logprobs.tokens joined "
-                                    f"{''.join(toks or [])!r}); greedy text used instead")
+        srv.facts["stop_string"] = (
+            "token pieces unavailable or not whole UTF-8 (logprobs.tokens joined "
+            f"{''.join(toks or [])!r}); greedy text used instead"
+        )
     return None
 
 

@@ -13,6 +13,7 @@ from postprocess_context import Ctx, Unavailable
 from postprocess_rules import PARSER_PREFIX, REASONING_TEXTS, TOOL_TEXTS, compare_split, split_reasoning, tool_calls_of
 from probe import first_divergence
 
+
 def transformers_parser(job: dict):
     """(parse_whole, parse_streamed, info) over transformers' response-template parser (the
     one ``transformers serve`` runs), or Unavailable."""
@@ -25,8 +26,9 @@ def transformers_parser(job: dict):
         from transformers.cli.serving import utils as su
         from transformers.utils.chat_parsing import ResponseParser
     except Exception as exc:  # noqa: BLE001 - older transformers: no parser
-        raise Unavailable(f"transformers {transformers.__version__} has no response parser ({type(exc).__name__}: "
-                          f"{str(exc)[:120]})") from None
+        raise Unavailable(
+            f"transformers {transformers.__version__} has no response parser ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
     tok = AutoTokenizer.from_pretrained(job["model_dir"])
     try:
         with open(os.path.join(job["model_dir"], "config.json"), encoding="utf-8") as f:
@@ -41,7 +43,10 @@ def transformers_parser(job: dict):
     _Model.config.model_type = model_type
     template = su.get_response_template(tok, _Model)
     if template is None:
-        raise Unavailable(f"transformers {transformers.__version__}: no response template for model_type {model_type!r}")
+        raise Unavailable(
+            f"transformers {transformers.__version__}: no response template for model_type {model_type!r}"
+        )
+
     def whole(text, prefix=PARSER_PREFIX):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         p = tok.parse_response(ids, template, prefix=prefix)
@@ -73,15 +78,21 @@ def transformers_parser(job: dict):
                 content.append(item)
         return ("".join(reasoning) if reasoning else None), "".join(content), calls
 
-    info = {"parser": "transformers response template (transformers.cli.serving.utils)",
-            "transformers": transformers.__version__, "template_from": "tokenizer.response_template"
-            if getattr(tok, "response_template", None) else f"fallback for model_type {model_type}"}
+    info = {
+        "parser": "transformers response template (transformers.cli.serving.utils)",
+        "transformers": transformers.__version__,
+        "template_from": "tokenizer.response_template"
+        if getattr(tok, "response_template", None)
+        else f"fallback for model_type {model_type}",
+    }
     return whole, streamed, info
 
 
 def parser_checks(ctx: Ctx) -> None:
-    ctx.facts["reasoning_inputs"] = ("fixed completion texts (the tiny random model never emits <think> or "
-                                     "<tool_call> by itself); the reference is split_reasoning / toolcalls.parse")
+    ctx.facts["reasoning_inputs"] = (
+        "fixed completion texts (the tiny random model never emits <think> or "
+        "<tool_call> by itself); the reference is split_reasoning / toolcalls.parse"
+    )
     parsers = _parsers(ctx)
     if parsers:
         _reasoning_checks(ctx, parsers)
@@ -106,7 +117,8 @@ def _parsers(ctx: Ctx) -> dict:
         ctx.facts["llama_cpp_parsers"] = (
             "llama-cpp-python offers no reasoning separation and no Hermes <tool_call> text parser: its function "
             "calling (chat_format chatml-function-calling, functionary) generates under its own grammar and "
-            "format, so it cannot be driven with these fixed completions")
+            "format, so it cannot be driven with these fixed completions"
+        )
     except ImportError:
         pass
     return parsers
@@ -141,11 +153,16 @@ def _reasoning_checks(ctx: Ctx, parsers: dict) -> None:
             diff, ws = compare_split(ref, out[:2], mode)
             if ws:
                 ws_only.append(f"{case} {check}")
-            ctx.add(case, check, "fail" if diff else "pass",
-                    diff or ("equal up to surrounding whitespace" if ws else "equal"),
-                    klass="backend-specific" if diff else None)
-        stream_vs_whole(ctx, case, "reasoning:transformers:stream", got.get("transformers"),
-                        got.get("transformers-stream"))
+            ctx.add(
+                case,
+                check,
+                "fail" if diff else "pass",
+                diff or ("equal up to surrounding whitespace" if ws else "equal"),
+                klass="backend-specific" if diff else None,
+            )
+        stream_vs_whole(
+            ctx, case, "reasoning:transformers:stream", got.get("transformers"), got.get("transformers-stream")
+        )
 
 
 def _tool_checks(ctx: Ctx, parsers: dict) -> None:
@@ -162,10 +179,14 @@ def _tool_checks(ctx: Ctx, parsers: dict) -> None:
             except Exception:  # noqa: BLE001 - arguments that are not JSON
                 ctx.crash(case, check)
                 continue
-            ctx.add(case, check, "fail" if diff else "pass", diff or f"{len(want)} call(s) equal",
-                    klass="backend-specific" if diff else None)
-        stream_vs_whole(ctx, case, "tools:transformers:stream", got.get("transformers"),
-                        got.get("transformers-stream"))
+            ctx.add(
+                case,
+                check,
+                "fail" if diff else "pass",
+                diff or f"{len(want)} call(s) equal",
+                klass="backend-specific" if diff else None,
+            )
+        stream_vs_whole(ctx, case, "tools:transformers:stream", got.get("transformers"), got.get("transformers-stream"))
 
 
 def stream_vs_whole(ctx: Ctx, case: str, check: str, whole, streamed) -> None:
@@ -182,6 +203,10 @@ def stream_vs_whole(ctx: Ctx, case: str, check: str, whole, streamed) -> None:
     wb = [(c.name, c.arguments) for c in streamed[2] or []]
     if wa != wb:
         diffs.append(f"tool calls: whole {wa!r}, streamed {wb!r}")
-    ctx.add(case, check, "fail" if diffs else "pass",
-            ("whole vs streamed: " + "; ".join(diffs)) if diffs else "whole and streamed parses identical",
-            klass="backend-specific" if diffs else None)
+    ctx.add(
+        case,
+        check,
+        "fail" if diffs else "pass",
+        ("whole vs streamed: " + "; ".join(diffs)) if diffs else "whole and streamed parses identical",
+        klass="backend-specific" if diffs else None,
+    )

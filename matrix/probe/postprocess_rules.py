@@ -28,20 +28,27 @@ REASONING_TEXTS = {
     "think-then-answer": "<think>\nThe user greets; 先想一想 🙂.\n</think>\n\nHello! 你好",
     "no-think": "Just an answer, ñ and 🙂.",
     "empty-think": "<think>\n\n</think>\n\nAnswer only.",
-    "think-then-tool": ("<think>\nNeed the weather.\n</think>\n\n<tool_call>\n"
-                        '{"name": "get_weather", "arguments": {"city": "Zürich"}}\n</tool_call>'),
+    "think-then-tool": (
+        "<think>\nNeed the weather.\n</think>\n\n<tool_call>\n"
+        '{"name": "get_weather", "arguments": {"city": "Zürich"}}\n</tool_call>'
+    ),
     "prefilled-open": "Reasoning that the prompt opened.\n</think>\n\nThe answer.",
 }
 
 TOOL_TEXTS = {
     "single": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>',
-    "parallel": ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
-                 '<tool_call>\n{"name": "get_time", "arguments": {"tz": "Europe/Paris"}}\n</tool_call>'),
-    "nested-unicode": ('<tool_call>\n{"name": "book", "arguments": {"guest": {"name": "Zoë 李", "tags": ["vip", "🙂"]}, '
-                       '"nights": 2, "note": "quote \\" and \\\\ backslash", "opts": {"late": true, "floor": null}}}\n'
-                       '</tool_call>'),
-    "content-then-call": ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "東京"}}\n'
-                          '</tool_call>'),
+    "parallel": (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_time", "arguments": {"tz": "Europe/Paris"}}\n</tool_call>'
+    ),
+    "nested-unicode": (
+        '<tool_call>\n{"name": "book", "arguments": {"guest": {"name": "Zoë 李", "tags": ["vip", "🙂"]}, '
+        '"nights": 2, "note": "quote \\" and \\\\ backslash", "opts": {"late": true, "floor": null}}}\n'
+        "</tool_call>"
+    ),
+    "content-then-call": (
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "東京"}}\n</tool_call>'
+    ),
 }
 
 PARSER_PREFIX = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
@@ -50,7 +57,7 @@ PARSER_PREFIX = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
 def incremental_diff(pieces, full) -> str:
-    """"" when the pieces of an incremental decode concatenate to ``full`` with no extra U+FFFD
+    """ "" when the pieces of an incremental decode concatenate to ``full`` with no extra U+FFFD
     and no lost bytes; otherwise the first divergence. ``pieces`` are str (None = nothing yet)
     or bytes; ``full`` is str or bytes accordingly."""
     got = [p for p in pieces if p]
@@ -60,17 +67,22 @@ def incremental_diff(pieces, full) -> str:
             return ""
         n = next((i for i, (a, b) in enumerate(zip(full, raw)) if a != b), min(len(full), len(raw)))
         lost = len(full) - len(raw)
-        return (f"bytes differ at byte {n} (full decode {len(full)} bytes, pieces {len(raw)}"
-                + (f": {lost} bytes lost" if lost > 0 else "") + f"): expected {bytes(full[max(0, n - 8):n + 8])!r}, "
-                f"got {raw[max(0, n - 8):n + 8]!r}")
+        return (
+            f"bytes differ at byte {n} (full decode {len(full)} bytes, pieces {len(raw)}"
+            + (f": {lost} bytes lost" if lost > 0 else "")
+            + f"): expected {bytes(full[max(0, n - 8) : n + 8])!r}, "
+            f"got {raw[max(0, n - 8) : n + 8]!r}"
+        )
     joined = "".join(got)
     out = []
     if joined.count(REPLACEMENT) > full.count(REPLACEMENT):
         pos = 0
         for i, p in enumerate(pieces):
             if p and REPLACEMENT in p:
-                out.append(f"U+FFFD in piece {i} ({p!r}) at char {pos + p.index(REPLACEMENT)}; the full decode has "
-                           f"{full.count(REPLACEMENT)}")
+                out.append(
+                    f"U+FFFD in piece {i} ({p!r}) at char {pos + p.index(REPLACEMENT)}; the full decode has "
+                    f"{full.count(REPLACEMENT)}"
+                )
                 break
             pos += len(p or "")
     if joined != full:
@@ -89,25 +101,32 @@ def split_reasoning(text: str, open_tag: str = "<think>", close_tag: str = "</th
     if o < 0 and c < 0:
         return None, text.strip()
     if o < 0 or (0 <= c < o):
-        return text[:c].strip(), text[c + len(close_tag):].strip()
+        return text[:c].strip(), text[c + len(close_tag) :].strip()
     before = text[:o]
     c = text.find(close_tag, o + len(open_tag))
     if c < 0:
-        return text[o + len(open_tag):].strip(), before.strip()
-    return text[o + len(open_tag):c].strip(), (before + text[c + len(close_tag):]).strip()
+        return text[o + len(open_tag) :].strip(), before.strip()
+    return text[o + len(open_tag) : c].strip(), (before + text[c + len(close_tag) :]).strip()
 
 
 def stream_diff(plain: dict, streamed: dict) -> str:
-    """"" when a streamed answer equals the plain one (text, reasoning, tool calls, finish_reason)."""
+    """ "" when a streamed answer equals the plain one (text, reasoning, tool calls, finish_reason)."""
     out = []
     if plain.get("text") != streamed.get("text"):
-        out.append("text: " + (first_divergence(plain.get("text") or "", streamed.get("text") or "")
-                               or f"{plain.get('text')!r} vs {streamed.get('text')!r}"))
+        out.append(
+            "text: "
+            + (
+                first_divergence(plain.get("text") or "", streamed.get("text") or "")
+                or f"{plain.get('text')!r} vs {streamed.get('text')!r}"
+            )
+        )
     for f in ("reasoning", "tool_calls"):
         if (plain.get(f) or None) != (streamed.get(f) or None):
             out.append(f"{f}: {plain.get(f)!r} (plain) vs {streamed.get(f)!r} (streamed)")
     if plain.get("finish_reason") != streamed.get("finish_reason"):
-        out.append(f"finish_reason {plain.get('finish_reason')!r} (plain) vs {streamed.get('finish_reason')!r} (streamed)")
+        out.append(
+            f"finish_reason {plain.get('finish_reason')!r} (plain) vs {streamed.get('finish_reason')!r} (streamed)"
+        )
     return "; ".join(out)
 
 
@@ -144,12 +163,21 @@ def judge_stop(text: str, finish, expected: str, what: str, stop: str = "") -> t
     if text == expected:
         return "fail", f"cut exactly before {what}, but finish_reason is {finish!r}, not 'stop'", "protocol"
     if text.startswith(expected):
-        rest = text[len(expected):]
+        rest = text[len(expected) :]
         if stop and rest == stop:
-            return "fail", (f"the stop string {stop!r} is returned at the end of the text (finish_reason "
-                            f"{finish!r}); OpenAI semantics exclude it"), "protocol"
-        return "fail", (f"output runs past the cut point by {len(rest)} chars ({rest[:40]!r}), "
-                        f"finish_reason {finish!r}"), "backend-specific"
+            return (
+                "fail",
+                (
+                    f"the stop string {stop!r} is returned at the end of the text (finish_reason "
+                    f"{finish!r}); OpenAI semantics exclude it"
+                ),
+                "protocol",
+            )
+        return (
+            "fail",
+            (f"output runs past the cut point by {len(rest)} chars ({rest[:40]!r}), finish_reason {finish!r}"),
+            "backend-specific",
+        )
     return "fail", f"{first_divergence(expected, text)} (finish_reason {finish!r})", "backend-specific"
 
 
@@ -172,6 +200,7 @@ def convention(got: str, kept: str, skipped: str) -> str:
 
 def compare_split(ref, got, mode: str = "trim") -> tuple[str, bool]:
     """("" or the difference, whitespace_only) of two ``(reasoning, content)`` pairs."""
+
     def norm(v):
         return (v or "").strip() if mode == "trim" else (v or "")
 

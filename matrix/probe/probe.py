@@ -32,6 +32,7 @@ def severity(outcome: str) -> int:
     """Position in WORST_FIRST; an outcome nobody knows ranks with ``fail``."""
     return _RANK.get(outcome, 0)
 
+
 STAGE_MODULES = {
     "template": "stage_template",
     "tokenize": "stage_tokenize",
@@ -75,7 +76,7 @@ def first_id_divergence(expected: list, actual: list, context: int = 4) -> str:
     lo = max(0, i - context)
     return (
         f"first divergence at token {i} (expected {len(expected)} ids, got {len(actual)}): "
-        f"expected {expected[lo:i + context]}, got {actual[lo:i + context]}"
+        f"expected {expected[lo : i + context]}, got {actual[lo : i + context]}"
     )
 
 

@@ -199,8 +199,16 @@ def _payload(case: dict) -> dict:
 class NodeBatch:
     """Renders cases through one node process at a time (a new one after a timeout or crash)."""
 
-    def __init__(self, node: str, module_url: str, node_modules: Path, template_src: str, special: dict,
-                 limits: dict, package_version: str | None = None):
+    def __init__(
+        self,
+        node: str,
+        module_url: str,
+        node_modules: Path,
+        template_src: str,
+        special: dict,
+        limits: dict,
+        package_version: str | None = None,
+    ):
         self.node = node
         self.module_url = module_url
         self.node_modules = node_modules
@@ -241,8 +249,11 @@ class NodeBatch:
     def _once(self, payloads: list[dict]) -> tuple[dict[str, dict], dict | None, bool]:
         """One node process over ``payloads``: (answers, failure of the case in flight, started)."""
         job = {
-            "template": self.template_src, "special": self.special, "cases": payloads,
-            "limits": {"render_chars": self.max_chars}, "module_url": self.module_url,
+            "template": self.template_src,
+            "special": self.special,
+            "cases": payloads,
+            "limits": {"render_chars": self.max_chars},
+            "module_url": self.module_url,
             "package_version": self.package_version,
         }
         answers: dict[str, dict] = {}
@@ -255,8 +266,11 @@ class NodeBatch:
             try:
                 proc = subprocess.Popen(
                     [self.node, f"--max-old-space-size={self.heap_mb}", str(SCRIPT)],
-                    stdin=job_file, stdout=subprocess.PIPE, stderr=err_file,
-                    cwd=str(self.node_modules.parent), env=self._env(),
+                    stdin=job_file,
+                    stdout=subprocess.PIPE,
+                    stderr=err_file,
+                    cwd=str(self.node_modules.parent),
+                    env=self._env(),
                 )
             except OSError as exc:
                 return answers, {"error": f"cannot start node: {exc}", "kind": "crash", "name": ""}, False
@@ -274,7 +288,11 @@ class NodeBatch:
                         if started:
                             failure = {"error": f"render took longer than {self.seconds}s", "kind": "timeout"}
                         else:
-                            failure = {"error": f"node did not start within {self.startup:.0f}s", "kind": "crash", "name": ""}
+                            failure = {
+                                "error": f"node did not start within {self.startup:.0f}s",
+                                "kind": "crash",
+                                "name": "",
+                            }
                         break
                     if not sel.select(remaining):
                         continue
@@ -289,12 +307,20 @@ class NodeBatch:
                         try:
                             ((key, value),) = json.loads(line.decode("utf-8")).items()
                         except (ValueError, UnicodeDecodeError):
-                            failure = {"error": f"unreadable answer from node: {line[:200]!r}", "kind": "crash", "name": ""}
+                            failure = {
+                                "error": f"unreadable answer from node: {line[:200]!r}",
+                                "kind": "crash",
+                                "name": "",
+                            }
                             break
                         if key == "":
                             self.meta = value
                             if not value.get("ready"):
-                                failure = {"error": value.get("error", "node did not get ready"), "kind": "crash", "name": ""}
+                                failure = {
+                                    "error": value.get("error", "node did not get ready"),
+                                    "kind": "crash",
+                                    "name": "",
+                                }
                                 break
                             started = True
                         else:
@@ -303,7 +329,10 @@ class NodeBatch:
                     if failure is not None or len(answers) == len(payloads):
                         break
                     if len(buf) > max_line:
-                        failure = {"error": f"rendered output exceeds {self.max_chars} characters", "kind": "output-limit"}
+                        failure = {
+                            "error": f"rendered output exceeds {self.max_chars} characters",
+                            "kind": "output-limit",
+                        }
                         break
             finally:
                 sel.close()

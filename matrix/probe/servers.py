@@ -66,9 +66,19 @@ class Server:
     ``log_dir`` is given); :meth:`log_tail` reads its end.
     """
 
-    def __init__(self, cmd: list[str], *, name: str = "server", env: dict | None = None,
-                 host: str = "127.0.0.1", port: int | None = None, ready_path: str = "/v1/models",
-                 start_timeout: float = 60.0, log_dir: str | None = None, cwd: str | None = None):
+    def __init__(
+        self,
+        cmd: list[str],
+        *,
+        name: str = "server",
+        env: dict | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        ready_path: str = "/v1/models",
+        start_timeout: float = 60.0,
+        log_dir: str | None = None,
+        cwd: str | None = None,
+    ):
         self.name = name
         self.host = host
         self.port = port or free_port(host)
@@ -89,13 +99,19 @@ class Server:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         started = time.monotonic()
         self._log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
         except OSError as exc:
             self.stop()
             raise ServerStartError(f"{self.name}: cannot start {self.cmd[0]}: {exc}") from None
@@ -128,8 +144,9 @@ class Server:
             except (OSError, ValueError) as exc:
                 last = str(exc)
             if time.monotonic() > deadline:
-                raise ServerStartError(f"{self.name} not ready after {self.start_timeout:.0f}s "
-                                       f"(GET {url}: {last})", self.log_tail())
+                raise ServerStartError(
+                    f"{self.name} not ready after {self.start_timeout:.0f}s (GET {url}: {last})", self.log_tail()
+                )
             time.sleep(0.2)
 
     def alive(self) -> bool:
@@ -166,7 +183,7 @@ class Server:
         except OSError:
             return ""
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -234,8 +251,9 @@ class OpenAIClient:
         headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(url, data=json.dumps(dict(body, stream=True)).encode("utf-8"), method="POST",
-                                     headers=headers)
+        req = urllib.request.Request(
+            url, data=json.dumps(dict(body, stream=True)).encode("utf-8"), method="POST", headers=headers
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.read()

@@ -61,41 +61,105 @@ API_KEY = "sk-llmcompat-not-a-secret"
 DEFAULT_MAX_TOKENS = 8
 MODES = ("once", "stream")
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
-                   "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
 DEFAULT_CASES: list[dict] = [
     {"id": "client-text", "messages": [{"role": "user", "content": "Hello!"}]},
-    {"id": "client-multi-turn", "messages": [
-        {"role": "system", "content": "You are a terse assistant."},
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello. How can I help?"},
-        {"role": "user", "content": "Tell me a joke."}]},
-    {"id": "client-tools", "tools": [WEATHER], "tool_choice": "auto",
-     "messages": [{"role": "user", "content": "Weather in Paris and in Rome?"}]},
-    {"id": "client-tool-result", "tools": [WEATHER], "messages": [
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\": 21}"}]},
-    {"id": "client-content-parts", "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": " world!"}]}]},
+    {
+        "id": "client-multi-turn",
+        "messages": [
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello. How can I help?"},
+            {"role": "user", "content": "Tell me a joke."},
+        ],
+    },
+    {
+        "id": "client-tools",
+        "tools": [WEATHER],
+        "tool_choice": "auto",
+        "messages": [{"role": "user", "content": "Weather in Paris and in Rome?"}],
+    },
+    {
+        "id": "client-tool-result",
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 21}'},
+        ],
+    },
+    {
+        "id": "client-content-parts",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": " world!"}]}
+        ],
+    },
 ]
 
 # closed value sets: under a grammar, random weights would fill an open string until max_tokens
-CITY = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-        "required": ["city"], "additionalProperties": False}
-FORCED_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city.",
-                                                "parameters": CITY}}
-FORECAST = {"type": "json_schema", "json_schema": {"name": "forecast", "strict": True, "schema": {
-    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]},
-                                     "temp_c": {"type": "integer", "enum": [20, 21]}},
-    "required": ["city", "temp_c"], "additionalProperties": False}}}
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+FORCED_TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "Current weather for a city.", "parameters": CITY},
+}
+FORECAST = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "forecast",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "enum": ["Paris", "Rome"]},
+                "temp_c": {"type": "integer", "enum": [20, 21]},
+            },
+            "required": ["city", "temp_c"],
+            "additionalProperties": False,
+        },
+    },
+}
 CONSTRAINED_CASES: list[dict] = [
-    {"id": "client-tool-required", "tools": [FORCED_TOOL], "tool_choice": "required", "max_tokens": 200,
-     "agent": "tool-required", "messages": [{"role": "user", "content": "Weather in Paris?"}]},
-    {"id": "client-json-schema", "params": {"response_format": FORECAST}, "max_tokens": 200, "agent": "json-schema",
-     "messages": [{"role": "user", "content": "Forecast for Paris as JSON."}]},
+    {
+        "id": "client-tool-required",
+        "tools": [FORCED_TOOL],
+        "tool_choice": "required",
+        "max_tokens": 200,
+        "agent": "tool-required",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    },
+    {
+        "id": "client-json-schema",
+        "params": {"response_format": FORECAST},
+        "max_tokens": 200,
+        "agent": "json-schema",
+        "messages": [{"role": "user", "content": "Forecast for Paris as JSON."}],
+    },
 ]
 """Forced tool-call and structured-output streams: random weights emit them only under constrained
 decoding (llama-server's grammar for ``tool_choice: required`` and ``response_format``), so they
@@ -112,7 +176,9 @@ def agent_diffs(kind: str, case: dict, result: dict) -> list[str]:
         if not calls:
             return [f"tool_choice required, but no tool call (content {_short(result.get('content'))})"]
         schema = case["tools"][0]["function"]["parameters"]
-        return [d for c in calls for d in _json_diffs(f"tool call {c.get('name')!r} arguments", c.get("arguments"), schema)]
+        return [
+            d for c in calls for d in _json_diffs(f"tool call {c.get('name')!r} arguments", c.get("arguments"), schema)
+        ]
     if kind == "json-schema":
         schema = case["params"]["response_format"]["json_schema"]["schema"]
         return _json_diffs("content", result.get("content"), schema)
@@ -150,6 +216,7 @@ class Infra(Exception):
 
 # --------------------------------------------------------------------------- pure comparison
 
+
 def same(a, b) -> bool:
     """JSON equality: numbers by value (0 == 0.0), booleans apart from numbers; in objects a null
     field equals an absent one."""
@@ -171,7 +238,7 @@ def _short(v, n: int = 160) -> str:
 
 
 def first_diff(want, got, path: str = "") -> str:
-    """"" when equal; else where the first difference is, with both sides."""
+    """ "" when equal; else where the first difference is, with both sides."""
     if same(want, got):
         return ""
     if isinstance(want, dict) and isinstance(got, dict):
@@ -202,7 +269,12 @@ def request_diff(want: dict, got) -> tuple[list[str], dict]:
     if not isinstance(got, dict):
         return [f"the request body on the wire is not a JSON object: {_short(got)}"], {}
     added = {k: got[k] for k in got if k not in want}
-    changed = [d for k in want for d in [first_diff(want[k], got[k], k) if k in got else f"{k}: dropped (case {_short(want[k])})"] if d]
+    changed = [
+        d
+        for k in want
+        for d in [first_diff(want[k], got[k], k) if k in got else f"{k}: dropped (case {_short(want[k])})"]
+        if d
+    ]
     return changed, added
 
 
@@ -216,13 +288,25 @@ def message_of(resp) -> dict:
     calls = []
     for i, tc in enumerate(_get(msg, "tool_calls") or []):
         fn = _get(tc, "function")
-        calls.append({"index": i, "id": _get(tc, "id"), "type": _get(tc, "type"), "name": _get(fn, "name"),
-                      "arguments": _get(fn, "arguments")})
+        calls.append(
+            {
+                "index": i,
+                "id": _get(tc, "id"),
+                "type": _get(tc, "type"),
+                "name": _get(fn, "name"),
+                "arguments": _get(fn, "arguments"),
+            }
+        )
     reasoning = _get(msg, "reasoning_content", None)
     if reasoning is None:
         reasoning = _get(msg, "reasoning", None)
-    return {"content": _get(msg, "content"), "reasoning": reasoning if isinstance(reasoning, str) else None,
-            "tool_calls": calls, "finish_reason": _get(choice, "finish_reason"), "usage": usage_of(_get(resp, "usage"))}
+    return {
+        "content": _get(msg, "content"),
+        "reasoning": reasoning if isinstance(reasoning, str) else None,
+        "tool_calls": calls,
+        "finish_reason": _get(choice, "finish_reason"),
+        "usage": usage_of(_get(resp, "usage")),
+    }
 
 
 def ollama_message_of(parts) -> dict:
@@ -244,12 +328,22 @@ def ollama_message_of(parts) -> dict:
         for tc in _get(msg, "tool_calls") or []:
             fn = _get(tc, "function")
             args = _get(fn, "arguments")
-            calls.append({"index": len(calls), "id": None, "type": None, "name": _get(fn, "name"),
-                          "arguments": json.dumps(dict(args) if args is not None else None, sort_keys=True)})
+            calls.append(
+                {
+                    "index": len(calls),
+                    "id": None,
+                    "type": None,
+                    "name": _get(fn, "name"),
+                    "arguments": json.dumps(dict(args) if args is not None else None, sort_keys=True),
+                }
+            )
         if _get(part, "done"):
             finish = _get(part, "done_reason")
-            usage = {"prompt_tokens": _get(part, "prompt_eval_count"), "completion_tokens": _get(part, "eval_count"),
-                     "total_tokens": None}
+            usage = {
+                "prompt_tokens": _get(part, "prompt_eval_count"),
+                "completion_tokens": _get(part, "eval_count"),
+                "total_tokens": None,
+            }
     return {"content": content, "reasoning": reasoning, "tool_calls": calls, "finish_reason": finish, "usage": usage}
 
 
@@ -275,9 +369,11 @@ def result_diff(wire: dict, sdk: dict, *, loose_empty: bool = False, index: bool
                 diffs.append(f"{key}: wire {_short(w)}, SDK {_short(s)}")
     wc, sc = wire.get("tool_calls") or [], sdk.get("tool_calls") or []
     if len(wc) != len(sc):
-        diffs.append(f"tool_calls: {len(wc)} on the wire, {len(sc)} from the SDK: wire "
-                     f"{_short([[c.get(f) for f in CALL_FIELDS] for c in wc], 300)}, SDK "
-                     f"{_short([[c.get(f) for f in CALL_FIELDS] for c in sc], 300)}")
+        diffs.append(
+            f"tool_calls: {len(wc)} on the wire, {len(sc)} from the SDK: wire "
+            f"{_short([[c.get(f) for f in CALL_FIELDS] for c in wc], 300)}, SDK "
+            f"{_short([[c.get(f) for f in CALL_FIELDS] for c in sc], 300)}"
+        )
     fields = CALL_FIELDS + (("index",) if index else ())
     for i, (w, s) in enumerate(zip(wc, sc)):
         for f in fields:
@@ -296,6 +392,7 @@ def result_diff(wire: dict, sdk: dict, *, loose_empty: bool = False, index: bool
 
 
 # --------------------------------------------------------------------------- requests
+
 
 def openai_messages(messages) -> list:
     """A case's messages as the OpenAI API takes them: tool-call arguments as JSON strings."""
@@ -317,9 +414,13 @@ def openai_messages(messages) -> list:
 
 
 def openai_request(case: dict, model: str | None, stream: bool, job: dict) -> dict:
-    body = {"model": model or "model", "messages": openai_messages(case["messages"]), "temperature": 0,
-            "seed": int(job.get("client_seed", 0)),
-            "max_tokens": int(case.get("max_tokens") or job.get("client_max_tokens") or DEFAULT_MAX_TOKENS)}
+    body = {
+        "model": model or "model",
+        "messages": openai_messages(case["messages"]),
+        "temperature": 0,
+        "seed": int(job.get("client_seed", 0)),
+        "max_tokens": int(case.get("max_tokens") or job.get("client_max_tokens") or DEFAULT_MAX_TOKENS),
+    }
     if case.get("tools"):
         body["tools"] = case["tools"]
     if case.get("tool_choice") is not None:
@@ -345,20 +446,29 @@ def ollama_request(case: dict, model: str | None, stream: bool, job: dict) -> di
             for tc in m["tool_calls"]:
                 fn = tc.get("function", tc)
                 args = fn.get("arguments", {})
-                om["tool_calls"].append({"function": {"name": fn["name"],
-                                                      "arguments": json.loads(args) if isinstance(args, str) else args}})
+                om["tool_calls"].append(
+                    {"function": {"name": fn["name"], "arguments": json.loads(args) if isinstance(args, str) else args}}
+                )
         if m["role"] == "tool" and m.get("name"):
             om["tool_name"] = m["name"]
         msgs.append(om)
-    body = {"model": model or "model", "messages": msgs, "stream": stream,
-            "options": {"temperature": 0, "seed": int(job.get("client_seed", 0)),
-                        "num_predict": int(case.get("max_tokens") or job.get("client_max_tokens") or DEFAULT_MAX_TOKENS)}}
+    body = {
+        "model": model or "model",
+        "messages": msgs,
+        "stream": stream,
+        "options": {
+            "temperature": 0,
+            "seed": int(job.get("client_seed", 0)),
+            "num_predict": int(case.get("max_tokens") or job.get("client_max_tokens") or DEFAULT_MAX_TOKENS),
+        },
+    }
     if case.get("tools"):
         body["tools"] = case["tools"]
     return body
 
 
 # --------------------------------------------------------------------------- clients
+
 
 class Client:
     """One client SDK: ``call(request, stream)`` returns what a program would see."""
@@ -416,8 +526,12 @@ class RawHTTP(Client):
         import urllib.request
 
         data = json.dumps(req).encode("utf-8")
-        r = urllib.request.Request(self.base_url + self.chat_path, data=data, method="POST", headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
+        r = urllib.request.Request(
+            self.base_url + self.chat_path,
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
+        )
         return urllib.request.urlopen(r, timeout=self.timeout)
 
     def once(self, req):
@@ -448,10 +562,12 @@ class OpenAISDK(Client):
         except ImportError as exc:
             raise Skip(f"openai is not installed in this cell ({exc})") from None
         self.openai = openai
-        self.client = openai.OpenAI(base_url=self.base_url + "/v1", api_key=self.api_key, max_retries=0,
-                                    timeout=self.timeout)
+        self.client = openai.OpenAI(
+            base_url=self.base_url + "/v1", api_key=self.api_key, max_retries=0, timeout=self.timeout
+        )
         try:
             from openai.lib.streaming.chat import ChatCompletionStreamState
+
             self.State = ChatCompletionStreamState
             self.accumulator = "openai.lib.streaming.chat.ChatCompletionStreamState"
         except ImportError:
@@ -493,8 +609,15 @@ class LiteLLM(Client):
 
     def _kwargs(self, req):
         kw = {k: v for k, v in req.items() if k != "model"}
-        return dict(model="openai/" + req["model"], api_base=self.base_url + "/v1", api_key=self.api_key,
-                    timeout=self.timeout, max_retries=0, num_retries=0, **kw)
+        return dict(
+            model="openai/" + req["model"],
+            api_base=self.base_url + "/v1",
+            api_key=self.api_key,
+            timeout=self.timeout,
+            max_retries=0,
+            num_retries=0,
+            **kw,
+        )
 
     def once(self, req):
         return message_of(self.litellm.completion(**self._kwargs(req)))
@@ -555,6 +678,7 @@ CLIENT_CLASSES = {c.name: c for c in (OpenAISDK, LiteLLM, Ollama, RawHTTP)}
 
 # --------------------------------------------------------------------------- the target
 
+
 class Target:
     """The server the clients talk to: a base URL, or an engine started here (and stopped)."""
 
@@ -584,8 +708,11 @@ class Target:
         if spec.get("base_url"):
             base = spec["base_url"].rstrip("/")
             self.base_url = base[:-3] if base.endswith("/v1") else base
-            self.facts = {"kind": "url", "base_url": self.base_url,
-                          **({"shared": spec["shared"]} if spec.get("shared") else {})}
+            self.facts = {
+                "kind": "url",
+                "base_url": self.base_url,
+                **({"shared": spec["shared"]} if spec.get("shared") else {}),
+            }
         else:
             import engine_registry
             import engines
@@ -607,8 +734,11 @@ class Target:
             srv = getattr(eng, "srv", None)
             self.base_url = srv.base_url if srv is not None else eng.client.base_url[:-3]
             self.model = getattr(eng, "model_name", None)
-            self.facts = {"kind": "engine", "engine": name, **{k: v for k, v in eng.facts().items()
-                                                                if k in ("server_ready_seconds", "command")}}
+            self.facts = {
+                "kind": "engine",
+                "engine": name,
+                **{k: v for k, v in eng.facts().items() if k in ("server_ready_seconds", "command")},
+            }
         self.model = spec.get("model") or self.model or self._first_model()
         self.facts["model"] = self.model
 
@@ -616,7 +746,9 @@ class Target:
         import urllib.request
 
         try:
-            req = urllib.request.Request(self.base_url + "/v1/models", headers={"Authorization": f"Bearer {self.api_key}"})
+            req = urllib.request.Request(
+                self.base_url + "/v1/models", headers={"Authorization": f"Bearer {self.api_key}"}
+            )
             with urllib.request.urlopen(req, timeout=10) as resp:
                 data = json.loads(resp.read().decode("utf-8")).get("data") or []
                 return data[0].get("id") if data else None
@@ -632,6 +764,7 @@ class Target:
 
 
 # --------------------------------------------------------------------------- the stage
+
 
 def client_cases(job: dict) -> list[dict]:
     given = job.get("client_cases")
@@ -670,9 +803,11 @@ def run(job: dict, rec) -> None:
         if "client_constrained" not in job and not job.get("client_cases"):
             job = dict(job, client_constrained=target.facts.get("engine") in CONSTRAINING_ENGINES)
         if not job.get("client_constrained") and not job.get("client_cases"):
-            facts["constrained_cases"] = (f"skipped: the target ({target.facts.get('engine') or target.facts.get('shared') or 'a URL'}) "
-                                          "does not constrain decoding, and random weights emit no tool call or schema "
-                                          f"JSON without it ({', '.join(c['id'] for c in CONSTRAINED_CASES)})")
+            facts["constrained_cases"] = (
+                f"skipped: the target ({target.facts.get('engine') or target.facts.get('shared') or 'a URL'}) "
+                "does not constrain decoding, and random weights emit no tool call or schema "
+                f"JSON without it ({', '.join(c['id'] for c in CONSTRAINED_CASES)})"
+            )
         from wire import RecordingProxy
 
         with RecordingProxy(target.base_url, timeout=timeout) as proxy:
@@ -687,7 +822,9 @@ def run(job: dict, rec) -> None:
             facts["exchanges"] = len(proxy.exchanges)
             leaked = [ex for ex in proxy.exchanges if target.api_key in json.dumps(ex.to_json())]
             if leaked:  # the recorder's promise, checked on every run
-                rec.add("*", STAGE, "wire:no-credentials", "fail", "a credential reached the wire record", klass="crash")
+                rec.add(
+                    "*", STAGE, "wire:no-credentials", "fail", "a credential reached the wire record", klass="crash"
+                )
         if job.get("user_path", True):  # messages in, the server's own template and BOS rules (user_path)
             import user_path
 
@@ -746,19 +883,27 @@ def run_one(client, case, mode, job, rec, proxy, target, facts, added_all) -> No
     except Exception as exc:  # noqa: BLE001 - judged against the wire below
         error = exc
         tb = traceback.format_exc(limit=6)
-    exchanges = [ex for ex in proxy.since(mark) if ex.method == "POST" and ex.path.split("?")[0].endswith(client.chat_path)]
+    exchanges = [
+        ex for ex in proxy.since(mark) if ex.method == "POST" and ex.path.split("?")[0].endswith(client.chat_path)
+    ]
     if not exchanges:
         if error is not None:
             rec.add(cid, STAGE, check, "fail", f"the SDK raised before sending a request:\n{tb}", klass="crash")
         else:
-            rec.add(cid, STAGE, check, "fail", "the SDK returned a result without any request on the wire",
-                    klass="protocol")
+            rec.add(
+                cid, STAGE, check, "fail", "the SDK returned a result without any request on the wire", klass="protocol"
+            )
         return
     ex = exchanges[-1]
     if len(exchanges) > 1:
-        rec.add(cid, STAGE, f"{check}:requests", "fail",
-                f"the SDK sent {len(exchanges)} requests for one call (retries?): statuses "
-                f"{[e.status for e in exchanges]}", klass="protocol")
+        rec.add(
+            cid,
+            STAGE,
+            f"{check}:requests",
+            "fail",
+            f"the SDK sent {len(exchanges)} requests for one call (retries?): statuses {[e.status for e in exchanges]}",
+            klass="protocol",
+        )
     # request serialization
     changed, added = request_diff(req, ex.request_json)
     for k, v in added.items():
@@ -766,12 +911,25 @@ def run_one(client, case, mode, job, rec, proxy, target, facts, added_all) -> No
     # an empty value (tools: [], options: {}) sets nothing: a fact (``added``), not a failure
     added = {k: v for k, v in added.items() if v not in (None, "", [], {})}
     if changed:
-        rec.add(cid, STAGE, f"{check}:request", "fail", "request serialization: " + "; ".join(changed)[:1500],
-                klass="protocol", added=added)
+        rec.add(
+            cid,
+            STAGE,
+            f"{check}:request",
+            "fail",
+            "request serialization: " + "; ".join(changed)[:1500],
+            klass="protocol",
+            added=added,
+        )
     elif added:
-        rec.add(cid, STAGE, f"{check}:request", "fail",
-                "the SDK sent parameters the case did not set: " + ", ".join(f"{k}={_short(v)}" for k, v in added.items()),
-                klass="configuration-default", added=added)
+        rec.add(
+            cid,
+            STAGE,
+            f"{check}:request",
+            "fail",
+            "the SDK sent parameters the case did not set: " + ", ".join(f"{k}={_short(v)}" for k, v in added.items()),
+            klass="configuration-default",
+            added=added,
+        )
     else:
         rec.add(cid, STAGE, f"{check}:request", "pass")
     # the answer
@@ -781,15 +939,27 @@ def run_one(client, case, mode, job, rec, proxy, target, facts, added_all) -> No
         body = ex.body.decode("utf-8", "replace")[:400]
         if error is not None:  # the server's business, not the client's: a fact
             facts["clients"][name].setdefault("skipped_checks", {})[f"{cid} {check}:{what}"] = (
-                f"the server refused the request (HTTP {status}: {body}); the SDK raised {type(error).__name__}")
+                f"the server refused the request (HTTP {status}: {body}); the SDK raised {type(error).__name__}"
+            )
         else:
-            rec.add(cid, STAGE, f"{check}:{what}", "fail",
-                    f"the server answered HTTP {status} ({body}) but the SDK returned a result", klass="protocol")
+            rec.add(
+                cid,
+                STAGE,
+                f"{check}:{what}",
+                "fail",
+                f"the server answered HTTP {status} ({body}) but the SDK returned a result",
+                klass="protocol",
+            )
         return
     if error is not None:
-        rec.add(cid, STAGE, f"{check}:{what}", "fail",
-                f"the SDK raised on the server's HTTP {status} answer ({ex.content_type}, {len(ex.body)} bytes):\n{tb}",
-                klass="crash")
+        rec.add(
+            cid,
+            STAGE,
+            f"{check}:{what}",
+            "fail",
+            f"the SDK raised on the server's HTTP {status} answer ({ex.content_type}, {len(ex.body)} bytes):\n{tb}",
+            klass="crash",
+        )
         return
     assert got is not None  # the SDK returned: its chunks or its result
     wire = client.wire_result(ex, stream)
@@ -810,21 +980,45 @@ def run_one(client, case, mode, job, rec, proxy, target, facts, added_all) -> No
         _verdict(rec, cid, f"{check}:deltas", diffs, wire_chunks=wire.get("chunks"))
         if client.accumulator:
             if isinstance(acc, AccumulatorCrash):
-                rec.add(cid, STAGE, f"{check}:accumulator", "fail",
-                        f"{client.accumulator} raised on {len(got)} chunks the SDK read:\n{acc.tb}", klass="crash")
+                rec.add(
+                    cid,
+                    STAGE,
+                    f"{check}:accumulator",
+                    "fail",
+                    f"{client.accumulator} raised on {len(got)} chunks the SDK read:\n{acc.tb}",
+                    klass="crash",
+                )
             elif acc is None:
-                rec.add(cid, STAGE, f"{check}:accumulator", "fail",
-                        f"{client.accumulator} gave nothing for {len(got)} chunks", klass="protocol")
+                rec.add(
+                    cid,
+                    STAGE,
+                    f"{check}:accumulator",
+                    "fail",
+                    f"{client.accumulator} gave nothing for {len(got)} chunks",
+                    klass="protocol",
+                )
             else:
-                _verdict(rec, cid, f"{check}:accumulator", result_diff(wire, acc, loose_empty=True),
-                         accumulator=client.accumulator)
+                _verdict(
+                    rec,
+                    cid,
+                    f"{check}:accumulator",
+                    result_diff(wire, acc, loose_empty=True),
+                    accumulator=client.accumulator,
+                )
     else:
         _verdict(rec, cid, f"{check}:response", result_diff(wire, got))
 
 
 def _verdict(rec, cid, check, diffs, **extra) -> None:
     if diffs:
-        rec.add(cid, STAGE, check, "fail", "SDK result differs from the wire: " + "; ".join(diffs)[:2000],
-                klass="protocol", **extra)
+        rec.add(
+            cid,
+            STAGE,
+            check,
+            "fail",
+            "SDK result differs from the wire: " + "; ".join(diffs)[:2000],
+            klass="protocol",
+            **extra,
+        )
     else:
         rec.add(cid, STAGE, check, "pass", **extra)

@@ -60,6 +60,7 @@ DEFAULT_MAX_NEW_TOKENS = 16
 
 # --------------------------------------------------------------------------- comparison (pure)
 
+
 def unknown_piece(p) -> bool:
     return isinstance(p, str) and (p == "" or "\ufffd" in p)
 
@@ -129,20 +130,40 @@ def compare(ref: list, ref_topk: list, got: list, got_topk: list | None, eq=None
         one_sided = not gk
         ref_in_got = True if one_sided else any(eq(ref[i], t) for t, _ in gk)
         ok = got_in_ref and ref_in_got
-        detail = (f"first divergence at step {i}: reference {ref[i]!r} (logprob {_lp_of(ref[i], rk, eq)}), "
-                  f"engine {got[i]!r} (logprob {_lp_of(got[i], gk, eq)}); "
-                  f"engine token {'in' if got_in_ref else 'NOT in'} the reference top-{len(rk)} {rk}; "
-                  + ("engine gave no top-k" if one_sided else
-                     f"reference token {'in' if ref_in_got else 'NOT in'} the engine top-{len(gk)} {gk}"))
-        return {"match": "topk" if ok else "diverged", "step": i, "detail": detail, "one_sided": one_sided,
-                "max_logprob_delta": round(delta, 6)}
+        detail = (
+            f"first divergence at step {i}: reference {ref[i]!r} (logprob {_lp_of(ref[i], rk, eq)}), "
+            f"engine {got[i]!r} (logprob {_lp_of(got[i], gk, eq)}); "
+            f"engine token {'in' if got_in_ref else 'NOT in'} the reference top-{len(rk)} {rk}; "
+            + (
+                "engine gave no top-k"
+                if one_sided
+                else f"reference token {'in' if ref_in_got else 'NOT in'} the engine top-{len(gk)} {gk}"
+            )
+        )
+        return {
+            "match": "topk" if ok else "diverged",
+            "step": i,
+            "detail": detail,
+            "one_sided": one_sided,
+            "max_logprob_delta": round(delta, 6),
+        }
     if len(got) < len(ref):
-        return {"match": "shorter", "step": n, "one_sided": False, "max_logprob_delta": round(delta, 6),
-                "detail": f"engine stopped after {len(got)} tokens, reference has {len(ref)}; "
-                          f"reference token at step {n}: {ref[n]!r}"}
+        return {
+            "match": "shorter",
+            "step": n,
+            "one_sided": False,
+            "max_logprob_delta": round(delta, 6),
+            "detail": f"engine stopped after {len(got)} tokens, reference has {len(ref)}; "
+            f"reference token at step {n}: {ref[n]!r}",
+        }
     if len(got) > len(ref):
-        return {"match": "longer", "step": n, "one_sided": False, "max_logprob_delta": round(delta, 6),
-                "detail": f"engine gave {len(got)} tokens, reference {len(ref)}"}
+        return {
+            "match": "longer",
+            "step": n,
+            "one_sided": False,
+            "max_logprob_delta": round(delta, 6),
+            "detail": f"engine gave {len(got)} tokens, reference {len(ref)}",
+        }
     return {"match": "exact", "step": None, "detail": "", "one_sided": False, "max_logprob_delta": round(delta, 6)}
 
 
@@ -170,47 +191,84 @@ def judge(expect: dict, gen, eos_ids=(), min_level: str = "L2") -> dict:
         from probe import first_divergence
 
         ref_text = expect.get("text")
-        base = {"step": None, "max_logprob_delta": None, "compared_by": "text", "one_sided": True,
-                "text_equal": gen.text == ref_text}
+        base = {
+            "step": None,
+            "max_logprob_delta": None,
+            "compared_by": "text",
+            "one_sided": True,
+            "text_equal": gen.text == ref_text,
+        }
         if ref_text is None:
-            return {**base, "outcome": "skipped", "level": None, "klass": None,
-                    "detail": "the engine returns no logprobs and the golden has no text"}
+            return {
+                **base,
+                "outcome": "skipped",
+                "level": None,
+                "klass": None,
+                "detail": "the engine returns no logprobs and the golden has no text",
+            }
         if gen.text == ref_text:
             return {**base, "outcome": "pass", "level": "L0", "klass": None, "detail": "identical text (no logprobs)"}
         if isinstance(gen.text, str) and gen.text.strip() == ref_text.strip():
-            return {**base, "outcome": "fail", "level": None, "klass": "backend-specific",
-                    "detail": "identical text except surrounding whitespace (the engine strips its output): "
-                              + first_divergence(ref_text, gen.text)}
-        return {**base, "outcome": "fail", "level": None, "klass": "numerical",
-                "detail": "text differs and the engine returns no logprobs to judge it by: "
-                          + first_divergence(ref_text, gen.text)}
+            return {
+                **base,
+                "outcome": "fail",
+                "level": None,
+                "klass": "backend-specific",
+                "detail": "identical text except surrounding whitespace (the engine strips its output): "
+                + first_divergence(ref_text, gen.text),
+            }
+        return {
+            **base,
+            "outcome": "fail",
+            "level": None,
+            "klass": "numerical",
+            "detail": "text differs and the engine returns no logprobs to judge it by: "
+            + first_divergence(ref_text, gen.text),
+        }
     if gen.by == "ids":
         ref, ref_topk, eq = expect["ids"], expect.get("topk") or [], None
     else:
         pieces = expect.get("pieces")
         if pieces is None:
-            return {"outcome": "skipped", "level": None, "klass": None, "step": None,
-                    "detail": "the engine returns text pieces and the golden has no pieces"}
+            return {
+                "outcome": "skipped",
+                "level": None,
+                "klass": None,
+                "step": None,
+                "detail": "the engine returns text pieces and the golden has no pieces",
+            }
         tp = expect.get("topk_pieces") or []
         ref = pieces
-        ref_topk = [[[p, lp] for p, (_, lp) in zip(tp[i], step)] for i, step in enumerate(expect.get("topk") or [])
-                    if i < len(tp)]
+        ref_topk = [
+            [[p, lp] for p, (_, lp) in zip(tp[i], step)]
+            for i, step in enumerate(expect.get("topk") or [])
+            if i < len(tp)
+        ]
         eq = piece_eq
     got, got_topk = gen.tokens, gen.topk
     if gen.by == "pieces" and gen.extra.get("omitted_steps"):
         got, got_topk = realign_pieces(ref, got, got_topk or [], gen.extra["omitted_steps"])
     cmp = compare(ref, ref_topk, got, got_topk, eq)
     text_equal = None if gen.text is None or expect.get("text") is None else gen.text == expect["text"]
-    out = {"step": cmp["step"], "max_logprob_delta": cmp["max_logprob_delta"], "compared_by": gen.by,
-           "one_sided": cmp["one_sided"], "text_equal": text_equal}
+    out = {
+        "step": cmp["step"],
+        "max_logprob_delta": cmp["max_logprob_delta"],
+        "compared_by": gen.by,
+        "one_sided": cmp["one_sided"],
+        "text_equal": text_equal,
+    }
     if cmp["match"] == "shorter":
         stop_tok = expect["ids"][cmp["step"]] if cmp["step"] < len(expect.get("ids", [])) else None
         if gen.finish_reason == "stop" and stop_tok in set(eos_ids):
             # identical up to an EOS the engine stops at (the golden ran on past it)
             out.update(outcome="pass", klass=None, level="L1", detail="identical up to EOS, where the engine stopped")
             return out
-        out.update(outcome="fail", klass="backend-specific", level=None,
-                   detail=f"{cmp['detail']} (finish_reason={gen.finish_reason!r})")
+        out.update(
+            outcome="fail",
+            klass="backend-specific",
+            level=None,
+            detail=f"{cmp['detail']} (finish_reason={gen.finish_reason!r})",
+        )
         return out
     if cmp["match"] == "longer":
         out.update(outcome="fail", klass="protocol", level=None, detail=cmp["detail"] + " (max_tokens not honoured)")
@@ -220,8 +278,11 @@ def judge(expect: dict, gen, eos_ids=(), min_level: str = "L2") -> dict:
     if level is None:
         out.update(outcome="fail", klass="numerical", detail=cmp["detail"])
     elif LEVELS.index(level) > LEVELS.index(min_level):
-        out.update(outcome="fail", klass="numerical", detail=f"level {level} is below the required {min_level}: "
-                                                               + (cmp["detail"] or "text differs"))
+        out.update(
+            outcome="fail",
+            klass="numerical",
+            detail=f"level {level} is below the required {min_level}: " + (cmp["detail"] or "text differs"),
+        )
     else:
         detail = cmp["detail"]
         if level == "L1" and text_equal is False:
@@ -235,26 +296,33 @@ def _text_differs(rec, case: str, engine: str, want: str, got: str) -> None:
     reference's, a postprocess-stage failure (the inference stage itself passed at L1)."""
     from probe import first_divergence
 
-    rec.add(case, "postprocess", f"{engine}:text", "fail",
-            "identical tokens; the engine's own detokenization gives other text than the reference decode: "
-            + first_divergence(want, got), klass="backend-specific")
+    rec.add(
+        case,
+        "postprocess",
+        f"{engine}:text",
+        "fail",
+        "identical tokens; the engine's own detokenization gives other text than the reference decode: "
+        + first_divergence(want, got),
+        klass="backend-specific",
+    )
 
 
 def same_output(a, b) -> str:
-    """"" when two generations are identical (tokens and text), else where they differ."""
+    """ "" when two generations are identical (tokens and text), else where they differ."""
     from probe import first_id_divergence
 
     if a.tokens != b.tokens:
         if a.by == "ids":
             return first_id_divergence(a.tokens, b.tokens)
         n = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), min(len(a.tokens), len(b.tokens)))
-        return f"first divergence at token {n}: {a.tokens[n:n + 4]} vs {b.tokens[n:n + 4]}"
+        return f"first divergence at token {n}: {a.tokens[n : n + 4]} vs {b.tokens[n : n + 4]}"
     if a.text != b.text:
         return f"same tokens, different text: {a.text!r} vs {b.text!r}"
     return ""
 
 
 # --------------------------------------------------------------------------- cases
+
 
 def gen_cases(job: dict, rec) -> list[dict]:
     """The generation cases with prompt ids, text, messages, settings and goldens filled in."""
@@ -296,6 +364,7 @@ def model_eos_ids(job: dict) -> list[int]:
 
 
 # --------------------------------------------------------------------------- the stage
+
 
 def run(job: dict, rec) -> None:
     cases = gen_cases(job, rec)
@@ -348,8 +417,14 @@ def run_engine(spec, job: dict, cases: list[dict], rec, facts: dict, skipped: li
             facts[name] = {"infra": str(exc)}
             return
         except Exception:  # noqa: BLE001 - a model the engine cannot load is a result
-            rec.add("*", STAGE, name, "fail", "engine failed to load the model:\n" + traceback.format_exc(limit=6),
-                    klass="crash")
+            rec.add(
+                "*",
+                STAGE,
+                name,
+                "fail",
+                "engine failed to load the model:\n" + traceback.format_exc(limit=6),
+                klass="crash",
+            )
             facts[name] = {"crash": "load"}
             return
         info["start_seconds"] = round(time.perf_counter() - started, 3)
@@ -365,29 +440,56 @@ def run_engine(spec, job: dict, cases: list[dict], rec, facts: dict, skipped: li
                 continue
             cid = case["id"]
             if rec.mode == "golden":
-                rec.produce(cid, "gen", {
-                    "engine": name, "ids": gen.tokens, "topk": gen.topk, "text": gen.text,
-                    "pieces": gen.extra.get("pieces"), "topk_pieces": gen.extra.get("topk_pieces"),
-                    "max_new_tokens": case["max_new_tokens"], "sampling": case["sampling"],
-                })
+                rec.produce(
+                    cid,
+                    "gen",
+                    {
+                        "engine": name,
+                        "ids": gen.tokens,
+                        "topk": gen.topk,
+                        "text": gen.text,
+                        "pieces": gen.extra.get("pieces"),
+                        "topk_pieces": gen.extra.get("topk_pieces"),
+                        "max_new_tokens": case["max_new_tokens"],
+                        "sampling": case["sampling"],
+                    },
+                )
                 rec.add(cid, STAGE, name, "pass", "golden produced", level="L1")
                 levels.append("L1")
             else:
                 expect = (case.get("expect") or {}).get("gen")
                 if not expect:
                     rec.add(cid, STAGE, name, "skipped", "no inference golden for this case")
-                elif (expect.get("sampling") not in (None, case["sampling"])
-                      or expect.get("max_new_tokens") not in (None, case["max_new_tokens"])):
-                    rec.add(cid, STAGE, name, "skipped", "the golden was made with other settings "
-                            f"({expect.get('max_new_tokens')} tokens, {expect.get('sampling')})")
+                elif expect.get("sampling") not in (None, case["sampling"]) or expect.get("max_new_tokens") not in (
+                    None,
+                    case["max_new_tokens"],
+                ):
+                    rec.add(
+                        cid,
+                        STAGE,
+                        name,
+                        "skipped",
+                        "the golden was made with other settings "
+                        f"({expect.get('max_new_tokens')} tokens, {expect.get('sampling')})",
+                    )
                 else:
                     j = judge(expect, gen, eos, min_level)
                     levels.append(j["level"])
                     if j.get("step") is not None:
                         divergences.append({"case": cid, "step": j["step"], "match": j["outcome"]})
-                    rec.add(cid, STAGE, name, j["outcome"], j["detail"], klass=j.get("klass"), level=j["level"],
-                            step=j.get("step"), compared_by=j["compared_by"], prompt_kind=gen.prompt_kind,
-                            max_logprob_delta=j["max_logprob_delta"])
+                    rec.add(
+                        cid,
+                        STAGE,
+                        name,
+                        j["outcome"],
+                        j["detail"],
+                        klass=j.get("klass"),
+                        level=j["level"],
+                        step=j.get("step"),
+                        compared_by=j["compared_by"],
+                        prompt_kind=gen.prompt_kind,
+                        max_logprob_delta=j["max_logprob_delta"],
+                    )
                     if j["outcome"] == "pass" and j.get("text_equal") is False and "postprocess" in job["stages"]:
                         _text_differs(rec, cid, name, expect.get("text"), gen.text)
             _determinism(eng, case, gen, rec, name)
@@ -453,8 +555,14 @@ def _determinism(eng, case, gen, rec, name) -> None:
         rec.add(case["id"], STAGE, check, "fail", traceback.format_exc(limit=6), klass="crash")
         return
     diff = same_output(gen, gen2)
-    rec.add(case["id"], STAGE, check, "fail" if diff else "pass",
-            f"the same request twice: {diff}" if diff else "", klass="determinism" if diff else None)
+    rec.add(
+        case["id"],
+        STAGE,
+        check,
+        "fail" if diff else "pass",
+        f"the same request twice: {diff}" if diff else "",
+        klass="determinism" if diff else None,
+    )
 
 
 def _concurrency(eng, case, alone, n, rec, name) -> None:
@@ -466,8 +574,14 @@ def _concurrency(eng, case, alone, n, rec, name) -> None:
         return
     diffs = [(i, d) for i, d in ((i, same_output(alone, g)) for i, g in enumerate(outs)) if d]
     if diffs:
-        rec.add(case["id"], STAGE, check, "fail",
-                f"{len(diffs)} of {n} concurrent requests differ from the request alone; first: "
-                f"#{diffs[0][0]}: {diffs[0][1]}", klass="concurrency")
+        rec.add(
+            case["id"],
+            STAGE,
+            check,
+            "fail",
+            f"{len(diffs)} of {n} concurrent requests differ from the request alone; first: "
+            f"#{diffs[0][0]}: {diffs[0][1]}",
+            klass="concurrency",
+        )
     else:
         rec.add(case["id"], STAGE, check, "pass", f"{n} concurrent requests identical to the request alone")

@@ -118,8 +118,9 @@ def load_source(source: str, job: dict) -> tuple[str, dict]:
         try:
             return load_template(model_dir)
         except FileNotFoundError:
-            raise SourceUnavailable("the model has neither a chat_template in tokenizer_config.json "
-                                    "nor a chat_template.jinja") from None
+            raise SourceUnavailable(
+                "the model has neither a chat_template in tokenizer_config.json nor a chat_template.jinja"
+            ) from None
     if source == "gguf":
         import gguf_meta
 
@@ -198,8 +199,12 @@ def jinja2_renderer(template_src: str, special: dict, limits: dict, job: dict | 
         messages, final = prepare_messages(case)
         ctx = dict(special)
         ctx.update(case.get("template_kwargs", {}))  # kwargs overwrite special tokens
-        ctx.update(messages=messages, tools=_plain(case.get("tools")), documents=None,
-                   add_generation_prompt=default_generation_prompt(case))
+        ctx.update(
+            messages=messages,
+            tools=_plain(case.get("tools")),
+            documents=None,
+            add_generation_prompt=default_generation_prompt(case),
+        )
         out, size = [], 0
         for chunk in template.generate(**ctx):
             size += len(chunk)
@@ -261,8 +266,9 @@ class RendererInfra(Exception):
 
 def _no_continue(case: dict, library: str) -> None:
     if case.get("continue_final_message"):
-        raise Unsupported(f"{library} has no continue_final_message (its chat API cannot continue a final "
-                          "assistant message)")
+        raise Unsupported(
+            f"{library} has no continue_final_message (its chat API cannot continue a final assistant message)"
+        )
 
 
 def llama_cpp_python_renderer(template_src: str, special: dict, limits: dict, job: dict | None = None):
@@ -279,8 +285,11 @@ def llama_cpp_python_renderer(template_src: str, special: dict, limits: dict, jo
     def formatter(add_generation_prompt: bool):
         if add_generation_prompt not in formatters:
             formatters[add_generation_prompt] = Jinja2ChatFormatter(
-                template=template_src, eos_token=special.get("eos_token", ""),
-                bos_token=special.get("bos_token", ""), add_generation_prompt=add_generation_prompt)
+                template=template_src,
+                eos_token=special.get("eos_token", ""),
+                bos_token=special.get("bos_token", ""),
+                add_generation_prompt=add_generation_prompt,
+            )
         return formatters[add_generation_prompt]
 
     def render(case: dict) -> str:
@@ -315,10 +324,12 @@ def _parent_death_cmd(cmd: list) -> list:
 
     if not sys.platform.startswith("linux"):
         return cmd
-    wrapper = ("import ctypes, os, signal, sys\n"
-               "try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
-               "except Exception:\n    pass\n"
-               "os.execv(sys.argv[1], sys.argv[1:])")
+    wrapper = (
+        "import ctypes, os, signal, sys\n"
+        "try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+        "except Exception:\n    pass\n"
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
     return [sys.executable, "-I", "-c", wrapper, *cmd]
 
 
@@ -353,17 +364,40 @@ def llama_server_renderer(template_src: str, special: dict, limits: dict, job: d
     with open(tmpl_path, "w", encoding="utf-8") as f:
         f.write(template_src)
     threads = str(job.get("threads", 2))
-    cmd = [binary, "-m", gguf, "--jinja", "--chat-template-file", tmpl_path, "--host", "{host}",
-           "--port", "{port}", "-c", "512", "-t", threads, "-tb", threads]
-    srv = servers.Server(_parent_death_cmd(cmd), name="llama-server-template", ready_path="/health",
-                         start_timeout=float(limits.get("server_start_seconds", 120)), log_dir=workdir)
+    cmd = [
+        binary,
+        "-m",
+        gguf,
+        "--jinja",
+        "--chat-template-file",
+        tmpl_path,
+        "--host",
+        "{host}",
+        "--port",
+        "{port}",
+        "-c",
+        "512",
+        "-t",
+        threads,
+        "-tb",
+        threads,
+    ]
+    srv = servers.Server(
+        _parent_death_cmd(cmd),
+        name="llama-server-template",
+        ready_path="/health",
+        start_timeout=float(limits.get("server_start_seconds", 120)),
+        log_dir=workdir,
+    )
     try:
         srv.start()
     except servers.ServerStartError as exc:
         tail = exc.log_tail
         if "invalid argument" in tail or "unknown argument" in tail or "error: unrecognized" in tail:
-            raise ImportError("this llama-server predates --jinja/--chat-template-file (llama.cpp's C++ "
-                              "Jinja engine): " + tail.strip().splitlines()[-1][:300]) from None
+            raise ImportError(
+                "this llama-server predates --jinja/--chat-template-file (llama.cpp's C++ "
+                "Jinja engine): " + tail.strip().splitlines()[-1][:300]
+            ) from None
         raise RendererInfra(f"llama-server did not start: {exc}") from None
     _LLAMA_SERVERS.append(srv)
     if len(_LLAMA_SERVERS) == 1:
@@ -376,8 +410,12 @@ def llama_server_renderer(template_src: str, special: dict, limits: dict, job: d
         import urllib.error
         import urllib.request
 
-        req = urllib.request.Request(srv.base_url + "/apply-template", data=_json.dumps(body).encode("utf-8"),
-                                     method="POST", headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            srv.base_url + "/apply-template",
+            data=_json.dumps(body).encode("utf-8"),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return _json.loads(resp.read().decode("utf-8"))
@@ -473,14 +511,15 @@ def check_needles(case: dict, text: str) -> tuple[str, str]:
     capability = case.get("capability") or case["id"]
     missing = [n for n in case["needles"] if n not in text]
     if missing:
-        return "fail", (f"capability {capability}: needle {missing[0]!r} is not in the render "
-                        f"({len(missing)} of {len(case['needles'])} missing)")
+        return "fail", (
+            f"capability {capability}: needle {missing[0]!r} is not in the render "
+            f"({len(missing)} of {len(case['needles'])} missing)"
+        )
     return "pass", f"capability {capability}: {len(case['needles'])} needle(s) survive"
 
 
 def has_tool_calls(case: dict) -> bool:
-    return any(isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls")
-               for m in case["messages"])
+    return any(isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls") for m in case["messages"])
 
 
 def run(job: dict, rec) -> None:
@@ -505,8 +544,14 @@ def _run(job: dict, rec) -> None:
             rec.add("*", "template", source, "skipped", f"template source {source}: {exc}")
             continue
         except (ValueError, OSError) as exc:  # e.g. gguf_meta.GGUFError: the model's own file is broken
-            rec.add("*", "template", source, "fail", f"template source {source}: {type(exc).__name__}: {exc}",
-                    klass="template-source")
+            rec.add(
+                "*",
+                "template",
+                source,
+                "fail",
+                f"template source {source}: {type(exc).__name__}: {exc}",
+                klass="template-source",
+            )
             continue
         for renderer_name in job.get("renderers", ["jinja2"]):
             check = check_name(source, renderer_name)
@@ -544,8 +589,14 @@ def _run(job: dict, rec) -> None:
                 if produce:
                     rec.produce(case["id"], "render", text)
                 if expect.get("error"):
-                    rec.add(case["id"], "template", check, "fail",
-                            f"rendered, but the case expects an error containing {expect['error']!r}", klass="mismatch")
+                    rec.add(
+                        case["id"],
+                        "template",
+                        check,
+                        "fail",
+                        f"rendered, but the case expects an error containing {expect['error']!r}",
+                        klass="mismatch",
+                    )
                 elif "render" in expect:
                     diff = "" if expect["render"] == text else first_divergence(expect["render"], text)
                     if diff:

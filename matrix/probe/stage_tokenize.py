@@ -37,7 +37,7 @@ from probe import first_divergence, first_id_divergence
 
 FINGERPRINT_TEXT = (
     "Hello, world! 你好 🙂 e\u0301 \u00a0nbsp \u200bzw  two  spaces\r\nCRLF <|im_start|>user\n"
-    "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich\"}}"
+    '{"name": "get_weather", "arguments": {"city": "Zürich"}}'
 )
 TRICKY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tricky_texts.json")
 TRICKY_PREFIX = "_tricky/"
@@ -50,6 +50,7 @@ class NotApplicable(Exception):
 
 
 # --------------------------------------------------------------------------- model files
+
 
 def _read_json(path: str) -> dict:
     try:
@@ -87,6 +88,7 @@ def load_tricky(path: str = TRICKY_PATH) -> list[dict]:
 
 # --------------------------------------------------------------------------- front ends
 
+
 class FrontEnd:
     """One tokenizer front end: encode (parsed specials), literal encode, decode, BOS id, specials.
 
@@ -95,11 +97,21 @@ class FrontEnd:
     SentencePiece model): texts containing them are left to the front ends that can.
     """
 
-    def __init__(self, name, encode, decode, *, encode_literal=None, bos_id=None, specials=None,
-                 cls: str = "", added_tokens: bool = True):
+    def __init__(
+        self,
+        name,
+        encode,
+        decode,
+        *,
+        encode_literal=None,
+        bos_id=None,
+        specials=None,
+        cls: str = "",
+        added_tokens: bool = True,
+    ):
         self.name = name
-        self.encode = encode            # (text, add_special_tokens: bool) -> list[int]
-        self.decode = decode            # ids -> str (special tokens kept)
+        self.encode = encode  # (text, add_special_tokens: bool) -> list[int]
+        self.decode = decode  # ids -> str (special tokens kept)
         self.encode_literal = encode_literal
         self.bos_id = bos_id
         self.specials = dict(specials or {})
@@ -128,6 +140,7 @@ def tokenizers_front(model_dir: str) -> FrontEnd:
 
     literal = None
     if hasattr(tok, "encode_special_tokens"):
+
         def literal(text):
             tok.encode_special_tokens = True
             try:
@@ -135,9 +148,15 @@ def tokenizers_front(model_dir: str) -> FrontEnd:
             finally:
                 tok.encode_special_tokens = False
 
-    return FrontEnd("tokenizers", encode, lambda ids: tok.decode(ids, skip_special_tokens=False),
-                    encode_literal=literal, bos_id=tok.token_to_id(bos) if bos else None,
-                    specials=specials, cls="tokenizers.Tokenizer")
+    return FrontEnd(
+        "tokenizers",
+        encode,
+        lambda ids: tok.decode(ids, skip_special_tokens=False),
+        encode_literal=literal,
+        bos_id=tok.token_to_id(bos) if bos else None,
+        specials=specials,
+        cls="tokenizers.Tokenizer",
+    )
 
 
 def _transformers_front(name: str, tok) -> FrontEnd:
@@ -155,8 +174,9 @@ def _transformers_front(name: str, tok) -> FrontEnd:
     def decode(ids):
         return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    return FrontEnd(name, encode, decode, encode_literal=literal, bos_id=tok.bos_token_id,
-                    specials=specials, cls=type(tok).__name__)
+    return FrontEnd(
+        name, encode, decode, encode_literal=literal, bos_id=tok.bos_token_id, specials=specials, cls=type(tok).__name__
+    )
 
 
 def transformers_front(model_dir: str) -> FrontEnd:
@@ -190,14 +210,22 @@ def sentencepiece_front(model_dir: str) -> FrontEnd:
     def encode(text, add_special_tokens=False):
         return list(sp.encode(text, out_type=int, add_bos=bool(add_special_tokens and bos_id is not None)))
 
-    return FrontEnd("sentencepiece", encode, lambda ids: sp.decode(list(ids)), bos_id=bos_id,
-                    cls="sentencepiece.SentencePieceProcessor", added_tokens=False)
+    return FrontEnd(
+        "sentencepiece",
+        encode,
+        lambda ids: sp.decode(list(ids)),
+        bos_id=bos_id,
+        cls="sentencepiece.SentencePieceProcessor",
+        added_tokens=False,
+    )
 
 
 def tiktoken_front(model_dir: str) -> FrontEnd:
     names = sorted(n for n in os.listdir(model_dir) if n.endswith(".tiktoken") or n == "tiktoken.model")
     if not names:
-        raise NotApplicable("the model ships no tiktoken BPE file (*.tiktoken, tiktoken.model): it does not use tiktoken")
+        raise NotApplicable(
+            "the model ships no tiktoken BPE file (*.tiktoken, tiktoken.model): it does not use tiktoken"
+        )
     config = _read_json(os.path.join(model_dir, "tokenizer_config.json"))
     pattern = config.get("pat_str")
     if not pattern:
@@ -214,9 +242,15 @@ def tiktoken_front(model_dir: str) -> FrontEnd:
         ids = enc.encode(text, allowed_special="all")
         return ([bos_id] + ids) if add_special_tokens and bos_id is not None and config.get("add_bos_token") else ids
 
-    return FrontEnd("tiktoken", encode, lambda ids: enc.decode(list(ids)),
-                    encode_literal=lambda text: enc.encode(text, disallowed_special=()),
-                    bos_id=bos_id, specials=specials, cls="tiktoken.Encoding")
+    return FrontEnd(
+        "tiktoken",
+        encode,
+        lambda ids: enc.decode(list(ids)),
+        encode_literal=lambda text: enc.encode(text, disallowed_special=()),
+        bos_id=bos_id,
+        specials=specials,
+        cls="tiktoken.Encoding",
+    )
 
 
 def llama_cpp_front(model_dir: str) -> FrontEnd:
@@ -242,8 +276,15 @@ def llama_cpp_front(model_dir: str) -> FrontEnd:
             raw = llm.detokenize(list(ids))
         return raw.decode("utf-8", errors="replace")
 
-    return FrontEnd("llama-cpp", encode, decode, encode_literal=literal,
-                    bos_id=llm.token_bos() if bos else None, specials=specials, cls="llama_cpp.Llama")
+    return FrontEnd(
+        "llama-cpp",
+        encode,
+        decode,
+        encode_literal=literal,
+        bos_id=llm.token_bos() if bos else None,
+        specials=specials,
+        cls="llama_cpp.Llama",
+    )
 
 
 FRONT_ENDS = {
@@ -260,6 +301,7 @@ TOKENIZERS = FRONT_ENDS  # the former name
 
 
 # --------------------------------------------------------------------------- checks
+
 
 def fingerprint(ids) -> str:
     return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
@@ -321,10 +363,16 @@ class _Checker:
         n = leading(ids, self.fe.bos_id)
         in_text = leading(plain_ids, self.fe.bos_id)
         if n >= 2:
-            self.add(case, "bos", "fail",
-                     f"{n} BOS ids ({self.fe.bos_id}) at the start with add_special_tokens=True "
-                     f"({in_text} from the text itself, {n - in_text} added by the tokenizer): "
-                     + first_id_divergence(plain_ids, ids), klass="double-bos", bos_count=n)
+            self.add(
+                case,
+                "bos",
+                "fail",
+                f"{n} BOS ids ({self.fe.bos_id}) at the start with add_special_tokens=True "
+                f"({in_text} from the text itself, {n - in_text} added by the tokenizer): "
+                + first_id_divergence(plain_ids, ids),
+                klass="double-bos",
+                bos_count=n,
+            )
         else:
             self.add(case, "bos", "pass", f"{n} BOS at the start", bos_count=n)
         return n
@@ -338,8 +386,13 @@ class _Checker:
             return out
         out["parsed"] = parsed
         if parsed != [token_id]:
-            self.add(case, "special", "fail", f"{token!r} parsed as special: " + first_id_divergence([token_id], parsed),
-                     klass="special-parse")
+            self.add(
+                case,
+                "special",
+                "fail",
+                f"{token!r} parsed as special: " + first_id_divergence([token_id], parsed),
+                klass="special-parse",
+            )
             return out
         if self.fe.encode_literal is None:
             self.add(case, "special", "pass", "parsed to its id; this front end has no literal mode")
@@ -351,9 +404,14 @@ class _Checker:
             return out
         out["literal"] = literal
         if len(literal) < 2 or token_id in literal:
-            self.add(case, "special", "fail",
-                     f"{token!r} read literally still gives the special id {token_id}: "
-                     + first_id_divergence(parsed, literal), klass="special-literal")
+            self.add(
+                case,
+                "special",
+                "fail",
+                f"{token!r} read literally still gives the special id {token_id}: "
+                + first_id_divergence(parsed, literal),
+                klass="special-literal",
+            )
             return out
         if self.ids_and_round_trip(case, token, None, literal, suffix="special", what="literal: "):
             self.add(case, "special", "pass", f"parsed to [{token_id}], literal to {len(literal)} ids")
@@ -366,8 +424,14 @@ def _front_end(name: str, job: dict, rec, given: dict | None):
         return given[name]
     factory = FRONT_ENDS.get(name)
     if factory is None:
-        rec.add("*", STAGE, name, "fail", f"unknown tokenizer front end {name!r}: one of {', '.join(FRONT_ENDS)}",
-                klass="config")
+        rec.add(
+            "*",
+            STAGE,
+            name,
+            "fail",
+            f"unknown tokenizer front end {name!r}: one of {', '.join(FRONT_ENDS)}",
+            klass="config",
+        )
         return None
     try:
         return factory(job["model_dir"])
@@ -472,8 +536,13 @@ def _tricky(chk: _Checker, item: dict, expect: dict | None, baseline: dict) -> N
             chk.rec.produce(case, "ids_literal", literal)
     against = ""
     if expect and expect.get("text", text) != text:
-        chk.add(case, "", "fail", "the golden was made for another text: "
-                + first_divergence(expect["text"], text) + "; regenerate goldens", klass="stale-golden")
+        chk.add(
+            case,
+            "",
+            "fail",
+            "the golden was made for another text: " + first_divergence(expect["text"], text) + "; regenerate goldens",
+            klass="stale-golden",
+        )
         return
     if expect and "ids" in expect:
         want, want_literal = expect["ids"], expect.get("ids_literal")
@@ -484,7 +553,9 @@ def _tricky(chk: _Checker, item: dict, expect: dict | None, baseline: dict) -> N
     baseline.setdefault(name, (fe.name, ids, literal))
     what = f"(no golden: compared with {against}) " if against else ""
     if chk.ids_and_round_trip(case, text, want, ids, what=what):
-        note = f"no golden: equal to {against}" if against else ("" if want is not None else "no golden: round trip only")
+        note = (
+            f"no golden: equal to {against}" if against else ("" if want is not None else "no golden: round trip only")
+        )
         chk.add(case, "", "pass", note)
     if literal is not None:
         if chk.ids_and_round_trip(case, text, want_literal, literal, suffix="literal", what="literal: " + what):

@@ -19,8 +19,12 @@ import json
 import re
 from dataclasses import dataclass
 
-CHATML = {"turn_start": "<|im_start|>assistant", "turn_end": "<|im_end|>",
-          "open": "<tool_call>", "close": "</tool_call>"}
+CHATML = {
+    "turn_start": "<|im_start|>assistant",
+    "turn_end": "<|im_end|>",
+    "open": "<tool_call>",
+    "close": "</tool_call>",
+}
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ def assistant_turns(text: str, fmt: dict = CHATML) -> list[str]:
         if i < 0:
             return turns
         j = text.find(end, i + len(start)) if end else -1
-        turns.append(text[i + len(start): j if j >= 0 else len(text)])
+        turns.append(text[i + len(start) : j if j >= 0 else len(text)])
         if j < 0 or not end:  # j >= 0 only when there is an end marker
             return turns
         pos = j + len(end)
@@ -103,7 +107,7 @@ def parse(text: str, fmt: dict = CHATML) -> list[ToolCall]:
 
 
 def compare(expected: list[ToolCall], actual: list[ToolCall]) -> str:
-    """"" when equal; otherwise the first divergence: which call, name or arguments, both sides."""
+    """ "" when equal; otherwise the first divergence: which call, name or arguments, both sides."""
     for i, (e, a) in enumerate(zip(expected, actual)):
         if e.name != a.name:
             return f"tool call {i + 1}: expected name {e.name!r}, got {a.name!r}"
@@ -112,15 +116,14 @@ def compare(expected: list[ToolCall], actual: list[ToolCall]) -> str:
             aj = json.dumps(a.arguments, ensure_ascii=False, sort_keys=True)
             return f"tool call {i + 1} ({e.name}): arguments differ: expected {ej[:200]}, got {aj[:200]}"
     if len(expected) != len(actual):
-        extra = actual[len(expected):] or expected[len(actual):]
+        extra = actual[len(expected) :] or expected[len(actual) :]
         which = "parsed an extra" if len(actual) > len(expected) else "missing"
-        return (f"expected {len(expected)} tool calls, parsed {len(actual)}: {which} "
-                f"{extra[0].canonical()[:200]}")
+        return f"expected {len(expected)} tool calls, parsed {len(actual)}: {which} {extra[0].canonical()[:200]}"
     return ""
 
 
 def roundtrip(messages, text: str, fmt: dict = CHATML) -> str:
-    """"" when the tool calls of ``messages`` parse back out of their render ``text``; else why not."""
+    """ "" when the tool calls of ``messages`` parse back out of their render ``text``; else why not."""
     try:
         want = expected_calls(messages)
     except ParseError as exc:

@@ -45,13 +45,18 @@ class FactsOnly:
         self.checks = rec.facts.setdefault("user_path", {}).setdefault("checks", [])
 
     def add(self, case, stage, check, outcome, detail="", **extra):
-        self.checks.append({"case": case, "stage": stage, "check": check, "outcome": outcome,
-                            "detail": detail[:500], **extra})
+        self.checks.append(
+            {"case": case, "stage": stage, "check": check, "outcome": outcome, "detail": detail[:500], **extra}
+        )
 
 
 def _post(url: str, body: dict, timeout: float, api_key: str) -> tuple[int, dict | str]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode("utf-8"),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read().decode("utf-8"))
@@ -61,8 +66,13 @@ def _post(url: str, body: dict, timeout: float, api_key: str) -> tuple[int, dict
 
 def expressible(case: dict) -> bool:
     expect = case.get("expect") or {}
-    return ("ids" in expect and "render" in expect and not expect.get("error")
-            and not case.get("continue_final_message") and case.get("add_generation_prompt", True))
+    return (
+        "ids" in expect
+        and "render" in expect
+        and not expect.get("error")
+        and not case.get("continue_final_message")
+        and case.get("add_generation_prompt", True)
+    )
 
 
 def _bos(job: dict) -> tuple[str | None, int | None]:
@@ -82,9 +92,16 @@ def judge_count(server: str, got: int, want: int, template_bos: bool) -> tuple[s
         return "pass", f"{got} prompt tokens, as the reference prompt", None
     what = f"{server} counted {got} prompt tokens, the reference prompt has {want}"
     if template_bos and got == want + 1:
-        return "fail", what + ": one more, a BOS added to a prompt whose template already has one (double BOS)", "double-bos"
-    return "fail", what + ": the server's prompt differs (its default template, typed-content joining or tokenization)", \
-        "configuration-default"
+        return (
+            "fail",
+            what + ": one more, a BOS added to a prompt whose template already has one (double BOS)",
+            "double-bos",
+        )
+    return (
+        "fail",
+        what + ": the server's prompt differs (its default template, typed-content joining or tokenization)",
+        "configuration-default",
+    )
 
 
 def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: str, timeout: float) -> None:
@@ -107,11 +124,17 @@ def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: 
         check = f"server:{server}:prompt_tokens"
         got = (answer.get("usage") or {}).get("prompt_tokens") if isinstance(answer, dict) else None
         if status >= 300 or not isinstance(got, int):
-            rec.add(cid, "tokenize", check, "skipped", f"{server} answered HTTP {status} without usage.prompt_tokens: "
-                    f"{str(answer)[:300]}")
+            rec.add(
+                cid,
+                "tokenize",
+                check,
+                "skipped",
+                f"{server} answered HTTP {status} without usage.prompt_tokens: {str(answer)[:300]}",
+            )
         else:
-            outcome, detail, klass = judge_count(server, got, len(expect["ids"]),
-                                                 bool(bos) and expect["render"].startswith(bos))
+            outcome, detail, klass = judge_count(
+                server, got, len(expect["ids"]), bool(bos) and expect["render"].startswith(bos)
+            )
             facts["counts"][cid] = [got, len(expect["ids"])]
             rec.add(cid, "tokenize", check, outcome, detail, **({"klass": klass} if klass else {}))
         if endpoints["apply-template"]:
@@ -119,8 +142,16 @@ def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: 
     defaults(job, rec, base_url, model, server, api_key, timeout)
 
 
-PINS = (("top_p", 1.0), ("top_k", 1), ("min_p", 0.0), ("repetition_penalty", 1.0), ("repeat_penalty", 1.0),
-        ("frequency_penalty", 0.0), ("presence_penalty", 0.0), ("seed", 0))
+PINS = (
+    ("top_p", 1.0),
+    ("top_k", 1),
+    ("min_p", 0.0),
+    ("repetition_penalty", 1.0),
+    ("repeat_penalty", 1.0),
+    ("frequency_penalty", 0.0),
+    ("presence_penalty", 0.0),
+    ("seed", 0),
+)
 """The reference's decoding parameters, as a server's API may name them: pinned one at a time."""
 
 
@@ -143,16 +174,25 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
             continue
         cid, want = case["id"], gen.get("text")
         check = f"server:{server}:defaults"
-        body = {"messages": case["messages"], "temperature": 0, "max_tokens": int(gen.get("max_new_tokens", 16)),
-                **({"model": model} if model else {})}
+        body = {
+            "messages": case["messages"],
+            "temperature": 0,
+            "max_tokens": int(gen.get("max_new_tokens", 16)),
+            **({"model": model} if model else {}),
+        }
         status, answer = _post(base_url + "/v1/chat/completions", body, timeout, api_key)
         text, finish = _content(answer)
         if status >= 300 or text is None:
             rec.add(cid, "inference", check, "skipped", f"{server} answered HTTP {status}: {str(answer)[:300]}")
             continue
         if text == want or (finish == "stop" and want.startswith(text)):
-            rec.add(cid, "inference", check, "pass", "the reference's greedy text under defaults"
-                    + (" (stopped at EOS)" if text != want else ""))
+            rec.add(
+                cid,
+                "inference",
+                check,
+                "pass",
+                "the reference's greedy text under defaults" + (" (stopped at EOS)" if text != want else ""),
+            )
             continue
         tried, refused = [], []
         for name, value in PINS:
@@ -162,27 +202,48 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
                 continue
             tried.append(name)
             if _content(ans)[0] == want:
-                rec.add(cid, "inference", check, "fail", f"under defaults {server}'s greedy text differs from the "
-                        f"reference ({first_divergence(want, text)}); pinning {name}={value} alone gives the "
-                        "reference's text", klass="configuration-default", parameter=name)
+                rec.add(
+                    cid,
+                    "inference",
+                    check,
+                    "fail",
+                    f"under defaults {server}'s greedy text differs from the "
+                    f"reference ({first_divergence(want, text)}); pinning {name}={value} alone gives the "
+                    "reference's text",
+                    klass="configuration-default",
+                    parameter=name,
+                )
                 break
         else:
-            rec.add(cid, "inference", check, "fail", f"{server}'s greedy text differs from the reference under defaults "
-                    f"and with each parameter pinned alone (tried {', '.join(tried) or 'none'}; refused "
-                    f"{', '.join(refused) or 'none'}): {first_divergence(want, text)}", klass="mismatch")
+            rec.add(
+                cid,
+                "inference",
+                check,
+                "fail",
+                f"{server}'s greedy text differs from the reference under defaults "
+                f"and with each parameter pinned alone (tried {', '.join(tried) or 'none'}; refused "
+                f"{', '.join(refused) or 'none'}): {first_divergence(want, text)}",
+                klass="mismatch",
+            )
 
 
 def _apply_template(job, rec, case, base_url, server, api_key, timeout, endpoints, bos_id) -> None:
     """llama-server's own render and tokenization of the case (skipped where it has no such endpoint)."""
     cid, expect = case["id"], case["expect"]
-    body = {"messages": case["messages"], "add_generation_prompt": True, **({"tools": case["tools"]} if case.get("tools") else {})}
+    body = {
+        "messages": case["messages"],
+        "add_generation_prompt": True,
+        **({"tools": case["tools"]} if case.get("tools") else {}),
+    }
     status, answer = _post(base_url + "/apply-template", body, timeout, api_key)
     if status in (404, 405):
         endpoints["apply-template"] = False
         return
     check = f"server:{server}:apply-template"
     if status >= 300 or not isinstance(answer, dict) or not isinstance(answer.get("prompt"), str):
-        rec.add(cid, "template", check, "skipped", f"{server} /apply-template answered HTTP {status}: {str(answer)[:300]}")
+        rec.add(
+            cid, "template", check, "skipped", f"{server} /apply-template answered HTTP {status}: {str(answer)[:300]}"
+        )
         return
     prompt = answer["prompt"]
     diff = first_divergence(expect["render"], prompt)
@@ -200,8 +261,15 @@ def _apply_template(job, rec, case, base_url, server, api_key, timeout, endpoint
         lead += 1
     check = f"server:{server}:tokenize"
     if lead >= 2:
-        rec.add(cid, "tokenize", check, "fail", f"{lead} BOS ids ({bos_id}) at the start of {server}'s tokenization "
-                "of its own prompt", klass="double-bos", bos_count=lead)
+        rec.add(
+            cid,
+            "tokenize",
+            check,
+            "fail",
+            f"{lead} BOS ids ({bos_id}) at the start of {server}'s tokenization of its own prompt",
+            klass="double-bos",
+            bos_count=lead,
+        )
         return
     if bos_id is not None and lead == 1 and (not want or want[0] != bos_id):
         want = [bos_id] + want  # the server adds the model's BOS: compare the rest

@@ -28,14 +28,25 @@ import json
 import threading
 import time
 import urllib.parse
-from typing import Any
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "api-key",
-                            "x-api-key"})
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers",
-                        "transfer-encoding", "upgrade", "host", "content-length"})
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "api-key", "x-api-key"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 READ_SIZE = 65536
 
 
@@ -93,11 +104,21 @@ class Exchange:
 
     def to_json(self, body_chars: int = 4000) -> dict:
         text = self.body.decode("utf-8", errors="replace")
-        return {"method": self.method, "path": self.path, "status": self.status, "request": self.request_json,
-                "request_headers": self.request_headers, "content_type": self.content_type,
-                "streamed": self.streamed, "pieces": self.pieces, "events": len(self.events),
-                "body": text[:body_chars] + ("…" if len(text) > body_chars else ""), "error": self.error,
-                "first_byte_s": self.first_byte_s, "seconds": self.seconds}
+        return {
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "request": self.request_json,
+            "request_headers": self.request_headers,
+            "content_type": self.content_type,
+            "streamed": self.streamed,
+            "pieces": self.pieces,
+            "events": len(self.events),
+            "body": text[:body_chars] + ("…" if len(text) > body_chars else ""),
+            "error": self.error,
+            "first_byte_s": self.first_byte_s,
+            "seconds": self.seconds,
+        }
 
 
 def safe_headers(items) -> dict:
@@ -110,6 +131,7 @@ def safe_headers(items) -> dict:
 
 
 # --------------------------------------------------------------------------- pure readers
+
 
 def parse_sse(body: bytes | str) -> list[dict]:
     """Server-sent events: ``[{"event", "data", "json", "done"}]`` in order. ``data`` lines of one
@@ -183,8 +205,16 @@ def accumulate(chunks, choice_index: int = 0) -> dict:
     delta without ``index``, a later delta that repeats a different id or name): servers that do
     this break some accumulators, so it is worth knowing where a mismatch comes from.
     """
-    out: dict[str, Any] = {"role": None, "content": None, "reasoning": None, "tool_calls": [], "finish_reason": None,
-                           "usage": None, "chunks": 0, "notes": []}
+    out: dict[str, Any] = {
+        "role": None,
+        "content": None,
+        "reasoning": None,
+        "tool_calls": [],
+        "finish_reason": None,
+        "usage": None,
+        "chunks": 0,
+        "notes": [],
+    }
     calls: dict = {}
     order: list = []
     for chunk in chunks:
@@ -221,7 +251,9 @@ def accumulate(chunks, choice_index: int = 0) -> dict:
                         if slot[key] is None:
                             slot[key] = value
                         elif slot[key] != value:
-                            out["notes"].append(f"chunk {out['chunks']}: tool call {idx} {key} {value!r} after {slot[key]!r}")
+                            out["notes"].append(
+                                f"chunk {out['chunks']}: tool call {idx} {key} {value!r} after {slot[key]!r}"
+                            )
                         elif key != "type":
                             out["notes"].append(f"chunk {out['chunks']}: tool call {idx} repeats its {key}")
                 args = _get(fn, "arguments")
@@ -234,6 +266,7 @@ def accumulate(chunks, choice_index: int = 0) -> dict:
 
 
 # --------------------------------------------------------------------------- the proxy
+
 
 class RecordingProxy:
     """A recording reverse proxy to ``upstream`` (``http://host:port``) on a free loopback port."""
@@ -260,7 +293,7 @@ class RecordingProxy:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "RecordingProxy":
+    def start(self) -> RecordingProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, name="llmcompat-wire", daemon=True)
         self._thread.start()
         return self
@@ -269,7 +302,7 @@ class RecordingProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "RecordingProxy":
+    def __enter__(self) -> RecordingProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -318,7 +351,9 @@ class RecordingProxy:
                 return self.rfile.read(n) if n else b""
 
             def _forward(self):
-                ex = Exchange(self.command, self.path, safe_headers(self.headers.items()), b"", started=time.monotonic())
+                ex = Exchange(
+                    self.command, self.path, safe_headers(self.headers.items()), b"", started=time.monotonic()
+                )
                 with proxy._lock:
                     proxy.exchanges.append(ex)
                 try:
@@ -329,8 +364,9 @@ class RecordingProxy:
                         headers["Content-Length"] = str(len(ex.request_body))
                     conn = proxy._connection()
                     try:
-                        conn.request(self.command, proxy.up_prefix + self.path, body=ex.request_body or None,
-                                     headers=headers)
+                        conn.request(
+                            self.command, proxy.up_prefix + self.path, body=ex.request_body or None, headers=headers
+                        )
                         resp = conn.getresponse()
                     except (OSError, http.client.HTTPException) as exc:
                         conn.close()

@@ -43,9 +43,16 @@ class ReleaseCache:
     sources: Callable[[], str] | None = None
     ensure_ascii: bool = False
 
-    def releases(self, path: Path, name: str, fetch: Callable[[], list[Release]], *,
-                 errors: tuple[type[BaseException], ...], unavailable: Callable[[str], Exception],
-                 what: str) -> list[Release]:
+    def releases(
+        self,
+        path: Path,
+        name: str,
+        fetch: Callable[[], list[Release]],
+        *,
+        errors: tuple[type[BaseException], ...],
+        unavailable: Callable[[str], Exception],
+        what: str,
+    ) -> list[Release]:
         """``name``'s releases: cached, or ``fetch()``ed and cached; a ``fetch`` that raises one
         of ``errors`` falls back to a stale cache (``what`` names the source in the warning)."""
         cached = self.read(path, name)
@@ -82,17 +89,22 @@ class ReleaseCache:
         try:
             if data.get("format") != self.format or data.get(self.name_field) != name:
                 return None
-            return Cached(order(self.decode(r) for r in data["releases"]), float(data["fetched_at"]),
-                          str(data.get("sources", "")))
+            return Cached(
+                order(self.decode(r) for r in data["releases"]), float(data["fetched_at"]), str(data.get("sources", ""))
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self.log.warning("ignoring malformed cache file %s: %s", path, exc)
             return None
 
     def write(self, path: Path, name: str, releases: Iterable[Release]) -> None:
         """Written atomically; a cache that cannot be written is only a warning."""
-        data = {"format": self.format, self.name_field: name, "fetched_at": self.clock(),
-                **({"sources": self.sources()} if self.sources is not None else {}),
-                "releases": [self.encode(r) for r in releases]}
+        data = {
+            "format": self.format,
+            self.name_field: name,
+            "fetched_at": self.clock(),
+            **({"sources": self.sources()} if self.sources is not None else {}),
+            "releases": [self.encode(r) for r in releases],
+        }
         try:
             atomic.write_json(path, data, ensure_ascii=self.ensure_ascii, sort_keys=False)
         except OSError as exc:

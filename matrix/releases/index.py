@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 from urllib.request import pathname2url, url2pathname
@@ -162,7 +162,10 @@ def _pip_items_subprocess() -> dict[str, str]:
         try:
             out = subprocess.run(
                 [python, "-m", "pip", "config", "list"],
-                capture_output=True, text=True, timeout=60, check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
             ).stdout
         except (OSError, subprocess.SubprocessError) as exc:
             last = exc
@@ -299,8 +302,8 @@ def _utc(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
     if dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 def parse_filename(filename: str) -> tuple[str, Version] | None:
@@ -317,7 +320,9 @@ def parse_filename(filename: str) -> tuple[str, Version] | None:
     return str(name), version
 
 
-def _files_from_packages(packages: Iterable[pypi_simple.DistributionPackage], project: str, *, listing: bool) -> list[_File]:
+def _files_from_packages(
+    packages: Iterable[pypi_simple.DistributionPackage], project: str, *, listing: bool
+) -> list[_File]:
     """Files of ``project`` on a project page; ``listing`` (find-links pages) filters by file name."""
     files: list[_File] = []
     for pkg in packages:
@@ -454,9 +459,14 @@ class PackageIndex:
                 log.warning("%s: no releases on any configured source", name)
             return found
 
-        return self._cache().releases(self.cache_path(name), name, fetch, errors=(_SourceError,),
-                                      unavailable=lambda reason: IndexUnavailable(project, reason),
-                                      what="package index")
+        return self._cache().releases(
+            self.cache_path(name),
+            name,
+            fetch,
+            errors=(_SourceError,),
+            unavailable=lambda reason: IndexUnavailable(project, reason),
+            what="package index",
+        )
 
     def releases_many(self, projects: Iterable[str]) -> dict[str, list[Release]]:
         """:meth:`releases` of several projects, fetched in a small thread pool; keyed as given.
@@ -480,7 +490,7 @@ class PackageIndex:
             self._session.close()
             self._session = None
 
-    def __enter__(self) -> "PackageIndex":
+    def __enter__(self) -> PackageIndex:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -490,9 +500,18 @@ class PackageIndex:
     def _cache(self) -> ReleaseCache:
         """The TTL cache (:mod:`matrix.releases.cache`) with this index's current settings; a
         cache from other sources is not fresh."""
-        return ReleaseCache(CACHE_FORMAT, "project", _release_to_json, _release_from_json, log, ttl=self.ttl,
-                            offline=self.offline, clock=self._clock, sources=lambda: self.config.fingerprint(),
-                            ensure_ascii=True)
+        return ReleaseCache(
+            CACHE_FORMAT,
+            "project",
+            _release_to_json,
+            _release_from_json,
+            log,
+            ttl=self.ttl,
+            offline=self.offline,
+            clock=self._clock,
+            sources=lambda: self.config.fingerprint(),
+            ensure_ascii=True,
+        )
 
     # -- fetching
     def _get_session(self) -> requests.Session:
@@ -522,12 +541,7 @@ class PackageIndex:
     def _verify(self) -> str | bool:
         """pip's cert wins over REQUESTS_CA_BUNDLE (passed per request: requests would otherwise
         let the environment override the session's setting)."""
-        return (
-            self.config.cert
-            or os.environ.get("REQUESTS_CA_BUNDLE")
-            or os.environ.get("CURL_CA_BUNDLE")
-            or True
-        )
+        return self.config.cert or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
     def _timeouts(self) -> tuple[float, float]:
         if isinstance(self._timeout, tuple):

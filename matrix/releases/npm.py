@@ -25,20 +25,31 @@ import re
 import shutil
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from matrix.errors import LlmcompatError
 from matrix import atomic
+from matrix.errors import LlmcompatError
 from matrix.releases.cache import ReleaseCache
 from matrix.releases.versions import Release, order
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CACHE_FORMAT", "MARKER", "NpmError", "NpmUnavailable", "NpmInstallError",
-    "releases", "ensure_package", "installed", "node_modules", "package_dir", "safe_name", "npm_env",
-    "validate_name", "validate_version",
+    "CACHE_FORMAT",
+    "MARKER",
+    "NpmError",
+    "NpmUnavailable",
+    "NpmInstallError",
+    "releases",
+    "ensure_package",
+    "installed",
+    "node_modules",
+    "package_dir",
+    "safe_name",
+    "npm_env",
+    "validate_name",
+    "validate_version",
 ]
 
 CACHE_FORMAT = 1
@@ -165,7 +176,7 @@ def _utc(text: str) -> datetime | None:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (TypeError, ValueError):
         return None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def parse_view(data: dict) -> list[Release]:
@@ -196,7 +207,10 @@ def _view(package: str) -> list[Release]:
     try:
         proc = subprocess.run(
             [_npm(), "view", package, "time", "versions", "--json"],
-            capture_output=True, text=True, timeout=VIEW_TIMEOUT, env=npm_env(),
+            capture_output=True,
+            text=True,
+            timeout=VIEW_TIMEOUT,
+            env=npm_env(),
         )
     except subprocess.TimeoutExpired:
         raise _ViewFailed(f"npm view timed out after {VIEW_TIMEOUT}s") from None
@@ -253,11 +267,17 @@ def releases(
     registry does not know has no releases (``[]``, with a warning).
     """
     validate_name(package)
-    cache = ReleaseCache(CACHE_FORMAT, "package", _release_to_json, _release_from_json, log, ttl=ttl,
-                         offline=offline, clock=clock)
-    return cache.releases(_cache_path(Path(cache_dir), package), package, lambda: _view(package),
-                          errors=(_ViewFailed, NpmError), unavailable=lambda reason: NpmUnavailable(package, reason),
-                          what="npm view")
+    cache = ReleaseCache(
+        CACHE_FORMAT, "package", _release_to_json, _release_from_json, log, ttl=ttl, offline=offline, clock=clock
+    )
+    return cache.releases(
+        _cache_path(Path(cache_dir), package),
+        package,
+        lambda: _view(package),
+        errors=(_ViewFailed, NpmError),
+        unavailable=lambda reason: NpmUnavailable(package, reason),
+        what="npm view",
+    )
 
 
 # --------------------------------------------------------------------------- installs
@@ -271,8 +291,11 @@ def installed(prefix: Path, package: str, version: str) -> bool:
     except (OSError, ValueError):
         return False
     return (
-        isinstance(marker, dict) and marker.get("package") == package and marker.get("version") == version
-        and isinstance(pkg, dict) and pkg.get("version") == version
+        isinstance(marker, dict)
+        and marker.get("package") == package
+        and marker.get("version") == version
+        and isinstance(pkg, dict)
+        and pkg.get("version") == version
     )
 
 
@@ -301,9 +324,23 @@ def ensure_package(package: str, version: str, cache_dir: str | Path) -> Path:
         started = time.monotonic()
         try:
             proc = subprocess.run(
-                [_npm(), "install", "--no-save", "--ignore-scripts", "--no-audit", "--no-fund",
-                 "--no-package-lock", "--prefix", str(tmp), f"{package}@{version}"],
-                capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=npm_env(), cwd=tmp,
+                [
+                    _npm(),
+                    "install",
+                    "--no-save",
+                    "--ignore-scripts",
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-package-lock",
+                    "--prefix",
+                    str(tmp),
+                    f"{package}@{version}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT,
+                env=npm_env(),
+                cwd=tmp,
             )
         except subprocess.TimeoutExpired:
             raise NpmInstallError(package, version, f"timed out after {INSTALL_TIMEOUT}s") from None
@@ -319,10 +356,20 @@ def ensure_package(package: str, version: str, cache_dir: str | Path) -> Path:
         if got != version:
             raise NpmInstallError(package, version, f"npm installed version {got!r}")
         log.info("installed %s@%s in %.1f s into %s", package, version, seconds, final)
-        return {"package": package, "version": version,
-                "installed": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3),
-                "node": _tool_version(["node", "--version"]), "npm": _tool_version([_npm(), "--version"])}
+        return {
+            "package": package,
+            "version": version,
+            "installed": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 3),
+            "node": _tool_version(["node", "--version"]),
+            "npm": _tool_version([_npm(), "--version"]),
+        }
 
-    atomic.build_once(final, install, marker=MARKER, done=lambda p: installed(p, package, version),
-                      lock_path=final.parent / ".locks" / f"{final.name}.lock")
+    atomic.build_once(
+        final,
+        install,
+        marker=MARKER,
+        done=lambda p: installed(p, package, version),
+        lock_path=final.parent / ".locks" / f"{final.name}.lock",
+    )
     return final

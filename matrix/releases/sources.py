@@ -48,9 +48,12 @@ def _sdist_candidates(package: str, version: str) -> list[tuple[str, str | None]
         scheme = urlsplit(index).scheme.lower()
         try:
             if scheme in ("http", "https"):
-                r = requests.get(index.rstrip("/") + f"/{name}/", timeout=(10, config.timeout or 60),
-                                 headers={"Accept": pypi_simple.ACCEPT_JSON_PREFERRED},
-                                 verify=config.cert or True)
+                r = requests.get(
+                    index.rstrip("/") + f"/{name}/",
+                    timeout=(10, config.timeout or 60),
+                    headers={"Accept": pypi_simple.ACCEPT_JSON_PREFERRED},
+                    verify=config.cert or True,
+                )
                 if r.status_code in (404, 410):
                     continue
                 r.raise_for_status()
@@ -84,8 +87,10 @@ def sdist(package: str, version: str, root: Path | None = None) -> Path:
     errors = [u[6:] for u, _ in candidates if u.startswith("error:")]
     candidates = [c for c in candidates if not c[0].startswith("error:")]
     if not candidates:
-        raise SdistError(f"no source distribution of {package}=={version} on the configured index"
-                         + (f" ({'; '.join(errors)})" if errors else ""))
+        raise SdistError(
+            f"no source distribution of {package}=={version} on the configured index"
+            + (f" ({'; '.join(errors)})" if errors else "")
+        )
     url, sha256 = candidates[0]
     filename = Path(url2pathname(urlsplit(url).path)).name
     path = root / filename
@@ -101,8 +106,9 @@ def sdist(package: str, version: str, root: Path | None = None) -> Path:
                         out.write(chunk)
             else:
                 config = package_index.pip_config()
-                with requests.get(url, stream=True, timeout=(10, config.timeout or 60),
-                                  verify=config.cert or True) as r:
+                with requests.get(
+                    url, stream=True, timeout=(10, config.timeout or 60), verify=config.cert or True
+                ) as r:
                     r.raise_for_status()
                     for chunk in r.iter_content(1 << 20):
                         h.update(chunk)

@@ -62,9 +62,7 @@ class EmptyVersionSet(ValueError):
         self.dropped = dict(dropped)
         why = ", ".join(f"{n} {reason}" for reason, n in self.dropped.items() if n)
         of = f"of {total} release{'s' if total != 1 else ''}" + (f": {why}" if why else "")
-        super().__init__(
-            f"no release matches the version rule ({describe_rule(rule)}; Python {python}) ({of})"
-        )
+        super().__init__(f"no release matches the version rule ({describe_rule(rule)}; Python {python}) ({of})")
 
 
 class InvalidRule(ValueError):
@@ -192,7 +190,9 @@ def select(releases: Iterable[Release], rule: VersionRule, python: str = "3.11")
 
     if rule.per not in PER_GROUPS:
         raise InvalidRule("per", rule.per, f"must be one of {', '.join(PER_GROUPS)}")
-    if rule.latest is not None and (not isinstance(rule.latest, int) or isinstance(rule.latest, bool) or rule.latest < 1):
+    if rule.latest is not None and (
+        not isinstance(rule.latest, int) or isinstance(rule.latest, bool) or rule.latest < 1
+    ):
         raise InvalidRule("latest", rule.latest, "must be a positive integer")
     py = _parse(str(python))
     if py is None:

@@ -106,7 +106,9 @@ def load(name: str = "core", root: Path = HERE) -> Suite:
     validator = jsonschema.Draft202012Validator(CASE_SCHEMA)
     for err in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
         field = ".".join(str(p) for p in err.absolute_path) or "(root)"
-        raise ConfigError(str(path), field, err.instance if not isinstance(err.instance, (dict, list)) else "…", err.message)
+        raise ConfigError(
+            str(path), field, err.instance if not isinstance(err.instance, (dict, list)) else "…", err.message
+        )
     seen = set()
     cases = []
     for i, case in enumerate(data["cases"]):
@@ -122,12 +124,19 @@ def expand(value, source: str = "(suite)", where: str = ""):
     if isinstance(value, dict):
         if "repeat" in value or "times" in value:
             unit, times = value.get("repeat"), value.get("times")
-            if set(value) != {"repeat", "times"} or not isinstance(unit, str) or not unit \
-                    or not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            if (
+                set(value) != {"repeat", "times"}
+                or not isinstance(unit, str)
+                or not unit
+                or not isinstance(times, int)
+                or isinstance(times, bool)
+                or times < 1
+            ):
                 raise ConfigError(source, where, "…", "a repeat is {repeat: <non-empty string>, times: <integer >= 1>}")
             if len(unit) * times > MAX_REPEAT_CHARS:
-                raise ConfigError(source, where, len(unit) * times,
-                                  f"a repeat expands to at most {MAX_REPEAT_CHARS} characters")
+                raise ConfigError(
+                    source, where, len(unit) * times, f"a repeat expands to at most {MAX_REPEAT_CHARS} characters"
+                )
             return unit * times
         return {k: expand(v, source, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
@@ -157,7 +166,7 @@ def load_goldens(suite: Suite, model: str) -> Goldens | None:
 def split_tricky(produced: dict) -> tuple[dict, dict]:
     """(per-case goldens, tricky-text goldens by name) from what a golden-mode probe produced."""
     cases = {k: v for k, v in produced.items() if not k.startswith(TRICKY_PREFIX)}
-    tricky = {k[len(TRICKY_PREFIX):]: v for k, v in produced.items() if k.startswith(TRICKY_PREFIX)}
+    tricky = {k[len(TRICKY_PREFIX) :]: v for k, v in produced.items() if k.startswith(TRICKY_PREFIX)}
     return cases, tricky
 
 

@@ -81,6 +81,7 @@ def models_root() -> Path:
 
 # --------------------------------------------------------------------------- pure helpers
 
+
 def normalize_parts(parts: Iterable[str]) -> tuple[str, ...]:
     """Parts in build order; every build has the tokenizer, and a GGUF needs the weights."""
     wanted = set(parts) | {"tokenizer"}
@@ -104,8 +105,14 @@ def input_digests() -> dict[str, str]:
 
 def cache_key(arch: str, parts: tuple[str, ...], pins: Mapping[str, str], python: str) -> str:
     """sha256 of everything that decides a build's bytes."""
-    doc = {"format": FORMAT, "arch": arch, "parts": list(parts), "pins": dict(sorted(pins.items())),
-           "python": python, "inputs": input_digests()}
+    doc = {
+        "format": FORMAT,
+        "arch": arch,
+        "parts": list(parts),
+        "pins": dict(sorted(pins.items())),
+        "python": python,
+        "inputs": input_digests(),
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -138,6 +145,7 @@ def _sha256_file(path: Path) -> str:
 
 # --------------------------------------------------------------------------- the tiny model
 
+
 def ensure(
     arch: str = "qwen2",
     parts: Iterable[str] = ("tokenizer",),
@@ -157,8 +165,11 @@ def ensure(
         return _built(path)
     started = time.perf_counter()
     python_bin = reference_python(parts, reference, python)
-    build_dir(path, lambda out: _run_build(python_bin, out, arch, parts),
-                  {"arch": arch, "parts": list(parts), "pins": pins, "python": python, "key": key})
+    build_dir(
+        path,
+        lambda out: _run_build(python_bin, out, arch, parts),
+        {"arch": arch, "parts": list(parts), "pins": pins, "python": python, "key": key},
+    )
     built = _built(path)
     return BuiltModel(built.path, built.model_hash, built.files, True, time.perf_counter() - started)
 
@@ -183,11 +194,15 @@ def reference_python(
 
 def _run_build(python_bin: Path, out: Path, arch: str, parts: tuple[str, ...]) -> None:
     env = _child_env()
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
-               TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        TRANSFORMERS_VERBOSITY="error",
+        TOKENIZERS_PARALLELISM="false",
+    )
     # -I: llmcompat's PYTHONPATH and user site must not leak into the reference environment.
-    cmd = [str(python_bin), "-I", str(BUILD_SCRIPT), "--out", str(out), "--arch", arch,
-           "--parts", ",".join(parts)]
+    cmd = [str(python_bin), "-I", str(BUILD_SCRIPT), "--out", str(out), "--arch", arch, "--parts", ",".join(parts)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -231,6 +246,7 @@ def _built(path: Path) -> BuiltModel:
 
 
 # --------------------------------------------------------------------------- hub models
+
 
 def ensure_hub(
     hub_id: str,
@@ -285,4 +301,3 @@ def _download(python_bin: Path, hub_id: str, out: Path, timeout: float) -> None:
         # the client's exception line ("...Error: Got: ConnectError: ..."), else its last words
         reason = next((line for line in reversed(lines) if "Error: " in line), lines[-1] if lines else "")
         raise ModelUnavailable(hub_id, reason.strip() or f"download exited {proc.returncode}")
-

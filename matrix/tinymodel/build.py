@@ -54,20 +54,26 @@ RMS_EPS = 1e-6
 
 # --------------------------------------------------------------------------- tokenizer
 
+
 def train_tokenizer():
     """A byte-level BPE on corpus.txt; added tokens get the ids after the learned ones."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     learned = VOCAB_SIZE - len(CONTROL_TOKENS) - len(TEXT_TOKENS)
     trainer = trainers.BpeTrainer(
-        vocab_size=learned, min_frequency=2, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
+        vocab_size=learned,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
     )
     tok.train_from_iterator([CORPUS.read_text(encoding="utf-8")], trainer=trainer)
     if tok.get_vocab_size() != learned:
@@ -86,8 +92,11 @@ def build_tokenizer(out: Path) -> None:
     template = CHAT_TEMPLATE.read_text(encoding="utf-8")
     fast = PreTrainedTokenizerFast(
         tokenizer_object=train_tokenizer(),
-        bos_token=BOS, eos_token=EOS, pad_token=PAD,
-        add_bos_token=False, add_eos_token=False,  # the template owns every control token
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        add_bos_token=False,
+        add_eos_token=False,  # the template owns every control token
         clean_up_tokenization_spaces=False,
         model_max_length=CONTEXT,
         chat_template=template,
@@ -108,12 +117,12 @@ def build_tokenizer(out: Path) -> None:
     config["unk_token"] = None
     _write_json(config_path, config)
     (out / "chat_template.jinja").write_text(template, encoding="utf-8")
-    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
-               "additional_special_tokens": [IM_START, IM_END]}
+    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "additional_special_tokens": [IM_START, IM_END]}
     _write_json(out / "special_tokens_map.json", special)
 
 
 # --------------------------------------------------------------------------- weights
+
 
 def _uniform(name: str, shape: tuple[int, ...], bound: float):
     """Values in [-bound, bound) from a counter-based SplitMix64 stream keyed by the tensor name.
@@ -156,12 +165,21 @@ def model_config(arch: str, vocab: dict):
 
     cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
     return cls(
-        vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, intermediate_size=INTERMEDIATE,
-        max_position_embeddings=CONTEXT, rms_norm_eps=RMS_EPS, hidden_act="silu",
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=CONTEXT,
+        rms_norm_eps=RMS_EPS,
+        hidden_act="silu",
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        tie_word_embeddings=False, use_cache=True,
-        bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[PAD],
+        tie_word_embeddings=False,
+        use_cache=True,
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[PAD],
     )
 
 
@@ -182,8 +200,11 @@ def build_weights(out: Path, arch: str) -> None:
         for name in sorted(state):
             state[name].copy_(torch.from_numpy(_init(name, tuple(state[name].shape))))
     model.generation_config = GenerationConfig(
-        do_sample=False, num_beams=1,
-        bos_token_id=vocab[BOS], eos_token_id=[vocab[IM_END], vocab[EOS]], pad_token_id=vocab[PAD],
+        do_sample=False,
+        num_beams=1,
+        bos_token_id=vocab[BOS],
+        eos_token_id=[vocab[IM_END], vocab[EOS]],
+        pad_token_id=vocab[PAD],
     )
     model.save_pretrained(str(out), safe_serialization=True)
     path = out / "config.json"
@@ -196,15 +217,22 @@ def build_weights(out: Path, arch: str) -> None:
 
 # --------------------------------------------------------------------------- gguf
 
+
 def _permute(w, n_head: int):
     """HF's rotate-half Q/K rows into llama.cpp's interleaved rope layout (Llama only)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 GGUF_NAMES = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
 }
 
 
@@ -322,6 +350,7 @@ def build_modelfile(out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- main
+
 
 def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")

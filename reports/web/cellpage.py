@@ -11,8 +11,10 @@ from __future__ import annotations
 from reports.web.data import AXES
 
 _MARK_TITLE, _MARK_MAIN = "\x00cell-title\x00", "\x00cell-main\x00"
-FRAME_SOURCE = ('{% extends "base.html" %}{% block title %}' + _MARK_TITLE + "{% endblock %}"
-                "{% block main %}" + _MARK_MAIN + "{% endblock %}")
+FRAME_SOURCE = (
+    '{% extends "base.html" %}{% block title %}' + _MARK_TITLE + "{% endblock %}"
+    "{% block main %}" + _MARK_MAIN + "{% endblock %}"
+)
 
 
 def frame(env, **context) -> tuple[str, str, str]:
@@ -69,31 +71,87 @@ def render(c: dict, root: str, frame_parts: tuple[str, str, str], labels: dict, 
     before, middle, after = frame_parts
     label = labels[c["state"]]
     r = e(root)
-    out = [before, "llmcompat — cell ", e(c["id"]), middle,
-           '<h1>Cell <code class="wrap">', e(c["id"]), "</code></h1>\n",
-           '<p><span class="st ', e(c["state"]), '">', e(_g(label, "symbol")), " ", e(_g(label, "label")),
-           "</span> · outcome <code>", e(c["outcome"]), "</code> · ", e(dots(c["stages"])), " · runner <code>",
-           e(c["runner"]), "</code> · model <code>", e(c["model"]), "</code> · finished ", e(c["finished"])]
+    out = [
+        before,
+        "llmcompat — cell ",
+        e(c["id"]),
+        middle,
+        '<h1>Cell <code class="wrap">',
+        e(c["id"]),
+        "</code></h1>\n",
+        '<p><span class="st ',
+        e(c["state"]),
+        '">',
+        e(_g(label, "symbol")),
+        " ",
+        e(_g(label, "label")),
+        "</span> · outcome <code>",
+        e(c["outcome"]),
+        "</code> · ",
+        e(dots(c["stages"])),
+        " · runner <code>",
+        e(c["runner"]),
+        "</code> · model <code>",
+        e(c["model"]),
+        "</code> · finished ",
+        e(c["finished"]),
+    ]
     if c["duration_s"]:
         out += [" in ", e("%.1f" % c["duration_s"]), " s"]  # noqa: UP031 -- as the template's format filter
     out.append('</p>\n<ul class="axes">')
     for a in AXES:
         name, version = c["axes"][a][0], c["axes"][a][1]
-        out += ["<li>", e(a), ': <a href="', r, e(comp_page(a, name)), '">', e(name), "</a> <code>", e(version),
-                "</code></li>"]
-    out += ["</ul>\n<h2>What can I do?</h2>\n<p>", e(_g(label, "todo")), "</p>\n",
-            '<p>Reproduce: <code class="wrap">', e(c["repro"]), "</code></p>\n"]
+        out += [
+            "<li>",
+            e(a),
+            ': <a href="',
+            r,
+            e(comp_page(a, name)),
+            '">',
+            e(name),
+            "</a> <code>",
+            e(version),
+            "</code></li>",
+        ]
+    out += [
+        "</ul>\n<h2>What can I do?</h2>\n<p>",
+        e(_g(label, "todo")),
+        "</p>\n",
+        '<p>Reproduce: <code class="wrap">',
+        e(c["repro"]),
+        "</code></p>\n",
+    ]
     if c["findings"]:
         out.append('<h2>Caveats</h2>\n<ol class="notes">')
         for f in c["findings"]:
-            out += ['<li><a href="', r, "findings/", e(_g(f, "slug")), '.html">', e(_g(f, "title")), "</a> · ",
-                    e(_g(f, "class")), " · ", e(_g(f, "status")), " · issue: ", _issue_links(f), "</li>"]
+            out += [
+                '<li><a href="',
+                r,
+                "findings/",
+                e(_g(f, "slug")),
+                '.html">',
+                e(_g(f, "title")),
+                "</a> · ",
+                e(_g(f, "class")),
+                " · ",
+                e(_g(f, "status")),
+                " · issue: ",
+                _issue_links(f),
+                "</li>",
+            ]
         out.append("</ol>\n")
     first = c["first"]
     if first:
-        out += ["<h2>First divergence</h2>\n<p>stage <b>", e(_g(first, "stage")), "</b> · case <code>",
-                e(_g(first, "case_id")), "</code> · check <code>", e(_g(first, "check_name")), "</code> · ",
-                e(_g(first, "class"))]
+        out += [
+            "<h2>First divergence</h2>\n<p>stage <b>",
+            e(_g(first, "stage")),
+            "</b> · case <code>",
+            e(_g(first, "case_id")),
+            "</code> · check <code>",
+            e(_g(first, "check_name")),
+            "</code> · ",
+            e(_g(first, "class")),
+        ]
         if _g(first, "klass"):
             out += [" (", e(_g(first, "klass")), ")"]
         out += ["</p>\n<pre>", e(_g(first, "detail")), "</pre>\n"]
@@ -101,37 +159,68 @@ def render(c: dict, root: str, frame_parts: tuple[str, str, str], labels: dict, 
         if sides:
             rec = c["sides_record"]
             if rec is not first:
-                out += ["<p>First difference with expected and actual: stage <b>", e(_g(rec, "stage")),
-                        "</b> · case <code>", e(_g(rec, "case_id")), "</code> · check <code>",
-                        e(_g(rec, "check_name")), "</code></p>"]
-            out += ['<div class="sides"><figure><figcaption>expected</figcaption><pre>', e(sides[0]),
-                    "</pre></figure><figure><figcaption>actual</figcaption><pre>", e(sides[1]),
-                    "</pre></figure></div>\n"]
-    out.append("<h2>Results per stage and check</h2>\n<table class=\"sortable\"><thead><tr><th>stage</th>"
-               "<th>check</th><th>pass</th><th>fail</th><th>other</th></tr></thead><tbody>\n")
+                out += [
+                    "<p>First difference with expected and actual: stage <b>",
+                    e(_g(rec, "stage")),
+                    "</b> · case <code>",
+                    e(_g(rec, "case_id")),
+                    "</code> · check <code>",
+                    e(_g(rec, "check_name")),
+                    "</code></p>",
+                ]
+            out += [
+                '<div class="sides"><figure><figcaption>expected</figcaption><pre>',
+                e(sides[0]),
+                "</pre></figure><figure><figcaption>actual</figcaption><pre>",
+                e(sides[1]),
+                "</pre></figure></div>\n",
+            ]
+    out.append(
+        '<h2>Results per stage and check</h2>\n<table class="sortable"><thead><tr><th>stage</th>'
+        "<th>check</th><th>pass</th><th>fail</th><th>other</th></tr></thead><tbody>\n"
+    )
     if c["checks"]:
         for stage, check, n in c["checks"]:
-            out += ["<tr><td>", e(stage), "</td><td><code>", e(check), "</code></td><td>", e(n.get("pass", 0)),
-                    "</td><td>", e(n.get("fail", 0)), "</td><td>"]
+            out += [
+                "<tr><td>",
+                e(stage),
+                "</td><td><code>",
+                e(check),
+                "</code></td><td>",
+                e(n.get("pass", 0)),
+                "</td><td>",
+                e(n.get("fail", 0)),
+                "</td><td>",
+            ]
             for o, k in _dictsort(n):
                 if o not in ("pass", "fail"):
                     out += [e(o), " ", e(k), " "]
             out.append("</td></tr>\n")
     else:
-        out += ['<tr><td colspan="5">No per-check results', ": see the reason below" if c["reason"] else "",
-                ".</td></tr>"]
+        out += [
+            '<tr><td colspan="5">No per-check results',
+            ": see the reason below" if c["reason"] else "",
+            ".</td></tr>",
+        ]
     out.append("</tbody></table>\n")
     if c["failures"]:
         out.append("<h3>Failing checks</h3>\n")
         for f in c["failures"]:
-            out += ["<details><summary>", e(_g(f, "stage")), " · <code>", e(_g(f, "case_id")), "</code> · <code>",
-                    e(_g(f, "check_name")), "</code> · ", e(_g(f, "class"))]
+            out += [
+                "<details><summary>",
+                e(_g(f, "stage")),
+                " · <code>",
+                e(_g(f, "case_id")),
+                "</code> · <code>",
+                e(_g(f, "check_name")),
+                "</code> · ",
+                e(_g(f, "class")),
+            ]
             if _g(f, "klass"):
                 out += [" (", e(_g(f, "klass")), ")"]
             out += ["</summary><pre>", e(_g(f, "detail")), "</pre></details>\n"]
         if c["more_failures"]:
-            out += ["<p>… and ", e(c["more_failures"]), ' more in <a href="', r,
-                    'results.json">results.json</a>.</p>']
+            out += ["<p>… and ", e(c["more_failures"]), ' more in <a href="', r, 'results.json">results.json</a>.</p>']
     if c["levels"]:
         out.append("<p>Reproducibility level: ")
         out.append(", ".join(f"{e(k)} <b>{e(v)}</b>" for k, v in _dictsort(c["levels"])))
@@ -149,14 +238,30 @@ def render(c: dict, root: str, frame_parts: tuple[str, str, str], labels: dict, 
         out.append("<p>No lock recorded.</p>")
     out.append("<h2>History</h2>\n")
     if c["history"]:
-        out.append("<table><thead><tr><th>run</th><th>started</th><th>state</th><th>outcome</th><th>key</th></tr>"
-                   "</thead><tbody>\n")
+        out.append(
+            "<table><thead><tr><th>run</th><th>started</th><th>state</th><th>outcome</th><th>key</th></tr>"
+            "</thead><tbody>\n"
+        )
         for h in c["history"]:
             hl = labels[h["state"]]
-            out += ["<tr><td><code>", e(h["run"]), "</code></td><td>", e(h["started"]), '</td><td><span class="st ',
-                    e(h["state"]), '">', e(_g(hl, "symbol")), " ", e(_g(hl, "label")), "</span></td><td>",
-                    e(h["outcome"]), " (reused)" if h["reused"] else "", "</td><td><code>", e(h["key"][:12]),
-                    "</code></td></tr>"]
+            out += [
+                "<tr><td><code>",
+                e(h["run"]),
+                "</code></td><td>",
+                e(h["started"]),
+                '</td><td><span class="st ',
+                e(h["state"]),
+                '">',
+                e(_g(hl, "symbol")),
+                " ",
+                e(_g(hl, "label")),
+                "</span></td><td>",
+                e(h["outcome"]),
+                " (reused)" if h["reused"] else "",
+                "</td><td><code>",
+                e(h["key"][:12]),
+                "</code></td></tr>",
+            ]
         out.append("</tbody></table>")
     else:
         out.append("<p>No runs recorded.</p>")
@@ -170,10 +275,29 @@ def table_rows(cells: list[dict], root: str, labels: dict, dots) -> str:
     out = []
     for c in cells:
         label, state = labels[c["state"]], e(c["state"])
-        out += ['<tr class="cell" data-cell="', e(c["id"]), '" data-outcome="', e(c["outcome"]), '" data-state="',
-                state, '"><td><a href="', r, "cells/", e(c["slug"]), '.html" class="st ', state, '">',
-                e(_g(label, "symbol")), " ", e(_g(label, "label")), "</a></td><td>", e(c["runner"]), "</td><td>",
-                e(c["model"]), "</td>"]
+        out += [
+            '<tr class="cell" data-cell="',
+            e(c["id"]),
+            '" data-outcome="',
+            e(c["outcome"]),
+            '" data-state="',
+            state,
+            '"><td><a href="',
+            r,
+            "cells/",
+            e(c["slug"]),
+            '.html" class="st ',
+            state,
+            '">',
+            e(_g(label, "symbol")),
+            " ",
+            e(_g(label, "label")),
+            "</a></td><td>",
+            e(c["runner"]),
+            "</td><td>",
+            e(c["model"]),
+            "</td>",
+        ]
         for a in AXES:
             out += ["<td>", e(c["axes"][a][0]), " <code>", e(c["axes"][a][1]), "</code></td>"]
         out += ["<td>", e(dots(c["stages"])), "</td></tr>\n"]

@@ -25,7 +25,8 @@ def bars(title: str, items: list[tuple[str, float, str]], desc: str = "") -> Mar
         out.append(
             f'<text x="{LABEL_W - 6}" y="{y + BAR_H - 5}" text-anchor="end" class="lbl">{escape(_short(label))}</text>'
             f'<rect x="{LABEL_W}" y="{y}" width="{w:.1f}" height="{BAR_H}" class="bar bar{i % 4}"/>'
-            f'<text x="{LABEL_W + w + 4:.1f}" y="{y + BAR_H - 5}" class="val">{escape(text)}</text>')
+            f'<text x="{LABEL_W + w + 4:.1f}" y="{y + BAR_H - 5}" class="val">{escape(text)}</text>'
+        )
     out.append("</svg>")
     return Markup("".join(out))
 
@@ -40,8 +41,9 @@ def stacked(title: str, rows: list[tuple[str, list[int]]], legend: list[str], de
         y = GAP + i * (BAR_H + GAP)
         total = sum(parts) or 1
         x = float(LABEL_W)
-        out.append(f'<text x="{LABEL_W - 6}" y="{y + BAR_H - 5}" text-anchor="end" class="lbl">'
-                   f"{escape(_short(label))}</text>")
+        out.append(
+            f'<text x="{LABEL_W - 6}" y="{y + BAR_H - 5}" text-anchor="end" class="lbl">{escape(_short(label))}</text>'
+        )
         for j, n in enumerate(parts):
             w = n / total * BAR_W
             if n:
@@ -56,8 +58,10 @@ def stacked(title: str, rows: list[tuple[str, list[int]]], legend: list[str], de
 
 
 def _open(width: int, height: int) -> str:
-    return (f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
-            f'preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">')
+    return (
+        f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
+        f'preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">'
+    )
 
 
 def _short(label: str, n: int = 24) -> str:

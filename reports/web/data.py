@@ -29,27 +29,32 @@ from matrix.outcome import STAGES, failure_class
 AXES = ("engine", "tokenizer", "template", "client")
 STAGE_NAMES = tuple(s.value for s in STAGES)
 STATES = ("works", "caveats", "broken", "flaky", "untested", "uninstallable")
-STATE_LABEL = {"works": "works", "caveats": "works with caveats", "broken": "broken", "flaky": "flaky",
-               "untested": "not tested", "uninstallable": "cannot be installed together"}
+STATE_LABEL = {
+    "works": "works",
+    "caveats": "works with caveats",
+    "broken": "broken",
+    "flaky": "flaky",
+    "untested": "not tested",
+    "uninstallable": "cannot be installed together",
+}
 STATE_SYMBOL = {"works": "✓", "caveats": "!", "broken": "✗", "flaky": "~", "untested": "–", "uninstallable": "⊘"}
-STAGE_SYMBOL = {"pass": "●", "fail": "✕", "flaky": "◐", "infra": "▲", "skipped": "○", "unresolvable": "⊘",
-                "xfail": "◇"}
+STAGE_SYMBOL = {"pass": "●", "fail": "✕", "flaky": "◐", "infra": "▲", "skipped": "○", "unresolvable": "⊘", "xfail": "◇"}
 SEVERITY = {"broken": 4, "flaky": 3, "caveats": 2, "works": 1}
 WHAT_TO_DO = {
     "works": "Nothing to do: use these versions. Run the cell yourself with the reproduction command to check "
-             "it on your machine.",
+    "it on your machine.",
     "caveats": "Usable, but some checks fail: read the numbered notes and their findings before relying on the "
-               "affected feature. Reproduce with the command on the cell page; report a note that has no issue "
-               "yet to the project that owns the component.",
+    "affected feature. Reproduce with the command on the cell page; report a note that has no issue "
+    "yet to the project that owns the component.",
     "broken": "Do not use these versions together. Pick a version marked works from the version view, or "
-              "reproduce with the cell's command and report it to the owning project with the cell page's link.",
+    "reproduce with the cell's command and report it to the owning project with the cell page's link.",
     "flaky": "Results changed between re-runs: the combination may fail intermittently. Re-run the cell with its "
-             "command a few times; report it if it fails for you.",
-    "untested": "No result yet. Run it yourself: nox -s \"cell(<cell id>)\" (the cell id is on the cell page), "
-                "or add the versions to matrix/axes.yaml so the next scheduled run covers them.",
+    "command a few times; report it if it fails for you.",
+    "untested": 'No result yet. Run it yourself: nox -s "cell(<cell id>)" (the cell id is on the cell page), '
+    "or add the versions to matrix/axes.yaml so the next scheduled run covers them.",
     "uninstallable": "The package resolver cannot install these versions together (the cell page shows its "
-                     "reason). Choose another version of one component; report it only if the declared "
-                     "requirements are wrong.",
+    "reason). Choose another version of one component; report it only if the declared "
+    "requirements are wrong.",
 }
 LEVELS = ("L0", "L1", "L2", "L3")
 _SLUG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
@@ -187,7 +192,11 @@ def _finding_view(f: dict, issues: dict, ttf: dict, scripts=frozenset()) -> dict
     issue_rows = issues.get(fp, [])
     cls = f.get("class") or failure_class(f.get("klass"), f.get("stage")).value
     return {
-        **f, "fingerprint": fp, "slug": slug(fp), "class": cls, "kind": f.get("kind") or "regression",
+        **f,
+        "fingerprint": fp,
+        "slug": slug(fp),
+        "class": cls,
+        "kind": f.get("kind") or "regression",
         "compare_url": safe_link(f.get("compare_url")),
         "repro_url": safe_link(f.get("repro_url") or f.get("repro_link")),
         "repro_script": f"repro/{script}" if script in scripts else "",
@@ -204,8 +213,10 @@ def _finding_view(f: dict, issues: dict, ttf: dict, scripts=frozenset()) -> dict
 def _finding_title(f: dict) -> str:
     if (f.get("kind") or "regression") == "difference":
         return f"{f.get('component')}: {f.get('stage')} check {f.get('check_name') or '?'} ({f.get('klass') or '?'})"
-    return (f"{f.get('component')} {f.get('last_good') or '?'} → {f.get('first_bad') or '?'}: "
-            f"{f.get('stage')} case {f.get('case_id')}")
+    return (
+        f"{f.get('component')} {f.get('last_good') or '?'} → {f.get('first_bad') or '?'}: "
+        f"{f.get('stage')} case {f.get('case_id')}"
+    )
 
 
 class _Exposure(TypedDict):
@@ -239,17 +250,30 @@ def time_to_fix(events: list[dict], findings: list[dict], now: datetime | None =
         if end is not None and f.get("status") == "fixed":
             days = max(0.0, (end - start).total_seconds() / 86400)
             proj["fixed"].append(days)
-            per_finding[fp] = {"days": days, "open": False,
-                               "detection_days": _days(ev.get("released"), ev.get("detected"))}
+            per_finding[fp] = {
+                "days": days,
+                "open": False,
+                "detection_days": _days(ev.get("released"), ev.get("detected")),
+            }
         else:
             age = max(0.0, (now - start).total_seconds() / 86400)
             proj["open"] += 1
             proj["open_ages"].append(age)
-            per_finding[fp] = {"days": age, "open": True,
-                               "detection_days": _days(ev.get("released"), ev.get("detected"))}
-    projects = {p: {"fixed": len(v["fixed"]), "median": quantile(v["fixed"], 0.5), "p90": quantile(v["fixed"], 0.9),
-                    "open": v["open"], "oldest_open": max(v["open_ages"], default=None)}
-                for p, v in per_project.items()}
+            per_finding[fp] = {
+                "days": age,
+                "open": True,
+                "detection_days": _days(ev.get("released"), ev.get("detected")),
+            }
+    projects = {
+        p: {
+            "fixed": len(v["fixed"]),
+            "median": quantile(v["fixed"], 0.5),
+            "p90": quantile(v["fixed"], 0.9),
+            "open": v["open"],
+            "oldest_open": max(v["open_ages"], default=None),
+        }
+        for p, v in per_project.items()
+    }
     return per_finding, projects
 
 
@@ -293,8 +317,13 @@ def _fail_keys(cell: dict) -> set[tuple[object, ...]]:
 
 
 # ---------------------------------------------------------------------------- the site
-def site_data(export: dict, run_cells: list[dict] | None = None, ttf: list[dict] | None = None,
-              now: datetime | None = None, scripts: set[str] | frozenset = frozenset()) -> dict:
+def site_data(
+    export: dict,
+    run_cells: list[dict] | None = None,
+    ttf: list[dict] | None = None,
+    now: datetime | None = None,
+    scripts: set[str] | frozenset = frozenset(),
+) -> dict:
     """Everything the site shows. ``run_cells``: (run_id, key, reused) rows for each cell's
     history; ``ttf``: time to fix per project as the bot computes it (``bot.ttf`` project stats
     as dicts, passed in by the application), shown beside the page's own per-component figures
@@ -331,8 +360,9 @@ def site_data(export: dict, run_cells: list[dict] | None = None, ttf: list[dict]
         "last_run": runs[-1] if runs else None,
         "runs": runs,
         "stages": list(STAGE_NAMES),
-        "states": [{"id": s, "label": STATE_LABEL[s], "symbol": STATE_SYMBOL[s], "todo": WHAT_TO_DO[s]}
-                   for s in STATES],
+        "states": [
+            {"id": s, "label": STATE_LABEL[s], "symbol": STATE_SYMBOL[s], "todo": WHAT_TO_DO[s]} for s in STATES
+        ],
         "runners": sorted({v["runner"] for v in views}),
         "models": sorted({v["model"] for v in views}),
         "ttf_projects": projects,
@@ -344,8 +374,13 @@ def site_data(export: dict, run_cells: list[dict] | None = None, ttf: list[dict]
 def _cell_view(c: dict, fps: list[str], by_fp: dict) -> dict:
     results = c.get("results") or []
     failures = [r for r in results if r.get("outcome") == "fail"]
-    failures.sort(key=lambda r: (STAGE_NAMES.index(r["stage"]) if r.get("stage") in STAGE_NAMES else 9,
-                                 r.get("case_id") or "", r.get("check_name") or ""))
+    failures.sort(
+        key=lambda r: (
+            STAGE_NAMES.index(r["stage"]) if r.get("stage") in STAGE_NAMES else 9,
+            r.get("case_id") or "",
+            r.get("check_name") or "",
+        )
+    )
     first = failures[0] if failures else None
     checks: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for r in results:
@@ -360,22 +395,32 @@ def _cell_view(c: dict, fps: list[str], by_fp: dict) -> dict:
     if isinstance(inference, dict):
         levels = {e: v.get("level") for e, v in inference.items() if isinstance(v, dict) and v.get("level")}
     return {
-        "id": c["cell_id"], "slug": cell_slug(c["cell_id"]), "key": c.get("key", ""),
-        "runner": c.get("runner", ""), "model": c.get("model", ""),
+        "id": c["cell_id"],
+        "slug": cell_slug(c["cell_id"]),
+        "key": c.get("key", ""),
+        "runner": c.get("runner", ""),
+        "model": c.get("model", ""),
         "axes": {a: (c[a], c[f"{a}_version"]) for a in AXES},
-        "outcome": c.get("outcome"), "state": state,
+        "outcome": c.get("outcome"),
+        "state": state,
         "stages": [(s, (c.get("stages") or {}).get(s, "skipped")) for s in STAGE_NAMES],
         "stage_states": {s: stage_state(c, s, tally) for s in STAGE_NAMES},
         "findings": [by_fp[fp] for fp in dict.fromkeys(fps)],
-        "failures": failures[:50], "more_failures": max(0, len(failures) - 50),
-        "first": first, **_sides(failures),
-        "checks": sorted(((s or "", k or "", dict(n)) for (s, k), n in checks.items()),
-                         key=lambda t: (STAGE_NAMES.index(t[0]) if t[0] in STAGE_NAMES else 9, t[1])),
+        "failures": failures[:50],
+        "more_failures": max(0, len(failures) - 50),
+        "first": first,
+        **_sides(failures),
+        "checks": sorted(
+            ((s or "", k or "", dict(n)) for (s, k), n in checks.items()),
+            key=lambda t: (STAGE_NAMES.index(t[0]) if t[0] in STAGE_NAMES else 9, t[1]),
+        ),
         "pins": sorted((pins or {}).items()) if isinstance(pins, dict) else [],
         "python": lock.get("python", "") if isinstance(lock, dict) else "",
         "reason": (c.get("reason") or "")[-4000:],
         "log": (c.get("log") or "")[-4000:],
-        "repro": c.get("repro", ""), "finished": c.get("finished", ""), "duration_s": c.get("duration_s"),
+        "repro": c.get("repro", ""),
+        "finished": c.get("finished", ""),
+        "duration_s": c.get("duration_s"),
         "levels": levels,
         "case_fails": sorted({(r.get("case_id"), r.get("stage")) for r in failures if r.get("case_id")}),
     }
@@ -397,9 +442,16 @@ def _history(export: dict, run_cells: list[dict]) -> dict[str, list[dict]]:
     for rc in run_cells:
         c = by_key.get(rc["key"])
         if c is not None:
-            out[c["cell_id"]].append({"run": rc["run_id"], "started": started.get(rc["run_id"], ""),
-                                      "key": rc["key"], "outcome": c.get("outcome"), "reused": bool(rc["reused"]),
-                                      "state": cell_state(c)})
+            out[c["cell_id"]].append(
+                {
+                    "run": rc["run_id"],
+                    "started": started.get(rc["run_id"], ""),
+                    "key": rc["key"],
+                    "outcome": c.get("outcome"),
+                    "reused": bool(rc["reused"]),
+                    "state": cell_state(c),
+                }
+            )
     for rows in out.values():
         rows.sort(key=lambda r: r["started"], reverse=True)
     return out
@@ -410,8 +462,10 @@ def _components(views: list[dict]) -> dict[tuple[str, str], list[str]]:
     for v in views:
         for a, (name, version) in v["axes"].items():
             comps[(a, name)].add(version)
-    return {k: sorted(vs, key=version_key) for k, vs in sorted(comps.items(), key=lambda kv: (AXES.index(kv[0][0]),
-                                                                                             kv[0][1]))}
+    return {
+        k: sorted(vs, key=version_key)
+        for k, vs in sorted(comps.items(), key=lambda kv: (AXES.index(kv[0][0]), kv[0][1]))
+    }
 
 
 # ---------------------------------------------------------------------------- matrix view
@@ -432,8 +486,14 @@ def matrix_view(views: list[dict], rows_axis: str, cols_axis: str) -> dict:
             members = squares.get((r, col), [])
             line.append(_square(members, notes, note_list))
         grid.append((r, line))
-    return {"rows_axis": rows_axis, "cols_axis": cols_axis, "rows": rows, "cols": cols, "grid": grid,
-            "notes": note_list}
+    return {
+        "rows_axis": rows_axis,
+        "cols_axis": cols_axis,
+        "rows": rows,
+        "cols": cols,
+        "grid": grid,
+        "notes": note_list,
+    }
 
 
 def _square(members: list[dict], notes: dict, note_list: list) -> dict:
@@ -454,8 +514,15 @@ def _square(members: list[dict], notes: dict, note_list: list) -> dict:
                 notes[fp] = len(note_list) + 1
                 note_list.append({"n": notes[fp], "finding": f})
             nums.append(notes[fp])
-    return {"state": state, "n": len(members), "stages": stages, "notes": nums[:3], "more_notes": max(0, len(nums) - 3),
-            "link": worst["slug"], "cell": worst["id"]}
+    return {
+        "state": state,
+        "n": len(members),
+        "stages": stages,
+        "notes": nums[:3],
+        "more_notes": max(0, len(nums) - 3),
+        "link": worst["slug"],
+        "cell": worst["id"],
+    }
 
 
 _OUTCOME_RANK = {o: i for i, o in enumerate(("fail", "infra", "flaky", "pass", "xfail", "skipped", "unresolvable"))}
@@ -487,12 +554,24 @@ def js_data(views: list[dict]) -> dict:
     models = sorted({v["model"] for v in views})
     code = {s: i for i, s in enumerate(STATES)}
     return {
-        "axes": list(AXES), "states": list(STATES), "stages": list(STAGE_NAMES),
-        "symbols": [STATE_SYMBOL[s] for s in STATES], "labels": [STATE_LABEL[s] for s in STATES],
+        "axes": list(AXES),
+        "states": list(STATES),
+        "stages": list(STAGE_NAMES),
+        "symbols": [STATE_SYMBOL[s] for s in STATES],
+        "labels": [STATE_LABEL[s] for s in STATES],
         "values": {a: [f"{n}@{ver}" for n, ver in vals] for a, vals in values.items()},
-        "runners": runners, "models": models,
-        "cells": [[runners.index(v["runner"]), models.index(v["model"]), *(index[a][v["axes"][a]] for a in AXES),
-                   code[v["state"]], "".join(str(code[v["stage_states"][s]]) for s in STAGE_NAMES)] for v in views],
+        "runners": runners,
+        "models": models,
+        "cells": [
+            [
+                runners.index(v["runner"]),
+                models.index(v["model"]),
+                *(index[a][v["axes"][a]] for a in AXES),
+                code[v["state"]],
+                "".join(str(code[v["stage_states"][s]]) for s in STAGE_NAMES),
+            ]
+            for v in views
+        ],
     }
 
 
@@ -513,12 +592,17 @@ def version_rows(axis: str, name: str, views: list[dict], findings: list[dict]) 
                 for a, (n, ver) in c["axes"].items():
                     if a != axis:
                         works_with[a].add(f"{n} {ver}")
-        out.append({
-            "version": version, "counts": dict(Counter(c["state"] for c in cells)), "n": len(cells),
-            "state": combine([c["state"] for c in cells]),
-            "works_with": [(a, sorted(works_with[a])) for a in AXES if a in works_with],
-            "broke": [f for f in findings if f.get("component") == name and f.get("first_bad") == version],
-            "fixed": [f for f in findings if f.get("component") == name and f.get("fixed_in") == version],
-            "cells": [(c["id"], c["slug"], c["state"]) for c in cells[:50]], "more_cells": max(0, len(cells) - 50),
-        })
+        out.append(
+            {
+                "version": version,
+                "counts": dict(Counter(c["state"] for c in cells)),
+                "n": len(cells),
+                "state": combine([c["state"] for c in cells]),
+                "works_with": [(a, sorted(works_with[a])) for a in AXES if a in works_with],
+                "broke": [f for f in findings if f.get("component") == name and f.get("first_bad") == version],
+                "fixed": [f for f in findings if f.get("component") == name and f.get("fixed_in") == version],
+                "cells": [(c["id"], c["slug"], c["state"]) for c in cells[:50]],
+                "more_cells": max(0, len(cells) - 50),
+            }
+        )
     return out

@@ -61,8 +61,14 @@ def read_store(store, results_dir: Path | None = None) -> tuple[dict, list[dict]
     return export, run_cells
 
 
-def build(export: dict, run_cells: list[dict], out: Path, ttf: list[dict] | None = None,
-          generated: str | None = None, workers: int | None = None) -> dict:
+def build(
+    export: dict,
+    run_cells: list[dict],
+    out: Path,
+    ttf: list[dict] | None = None,
+    generated: str | None = None,
+    workers: int | None = None,
+) -> dict:
     """Write the whole site under ``out`` (a fresh directory, where ``repro/`` may already hold
     the standalone reproductions); returns the site data. Big sites render their pages in
     ``workers`` forked processes (default: one per CPU)."""
@@ -119,8 +125,10 @@ def _render_share(i: int) -> None:
     """In a forked worker: make and write every n-th file (the five answers only in the worker
     that renders the questions page)."""
     s = _FORKED
-    jobs = chain(_data_jobs(s["site"], s["export"], s["generated"]),
-                 render.page_jobs(s["site"], partial(answers, s["site"], s["export"]), s["generated"]))
+    jobs = chain(
+        _data_jobs(s["site"], s["export"], s["generated"]),
+        render.page_jobs(s["site"], partial(answers, s["site"], s["export"]), s["generated"]),
+    )
     _write_all(s["out"], ((rel, make()) for k, (rel, make) in enumerate(jobs) if k % s["n"] == i))
 
 
@@ -134,8 +142,13 @@ def _write_all(out: Path, items) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-def publish(store, site: Path, ttf: list[dict] | None = None, results_dir: Path | None = None,
-            extra: Callable[[Path], object] | None = None) -> Path:
+def publish(
+    store,
+    site: Path,
+    ttf: list[dict] | None = None,
+    results_dir: Path | None = None,
+    extra: Callable[[Path], object] | None = None,
+) -> Path:
     """Build the site from ``store`` and swap it into ``site``; returns ``site``. ``extra``
     writes more files into the new site before its pages are made (the application's
     standalone reproductions under ``repro/``), so they are swapped in with it."""

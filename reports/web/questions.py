@@ -37,8 +37,10 @@ def axis_attribution(cells: list[dict], tested: dict[str, set]) -> dict:
                 comparisons += len(both)
                 diffs[axis] += len(fa ^ fb)
     total = sum(diffs.values())
-    rows = [{"axis": a, "differences": diffs[a], "pairs": pairs[a],
-             "share": diffs[a] / total if total else 0.0} for a in AXES]
+    rows = [
+        {"axis": a, "differences": diffs[a], "pairs": pairs[a], "share": diffs[a] / total if total else 0.0}
+        for a in AXES
+    ]
     return {"rows": rows, "total": total, "pairs": sum(pairs.values()), "comparisons": comparisons}
 
 
@@ -55,8 +57,9 @@ def silent_degradations(cells: list[dict], failures: dict[str, list[dict]]) -> d
                 ran[stage] += 1
         fails = [r for r in failures.get(c["id"], ()) if r.get("class") != FailureClass.CRASH.value]
         if fails:
-            first = min((r["stage"] for r in fails if r.get("stage") in STAGE_NAMES), key=STAGE_NAMES.index,
-                        default=None)
+            first = min(
+                (r["stage"] for r in fails if r.get("stage") in STAGE_NAMES), key=STAGE_NAMES.index, default=None
+            )
             if first:
                 silent[first] += 1
         if any(_is_tool(r) for r in failures.get(c["id"], ())):
@@ -65,8 +68,10 @@ def silent_degradations(cells: list[dict], failures: dict[str, list[dict]]) -> d
                 silent[TOOL_STAGE] += 1
         elif c.get("has_tool_cases"):
             ran[TOOL_STAGE] += 1
-    rows = [{"stage": s, "cells": ran[s], "silent": silent[s], "rate": silent[s] / ran[s] if ran[s] else 0.0}
-            for s in (*STAGE_NAMES, TOOL_STAGE)]
+    rows = [
+        {"stage": s, "cells": ran[s], "silent": silent[s], "rate": silent[s] / ran[s] if ran[s] else 0.0}
+        for s in (*STAGE_NAMES, TOOL_STAGE)
+    ]
     return {"rows": rows, "cells": sum(1 for c in cells if c["state"] not in ("untested", "uninstallable"))}
 
 
@@ -78,9 +83,14 @@ def bug_classes(findings: list[dict]) -> dict:
     """Q3: engine findings by failure class."""
     engine = [f for f in findings if f.get("axis") == "engine"]
     counts = Counter(f["class"] for f in engine)
-    rows = [{"class": c.value, "count": counts.get(c.value, 0),
-             "open": sum(1 for f in engine if f["class"] == c.value and f.get("status") == "open")}
-            for c in FailureClass]
+    rows = [
+        {
+            "class": c.value,
+            "count": counts.get(c.value, 0),
+            "open": sum(1 for f in engine if f["class"] == c.value and f.get("status") == "open"),
+        }
+        for c in FailureClass
+    ]
     return {"rows": rows, "findings": len(engine)}
 
 
@@ -102,16 +112,28 @@ def upgrades(cells: list[dict], findings: list[dict], ttf_projects: dict) -> dic
                 seen[comp] += 1
                 if set(b["case_fails"]) - set(a["case_fails"]):
                     broke[comp] += 1
-    regressions = Counter(name for f in findings  # the store's component is NOT NULL: a str
-                          if f.get("kind") == "regression" and isinstance(name := f.get("component"), str))
+    regressions = Counter(
+        name
+        for f in findings  # the store's component is NOT NULL: a str
+        if f.get("kind") == "regression" and isinstance(name := f.get("component"), str)
+    )
     comps = sorted(set(seen) | set(regressions) | set(ttf_projects))
     rows = []
     for comp in comps:
         t = ttf_projects.get(comp) or {}
-        rows.append({"component": comp, "upgrades": seen[comp], "broke": broke[comp],
-                     "rate": broke[comp] / seen[comp] if seen[comp] else 0.0, "regressions": regressions[comp],
-                     "median": t.get("median"), "p90": t.get("p90"), "fixed": t.get("fixed", 0),
-                     "open": t.get("open", 0)})
+        rows.append(
+            {
+                "component": comp,
+                "upgrades": seen[comp],
+                "broke": broke[comp],
+                "rate": broke[comp] / seen[comp] if seen[comp] else 0.0,
+                "regressions": regressions[comp],
+                "median": t.get("median"),
+                "p90": t.get("p90"),
+                "fixed": t.get("fixed", 0),
+                "open": t.get("open", 0),
+            }
+        )
     return {"rows": rows, "upgrades": sum(seen.values())}
 
 
@@ -128,9 +150,16 @@ def golden_cases(findings: list[dict], cells: list[dict]) -> dict:
     for c in cells:
         for engine, level in c["levels"].items():
             levels[(engine, c["runner"])][level] += 1
-    level_rows = [{"engine": e, "runner": r, "counts": [n.get(lv, 0) for lv in LEVELS], "cells": sum(n.values()),
-                   "best": next((lv for lv in LEVELS if n.get(lv)), None)}
-                  for (e, r), n in sorted(levels.items())]
+    level_rows = [
+        {
+            "engine": e,
+            "runner": r,
+            "counts": [n.get(lv, 0) for lv in LEVELS],
+            "cells": sum(n.values()),
+            "best": next((lv for lv in LEVELS if n.get(lv)), None),
+        }
+        for (e, r), n in sorted(levels.items())
+    ]
     return {"top": top, "findings": len(findings), "levels": level_rows, "level_names": list(LEVELS)}
 
 

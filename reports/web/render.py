@@ -30,8 +30,9 @@ def environment():
     from jinja2 import Environment, FileSystemLoader
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(comp_page=comp_page, pair_page=pair_page, axes=AXES, stage_symbols=STAGE_SYMBOL, dots=dots,
-                       cell_rows=cell_rows)
+    env.globals.update(
+        comp_page=comp_page, pair_page=pair_page, axes=AXES, stage_symbols=STAGE_SYMBOL, dots=dots, cell_rows=cell_rows
+    )
     return env
 
 
@@ -45,8 +46,10 @@ def _dots(stages: tuple) -> Markup:
     parts = []
     for stage, outcome in stages:
         label = escape(f"{stage}: {outcome}")
-        parts.append(f'<span class="dot {escape(str(outcome))}" role="img" aria-label="{label}" title="{label}">'
-                     f"{escape(STAGE_SYMBOL.get(outcome, '?'))}</span>")
+        parts.append(
+            f'<span class="dot {escape(str(outcome))}" role="img" aria-label="{label}" title="{label}">'
+            f"{escape(STAGE_SYMBOL.get(outcome, '?'))}</span>"
+        )
     return Markup('<span class="dots">' + "".join(parts) + "</span>")
 
 
@@ -93,8 +96,14 @@ def page_jobs(site: dict, answers, generated: str):
     that computes them (only the questions page needs them)."""
     env = environment()
     labels = {s["id"]: s for s in site["states"]}
-    common = {"states": site["states"], "labels": labels, "last_run": site["last_run"], "generated": generated,
-              "stages": site["stages"], "components": site["components"]}
+    common = {
+        "states": site["states"],
+        "labels": labels,
+        "last_run": site["last_run"],
+        "generated": generated,
+        "stages": site["stages"],
+        "components": site["components"],
+    }
     depth = {root: chrome(env, root, common) for root in ("", "../", "../../")}
     pairs = axis_pairs(site["cells"])
     default = pairs[0]
@@ -105,10 +114,20 @@ def page_jobs(site: dict, answers, generated: str):
         if not mx_json:
             mx_json.append(script_json(js_data(site["cells"])))
         return index.render(
-            **common, **_lists(site), root="", chrome=depth[""], mx=matrix_view(site["cells"], rows, cols),
-            mx_json=mx_json[0], pairs=pairs, pair_page=lambda a, b: pair_page(a, b, default),
-            show_cells=len(site["cells"]) <= SHOW_CELLS_ON_INDEX, counts=site["counts"],
-            outcome_counts=site["outcome_counts"], runners=site["runners"], models=site["models"])
+            **common,
+            **_lists(site),
+            root="",
+            chrome=depth[""],
+            mx=matrix_view(site["cells"], rows, cols),
+            mx_json=mx_json[0],
+            pairs=pairs,
+            pair_page=lambda a, b: pair_page(a, b, default),
+            show_cells=len(site["cells"]) <= SHOW_CELLS_ON_INDEX,
+            counts=site["counts"],
+            outcome_counts=site["outcome_counts"],
+            runners=site["runners"],
+            models=site["models"],
+        )
 
     def page(template: str, **extra):
         return partial(env.get_template(template).render, **common, **extra)
@@ -118,10 +137,12 @@ def page_jobs(site: dict, answers, generated: str):
     yield "cells.html", page("cells.html", root="", chrome=depth[""], cells=site["cells"])
     yield "findings.html", page("findings.html", **_lists(site), root="", chrome=depth[""])
     yield "components.html", page("components.html", root="", chrome=depth[""])
+
     def questions_page() -> str:
         q = answers() if callable(answers) else answers
-        return env.get_template("questions.html").render(**common, root="", chrome=depth[""], q=q,
-                                                         charts=question_charts(q), ttf_bot=site.get("ttf_bot", []))
+        return env.get_template("questions.html").render(
+            **common, root="", chrome=depth[""], q=q, charts=question_charts(q), ttf_bot=site.get("ttf_bot", [])
+        )
 
     yield "questions.html", questions_page
     cell_frame = cellpage.frame(env, **common, root="../", chrome=depth["../"])
@@ -130,16 +151,34 @@ def page_jobs(site: dict, answers, generated: str):
     finding = env.get_template("finding.html").render
     bisections = site.get("bisections", {})
     for f in site["findings"]:
-        yield f"findings/{f['slug']}.html", partial(finding, **common, root="../", chrome=depth["../"], f=f,
-                                                    bisections=bisections.get(f["fingerprint"], []))
+        yield (
+            f"findings/{f['slug']}.html",
+            partial(
+                finding, **common, root="../", chrome=depth["../"], f=f, bisections=bisections.get(f["fingerprint"], [])
+            ),
+        )
     for (axis, name), rows in site["versions"].items():
-        yield comp_page(axis, name), page("component.html", root="../../", chrome=depth["../../"], axis=axis,
-                                          name=name, rows=rows, badge_path=f"badges/{slug(axis)}/{slug(name)}.json")
+        yield (
+            comp_page(axis, name),
+            page(
+                "component.html",
+                root="../../",
+                chrome=depth["../../"],
+                axis=axis,
+                name=name,
+                rows=rows,
+                badge_path=f"badges/{slug(axis)}/{slug(name)}.json",
+            ),
+        )
 
 
 def _lists(site: dict) -> dict:
-    return {"cells": site["cells"], "findings": site["findings"], "regressions": site["regressions"],
-            "differences": site["differences"]}
+    return {
+        "cells": site["cells"],
+        "findings": site["findings"],
+        "regressions": site["regressions"],
+        "differences": site["differences"],
+    }
 
 
 def _pct(x: float) -> str:
@@ -150,21 +189,30 @@ def question_charts(q: dict) -> dict:
     pct = _pct
     up = [r for r in q["upgrades"]["rows"] if r["upgrades"]]
     return {
-        "axes": charts.bars("Share of outcome differences per axis",
-                            [(r["axis"], r["share"], f"{pct(r['share'])} ({r['differences']})") for r in q["axes"]["rows"]]),
-        "stages": charts.bars("Silent degradations per stage",
-                              [(r["stage"], r["rate"], f"{pct(r['rate'])} ({r['silent']}/{r['cells']})")
-                               for r in q["stages"]["rows"]]),
-        "classes": charts.bars("Engine findings per failure class",
-                               [(r["class"], r["count"], str(r["count"])) for r in q["classes"]["rows"]]),
-        "upgrades": charts.bars("Upgrades that broke something, per component",
-                                [(r["component"], r["rate"], f"{pct(r['rate'])} ({r['broke']}/{r['upgrades']})")
-                                 for r in up[:20]]),
-        "cases": charts.bars("Findings per golden case",
-                             [(r["case"], r["findings"], str(r["findings"])) for r in q["cases"]["top"]]),
-        "levels": charts.stacked("Reproducibility level per engine and runner",
-                                 [(f"{r['engine']} / {r['runner']}", r["counts"]) for r in q["cases"]["levels"]],
-                                 q["cases"]["level_names"]),
+        "axes": charts.bars(
+            "Share of outcome differences per axis",
+            [(r["axis"], r["share"], f"{pct(r['share'])} ({r['differences']})") for r in q["axes"]["rows"]],
+        ),
+        "stages": charts.bars(
+            "Silent degradations per stage",
+            [(r["stage"], r["rate"], f"{pct(r['rate'])} ({r['silent']}/{r['cells']})") for r in q["stages"]["rows"]],
+        ),
+        "classes": charts.bars(
+            "Engine findings per failure class",
+            [(r["class"], r["count"], str(r["count"])) for r in q["classes"]["rows"]],
+        ),
+        "upgrades": charts.bars(
+            "Upgrades that broke something, per component",
+            [(r["component"], r["rate"], f"{pct(r['rate'])} ({r['broke']}/{r['upgrades']})") for r in up[:20]],
+        ),
+        "cases": charts.bars(
+            "Findings per golden case", [(r["case"], r["findings"], str(r["findings"])) for r in q["cases"]["top"]]
+        ),
+        "levels": charts.stacked(
+            "Reproducibility level per engine and runner",
+            [(f"{r['engine']} / {r['runner']}", r["counts"]) for r in q["cases"]["levels"]],
+            q["cases"]["level_names"],
+        ),
     }
 
 
