@@ -253,6 +253,7 @@ def regress(
             continue
         # --- bisection: introduced-in, then fixed-in when a newer release passes
         finding, bisection, fix = _bisect_candidate(cand, probe, releases, repos or {}, by_cell_case, report, now_s)
+        finding["flake"] = flake_rate(conf)
         events = [{"event": "detected", "time": now_s, "version": finding["first_bad"]}]
         released = _upload_time(releases, finding["axis"], finding["component"], finding["first_bad"])
         if released:
@@ -577,6 +578,14 @@ class CellRerun:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.results_dir, ignore_errors=True)
+
+
+def flake_rate(conf) -> str:
+    """A confirmation's re-runs in words: how often each side failed (the issue body's flake rate)."""
+    return (
+        f"bad cell failed {conf.bad_failures}/{conf.bad_runs} re-runs, "
+        f"good cell failed {conf.good_failures}/{conf.good_runs}"
+    )
 
 
 def cell_rerunner(runner, results_dir: Path | None = None, *, checks: bool = False) -> CellRerun:

@@ -217,6 +217,9 @@ class Finding(_Record):
     fixed_in: str | None = None
     last_bad: str | None = None
     """#10: the last release that still fails, just before ``fixed_in`` (when the fix was bisected)."""
+    flake: str = ""
+    """#15: the confirmation's re-runs (how often the bad and the good cell failed), for the issue
+    body's flake rate; "" where nothing was re-run (differences)."""
     triage: str = ""
     """#15 (bot.triage): ``component-bug`` | ``matrix-configuration`` | ``undetermined``; "" not triaged."""
     triage_reason: str = ""

@@ -210,6 +210,10 @@ MIGRATIONS: list[str] = [
         CHECK (direction IN ('introduced', 'fixed'));
     ALTER TABLE findings ADD COLUMN last_bad TEXT;
     """,
+    # 8 (#15, the issue body's flake rate): a regression's confirmation re-runs, in words.
+    """
+    ALTER TABLE findings ADD COLUMN flake TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 CELL_COLUMNS = (

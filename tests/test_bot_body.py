@@ -107,17 +107,17 @@ def _outside_code(body: str) -> str:
 
 
 def _strip_spans(text: str) -> str:
-    """Inline code spans removed as CommonMark reads them: a backtick run opens, the next run of
-    the same length closes."""
+    """Inline code spans removed as CommonMark reads them: a backtick run opens (unless a
+    backslash escapes it), the next run of the same length closes (inside a span a backslash is
+    literal, so it cannot escape the closer)."""
     out, i = [], 0
-    runs = [
-        m
-        for m in re.finditer(r"`+", text)  # a backslash-escaped backtick opens nothing
-        if (m.start() - len(text[: m.start()].rstrip("\\"))) % 2 == 0
-    ]
+    runs = list(re.finditer(r"`+", text))
     k = 0
     while k < len(runs):
         opener = runs[k]
+        if (opener.start() - len(text[: opener.start()].rstrip("\\"))) % 2:  # an escaped backtick opens nothing
+            k += 1
+            continue
         close = next((j for j in range(k + 1, len(runs)) if len(runs[j].group()) == len(opener.group())), None)
         if close is None:
             k += 1
@@ -220,3 +220,24 @@ def test_changes_worth_a_comment():
     assert any("New affected cells: now 5 (was 2)" in line and "`0.23.4`" in line for line in changes(old, more))
     fewer = state_of(finding(cells=1), Context())
     assert changes(old, fewer) == []
+
+
+def test_a_confirmed_regressions_flake_rate_reaches_the_body(tmp_path):
+    """The confirmation's re-runs (stored on the finding by the pipeline) are the body's flake rate;
+    a finding nothing re-ran says "not measured"."""
+    from bot.github.run import contexts
+    from matrix.declare import loader
+    from reports.store import Store
+
+    flaky = finding(fingerprint="f" * 64, flake="bad cell failed 3/3 re-runs, good cell failed 0/3")
+    quiet = finding(fingerprint="e" * 64)
+    with Store(tmp_path / "s.sqlite") as store:
+        store.save_finding(flaky)
+        store.save_finding(quiet)
+        saved = {f.fingerprint: f for f in store.findings()}
+        ctx = contexts(store, loader.load_default(), list(saved.values()))
+    assert saved[flaky.fingerprint].flake == flaky.flake
+    assert ctx[flaky.fingerprint].flake == flaky.flake and ctx[quiet.fingerprint].flake is None
+    shown = bodies.render(view(saved[flaky.fingerprint], flake=ctx[flaky.fingerprint].flake))
+    assert "**Flake rate (confirmation):** bad cell failed 3/3 re\\-runs, good cell failed 0/3" in shown
+    assert "not measured" in bodies.render(view(saved[quiet.fingerprint], flake=None))

@@ -134,6 +134,7 @@ def test_pipeline_end_to_end(store):
     assert finding.compare_url == "https://github.com/acme/eng/compare/v1.1.1...v1.2"
     assert finding.repro == f'nox -s "cell({cell_id("1.2")})"'
     assert finding.status == "open" and finding.first_seen == NOW
+    assert finding.flake == "bad cell failed 3/3 re-runs, good cell failed 0/3"  # the issue body's flake rate
 
     # confirmation: the bad cell's infra re-run was repeated (3 counted), the good cell re-run 3 times
     assert world.calls[cell_id("1.3")] == 4 and world.calls[cell_id("1.0")] == 3

@@ -107,6 +107,7 @@ def contexts(store, matrix, findings, triages=None) -> dict[str, Context]:
         f.fingerprint: Context(
             evidence=ev[f.fingerprint],
             triage=triages.get(f.fingerprint) or _triage_of(f),
+            flake=f.flake or None,
             script=_script(f, cells.get(f.bad_key)) if f.status == "open" else None,
             decoded=_decoded(f, cells.get(f.bad_key)) if f.status == "open" else {},
         )
