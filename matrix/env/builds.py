@@ -301,6 +301,16 @@ def server_key(version: str, build_env: dict | None = None, package: str = "llam
     )
 
 
+def _publish_server(bdir: Path, target: str, tmp: Path, log: str) -> None:
+    """Copy the built server binary (where CMake put it: bin/, the build root, or the old
+    examples/server/) into the build's temporary directory as ``llama-server``."""
+    places = (bdir / "bin" / target, bdir / target, bdir / "examples" / "server" / target)
+    exe = next((p for p in places if p.is_file()), None)
+    if exe is None:
+        raise BuildError(f"built {target}, but found no binary under {bdir}", log[-3000:])
+    shutil.copy2(exe, tmp / "llama-server")
+
+
 def llama_server(
     version: str,
     build_env: dict | None = None,
@@ -348,17 +358,7 @@ def llama_server(
                 timeout,
                 f"cmake --build --target {target}",
             )
-            exe = next(
-                (
-                    p
-                    for p in (bdir / "bin" / target, bdir / target, bdir / "examples" / "server" / target)
-                    if p.is_file()
-                ),
-                None,
-            )
-            if exe is None:
-                raise BuildError(f"built {target}, but found no binary under {bdir}", log[-3000:])
-            shutil.copy2(exe, tmp / "llama-server")
+            _publish_server(bdir, target, tmp, log)
         return {"target": target, "sdist": src_archive.name, "build_env": benv, "cmake_args": args, "tree": tree}
 
     root = root or _cache() / "bin"
@@ -563,17 +563,7 @@ def llama_server_tree(
                 f"cmake --build --target {target} at {commit[:12]}",
             )
             log += out
-            exe = next(
-                (
-                    p
-                    for p in (bdir / "bin" / target, bdir / target, bdir / "examples" / "server" / target)
-                    if p.is_file()
-                ),
-                None,
-            )
-            if exe is None:
-                raise BuildError(f"built {target}, but found no binary under {bdir}", log[-3000:])
-            shutil.copy2(exe, tmp / "llama-server")
+            _publish_server(bdir, target, tmp, log)
             how.update(compiled=len(COMPILED.findall(out)), incremental=incremental, worktree=slot.name)
         return {
             "kind": "tree",
