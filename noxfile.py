@@ -10,6 +10,7 @@
 #   "rich>=13",
 #   "jinja2>=3.1",
 #   "pygithub>=2.6",
+#   "tokenizers>=0.20",
 #   "uv>=0.5",
 #   "pip>=23",
 #   "docker>=7.1",
