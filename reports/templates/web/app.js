@@ -12,7 +12,9 @@
   function setUrl(p) {
     var q = p.toString();
     try {
-      history.replaceState(null, "", location.pathname + (q ? "?" + q : ""));
+      // an anchor (#main, a skip link's target) is not filter state: keep it
+      var anchor = location.hash.indexOf("=") >= 0 ? "" : location.hash;
+      history.replaceState(null, "", location.pathname + (q ? "?" + q : "") + anchor);
     } catch (e) {
       location.hash = q;
     }
