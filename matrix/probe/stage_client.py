@@ -6,7 +6,8 @@ Job fields:
 
 - ``client_target``: the server. A base URL (``http://127.0.0.1:8080``); or an engine name from
   :mod:`engines` started for the stage (``llama-cpp-server``: ``python -m llama_cpp.server`` on the
-  model's GGUF); or a mapping ``{"base_url": ..., "model": ..., "api_key_env": ...}`` or
+  model's GGUF); or a mapping ``{"base_url": ..., "model": ..., "api_key_env": ..., "name": ...}`` (``name``:
+  what the user path's checks call the server, default ``server``) or
   ``{"engine": NAME, **engine options}``. Absent: the stage is ``skipped``. A target that does not
   come up is ``infra``; an engine whose package is missing ``skipped``.
 - ``clients``: the client SDKs to run: ``openai`` (openai-python, any major), ``litellm`` (its
@@ -712,6 +713,7 @@ class Target:
                 "kind": "url",
                 "base_url": self.base_url,
                 **({"shared": spec["shared"]} if spec.get("shared") else {}),
+                **({"name": str(spec["name"])} if spec.get("name") else {}),
             }
         else:
             import engine_registry
@@ -828,7 +830,8 @@ def run(job: dict, rec) -> None:
         if job.get("user_path", True):  # messages in, the server's own template and BOS rules (user_path)
             import user_path
 
-            server = target.facts.get("engine") or target.facts.get("shared") or "server"
+            tf = target.facts
+            server = tf.get("engine") or tf.get("shared") or tf.get("name") or "server"
             # the shared server's findings are not the cell's components': facts, not records
             sink = user_path.FactsOnly(rec) if target.facts.get("shared") else rec
             user_path.run(job, sink, target.base_url, target.model, server, target.api_key, timeout)
