@@ -32,6 +32,8 @@ from matrix.plan.key import cell_key, digest
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 PROBE_TIMEOUT = 900
 HEALTH_TIMEOUT = 60
+PROBE_LIMITS = {"render_seconds": 5, "render_chars": 1_000_000, "request_seconds": 60, "server_start_seconds": 120}
+"""The probe's limits for a cell's job (and ``llmcompat endpoint``'s)."""
 # Only these reach a cell's probe: no tokens or other secrets of the caller's environment.
 PASSED_ENV = (
     "PATH",
@@ -194,7 +196,7 @@ def probe_job(
         "tricky": dict(suite.tricky),
         **({"corpus": suite.corpus} if suite.corpus else {}),
         "max_new_tokens": 16,
-        "limits": {"render_seconds": 5, "render_chars": 1_000_000, "request_seconds": 60, "server_start_seconds": 120},
+        "limits": dict(PROBE_LIMITS),
         "report_versions": sorted(set(report)),
         "node_modules": node_modules or {},
     }
@@ -212,12 +214,16 @@ def write_json_atomic(path: Path, data: dict) -> None:
     atomic.write_json(path, data)
 
 
-def run_probe(python: Path, job: dict, timeout: float = PROBE_TIMEOUT) -> tuple[dict | None, str]:
-    """Run the probe in a cell's interpreter; (result, log). None when the probe itself died."""
+def run_probe(
+    python: Path, job: dict, timeout: float = PROBE_TIMEOUT, pass_env: tuple[str, ...] = ()
+) -> tuple[dict | None, str]:
+    """Run the probe in a cell's interpreter; (result, log). None when the probe itself died.
+    ``pass_env``: more variables the probe gets besides :data:`PASSED_ENV` (``llmcompat endpoint``'s
+    ``--api-key-env``: the key reaches the probe's environment only, never the job file)."""
     with tempfile.TemporaryDirectory(prefix="probe-", dir=scratch.directory()) as tmp:
         job_path, out_path = Path(tmp, "job.json"), Path(tmp, "result.json")
         job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-        env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+        env = {k: os.environ[k] for k in (*PASSED_ENV, *pass_env) if k in os.environ}
         env.update(OFFLINE_ENV)
         env["HF_HOME"] = str(Path(tmp, "hf"))
         # LLMCOMPAT_PROBE_WRAPPER: a command the probe runs under (nice, a fault injector...)
