@@ -1,4 +1,4 @@
-"""Command line: ``llmcompat run|aa|bisect|plan|gha-matrix|ingest|goldens|report``.
+"""Command line: ``llmcompat run|aa|bisect|plan|gha-matrix|ingest|goldens|report|endpoint``.
 
 The nox sessions call these same functions; the CLI exists so that every result can be
 reproduced from one printed command, with or without nox. Errors of llmcompat itself
@@ -191,6 +191,13 @@ def cmd_ttf(args) -> int:
     from bot.ttf import cmd_ttf as ttf
 
     return ttf(args)
+
+
+def cmd_endpoint(args) -> int:
+    """The user's path and the client stage against any OpenAI-compatible server (#16)."""
+    from matrix.app import endpoint
+
+    return endpoint.run(endpoint.from_args(args), as_json=args.json)
 
 
 def cmd_report(args) -> int:
@@ -451,6 +458,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="publish the page from the store")
     p.add_argument("--site", type=Path)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "endpoint", help="check any OpenAI-compatible server on one of the project's models: user path, client SDKs"
+    )
+    p.add_argument("url", metavar="URL", help="the server's base URL, e.g. http://127.0.0.1:8080 (or .../v1)")
+    p.add_argument("--model", default="tiny-qwen2", help="the project's model it serves (default: tiny-qwen2)")
+    p.add_argument("--served-model", help="the model name to send (default: the first of GET /v1/models)")
+    p.add_argument("--api-key-env", metavar="VAR", help="the environment variable holding the API key")
+    p.add_argument(
+        "--client",
+        dest="clients",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a client SDK to check (repeatable; default: raw-http, plus openai when installed)",
+    )
+    p.add_argument("--name", default="endpoint", help="the server's name in check names (default: endpoint)")
+    p.add_argument("--json", action="store_true", help="print the probe's result JSON")
+    p.set_defaults(func=cmd_endpoint)
 
     p = sub.add_parser("ttf", help="time to fix per project: exposure, detection delay, time to close (#15)")
     p.add_argument("--json", action="store_true", help="every finding's timeline and the per-project figures as JSON")
