@@ -120,6 +120,8 @@ KLASS_CLASS: dict[str, FailureClass] = {
     "sandbox-violation": FailureClass.CRASH,
     "sandbox-limit": FailureClass.CRASH,
     "double-bos": FailureClass.CONFIGURATION_DEFAULT,
+    "missing-bos": FailureClass.CONFIGURATION_DEFAULT,
+    "truncated": FailureClass.CONFIGURATION_DEFAULT,
     "config": FailureClass.CONFIGURATION_DEFAULT,
     "undeclared-requirement": FailureClass.CONFIGURATION_DEFAULT,
     "stale-golden": FailureClass.CONFIGURATION_DEFAULT,

@@ -98,6 +98,15 @@ def test_prompt_lengths_are_judged_by_what_can_be_known():
     assert user_path.judge_count("s", 11, 10, True)[2] == "double-bos"
     assert user_path.judge_count("s", 11, 10, False)[2] == "configuration-default"  # no BOS in the template
     assert user_path.judge_count("s", 9, 10, True)[2] == "configuration-default"
+    assert user_path.judge_count("s", 9, 10, True, ref_bos=True)[2] == "missing-bos"  # the reference ids start with it
+    # the reference render sent raw counts as the reference: the server's own template differs
+    outcome, detail, klass = user_path.judge_count("s", 11, 10, True, raw=10)
+    assert (outcome, klass) == ("fail", "configuration-default") and "own template" in detail
+    assert user_path.judge_count("s", 11, 10, True, raw=11)[2] == "double-bos"  # raw gets the extra BOS too
+    # longer than the server's context and shorter on the server: cut without an error
+    outcome, detail, klass = user_path.judge_count("s", 1696, 15008, False, raw=1696, context=2048)
+    assert klass == "truncated" and "2048" in detail
+    assert user_path.judge_count("s", 90, 100, False, context=2048)[2] == "configuration-default"  # it fits
     assert not user_path.expressible({"continue_final_message": True, "expect": {"ids": [], "render": ""}})
     assert not user_path.expressible({"add_generation_prompt": False, "expect": {"ids": [], "render": ""}})
     assert user_path.expressible({"expect": {"ids": [1], "render": "x"}})
@@ -174,7 +183,7 @@ def test_llama_server_grammar_forces_a_tool_call_and_schema_json_and_the_user_pa
     with srv:
         job = {
             "model_dir": str(model.path),
-            "client_target": srv.base_url,
+            "client_target": {"base_url": srv.base_url, "name": "llama-server"},  # the user path's name for it
             "client_constrained": True,
             "clients": ["raw-http"],
             "cases": list(prep.suites["tiny-qwen2"].cases),
@@ -185,7 +194,13 @@ def test_llama_server_grammar_forces_a_tool_call_and_schema_json_and_the_user_pa
     assert agent[("client-tool-required", "raw-http:once:agent")] == "pass"
     assert agent[("client-json-schema", "raw-http:once:agent")] == "pass"
     assert agent[("client-json-schema", "raw-http:stream:agent")] == "pass"
-    applied = [r for r in rec.records if r["check"] == "server:server:apply-template"]
+    applied = [r for r in rec.records if r["check"] == "server:llama-server:apply-template"]
     assert sum(r["outcome"] == "pass" for r in applied) > 10
     typed = next(r for r in applied if r["case"] == "system-typed-content")
     assert typed["outcome"] == "fail" and "first divergence" in typed["detail"]  # joins text parts with "\n"
+    counted = {r["case"]: r for r in rec.records if r["check"] == "server:llama-server:prompt_tokens"}
+    # the reference render sent raw (/v1/completions) counts as the reference: the template joined the parts
+    got, want, raw = rec.facts["user_path"]["counts"]["system-typed-content"]
+    assert got != want == raw and "own template" in counted["system-typed-content"]["detail"]
+    # a prompt longer than -c 2048: this llama.cpp cuts it without an error (later ones answer HTTP 400)
+    assert counted["long-message"]["outcome"] == "fail" and counted["long-message"]["klass"] == "truncated"

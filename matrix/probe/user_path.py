@@ -8,13 +8,19 @@ tokenize stage's ids), so what the server built can be compared with it:
 
 - ``server:<name>:prompt_tokens`` (stage ``tokenize``): ``usage.prompt_tokens`` against the
   length of the reference prompt. One token more where the reference render already starts with
-  the model's BOS is a double BOS (klass ``double-bos``); any other difference is a different
-  prompt (default template, typed-content joining, tokenization: klass ``configuration-default``),
-  with both counts. Without the server's own render the count cannot say more.
-- ``server:<name>:apply-template`` (stage ``template``), where the server has llama-server's
-  ``/apply-template``: its rendered prompt against the reference render (the first divergence);
-  ``server:<name>:tokenize`` (stage ``tokenize``), where it has ``/tokenize``: that prompt's ids
-  with the server's special-token rule against the reference ids, BOS counted.
+  the model's BOS is a double BOS (klass ``double-bos``); one less where the reference ids start
+  with it, a missing BOS (``missing-bos``); any other difference is a different prompt (default
+  template, typed-content joining, tokenization: klass ``configuration-default``), with both
+  counts. Where the server takes a raw prompt (Ollama's ``/api/generate`` with ``raw``, else
+  ``/v1/completions``), the reference render is sent raw too and its count tells the two apart:
+  counted as the reference, the server's own template made the difference. A prompt longer
+  than the server's context (llama-server's ``/props``, vLLM's ``max_model_len``) that comes back
+  shorter was cut without an error (``truncated``).
+- The server's own render, where it has an endpoint for it: llama-server's ``/apply-template``
+  (``server:<name>:apply-template``, stage ``template``: against the reference render, the first
+  divergence) and ``/tokenize`` of that prompt; vLLM's ``/tokenize`` with messages and
+  ``/detokenize`` of its ids (``server:<name>:detokenize``). ``server:<name>:tokenize`` (stage
+  ``tokenize``): the server's ids of its own prompt against the reference ids, BOS counted.
 
 - ``server:<name>:defaults`` (stage ``inference``): :func:`defaults`, the configuration-default
   class named by the parameter whose pin alone removes the difference.
@@ -64,6 +70,17 @@ def _post(url: str, body: dict, timeout: float, api_key: str) -> tuple[int, dict
         return exc.code, exc.read().decode("utf-8", "replace")[:500]
 
 
+def _get_json(url: str, timeout: float, api_key: str) -> dict:
+    """A GET's JSON object, or {} (absent endpoint, another shape, no answer)."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=min(timeout, 10)) as resp:
+            data = json.loads(resp.read().decode("utf-8"))
+    except Exception:  # noqa: BLE001 - a server without this endpoint
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def expressible(case: dict) -> bool:
     expect = case.get("expect") or {}
     return (
@@ -85,18 +102,48 @@ def _bos(job: dict) -> tuple[str | None, int | None]:
         return None, None
 
 
-def judge_count(server: str, got: int, want: int, template_bos: bool) -> tuple[str, str, str | None]:
-    """(outcome, detail, klass) of the server's prompt length against the reference's;
-    ``template_bos``: the reference render already starts with the model's BOS text."""
+def judge_count(
+    server: str,
+    got: int,
+    want: int,
+    template_bos: bool,
+    raw: int | None = None,
+    ref_bos: bool = False,
+    context: int | None = None,
+) -> tuple[str, str, str | None]:
+    """(outcome, detail, klass) of the server's prompt length against the reference's.
+
+    ``template_bos``: the reference render already starts with the model's BOS text; ``ref_bos``:
+    the reference ids start with the BOS id; ``raw``: the server's count for the reference render
+    sent as a raw prompt (None where it takes none); ``context``: the server's context size, where
+    it says."""
     if got == want:
         return "pass", f"{got} prompt tokens, as the reference prompt", None
     what = f"{server} counted {got} prompt tokens, the reference prompt has {want}"
+    if raw is not None:
+        what += f" (the reference prompt sent raw to {server}: {raw})"
+    if context is not None and want > context >= got:
+        return (
+            "fail",
+            what + f": the prompt is longer than the server's context ({context} tokens) and the "
+            "server cut it without an error, so the model never saw the whole conversation",
+            "truncated",
+        )
+    if raw == want:
+        return (
+            "fail",
+            what + ": the server tokenizes the reference prompt as the reference does, so its own "
+            "template built another prompt (its default template, typed-content joining or tools)",
+            "configuration-default",
+        )
     if template_bos and got == want + 1:
         return (
             "fail",
             what + ": one more, a BOS added to a prompt whose template already has one (double BOS)",
             "double-bos",
         )
+    if ref_bos and got == want - 1:
+        return "fail", what + ": one less, the reference prompt's BOS is missing", "missing-bos"
     return (
         "fail",
         what + ": the server's prompt differs (its default template, typed-content joining or tokenization)",
@@ -104,23 +151,89 @@ def judge_count(server: str, got: int, want: int, template_bos: bool) -> tuple[s
     )
 
 
+class Endpoints:
+    """The server's own endpoints beyond chat completions, each tried once: an endpoint that
+    answers 404 or 405, or in another shape, is taken as absent for the rest of the run."""
+
+    def __init__(self, base_url: str, model: str | None, api_key: str, timeout: float):
+        self.base_url, self.model, self.api_key, self.timeout = base_url, model, api_key, timeout
+        self.present = {"apply-template": True, "tokenize": True, "tokenize-messages": True, "raw": True}
+        self.ollama = self._is_ollama()
+        self.answered = False  # /tokenize has taken messages once: a later refusal is that case's
+
+    def post(self, path: str, body: dict) -> tuple[int, dict | str]:
+        if self.model and "model" not in body:
+            body = {"model": self.model, **body}
+        return _post(self.base_url + path, body, self.timeout, self.api_key)
+
+    def _is_ollama(self) -> bool:
+        return "version" in _get_json(self.base_url + "/api/version", self.timeout, self.api_key)
+
+    def context(self) -> int | None:
+        """The server's context size: llama-server's ``/props``, vLLM's ``max_model_len`` in
+        ``/v1/models``; None where it does not say."""
+        if not hasattr(self, "_context"):
+            self._context = None
+            for path, pick in (
+                ("/props", lambda d: (d.get("default_generation_settings") or {}).get("n_ctx")),
+                ("/v1/models", lambda d: ((d.get("data") or [{}])[0] or {}).get("max_model_len")),
+            ):
+                got = pick(_get_json(self.base_url + path, self.timeout, self.api_key))
+                if isinstance(got, int) and got > 0:
+                    self._context = got
+                    break
+        return self._context
+
+    def raw_count(self, prompt: str) -> int | None:
+        """The server's prompt length for ``prompt`` sent raw, with no template of its own."""
+        if not self.present["raw"]:
+            return None
+        if self.ollama:
+            body = {"prompt": prompt, "raw": True, "stream": False, "options": {"num_predict": 1, "temperature": 0}}
+            status, answer = self.post("/api/generate", body)
+            got = answer.get("prompt_eval_count") if isinstance(answer, dict) else None
+        else:
+            status, answer = self.post("/v1/completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0})
+            usage = answer.get("usage") if isinstance(answer, dict) else None
+            got = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if status in (404, 405):
+            self.present["raw"] = False
+        return got if status < 300 and isinstance(got, int) else None
+
+    def messages_ids(self, case: dict) -> tuple[list | None, str | None]:
+        """vLLM's ``/tokenize`` with messages (its chat path's ids) and ``/detokenize`` of them."""
+        if not self.present["tokenize-messages"]:
+            return None, None
+        body = {"messages": case["messages"], "add_generation_prompt": True}
+        if case.get("tools"):
+            body["tools"] = case["tools"]
+        status, answer = self.post("/tokenize", body)
+        ids = answer.get("tokens") if isinstance(answer, dict) and "max_model_len" in answer else None
+        if status >= 300 or not isinstance(ids, list):
+            if not self.answered:  # absent, or a tokenizer of plain text only (llama-server, SGLang)
+                self.present["tokenize-messages"] = False
+            return None, None
+        self.answered = True
+        status, text = self.post("/detokenize", {"tokens": ids})
+        prompt = text.get("prompt") if isinstance(text, dict) else None
+        return ids, prompt if status < 300 and isinstance(prompt, str) else None
+
+
 def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: str, timeout: float) -> None:
     cases = [c for c in job.get("cases") or [] if expressible(c)]
     if not cases:
         return
     bos, bos_id = _bos(job)
-    endpoints = {"apply-template": True, "tokenize": True}
+    ask = Endpoints(base_url, model, api_key, timeout)
     facts = rec.facts.setdefault("user_path", {})
     facts.setdefault("server", server)
     facts.setdefault("counts", {})
     for case in cases:
         cid, expect = case["id"], case["expect"]
         body = {"messages": case["messages"], "temperature": 0, "max_tokens": 1}
-        if model:
-            body["model"] = model
         if case.get("tools"):
             body["tools"] = case["tools"]
-        status, answer = _post(base_url + "/v1/chat/completions", body, timeout, api_key)
+        status, answer = ask.post("/v1/chat/completions", body)
         check = f"server:{server}:prompt_tokens"
         got = (answer.get("usage") or {}).get("prompt_tokens") if isinstance(answer, dict) else None
         if status >= 300 or not isinstance(got, int):
@@ -132,13 +245,20 @@ def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: 
                 f"{server} answered HTTP {status} without usage.prompt_tokens: {str(answer)[:300]}",
             )
         else:
+            want = list(expect["ids"])
+            raw = ask.raw_count(expect["render"]) if got != len(want) else None
             outcome, detail, klass = judge_count(
-                server, got, len(expect["ids"]), bool(bos) and expect["render"].startswith(bos)
+                server,
+                got,
+                len(want),
+                bool(bos) and expect["render"].startswith(bos),
+                raw=raw,
+                ref_bos=bos_id is not None and want[:1] == [bos_id],
+                context=ask.context() if got < len(want) else None,
             )
-            facts["counts"][cid] = [got, len(expect["ids"])]
+            facts["counts"][cid] = [got, len(want)] + ([raw] if raw is not None else [])
             rec.add(cid, "tokenize", check, outcome, detail, **({"klass": klass} if klass else {}))
-        if endpoints["apply-template"]:
-            _apply_template(job, rec, case, base_url, server, api_key, timeout, endpoints, bos_id)
+        _own_render(rec, case, ask, server, bos_id)
     defaults(job, rec, base_url, model, server, api_key, timeout)
 
 
@@ -227,35 +347,56 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
             )
 
 
-def _apply_template(job, rec, case, base_url, server, api_key, timeout, endpoints, bos_id) -> None:
-    """llama-server's own render and tokenization of the case (skipped where it has no such endpoint)."""
+def _own_render(rec, case: dict, ask: Endpoints, server: str, bos_id) -> None:
+    """The server's own render and tokenization of the case, where it has endpoints for them:
+    llama-server's ``/apply-template`` and ``/tokenize``, or vLLM's ``/tokenize`` with messages."""
     cid, expect = case["id"], case["expect"]
-    body = {
-        "messages": case["messages"],
-        "add_generation_prompt": True,
-        **({"tools": case["tools"]} if case.get("tools") else {}),
-    }
-    status, answer = _post(base_url + "/apply-template", body, timeout, api_key)
-    if status in (404, 405):
-        endpoints["apply-template"] = False
+    if ask.present["apply-template"]:
+        body = {
+            "messages": case["messages"],
+            "add_generation_prompt": True,
+            **({"tools": case["tools"]} if case.get("tools") else {}),
+        }
+        status, answer = ask.post("/apply-template", body)
+        if status in (404, 405):
+            ask.present["apply-template"] = False
+        elif status >= 300 or not isinstance(answer, dict) or not isinstance(answer.get("prompt"), str):
+            rec.add(
+                cid,
+                "template",
+                f"server:{server}:apply-template",
+                "skipped",
+                f"{server} /apply-template answered HTTP {status}: {str(answer)[:300]}",
+            )
+            return
+        else:
+            prompt = answer["prompt"]
+            _compare_render(rec, cid, f"server:{server}:apply-template", expect["render"], prompt)
+            if not ask.present["tokenize"]:
+                return
+            status, answer = ask.post("/tokenize", {"content": prompt, "add_special": True})
+            if status in (404, 405) or not isinstance(answer, dict) or not isinstance(answer.get("tokens"), list):
+                ask.present["tokenize"] = False
+                return
+            ids = [t if isinstance(t, int) else t.get("id") for t in answer["tokens"]]
+            _compare_ids(rec, cid, server, list(expect["ids"]), ids, bos_id)
+            return
+    ids, prompt = ask.messages_ids(case)
+    if ids is None:
         return
-    check = f"server:{server}:apply-template"
-    if status >= 300 or not isinstance(answer, dict) or not isinstance(answer.get("prompt"), str):
-        rec.add(
-            cid, "template", check, "skipped", f"{server} /apply-template answered HTTP {status}: {str(answer)[:300]}"
-        )
-        return
-    prompt = answer["prompt"]
-    diff = first_divergence(expect["render"], prompt)
+    if prompt is not None:
+        _compare_render(rec, cid, f"server:{server}:detokenize", expect["render"], prompt)
+    _compare_ids(rec, cid, server, list(expect["ids"]), ids, bos_id)
+
+
+def _compare_render(rec, cid: str, check: str, want: str, prompt: str) -> None:
+    diff = first_divergence(want, prompt)
     rec.add(cid, "template", check, "fail" if diff else "pass", diff, **({"klass": "mismatch"} if diff else {}))
-    if not endpoints["tokenize"]:
-        return
-    status, answer = _post(base_url + "/tokenize", {"content": prompt, "add_special": True}, timeout, api_key)
-    if status in (404, 405) or not isinstance(answer, dict) or not isinstance(answer.get("tokens"), list):
-        endpoints["tokenize"] = False
-        return
-    ids = [t if isinstance(t, int) else t.get("id") for t in answer["tokens"]]
-    want = list(expect["ids"])
+
+
+def _compare_ids(rec, cid: str, server: str, want: list, ids: list, bos_id) -> None:
+    """The server's ids of its own prompt against the reference ids: two leading BOS ids are a
+    double BOS; one BOS the reference lacks is the server's rule for its tokenizer, not a fault."""
     lead = 0
     while bos_id is not None and lead < len(ids) and ids[lead] == bos_id:
         lead += 1
