@@ -279,21 +279,44 @@ def installed_packages() -> set[str]:
     return {p for p in CLIENT_PACKAGES.values() if importlib.util.find_spec(p) is not None}
 
 
-def reach(url: str, api_key: str | None, timeout: float = REACH_SECONDS) -> str | None:
-    """Why the endpoint cannot be used (no HTTP answer at all, or the key refused), or None.
-    Any other HTTP answer to ``GET /v1/models`` (a 404 included) means a server is there."""
+def _request(url: str, body: dict | None, headers: dict, timeout: float) -> tuple[int, bytes]:
+    """(HTTP status, body) of one request; status 0 with the reason when no HTTP answer came."""
+    data = json.dumps(body).encode("utf-8") if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return 0, str(getattr(exc, "reason", exc)).encode("utf-8", "replace")
+
+
+def reach(url: str, api_key: str | None, served_model: str | None = None, timeout: float = REACH_SECONDS) -> str | None:
+    """Why the endpoint cannot be checked, or None: no HTTP answer at all, or the key refused
+    (401/403 to ``GET /v1/models`` or to a one-token chat request: some servers, llama-server
+    among them, list models without a key). Any other answer means a server is there."""
     base = url[:-3] if url.endswith("/v1") else url
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(base + "/v1/models", headers=headers), timeout=timeout):
-            return None
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            return f"it refused the API key (HTTP {exc.code} to GET /v1/models)"
-        return None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"no HTTP answer ({reason})"
+    status, body = _request(base + "/v1/models", None, headers, timeout)
+    if status == 0:
+        return f"is unreachable: no HTTP answer ({body.decode('utf-8', 'replace')})"
+    model = served_model
+    if status < 300 and model is None:
+        try:
+            model = (json.loads(body).get("data") or [{}])[0].get("id")
+        except (ValueError, AttributeError, IndexError, TypeError):
+            model = None
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, **({"model": model} if model else {})}
+    for method, path, sent in (("GET", "/v1/models", None), ("POST", "/v1/chat/completions", chat)):
+        if sent is not None:
+            status, _ = _request(base + path, sent, headers, timeout)
+        if status in (401, 403):
+            how = "the API key from --api-key-env" if api_key else "no API key: name its variable with --api-key-env"
+            return f"refused the request (HTTP {status} to {method} {path}; {how})"
+        if status == 0:
+            return f"is unreachable: no HTTP answer to {method} {path}"
+    return None
 
 
 def prepare(endpoint: Endpoint) -> tuple[ModelRef, SuiteRef]:
@@ -311,9 +334,9 @@ def run(endpoint: Endpoint, *, as_json: bool = False, out=None, err=None) -> int
     out, err = out or sys.stdout, err or sys.stderr
     secret = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
     model, suite = prepare(endpoint)
-    problem = reach(endpoint.url, secret)
+    problem = reach(endpoint.url, secret, endpoint.served_model)
     if problem is not None:
-        message = redact(f"endpoint {endpoint.url} is unreachable (infra): {problem}", secret)
+        message = redact(f"endpoint {endpoint.url} {problem}: infra, nothing was checked", secret)
         if as_json:
             print(json.dumps({"endpoint": endpoint.url, "outcome": "infra", "reason": message}), file=out)
         print(f"llmcompat: {message}", file=err)
