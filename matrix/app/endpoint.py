@@ -31,6 +31,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from matrix.app.job import Options, build_model, load_matrix, suite_for
 from matrix.cell.run import PROBE_LIMITS, ModelRef, SuiteRef, run_probe
 from matrix.errors import ConfigError, LlmcompatError
 from matrix.outcome import severity, worst
@@ -321,8 +322,6 @@ def reach(url: str, api_key: str | None, served_model: str | None = None, timeou
 
 def prepare(endpoint: Endpoint) -> tuple[ModelRef, SuiteRef]:
     """The model's built files and its golden suite, as the main job gives them to cells."""
-    from matrix.app.job import Options, build_model, load_matrix, suite_for
-
     matrix = load_matrix(Options())
     check_model(endpoint.model, [m.name for m in matrix.models])
     model = build_model(matrix, endpoint.model)
@@ -356,6 +355,24 @@ def run(endpoint: Endpoint, *, as_json: bool = False, out=None, err=None) -> int
     else:
         print("\n".join(summary_lines(result, endpoint)), file=out)
     return exit_code(outcome)
+
+
+def build_parser(p) -> None:
+    """The sub-command's options (``llmcompat endpoint``)."""
+    p.add_argument("url", metavar="URL", help="the server's base URL, e.g. http://127.0.0.1:8080 (or .../v1)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="the project's model it serves (default: tiny-qwen2)")
+    p.add_argument("--served-model", help="the model name to send (default: the first of GET /v1/models)")
+    p.add_argument("--api-key-env", metavar="VAR", help="the environment variable holding the API key")
+    p.add_argument(
+        "--client",
+        dest="clients",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a client SDK to check (repeatable; default: raw-http, plus openai when installed)",
+    )
+    p.add_argument("--name", default=DEFAULT_NAME, help="the server's name in check names (default: endpoint)")
+    p.add_argument("--json", action="store_true", help="print the probe's result JSON")
 
 
 def from_args(args) -> Endpoint:
