@@ -462,20 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "endpoint", help="check any OpenAI-compatible server on one of the project's models: user path, client SDKs"
     )
-    p.add_argument("url", metavar="URL", help="the server's base URL, e.g. http://127.0.0.1:8080 (or .../v1)")
-    p.add_argument("--model", default="tiny-qwen2", help="the project's model it serves (default: tiny-qwen2)")
-    p.add_argument("--served-model", help="the model name to send (default: the first of GET /v1/models)")
-    p.add_argument("--api-key-env", metavar="VAR", help="the environment variable holding the API key")
-    p.add_argument(
-        "--client",
-        dest="clients",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a client SDK to check (repeatable; default: raw-http, plus openai when installed)",
-    )
-    p.add_argument("--name", default="endpoint", help="the server's name in check names (default: endpoint)")
-    p.add_argument("--json", action="store_true", help="print the probe's result JSON")
+    from matrix.app.endpoint import build_parser as endpoint_parser
+
+    endpoint_parser(p)
     p.set_defaults(func=cmd_endpoint)
 
     p = sub.add_parser("ttf", help="time to fix per project: exposure, detection delay, time to close (#15)")
