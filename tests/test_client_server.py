@@ -141,13 +141,52 @@ def test_agent_checks_judge_the_servers_answer():
     assert "no tool call" in sc.agent_diffs("tool-required", req, {"tool_calls": [], "content": "hi"})[0]
     assert (
         "lack the required ['city']"
-        in sc.agent_diffs("tool-required", req, {"tool_calls": [{"name": "x", "arguments": "{}"}]})[0]
+        in sc.agent_diffs("tool-required", req, {"tool_calls": [{"name": "get_weather", "arguments": "{}"}]})[0]
     )
-    schema = sc.CONSTRAINED_CASES[1]
+    assert "not among the tools offered" in sc.agent_diffs("tool-required", req, {"tool_calls": [{"name": "x"}]})[0]
+    cases = {c["id"]: c for c in sc.CONSTRAINED_CASES}
+    # the loop's second turn must not reuse the first call's id
+    again = {
+        "tool_calls": [{"id": sc.PREVIOUS_CALL_ID, "name": "get_time", "arguments": '{"city": "Rome", "h24": true}'}]
+    }
+    assert "reused" in sc.agent_diffs("tool-required", cases["client-tool-loop"], again)[0]
+    # a stop sequence that ends the arguments, and one that ends the answer before any call
+    cut = {"tool_calls": [{"name": "get_weather", "arguments": '{"city":"Paris"'}], "finish_reason": "stop"}
+    assert "stop sequences ['}']" in sc.agent_diffs("tool-required", cases["client-tool-stop"], cut)[0]
+    gone = {"tool_calls": [], "content": '{"name": "get_weather"', "finish_reason": "stop"}
+    assert (
+        "a stop sequence of ['}'] ended the answer"
+        in sc.agent_diffs("tool-required", cases["client-tool-stop"], gone)[0]
+    )
+    assert (
+        "max_tokens ran out" in sc.agent_diffs("tool-required", req, {"content": "...", "finish_reason": "length"})[0]
+    )
+    # reasoning never reaches content
+    leak = {"content": '<think>x</think>{"city": "Rome", "temp_c": 20}'}
+    assert "reasoning markup '<think>'" in sc.agent_diffs("json-schema", cases["client-json-schema"], leak)[0]
+    # the streamed answer against the non-streamed one: arguments byte for byte
+    one = {"tool_calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'}], "finish_reason": "tool_calls"}
+    assert sc.stream_vs_once(one, json.loads(json.dumps(one))) == []
+    spaced = {**one, "tool_calls": [{"name": "get_weather", "arguments": '{"city":"Paris"}'}]}
+    assert sc.stream_vs_once(one, spaced) == [
+        'tool call 0 arguments: answer \'{"city": "Paris"}\', streamed \'{"city":"Paris"}\''
+    ]
+    schema = next(c for c in sc.CONSTRAINED_CASES if c["agent"] == "json-schema")
     assert sc.agent_diffs("json-schema", schema, {"content": '{"city": "Rome", "temp_c": 20}'}) == []
     assert "not JSON" in sc.agent_diffs("json-schema", schema, {"content": '{"city": "Ro'})[0]
-    assert sc.client_cases({"client_constrained": True})[-2:] == sc.CONSTRAINED_CASES
+    assert sc.client_cases({"client_constrained": True})[-len(sc.CONSTRAINED_CASES) :] == sc.CONSTRAINED_CASES
     assert not any(c.get("agent") for c in sc.client_cases({}))
+
+
+def _llama_server(version: str, model):
+    """llama.cpp's native server of llama-cpp-python ``version``'s vendored sources (built once) on
+    the tiny model's GGUF, with its Jinja templates."""
+    import servers
+    from matrix.env import builds
+
+    exe = or_skip(builds.llama_server, version)
+    cmd = [str(exe), "-m", str(model.path / "model.gguf"), "--jinja", "--host", "{host}", "--port", "{port}"]
+    return servers.Server(cmd + ["-c", "2048"], name="llama-server", ready_path="/health", start_timeout=120)
 
 
 def test_llama_server_grammar_forces_a_tool_call_and_schema_json_and_the_user_path_sees_its_prompt():
@@ -155,30 +194,11 @@ def test_llama_server_grammar_forces_a_tool_call_and_schema_json_and_the_user_pa
     response_format json_schema come back as the agent needs them, in once and stream modes where
     the server streams; its /apply-template and /tokenize are compared with the reference prompt."""
     import probe
-    import servers
     import stage_client
-    from matrix.env import builds
 
-    exe = or_skip(builds.llama_server, "0.3.8")
     prep, _ = _runner()
     model = prep.models["tiny-qwen2"]
-    srv = servers.Server(
-        [
-            str(exe),
-            "-m",
-            str(model.path / "model.gguf"),
-            "--jinja",
-            "--host",
-            "{host}",
-            "--port",
-            "{port}",
-            "-c",
-            "2048",
-        ],
-        name="llama-server",
-        ready_path="/health",
-        start_timeout=120,
-    )
+    srv = _llama_server("0.3.8", model)
     rec = probe.Recorder("check")
     with srv:
         job = {
@@ -204,3 +224,39 @@ def test_llama_server_grammar_forces_a_tool_call_and_schema_json_and_the_user_pa
     assert got != want == raw and "own template" in counted["system-typed-content"]["detail"]
     # a prompt longer than -c 2048: this llama.cpp cuts it without an error (later ones answer HTTP 400)
     assert counted["long-message"]["outcome"] == "fail" and counted["long-message"]["klass"] == "truncated"
+
+
+def test_forced_tool_call_streams_through_an_sdk_agree_with_the_wire():
+    """llama.cpp of llama-cpp-python 0.3.16 streams tool calls: under its grammar the tiny model
+    makes a required call, parallel calls and a loop's second call, and the openai SDK's chunks and
+    accumulator must give back what the wire carried, byte for byte, as the non-streamed answer
+    did. Its stop strings are applied inside the call: a "}" stop cuts the arguments."""
+    import probe
+    import stage_client
+
+    prep, _ = _runner()
+    model = prep.models["tiny-qwen2"]
+    rec = probe.Recorder("check")
+    with _llama_server("0.3.16", model) as srv:
+        job = {
+            "model_dir": str(model.path),
+            "client_target": {"base_url": srv.base_url, "name": "llama-server"},
+            "client_constrained": True,
+            "clients": ["raw-http", "openai"],
+            "cases": [],
+            "user_path": False,
+            "limits": {"request_seconds": 120},
+        }
+        stage_client.run(job, rec)
+    got = {(r["case"], r["check"]): r for r in rec.records}
+    forced = ("client-tool-required", "client-tool-parallel", "client-tool-loop", "client-json-schema")
+    for case in forced:
+        for client in ("raw-http", "openai"):
+            for check in ("once:agent", "stream:agent", "stream:deltas"):
+                assert got[(case, f"{client}:{check}")]["outcome"] == "pass", got[(case, f"{client}:{check}")]
+        assert got[(case, "openai:stream:accumulator")]["outcome"] == "pass"  # the SDK's own reassembly
+        assert got[(case, "server:stream-vs-once")]["outcome"] == "pass"
+        assert got[(case, "raw-http:stream:deltas")]["wire_chunks"] > 3  # the call came in pieces
+    for mode in ("once", "stream"):
+        cut = got[("client-tool-stop", f"openai:{mode}:agent")]
+        assert cut["outcome"] == "fail" and "stop sequences ['}']" in cut["detail"], cut

@@ -38,6 +38,10 @@ Checks, one record per (case, check), check names ``<client>:<mode>:<what>``:
   for openai and raw-http also one chunk per event.
 - ``accumulator`` (stream): the SDK's own accumulator (openai ``ChatCompletionStreamState``,
   litellm ``stream_chunk_builder``) against the accumulation of the recorded SSE events.
+- ``agent`` (the forced cases, :data:`CONSTRAINED_CASES`: a required call, parallel calls, the
+  second turn of a tool loop, a stop sequence the arguments contain, a JSON schema): what an agent
+  needs from the wire (:func:`agent_diffs`); ``server:stream-vs-once`` once per such case: the
+  streamed answer's calls against the non-streamed one's, byte for byte (:func:`stream_vs_once`).
 
 An SDK that raises on a 2xx answer is ``fail`` klass ``crash``; a server that refuses the request
 (4xx/5xx) with the SDK raising too is no record, only a fact with the server's words (not the
@@ -145,6 +149,20 @@ FORECAST = {
         },
     },
 }
+FORCED_TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Local time in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}, "h24": {"type": "boolean"}},
+            "required": ["city", "h24"],
+            "additionalProperties": False,
+        },
+    },
+}
+PREVIOUS_CALL_ID = "call_llmcompat_1"
 CONSTRAINED_CASES: list[dict] = [
     {
         "id": "client-tool-required",
@@ -153,6 +171,48 @@ CONSTRAINED_CASES: list[dict] = [
         "max_tokens": 200,
         "agent": "tool-required",
         "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    },
+    {
+        "id": "client-tool-parallel",
+        "tools": [FORCED_TOOL, FORCED_TIME],
+        "tool_choice": "required",
+        "params": {"parallel_tool_calls": True},
+        "max_tokens": 300,
+        "agent": "tool-required",
+        "messages": [{"role": "user", "content": "Weather and local time in Paris and in Rome?"}],
+    },
+    {
+        # the loop's second turn: the call went out, its result came back (tool_call_id), call again
+        "id": "client-tool-loop",
+        "tools": [FORCED_TOOL, FORCED_TIME],
+        "tool_choice": "required",
+        "max_tokens": 200,
+        "agent": "tool-required",
+        "messages": [
+            {"role": "user", "content": "Weather in Paris, then the local time there?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": PREVIOUS_CALL_ID,
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": PREVIOUS_CALL_ID, "content": '{"temp_c": 21}'},
+        ],
+    },
+    {
+        # every call's arguments end in "}": a stop sequence must end the text, not the call
+        "id": "client-tool-stop",
+        "tools": [FORCED_TOOL],
+        "tool_choice": "required",
+        "params": {"stop": ["}"]},
+        "max_tokens": 200,
+        "agent": "tool-required",
+        "messages": [{"role": "user", "content": "Weather in Rome?"}],
     },
     {
         "id": "client-json-schema",
@@ -169,21 +229,66 @@ run where the target constrains (``job["client_constrained"]``, or a target engi
 CONSTRAINING_ENGINES = ("llama-server",)
 
 
+REASONING_TAGS = ("<think>", "</think>", "<|channel|>analysis", "[THINK]")
+"""Reasoning markup that must never reach ``content``: a server that does not split it off hands
+an agent's user the model's thoughts."""
+
+
 def agent_diffs(kind: str, case: dict, result: dict) -> list[str]:
     """What an agent would trip over in the server's answer (the wire): a required tool call not
-    made, arguments or content that are not the JSON the schema asks for."""
+    made (or cut by a stop sequence), a call of a tool that was not offered, arguments or content
+    that are not the JSON the schema asks for, a call id reused from the conversation, reasoning
+    markup in ``content``."""
+    content = result.get("content")
+    diffs = [
+        f"reasoning markup {tag!r} in content: {_short(content)}"
+        for tag in REASONING_TAGS
+        if isinstance(content, str) and tag in content
+    ][:1]
     if kind == "tool-required":
-        calls = result.get("tool_calls") or []
+        calls, stops = result.get("tool_calls") or [], (case.get("params") or {}).get("stop")
         if not calls:
-            return [f"tool_choice required, but no tool call (content {_short(result.get('content'))})"]
-        schema = case["tools"][0]["function"]["parameters"]
-        return [
-            d for c in calls for d in _json_diffs(f"tool call {c.get('name')!r} arguments", c.get("arguments"), schema)
-        ]
+            finish, why = result.get("finish_reason"), ""
+            if finish == "length":
+                why = " before max_tokens ran out"
+            elif finish == "stop" and stops:
+                why = f" (a stop sequence of {stops} ended the answer)"
+            return diffs + [f"tool_choice required, but no tool call{why} (content {_short(content)})"]
+        schemas = {t["function"]["name"]: t["function"]["parameters"] for t in case["tools"]}
+        earlier = {tc.get("id") for m in case["messages"] for tc in m.get("tool_calls") or []}
+        for c in calls:
+            name = c.get("name")
+            if name not in schemas:
+                diffs.append(f"a call of {name!r}, which is not among the tools offered ({', '.join(schemas)})")
+                continue
+            bad = _json_diffs(f"tool call {name!r} arguments", c.get("arguments"), schemas[name])
+            if bad and stops:
+                bad[-1] += f" (the request's stop sequences {stops}: one inside the arguments ended them)"
+            diffs += bad
+            if c.get("id") and c.get("id") in earlier:
+                diffs.append(f"tool call id {c.get('id')!r} is reused from earlier in the conversation")
+        return diffs
     if kind == "json-schema":
         schema = case["params"]["response_format"]["json_schema"]["schema"]
-        return _json_diffs("content", result.get("content"), schema)
-    return []
+        return diffs + _json_diffs("content", content, schema)
+    return diffs
+
+
+def stream_vs_once(once: dict, streamed: dict) -> list[str]:
+    """The streamed answer against the non-streamed one to the same greedy request (both as the
+    wire carried them): tool-call names and arguments byte for byte, content and finish_reason."""
+    diffs = []
+    a, b = once.get("tool_calls") or [], streamed.get("tool_calls") or []
+    if len(a) != len(b):
+        diffs.append(f"{len(a)} tool calls in the answer, {len(b)} streamed")
+    for i, (x, y) in enumerate(zip(a, b)):
+        for key in ("name", "arguments"):
+            if x.get(key) != y.get(key):
+                diffs.append(f"tool call {i} {key}: answer {_short(x.get(key))}, streamed {_short(y.get(key))}")
+    for key in ("content", "finish_reason"):
+        if (once.get(key) or None) != (streamed.get(key) or None):
+            diffs.append(f"{key}: answer {_short(once.get(key))}, streamed {_short(streamed.get(key))}")
+    return diffs
 
 
 def _json_diffs(what: str, text, schema: dict) -> list[str]:
@@ -692,6 +797,7 @@ class Target:
         self.model = None
         self.api_key = API_KEY
         self.facts: dict = {}
+        self.answers: dict = {}  # agent case -> the wire's answers by mode (server:stream-vs-once)
 
     def start(self) -> None:
         spec = self.spec
@@ -868,6 +974,19 @@ def run_client(name, job, rec, proxy, target, timeout, facts) -> None:
     info["seconds"] = round(time.monotonic() - started, 3)
 
 
+def _server_stream_vs_once(rec, cid: str, stream: bool, wire: dict, target) -> None:
+    """Once per agent case, the server's streamed answer against its non-streamed one (the first
+    client's of each mode): arguments must survive streaming byte for byte."""
+    seen = target.answers.setdefault(cid, {})
+    seen.setdefault("stream" if stream else "once", wire)
+    if "once" in seen and "stream" in seen and not seen.get("judged"):
+        seen["judged"] = True
+        diffs = stream_vs_once(seen["once"], seen["stream"])
+        outcome = "fail" if diffs else "pass"
+        extra = {"klass": "protocol"} if diffs else {}
+        rec.add(cid, STAGE, "server:stream-vs-once", outcome, "; ".join(diffs)[:1500], **extra)
+
+
 def run_one(client, case, mode, job, rec, proxy, target, facts, added_all) -> None:
     cid, name, stream = case["id"], client.name, mode == "stream"
     check = f"{name}:{mode}"
@@ -972,6 +1091,7 @@ def run_one(client, case, mode, job, rec, proxy, target, facts, added_all) -> No
             rec.add(cid, STAGE, f"{check}:agent", "fail", "; ".join(diffs)[:1500], klass="protocol")
         else:
             rec.add(cid, STAGE, f"{check}:agent", "pass")
+        _server_stream_vs_once(rec, cid, stream, wire, target)
     if stream:
         notes = wire.get("notes") if isinstance(wire, dict) else None
         if notes:
