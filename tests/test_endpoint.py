@@ -165,6 +165,9 @@ def test_the_users_path_through_a_real_llama_server(server):
     assert user_path >= {"server:llamacpp:prompt_tokens", "server:llamacpp:apply-template", "server:llamacpp:defaults"}
     assert all(c.startswith("server:llamacpp:") for c in user_path)
     assert {"raw-http:once:request", "raw-http:stream:deltas"} <= checks
+    if "openai" in ep.installed_packages():  # the default adds the SDKs this Python has
+        assert {"openai:once:response", "openai:stream:accumulator"} <= checks
+        assert result["versions"]["openai"]
     outcomes = [r["outcome"] for r in result["records"]]
     assert outcomes.count("pass") > 20
     assert result["outcome"] == ep.verdict(result)

@@ -170,13 +170,16 @@ def exit_code(outcome: str) -> int:
     return 0 if outcome in ("pass", "xfail") else 1
 
 
-def _wrap(text: str, indent: int, lines: int = 4) -> list[str]:
+def _wrap(text: str, indent: int, lines: int = 4, hang: int = 0) -> list[str]:
+    """``text`` on at most ``lines`` lines of :data:`WIDTH` columns, continuation lines ``hang`` further in."""
     flat = " ".join(str(text).split())
-    out = textwrap.wrap(flat, WIDTH - indent, break_on_hyphens=False) or [""]
+    first, rest = " " * indent, " " * (indent + hang)
+    out = textwrap.wrap(flat, WIDTH, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False)
+    out = out or [first]
     if len(out) > lines:
         out = out[:lines]
-        out[-1] = out[-1][: WIDTH - indent - 1] + "…"
-    return [" " * indent + line for line in out]
+        out[-1] = out[-1][: WIDTH - 1] + "…"
+    return out
 
 
 def _head(label: str, text: str) -> list[str]:
@@ -197,7 +200,7 @@ def _check_lines(records: Sequence[Mapping]) -> list[str]:
         by_check.setdefault(str(r.get("check")), []).append(r)
     lines = []
     for check, recs in by_check.items():
-        lines += _wrap(f"{check} [{recs[0].get('stage')}]: {_tally(recs)}", 2, lines=2)
+        lines += _wrap(f"{check} [{recs[0].get('stage')}]: {_tally(recs)}", 2, lines=2, hang=4)
         groups: dict[tuple, list[str]] = {}
         for r in sorted(recs, key=lambda r: severity(str(r.get("outcome")))):
             outcome = str(r.get("outcome"))
@@ -208,12 +211,12 @@ def _check_lines(records: Sequence[Mapping]) -> list[str]:
             groups.setdefault(key, []).append(str(r.get("case")))
         for (outcome, klass, detail, _), cases in groups.items():
             label = f"{SHOWN.get(outcome, outcome):<5} " + ", ".join(cases) + (f" ({klass})" if klass else "")
-            lines += _wrap(label, 4, lines=3)
+            lines += _wrap(label, 4, lines=3, hang=5)
             if detail:
-                lines += _wrap(detail, 10, lines=4 if outcome != "skipped" else 3)
+                lines += _wrap(detail, 9, lines=4 if outcome != "skipped" else 3)
         passed = [str(r.get("case")) for r in recs if r.get("outcome") == "pass"]
         if passed:
-            lines += _wrap("pass  " + ", ".join(passed), 4, lines=8)
+            lines += _wrap("pass " + ", ".join(passed), 4, lines=40, hang=5)
     return lines
 
 
@@ -240,6 +243,19 @@ def _user_path_facts(result: Mapping) -> list[str]:
     return parts
 
 
+def _not_made(clients: Mapping[str, Mapping]) -> list[str]:
+    """The client checks the probe could not make (a request the server refused, a case the SDK's
+    API cannot express): facts, not records, grouped by their reason."""
+    by_reason: dict[str, list[str]] = {}
+    for info in clients.values():
+        for what, why in (info.get("skipped_checks") or {}).items():
+            by_reason.setdefault(str(why), []).append(str(what))
+    lines = []
+    for why, what in by_reason.items():
+        lines += _wrap("not made: " + ", ".join(what), 2, lines=3, hang=10) + _wrap(why, 12, lines=2)
+    return lines
+
+
 def summary_lines(result: Mapping, endpoint: Endpoint) -> list[str]:
     """The readable summary for an 80-column log: target, clients, checks, user path, verdict."""
     facts = result.get("facts") or {}
@@ -258,6 +274,7 @@ def summary_lines(result: Mapping, endpoint: Endpoint) -> list[str]:
                 f"{name} {info.get('version') or ''}".strip() + (f" ({refused} checks not made)" if refused else "")
             )
     lines += _head("clients", "; ".join(shown) or "none ran")
+    lines += _not_made(client.get("clients") or {})
     records = result.get("records") or []
     lines.append("checks")
     lines += _check_lines(records) or ["  (no check ran)"]
