@@ -95,19 +95,7 @@ class ClientServer:
                 return self._servers[str(model_dir)]
             env = envs.ensure(lock)
             exe = Path(env.python).with_name("transformers")
-            cmd = [
-                str(exe),
-                "serve",
-                "--host",
-                "{host}",
-                "--port",
-                "{port}",
-                "--device",
-                "cpu",
-                "--dtype",
-                "float32",
-                str(model_dir),
-            ]
+            cmd = servers.transformers_serve_command(str(exe), str(model_dir))
             child_env = {
                 k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "SSL_CERT_FILE")
             }

@@ -789,20 +789,10 @@ class TransformersServeEngine(ServerEngine):
     api = "chat"
 
     def command(self) -> list[str]:
+        from servers import transformers_serve_command
+
         exe = shutil.which("transformers", path=os.path.dirname(sys.executable)) or "transformers"
-        return [
-            exe,
-            "serve",
-            "--host",
-            "{host}",
-            "--port",
-            "{port}",
-            "--device",
-            "cpu",
-            "--dtype",
-            "float32",
-            self.model_dir,
-        ]  # FORCE_MODEL: loaded at start, served under this name
+        return transformers_serve_command(exe, self.model_dir)
 
     def start(self) -> None:
         if not have("torch"):

@@ -270,3 +270,9 @@ class OpenAIClient:
 
     def chat(self, body: dict) -> dict:
         return self.request("POST", "/chat/completions", body)
+
+
+def transformers_serve_command(exe: str, model_dir: str) -> list[str]:
+    """``transformers serve`` on CPU in float32, the model loaded at start and served under its
+    directory: one command line for the probe's engine and the host's shared client server."""
+    return [exe, "serve", "--host", "{host}", "--port", "{port}", "--device", "cpu", "--dtype", "float32", model_dir]
