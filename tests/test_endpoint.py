@@ -4,11 +4,13 @@ on the tiny model's GGUF; the command runs as a user runs it, in a subprocess.""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -213,11 +215,13 @@ def test_the_api_key_reaches_the_server_and_nothing_else(keyed_server, tmp_path)
     capture = tmp_path / "probe-files"
     script = f'rc=0; "$@" || rc=$?; cp -R . {shlex.quote(str(capture))}; exit $rc'
     env = {"MY_ENDPOINT_KEY": KEY, "LLMCOMPAT_PROBE_WRAPPER": shlex.join(["/bin/sh", "-c", script, "sh"])}
-    runs = [_endpoint(keyed_server, "--api-key-env", "MY_ENDPOINT_KEY", *flag, env=env) for flag in ((), ("--json",))]
+    args = (keyed_server, "--api-key-env", "MY_ENDPOINT_KEY", "--served-model", "tiny")
+    runs = [_endpoint(*args, *flag, env=env) for flag in ((), ("--json",))]
     for proc in runs:
         assert KEY not in proc.stdout + proc.stderr
     result = json.loads(runs[1].stdout)
     assert sum(r["outcome"] == "pass" and r["check"].startswith("server:") for r in result["records"]) > 20
+    assert result["facts"]["client"]["target"]["model"] == "tiny"  # --served-model, as sent
     assert runs[0].returncode == runs[1].returncode == ep.exit_code(result["outcome"])
     written = [p for p in capture.rglob("*") if p.is_file()]
     assert {p.name for p in written} >= {"job.json", "result.json"}
@@ -225,3 +229,43 @@ def test_the_api_key_reaches_the_server_and_nothing_else(keyed_server, tmp_path)
     assert "MY_ENDPOINT_KEY" in (capture / "job.json").read_text()  # the variable's name, never its value
     refused = _endpoint(keyed_server, env={"LLMCOMPAT_PROBE_WRAPPER": ""})  # no key: the server says 401
     assert refused.returncode == 1 and "HTTP 401" in refused.stderr and "--api-key-env" in refused.stderr
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    """A server that lists a model and answers every request with the Authorization header it got:
+    careless servers echo what they were sent in their error bodies."""
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send(400, {"error": {"message": f"bad request; you sent {self.headers.get('Authorization')}"}})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_key_the_server_echoes_back_is_redacted_from_the_output():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        env = {"MY_ENDPOINT_KEY": KEY}
+        runs = [_endpoint(url, "--api-key-env", "MY_ENDPOINT_KEY", *flag, env=env) for flag in ((), ("--json",))]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    for proc in runs:
+        assert KEY not in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert "Bearer ***" in runs[1].stdout  # the echo was there, and it was redacted
+    assert runs[0].returncode == runs[1].returncode == ep.exit_code(json.loads(runs[1].stdout)["outcome"])

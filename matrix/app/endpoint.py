@@ -211,7 +211,7 @@ def _check_lines(records: Sequence[Mapping]) -> list[str]:
             groups.setdefault(key, []).append(str(r.get("case")))
         for (outcome, klass, detail, _), cases in groups.items():
             label = f"{SHOWN.get(outcome, outcome):<5} " + ", ".join(cases) + (f" ({klass})" if klass else "")
-            lines += _wrap(label, 4, lines=3, hang=5)
+            lines += _wrap(label, 4, lines=12, hang=5)
             if detail:
                 lines += _wrap(detail, 9, lines=4 if outcome != "skipped" else 3)
         passed = [str(r.get("case")) for r in recs if r.get("outcome") == "pass"]
@@ -235,7 +235,7 @@ def _user_path_facts(result: Mapping) -> list[str]:
         judged = [r for r in recs if r.get("outcome") in ("pass", "fail")]
         if judged:
             parts.append(f"{sum(r['outcome'] == 'pass' for r in judged)} of {len(judged)} {said}")
-        elif what in ("apply-template", "tokenize"):
+        elif not recs and what in ("apply-template", "tokenize"):
             parts.append(f"no {what} endpoint")
     bos = Counter(r.get("klass") for r in records if r.get("outcome") == "fail")
     if bos.get("double-bos"):
