@@ -260,3 +260,59 @@ def test_forced_tool_call_streams_through_an_sdk_agree_with_the_wire():
     for mode in ("once", "stream"):
         cut = got[("client-tool-stop", f"openai:{mode}:agent")]
         assert cut["outcome"] == "fail" and "stop sequences ['}']" in cut["detail"], cut
+
+
+class _Documented:
+    """Answers in the shapes vLLM and Ollama document, for the user path's parsing (their servers
+    need a GPU or a binary this machine lacks; their live tests are in test_engines_gpu.py)."""
+
+    def __init__(self, answers: dict):
+        self.answers, self.sent = answers, []
+
+    def __call__(self, path: str, body: dict):
+        self.sent.append((path, body))
+        return self.answers.get(path, (404, "Not Found"))
+
+
+def _endpoints(answers: dict, ollama: bool = False):
+    import user_path
+
+    ask = user_path.Endpoints("http://127.0.0.1:9", "m", "k", 1.0, ollama=ollama)
+    ask.post = _Documented(answers)  # type: ignore[method-assign]
+    return ask
+
+
+def test_the_user_path_reads_vllms_tokenize_with_messages_and_ollamas_raw_prompt():
+    import probe
+    import user_path
+
+    case = {"id": "c", "messages": [{"role": "user", "content": "hi"}], "expect": {"render": "<s>hi", "ids": [1, 7]}}
+    vllm = {
+        "/tokenize": (200, {"count": 3, "max_model_len": 2048, "tokens": [1, 1, 7]}),
+        "/detokenize": (200, {"prompt": "<s><s>hi"}),
+    }
+    rec = probe.Recorder("check")
+    ask = _endpoints(vllm)
+    user_path._own_render(rec, case, ask, "vllm", bos_id=1)
+    got = {r["check"]: r for r in rec.records}
+    assert got["server:vllm:tokenize"]["klass"] == "double-bos" and got["server:vllm:tokenize"]["bos_count"] == 2
+    assert (
+        got["server:vllm:detokenize"]["outcome"] == "fail"
+        and "first divergence" in got["server:vllm:detokenize"]["detail"]
+    )
+    assert [p for p, _ in ask.post.sent] == ["/apply-template", "/tokenize", "/detokenize"]
+    assert ask.post.sent[1][1]["messages"] == case["messages"] and ask.post.sent[1][1]["add_generation_prompt"] is True
+    # a /tokenize of plain text only (SGLang, llama-server): refused once, never asked again
+    rec = probe.Recorder("check")
+    ask = _endpoints({"/tokenize": (422, "prompt: field required")})
+    user_path._own_render(rec, case, ask, "sglang", bos_id=1)
+    user_path._own_render(rec, case, ask, "sglang", bos_id=1)
+    assert rec.records == [] and [p for p, _ in ask.post.sent].count("/tokenize") == 1
+    # Ollama's raw prompt: /api/generate with raw, its prompt_eval_count
+    ask = _endpoints({"/api/generate": (200, {"prompt_eval_count": 12, "done": True})}, ollama=True)
+    assert ask.raw_count("<s>hi") == 12
+    assert ask.post.sent[0][1]["raw"] is True and ask.post.sent[0][1]["prompt"] == "<s>hi"
+    # elsewhere /v1/completions; a server without it is not asked twice
+    ask = _endpoints({})
+    assert ask.raw_count("x") is None and ask.raw_count("y") is None
+    assert [p for p, _ in ask.post.sent] == ["/v1/completions"]

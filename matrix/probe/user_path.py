@@ -155,10 +155,10 @@ class Endpoints:
     """The server's own endpoints beyond chat completions, each tried once: an endpoint that
     answers 404 or 405, or in another shape, is taken as absent for the rest of the run."""
 
-    def __init__(self, base_url: str, model: str | None, api_key: str, timeout: float):
+    def __init__(self, base_url: str, model: str | None, api_key: str, timeout: float, ollama: bool | None = None):
         self.base_url, self.model, self.api_key, self.timeout = base_url, model, api_key, timeout
         self.present = {"apply-template": True, "tokenize": True, "tokenize-messages": True, "raw": True}
-        self.ollama = self._is_ollama()
+        self.ollama = self._is_ollama() if ollama is None else ollama  # None: ask GET /api/version
         self.answered = False  # /tokenize has taken messages once: a later refusal is that case's
 
     def post(self, path: str, body: dict) -> tuple[int, dict | str]:
