@@ -316,9 +316,12 @@ def reach(url: str, api_key: str | None, served_model: str | None = None, timeou
     among them, list models without a key). Any other answer means a server is there."""
     base = url[:-3] if url.endswith("/v1") else url
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    how = "the API key from --api-key-env" if api_key else "no API key: name its variable with --api-key-env"
     status, body = _request(base + "/v1/models", None, headers, timeout)
     if status == 0:
         return f"is unreachable: no HTTP answer ({body.decode('utf-8', 'replace')})"
+    if status in (401, 403):
+        return f"refused the request (HTTP {status} to GET /v1/models; {how})"
     model = served_model
     if status < 300 and model is None:
         try:
@@ -326,14 +329,11 @@ def reach(url: str, api_key: str | None, served_model: str | None = None, timeou
         except (ValueError, AttributeError, IndexError, TypeError):
             model = None
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, **({"model": model} if model else {})}
-    for method, path, sent in (("GET", "/v1/models", None), ("POST", "/v1/chat/completions", chat)):
-        if sent is not None:
-            status, _ = _request(base + path, sent, headers, timeout)
-        if status in (401, 403):
-            how = "the API key from --api-key-env" if api_key else "no API key: name its variable with --api-key-env"
-            return f"refused the request (HTTP {status} to {method} {path}; {how})"
-        if status == 0:
-            return f"is unreachable: no HTTP answer to {method} {path}"
+    status, body = _request(base + "/v1/chat/completions", chat, headers, float(PROBE_LIMITS["request_seconds"]))
+    if status == 0:
+        return f"is unreachable: no HTTP answer to POST /v1/chat/completions ({body.decode('utf-8', 'replace')})"
+    if status in (401, 403):
+        return f"refused the request (HTTP {status} to POST /v1/chat/completions; {how})"
     return None
 
 
