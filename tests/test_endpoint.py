@@ -176,7 +176,7 @@ def test_the_users_path_through_a_real_llama_server(server):
     assert proc.returncode == (1 if {"fail", "infra"} & set(outcomes) else 0), proc.stderr
     assert result["facts"]["client"]["target"]["name"] == "llamacpp"
     # the same run as a reader sees it: the same exit code, every check named, no line over 80 columns
-    text = _endpoint(server, "--name", "llamacpp")
+    text = _endpoint(server + "/v1/", "--name", "llamacpp")  # a base URL as SDKs take it works the same
     assert text.returncode == proc.returncode
     assert all(len(line) <= 80 for line in text.stdout.splitlines())
     for check in user_path:
