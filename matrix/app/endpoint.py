@@ -23,9 +23,7 @@ import os
 import re
 import sys
 import textwrap
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from matrix.app.job import Options, build_model, load_matrix, suite_for
 from matrix.cell.run import PROBE_LIMITS, ModelRef, SuiteRef, run_probe
 from matrix.errors import ConfigError, LlmcompatError
 from matrix.outcome import severity, worst
+from matrix.probe import servers
 from matrix.probe.stage_client import CLIENTS
 
 DEFAULT_MODEL = "tiny-qwen2"
@@ -297,17 +296,17 @@ def installed_packages() -> set[str]:
     return {p for p in CLIENT_PACKAGES.values() if importlib.util.find_spec(p) is not None}
 
 
-def _request(url: str, body: dict | None, headers: dict, timeout: float) -> tuple[int, bytes]:
-    """(HTTP status, body) of one request; status 0 with the reason when no HTTP answer came."""
-    data = json.dumps(body).encode("utf-8") if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers})
+def _ask(method: str, url: str, body: dict | None, headers: dict, timeout: float) -> tuple[int, object, str]:
+    """(HTTP status, JSON answer or None, why there was no answer) of one request
+    (:func:`servers.request_json`); status 0 when no HTTP answer came."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return 0, str(getattr(exc, "reason", exc)).encode("utf-8", "replace")
+        return 200, servers.request_json(method, url, body, timeout=timeout, headers=headers), ""
+    except servers.HTTPStatusError as exc:
+        return exc.status, None, ""
+    except servers.NotJSON:
+        return 200, None, ""
+    except servers.TransportError as exc:
+        return 0, None, str(exc)
 
 
 def reach(url: str, api_key: str | None, served_model: str | None = None, timeout: float = REACH_SECONDS) -> str | None:
@@ -317,21 +316,19 @@ def reach(url: str, api_key: str | None, served_model: str | None = None, timeou
     base = url[:-3] if url.endswith("/v1") else url
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     how = "the API key from --api-key-env" if api_key else "no API key: name its variable with --api-key-env"
-    status, body = _request(base + "/v1/models", None, headers, timeout)
+    status, listed, why = _ask("GET", base + "/v1/models", None, headers, timeout)
     if status == 0:
-        return f"is unreachable: no HTTP answer ({body.decode('utf-8', 'replace')})"
+        return f"is unreachable: no HTTP answer ({why})"
     if status in (401, 403):
         return f"refused the request (HTTP {status} to GET /v1/models; {how})"
     model = served_model
-    if status < 300 and model is None:
-        try:
-            model = (json.loads(body).get("data") or [{}])[0].get("id")
-        except (ValueError, AttributeError, IndexError, TypeError):
-            model = None
+    if model is None and isinstance(listed, dict) and isinstance(listed.get("data"), list) and listed["data"]:
+        first = listed["data"][0]
+        model = first.get("id") if isinstance(first, dict) else None
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, **({"model": model} if model else {})}
-    status, body = _request(base + "/v1/chat/completions", chat, headers, float(PROBE_LIMITS["request_seconds"]))
+    status, _, why = _ask("POST", base + "/v1/chat/completions", chat, headers, float(PROBE_LIMITS["request_seconds"]))
     if status == 0:
-        return f"is unreachable: no HTTP answer to POST /v1/chat/completions ({body.decode('utf-8', 'replace')})"
+        return f"is unreachable: no HTTP answer ({why})"
     if status in (401, 403):
         return f"refused the request (HTTP {status} to POST /v1/chat/completions; {how})"
     return None
