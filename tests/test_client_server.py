@@ -316,3 +316,20 @@ def test_the_user_path_reads_vllms_tokenize_with_messages_and_ollamas_raw_prompt
     ask = _endpoints({})
     assert ask.raw_count("x") is None and ask.raw_count("y") is None
     assert [p for p, _ in ask.post.sent] == ["/v1/completions"]
+
+
+def test_a_server_that_stops_answering_leaves_the_user_path_skipped_not_crashed():
+    import socket
+
+    import probe
+    import user_path
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert user_path._post(dead + "/v1/chat/completions", {}, 2, "k")[0] == 0
+    case = {"id": "c", "messages": [{"role": "user", "content": "hi"}], "expect": {"render": "hi", "ids": [7]}}
+    rec = probe.Recorder("check")
+    user_path.run({"cases": [case], "model_dir": "/nonexistent"}, rec, dead, None, "gone", "k", 2)
+    assert [(r["check"], r["outcome"]) for r in rec.records] == [("server:gone:prompt_tokens", "skipped")]
+    assert "no answer" in rec.records[0]["detail"]

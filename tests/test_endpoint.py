@@ -52,6 +52,9 @@ def test_the_job_is_the_client_stage_only_against_the_url_with_the_models_golden
         "name": "lmstudio",
     }
     assert named["clients"] == ["raw-http"] and named["report_versions"] == []
+    assert "client_constrained" not in named
+    forced = ep.build_job(ep.Endpoint("http://h:1", constrained=True), model, _suite())
+    assert forced["client_constrained"] is True  # the forced tool-call cases run
 
 
 def test_bad_input_names_the_option_and_the_value():

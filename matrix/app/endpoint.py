@@ -56,6 +56,8 @@ class Endpoint:
     api_key_env: str | None = None
     clients: tuple[str, ...] = ("raw-http",)
     name: str = DEFAULT_NAME
+    constrained: bool = False
+    """The server constrains decoding (llama-server's grammar): run the forced tool-call cases."""
 
 
 # --------------------------------------------------------------------------- the pure core
@@ -137,6 +139,7 @@ def build_job(endpoint: Endpoint, model: ModelRef, suite: SuiteRef) -> dict:
         "stages": ["client"],
         "clients": list(endpoint.clients),
         "client_target": target,
+        **({"client_constrained": True} if endpoint.constrained else {}),
         "cases": list(suite.cases),
         "max_new_tokens": 16,
         "limits": dict(PROBE_LIMITS),
@@ -386,6 +389,11 @@ def build_parser(p) -> None:
         help="a client SDK to check (repeatable; default: raw-http, plus openai when installed)",
     )
     p.add_argument("--name", default=DEFAULT_NAME, help="the server's name in check names (default: endpoint)")
+    p.add_argument(
+        "--constrained",
+        action="store_true",
+        help="the server constrains decoding (llama-server): run the forced tool-call and JSON-schema cases",
+    )
     p.add_argument("--json", action="store_true", help="print the probe's result JSON")
 
 
@@ -400,4 +408,5 @@ def from_args(args) -> Endpoint:
         api_key_env=check_key_env(args.api_key_env, os.environ),
         clients=choose_clients(args.clients or (), installed_packages()),
         name=check_name(args.name),
+        constrained=bool(args.constrained),
     )

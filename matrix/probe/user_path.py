@@ -68,6 +68,13 @@ def _post(url: str, body: dict, timeout: float, api_key: str) -> tuple[int, dict
             return resp.status, json.loads(resp.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")[:500]
+    except (OSError, ValueError) as exc:  # no HTTP answer (refused, reset, timed out): the case is skipped
+        return 0, f"no answer: {exc}"
+
+
+def _ok(status: int) -> bool:
+    """A 2xx answer (0: none at all)."""
+    return 200 <= status < 300
 
 
 def _get_json(url: str, timeout: float, api_key: str) -> dict:
@@ -198,7 +205,7 @@ class Endpoints:
             got = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         if status in (404, 405):
             self.present["raw"] = False
-        return got if status < 300 and isinstance(got, int) else None
+        return got if _ok(status) and isinstance(got, int) else None
 
     def messages_ids(self, case: dict) -> tuple[list | None, str | None]:
         """vLLM's ``/tokenize`` with messages (its chat path's ids) and ``/detokenize`` of them."""
@@ -209,14 +216,14 @@ class Endpoints:
             body["tools"] = case["tools"]
         status, answer = self.post("/tokenize", body)
         ids = answer.get("tokens") if isinstance(answer, dict) and "max_model_len" in answer else None
-        if status >= 300 or not isinstance(ids, list):
+        if not _ok(status) or not isinstance(ids, list):
             if not self.answered:  # absent, or a tokenizer of plain text only (llama-server, SGLang)
                 self.present["tokenize-messages"] = False
             return None, None
         self.answered = True
         status, text = self.post("/detokenize", {"tokens": ids})
         prompt = text.get("prompt") if isinstance(text, dict) else None
-        return ids, prompt if status < 300 and isinstance(prompt, str) else None
+        return ids, prompt if _ok(status) and isinstance(prompt, str) else None
 
 
 def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: str, timeout: float) -> None:
@@ -236,7 +243,10 @@ def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: 
         status, answer = ask.post("/v1/chat/completions", body)
         check = f"server:{server}:prompt_tokens"
         got = (answer.get("usage") or {}).get("prompt_tokens") if isinstance(answer, dict) else None
-        if status >= 300 or not isinstance(got, int):
+        if status == 0:  # no HTTP answer: nothing else of this case can be asked either
+            rec.add(cid, "tokenize", check, "skipped", f"{server} gave no HTTP answer: {str(answer)[:300]}")
+            continue
+        if not _ok(status) or not isinstance(got, int):
             rec.add(
                 cid,
                 "tokenize",
@@ -302,7 +312,7 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
         }
         status, answer = _post(base_url + "/v1/chat/completions", body, timeout, api_key)
         text, finish = _content(answer)
-        if status >= 300 or text is None:
+        if not _ok(status) or text is None:
             rec.add(cid, "inference", check, "skipped", f"{server} answered HTTP {status}: {str(answer)[:300]}")
             continue
         if text == want or (finish == "stop" and want.startswith(text)):
@@ -317,7 +327,7 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
         tried, refused = [], []
         for name, value in PINS:
             st, ans = _post(base_url + "/v1/chat/completions", {**body, name: value}, timeout, api_key)
-            if st >= 300:
+            if not _ok(st):
                 refused.append(name)
                 continue
             tried.append(name)
@@ -360,7 +370,7 @@ def _own_render(rec, case: dict, ask: Endpoints, server: str, bos_id) -> None:
         status, answer = ask.post("/apply-template", body)
         if status in (404, 405):
             ask.present["apply-template"] = False
-        elif status >= 300 or not isinstance(answer, dict) or not isinstance(answer.get("prompt"), str):
+        elif not _ok(status) or not isinstance(answer, dict) or not isinstance(answer.get("prompt"), str):
             rec.add(
                 cid,
                 "template",
