@@ -333,3 +333,16 @@ def test_a_server_that_stops_answering_leaves_the_user_path_skipped_not_crashed(
     user_path.run({"cases": [case], "model_dir": "/nonexistent"}, rec, dead, None, "gone", "k", 2)
     assert [(r["check"], r["outcome"]) for r in rec.records] == [("server:gone:prompt_tokens", "skipped")]
     assert "no answer" in rec.records[0]["detail"]
+
+
+def test_an_api_key_variable_that_is_not_set_is_infra_not_a_dummy_key(monkeypatch):
+    import probe
+    import stage_client
+
+    monkeypatch.delenv("LLMCOMPAT_TEST_UNSET_KEY", raising=False)
+    rec = probe.Recorder("check")
+    target = {"base_url": "http://127.0.0.1:9", "api_key_env": "LLMCOMPAT_TEST_UNSET_KEY"}
+    stage_client.run({"client_target": target, "clients": ["raw-http"], "cases": []}, rec)
+    assert [(r["outcome"], r["detail"]) for r in rec.records] == [
+        ("infra", "client_target.api_key_env names 'LLMCOMPAT_TEST_UNSET_KEY', which is not set")
+    ]

@@ -811,7 +811,10 @@ class Target:
         if spec.get("unavailable"):  # the host could not bring up the server it meant to give
             raise Infra(str(spec["unavailable"]))
         if spec.get("api_key_env"):
-            self.api_key = os.environ.get(spec["api_key_env"]) or API_KEY
+            key = os.environ.get(spec["api_key_env"])
+            if not key:  # a dummy key would only earn a 401 that hides the cause
+                raise Infra(f"client_target.api_key_env names {spec['api_key_env']!r}, which is not set")
+            self.api_key = key
         if spec.get("base_url"):
             base = spec["base_url"].rstrip("/")
             self.base_url = base[:-3] if base.endswith("/v1") else base
