@@ -69,6 +69,7 @@ from bot.search import (
     bisect_parallel,
     transitions,
 )
+from matrix import scratch
 from matrix.env import uv as envs
 from matrix.releases.versions import Release
 
@@ -903,7 +904,7 @@ def bench_bisect(last: int = 40, *, index=None, env_root: Path | None = None, py
 
     index = index or default_index()
     versions = select_versions(index.releases("packaging"), SpecifierSet(">=0"), python=python).versions[-last:]
-    with tempfile.TemporaryDirectory(prefix="llmcompat-bench-bisect-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llmcompat-bench-bisect-", dir=scratch.directory()) as tmp:
         script = Path(tmp, "check.py")
         script.write_text(LEGACY_CHECK)
         run_bisection(versions, PackageTest("packaging", str(script), (), python, env_root))  # warm-up

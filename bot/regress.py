@@ -65,6 +65,7 @@ from bot.confirm import Confirmation, Quarantine, confirm, release_if_passing
 from bot.detect import Candidate, detect
 from bot.fingerprint import fingerprint
 from bot.search import BisectResult, Direction, Verdict, bisect, isolate_axis
+from matrix import scratch
 from matrix.declare.config import AXES
 from matrix.outcome import Finding, Outcome, worst
 from matrix.plan.cells import Cell, Choice
@@ -560,7 +561,7 @@ class CellRerun:
         from matrix.cell.run import CellRunner
 
         self.checks = checks
-        self.results_dir = results_dir or Path(tempfile.mkdtemp(prefix="llmcompat-rerun-"))
+        self.results_dir = results_dir or Path(tempfile.mkdtemp(prefix="llmcompat-rerun-", dir=scratch.directory()))
         self._scratch = CellRunner(runner.matrix, runner.suites, runner.models, results_dir=self.results_dir)
 
     def __call__(self, cell_id: str) -> Any:  # Outcomes, or CheckOutcomes with ``checks``

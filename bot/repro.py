@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from matrix import scratch
 from matrix.paths import REPO
 
 __all__ = [
@@ -777,7 +778,7 @@ def run_script(text: str, python: Path, *, timeout: float = TIMEOUT, where: str 
     import os
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="llmcompat-repro-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llmcompat-repro-", dir=scratch.directory()) as tmp:
         path = Path(tmp, "repro.py")
         path.write_text(text, encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from matrix import scratch
 from matrix.errors import LlmcompatError
 
 __all__ = ["DUMP", "HistoryError", "dump", "load", "merge", "pull", "push"]
@@ -156,7 +157,7 @@ def _fetch(work: Path, remote: str, branch: str) -> str | None:
 
 def pull(remote: str, branch: str, store_path: Path | str) -> bool:
     """Start from the data branch: rebuild the store from its dump. False when the branch is new."""
-    with tempfile.TemporaryDirectory(prefix="llmcompat-history-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llmcompat-history-", dir=scratch.directory()) as tmp:
         work = Path(tmp) / "data"
         if _fetch(work, remote, branch) is None or not (work / DUMP).exists():
             return False
@@ -169,7 +170,7 @@ def push(remote: str, branch: str, store_path: Path | str, message: str, attempt
 
     Returns the pushed commit. The local store ends up holding both sides' history.
     """
-    with tempfile.TemporaryDirectory(prefix="llmcompat-history-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llmcompat-history-", dir=scratch.directory()) as tmp:
         work = Path(tmp) / "data"
         for _ in range(attempts):
             tip = _fetch(work, remote, branch)

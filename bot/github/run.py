@@ -22,6 +22,7 @@ from bot.github import body as bodies
 from bot.github.connection import Connection
 from bot.github.decide import Context, Issue, Plan, Settings, decide, digest
 from bot.github.evidence import evidence
+from matrix import scratch
 from matrix.errors import LlmcompatError
 
 __all__ = ["BotOptions", "build_parser", "cmd_bot", "contexts", "run"]
@@ -313,7 +314,7 @@ def _readable(path):
     store = Store(path, readonly=True)
     if store.version >= len(MIGRATIONS):
         return store
-    copy = Path(tempfile.mkdtemp(prefix="llmcompat-bot-dry-")) / "store.sqlite"
+    copy = Path(tempfile.mkdtemp(prefix="llmcompat-bot-dry-", dir=scratch.directory())) / "store.sqlite"
     target = sqlite3.connect(copy)
     store.db.backup(target)
     target.close()

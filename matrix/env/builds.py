@@ -38,7 +38,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from matrix import atomic
+from matrix import atomic, scratch
 from matrix.env import gitsrc
 from matrix.env import uv as envs
 from matrix.releases import sources
@@ -330,7 +330,7 @@ def llama_server(
 
     def build(tmp: Path) -> dict:
         src_archive = sdist(package, version)
-        with tempfile.TemporaryDirectory(prefix="llmcompat-llama-src-") as work_name:
+        with tempfile.TemporaryDirectory(prefix="llmcompat-llama-src-", dir=scratch.directory()) as work_name:
             work = Path(work_name)
             try:
                 src = gitsrc.extract_vendored(src_archive, work)

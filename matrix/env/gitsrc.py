@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matrix import atomic
+from matrix import atomic, scratch
 from matrix.errors import LlmcompatError
 from matrix.releases import sources
 from matrix.releases import tags as release_tags
@@ -323,7 +323,7 @@ def vendored_tree(sdist: Path, *, cache: bool = True) -> VendoredTree:
             return VendoredTree(doc["tree"], dict(doc["subtrees"]), dict(doc["files"]))
         except (OSError, ValueError, KeyError):
             pass
-    with tempfile.TemporaryDirectory(prefix="llmcompat-vendored-") as work:
+    with tempfile.TemporaryDirectory(prefix="llmcompat-vendored-", dir=scratch.directory()) as work:
         src = extract_vendored(sdist, Path(work) / "x")
         result = tree_of_dir(src, Path(work) / "git")
     if cache:
@@ -364,9 +364,9 @@ def tree_of_dir(directory: Path, git_dir: Path) -> VendoredTree:
     excludes = [f":(exclude){p}" for p in nested_checkouts(directory)]
     _git(["add", "--all", "--force", "--", ".", *excludes], cwd=directory, env=env, what=f"git add {directory}")
     tree = _git(["write-tree"], cwd=directory, env=env, what="git write-tree").strip()
-    scratch = Repo(Path(git_dir), "scratch")
-    subs = scratch.subtrees([tree], QUICK_PATHS)[tree]
-    return VendoredTree(tree, subs, scratch.build_files(tree))
+    repo = Repo(Path(git_dir), "scratch")
+    subs = repo.subtrees([tree], QUICK_PATHS)[tree]
+    return VendoredTree(tree, subs, repo.build_files(tree))
 
 
 def match_vendored(repo: Repo, vendored: VendoredTree, end: str, ref: str = "HEAD") -> str | None:

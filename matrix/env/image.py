@@ -34,7 +34,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from matrix import paths
+from matrix import paths, scratch
 from matrix.env import dockerfile as dockerfile_mod
 from matrix.errors import LlmcompatError
 
@@ -300,7 +300,7 @@ def dependency_graph(lock_pins: dict[str, str], *, python: str, overrides=(), fi
 def _resolve_graph(lock_pins: dict[str, str], *, python: str, overrides=(), find_links=()) -> dict[str, set[str]]:
     from matrix.env import uv as envs
 
-    with tempfile.TemporaryDirectory(prefix="llmcompat-graph-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llmcompat-graph-", dir=scratch.directory()) as tmp:
         req = Path(tmp, "lock.in")
         req.write_text("".join(f"{n}=={v}\n" for n, v in sorted(lock_pins.items())))
         cmd = [
@@ -499,7 +499,7 @@ def build(ctx: Path, tag: str, *, ca: str | None, config=None, timeout: float = 
     if not cli:
         raise ImageError("no docker client to build with (apt-get install docker.io)")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="llmcompat-secrets-") as secrets:
+    with tempfile.TemporaryDirectory(prefix="llmcompat-secrets-", dir=scratch.directory()) as secrets:
         index_file = Path(secrets, "index")
         index_file.write_text(index_secret(config, ca))
         ca_file = Path(ca) if ca else Path(secrets, "no-ca")
@@ -612,7 +612,7 @@ def run_probe(
 
     c = c or client()
     cjob, volumes = container_job(job)
-    with tempfile.TemporaryDirectory(prefix="llmcompat-probe-") as io:
+    with tempfile.TemporaryDirectory(prefix="llmcompat-probe-", dir=scratch.directory()) as io:
         Path(io, "job.json").write_text(json.dumps(cjob, ensure_ascii=False), encoding="utf-8")
         os.chmod(io, 0o777)  # the probe may run as another uid inside
         volumes[io] = {"bind": IO_DIR, "mode": "rw"}

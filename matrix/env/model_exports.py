@@ -37,6 +37,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from matrix import scratch
+
 FORMAT = 1
 """Bump when this module changes what an export means."""
 TORCH_CPU = "torch==2.13.0+cpu"
@@ -229,7 +231,7 @@ def _child_env() -> dict[str, str]:
 
 
 def _run_export(ex: Exporter, python_bin: Path, model_dir: Path, out: Path, timeout: float) -> None:
-    with tempfile.TemporaryDirectory(prefix="llmcompat-export-") as work:
+    with tempfile.TemporaryDirectory(prefix="llmcompat-export-", dir=scratch.directory()) as work:
         work_p = Path(work)
         src = _stage(model_dir, work_p)
         cache = work_p / "cache"
