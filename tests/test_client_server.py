@@ -301,6 +301,11 @@ def test_the_user_path_reads_vllms_tokenize_with_messages_and_ollamas_raw_prompt
         and "first divergence" in got["server:vllm:detokenize"]["detail"]
     )
     assert [p for p, _ in ask.post.sent] == ["/apply-template", "/tokenize", "/detokenize"]
+    # an EOS the server appends to its own prompt
+    rec = probe.Recorder("check")
+    eos = {**vllm, "/tokenize": (200, {"count": 3, "max_model_len": 2048, "tokens": [1, 7, 2]})}
+    user_path._own_render(rec, case, _endpoints(eos), "vllm", bos_id=1, eos_id=2)
+    assert {r["check"]: r.get("klass") for r in rec.records}["server:vllm:tokenize"] == "eos-added"
     assert ask.post.sent[1][1]["messages"] == case["messages"] and ask.post.sent[1][1]["add_generation_prompt"] is True
     # a /tokenize of plain text only (SGLang, llama-server): refused once, never asked again
     rec = probe.Recorder("check")

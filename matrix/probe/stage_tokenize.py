@@ -81,6 +81,13 @@ def model_special_tokens(model_dir: str) -> tuple[str | None, dict]:
     return bos, specials
 
 
+def model_eos_token(model_dir: str) -> str | None:
+    """The EOS text from the model's own files, standard library only."""
+    config = _read_json(os.path.join(model_dir, "tokenizer_config.json"))
+    smap = _read_json(os.path.join(model_dir, "special_tokens_map.json"))
+    return _content(config.get("eos_token")) or _content(smap.get("eos_token"))
+
+
 def load_tricky(path: str = TRICKY_PATH) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)["texts"]

@@ -20,7 +20,7 @@ tokenize stage's ids), so what the server built can be compared with it:
   (``server:<name>:apply-template``, stage ``template``: against the reference render, the first
   divergence) and ``/tokenize`` of that prompt; vLLM's ``/tokenize`` with messages and
   ``/detokenize`` of its ids (``server:<name>:detokenize``). ``server:<name>:tokenize`` (stage
-  ``tokenize``): the server's ids of its own prompt against the reference ids, BOS counted.
+  ``tokenize``): the server's ids of its own prompt against the reference ids, BOS and EOS counted.
 
 - ``server:<name>:defaults`` (stage ``inference``): :func:`defaults`, the configuration-default
   class named by the parameter whose pin alone removes the difference.
@@ -99,14 +99,16 @@ def expressible(case: dict) -> bool:
     )
 
 
-def _bos(job: dict) -> tuple[str | None, int | None]:
+def _specials(job: dict) -> tuple[str | None, int | None, int | None]:
+    """(BOS text, BOS id, EOS id) of the model; Nones without its files."""
     try:
         import stage_tokenize
 
         bos, specials = stage_tokenize.model_special_tokens(job["model_dir"])
-        return bos, specials.get(bos) if bos else None
-    except Exception:  # noqa: BLE001 - without the model's files BOS is unknown
-        return None, None
+        eos = stage_tokenize.model_eos_token(job["model_dir"])
+        return bos, specials.get(bos) if bos else None, specials.get(eos) if eos else None
+    except Exception:  # noqa: BLE001 - without the model's files BOS and EOS are unknown
+        return None, None, None
 
 
 def judge_count(
@@ -230,7 +232,7 @@ def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: 
     cases = [c for c in job.get("cases") or [] if expressible(c)]
     if not cases:
         return
-    bos, bos_id = _bos(job)
+    bos, bos_id, eos_id = _specials(job)
     ask = Endpoints(base_url, model, api_key, timeout)
     facts = rec.facts.setdefault("user_path", {})
     facts.setdefault("server", server)
@@ -268,7 +270,7 @@ def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: 
             )
             facts["counts"][cid] = [got, len(want)] + ([raw] if raw is not None else [])
             rec.add(cid, "tokenize", check, outcome, detail, **({"klass": klass} if klass else {}))
-        _own_render(rec, case, ask, server, bos_id)
+        _own_render(rec, case, ask, server, bos_id, eos_id)
     defaults(job, rec, base_url, model, server, api_key, timeout)
 
 
@@ -357,7 +359,7 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
             )
 
 
-def _own_render(rec, case: dict, ask: Endpoints, server: str, bos_id) -> None:
+def _own_render(rec, case: dict, ask: Endpoints, server: str, bos_id, eos_id=None) -> None:
     """The server's own render and tokenization of the case, where it has endpoints for them:
     llama-server's ``/apply-template`` and ``/tokenize``, or vLLM's ``/tokenize`` with messages."""
     cid, expect = case["id"], case["expect"]
@@ -389,14 +391,14 @@ def _own_render(rec, case: dict, ask: Endpoints, server: str, bos_id) -> None:
                 ask.present["tokenize"] = False
                 return
             ids = [t if isinstance(t, int) else t.get("id") for t in answer["tokens"]]
-            _compare_ids(rec, cid, server, list(expect["ids"]), ids, bos_id)
+            _compare_ids(rec, cid, server, list(expect["ids"]), ids, bos_id, eos_id)
             return
     ids, prompt = ask.messages_ids(case)
     if ids is None:
         return
     if prompt is not None:
         _compare_render(rec, cid, f"server:{server}:detokenize", expect["render"], prompt)
-    _compare_ids(rec, cid, server, list(expect["ids"]), ids, bos_id)
+    _compare_ids(rec, cid, server, list(expect["ids"]), ids, bos_id, eos_id)
 
 
 def _compare_render(rec, cid: str, check: str, want: str, prompt: str) -> None:
@@ -404,9 +406,10 @@ def _compare_render(rec, cid: str, check: str, want: str, prompt: str) -> None:
     rec.add(cid, "template", check, "fail" if diff else "pass", diff, **({"klass": "mismatch"} if diff else {}))
 
 
-def _compare_ids(rec, cid: str, server: str, want: list, ids: list, bos_id) -> None:
+def _compare_ids(rec, cid: str, server: str, want: list, ids: list, bos_id, eos_id=None) -> None:
     """The server's ids of its own prompt against the reference ids: two leading BOS ids are a
-    double BOS; one BOS the reference lacks is the server's rule for its tokenizer, not a fault."""
+    double BOS; one BOS the reference lacks is the server's rule for its tokenizer, not a fault;
+    an EOS at the end that the reference lacks tells the model the turn is over."""
     lead = 0
     while bos_id is not None and lead < len(ids) and ids[lead] == bos_id:
         lead += 1
@@ -424,5 +427,16 @@ def _compare_ids(rec, cid: str, server: str, want: list, ids: list, bos_id) -> N
         return
     if bos_id is not None and lead == 1 and (not want or want[0] != bos_id):
         want = [bos_id] + want  # the server adds the model's BOS: compare the rest
+    if eos_id is not None and ids[-1:] == [eos_id] and want[-1:] != [eos_id]:
+        rec.add(
+            cid,
+            "tokenize",
+            check,
+            "fail",
+            f"{server}'s tokenization of its own prompt ends with EOS ({eos_id}), the reference prompt does not: "
+            "the model is told the turn is over before it answers",
+            klass="eos-added",
+        )
+        return
     diff = first_id_divergence(want, ids)
     rec.add(cid, "tokenize", check, "fail" if diff else "pass", diff, **({"klass": "mismatch"} if diff else {}))
