@@ -22,6 +22,10 @@ templates rendered every expressible case identically.
 from __future__ import annotations
 
 import json
+from collections import deque
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import stage_template as st
 from probe import first_divergence
@@ -190,8 +194,11 @@ def golden(job: dict, rec, special: dict) -> None:
         rec.produce(f"_corpus/{name}", "corpus", {"capabilities": detect(render), "renders": renders})
 
 
-def _compare(name: str, renderer: str, want: dict, got: dict) -> tuple[str, str, str | None]:
-    """(outcome, detail, klass) of one render against the reference's."""
+def _compare(
+    name: str, renderer: str, want: dict, got: dict, strips: dict | None = None
+) -> tuple[str, str, str | None]:
+    """(outcome, detail, klass) of one render against the reference's. ``strips``: the renderer's
+    rule for a leading BOS / trailing EOS text (llama-server's), applied to the reference first."""
     if "unsupported" in got:
         return "skipped", got["unsupported"], None
     if "error" in want and "error" in got:
@@ -201,13 +208,121 @@ def _compare(name: str, renderer: str, want: dict, got: dict) -> tuple[str, str,
     if "error" in want:
         return "fail", f"{name} renders in {renderer}, the reference raises: {want['error'][:300]}", "mismatch"
     diff = first_divergence(want["text"], got["text"])
+    if diff and strips:
+        return _compare_stripped(renderer, want["text"], got["text"], strips) or ("fail", diff, "mismatch")
     return ("fail", diff, "mismatch") if diff else ("pass", "", None)
+
+
+def _compare_stripped(renderer: str, want: str, got: str, strips: dict) -> tuple[str, str, str | None] | None:
+    """The reference's render as a server that strips a leading BOS and a trailing EOS text makes
+    it, against the server's; None when the rule removes nothing. Identical then: ``pass`` when
+    its tokenizer adds the stripped token back, else the prompt lacks it (``missing-bos`` /
+    ``missing-eos``); different: the first divergence after the strip (``mismatch``)."""
+    bos, eos, cut, removed = strips.get("bos") or "", strips.get("eos") or "", want, []
+    if bos and cut.startswith(bos):
+        cut, removed = cut[len(bos) :], ["bos"]
+    if eos and cut.endswith(eos):
+        cut, removed = cut[: -len(eos)], [*removed, "eos"]
+    if not removed:
+        return None
+    what = " and ".join(f"the {'leading BOS' if r == 'bos' else 'trailing EOS'} text {strips[r]!r}" for r in removed)
+    diff = first_divergence(cut, got)
+    if diff:
+        return "fail", f"after {what} that {renderer} strips from every render: {diff}", "mismatch"
+    lost = [r for r in removed if not strips.get(f"adds_{r}")]
+    if lost:
+        return (
+            "fail",
+            f"identical but for {what}: {renderer} strips it from every render and its tokenizer does not add "
+            f"{'it' if len(removed) == 1 else 'them'} back (add_{lost[0]}_token false), so the prompt has no "
+            f"{lost[0].upper()}",
+            f"missing-{lost[0]}",
+        )
+    return "pass", f"identical once {what} is removed, which {renderer} strips and its tokenizer adds back", None
+
+
+SERVER_RENDERERS = {"llama-server"}
+"""Renderers that start a server per template: started ahead, a few at a time (:func:`_built`)."""
+
+
+def _skips(name: str, caps: dict, cases: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(cases the template can express, (case, reason) for the others)."""
+    todo, skips = [], []
+    for case in cases:
+        missing = [c for c in needs(case) if not caps.get(c)]
+        if missing:
+            reason = f"template {name} cannot express this case: no {', '.join(missing)} (detected from the reference's renders)"
+            skips.append((f"{name}/{case['id']}", reason))
+        else:
+            todo.append(case)
+    return todo, skips
+
+
+def _start_server(text: str, special: dict, job: dict):
+    try:
+        return st.llama_server_renderer(text, special, job.get("limits", {}), job, alone=False)
+    except (ImportError, st.RendererInfra):
+        raise
+    except Exception as exc:  # noqa: BLE001 - as _renderer: a template it cannot take raises on every case
+        return _failing(exc)
+
+
+def _close(render) -> None:
+    close = getattr(render, "close", None)
+    if close is not None:
+        close()
+
+
+def _built(
+    renderer: str, plans: list[tuple[str, str, list[dict]]], special: dict, job: dict
+) -> Generator[tuple, None, None]:
+    """``(template, renderer or the ImportError/RendererInfra that building it raised)`` in order.
+
+    A server renderer (:data:`SERVER_RENDERERS`: one server per template, since llama-server
+    takes no template per request) is started ahead of its turn, at most
+    ``limits.server_concurrency`` (default 4) at a time besides the one in use, so start-ups
+    overlap the renders; the caller closes each one it gets, and whatever was started and not
+    handed out is closed when the generator is closed, however the loop ends."""
+    if renderer not in SERVER_RENDERERS:
+        for name, text, todo in plans:
+            try:
+                yield name, _renderer(renderer, text, special, dict(job, cases=todo))
+            except (ImportError, st.RendererInfra) as exc:
+                yield name, exc
+        return
+    bound = max(1, int(job.get("limits", {}).get("server_concurrency", 4)))
+    ahead: deque = deque()
+    rest = iter(plans)
+    with ThreadPoolExecutor(max_workers=bound, thread_name_prefix="corpus-server") as pool:
+
+        def submit() -> None:
+            plan = next(rest, None)
+            if plan is not None:
+                name, text, todo = plan
+                ahead.append((name, pool.submit(_start_server, text, special, dict(job, cases=todo))))
+
+        try:
+            for _ in range(bound):
+                submit()
+            while ahead:
+                name, future = ahead.popleft()
+                submit()
+                try:
+                    yield name, future.result()
+                except (ImportError, st.RendererInfra) as exc:
+                    yield name, exc
+        finally:
+            for _, future in ahead:
+                if not future.cancel():
+                    try:
+                        _close(future.result())
+                    except Exception:  # noqa: BLE001 - a start that failed left nothing to close
+                        pass
 
 
 def check(job: dict, rec, special: dict) -> None:
     corpus, cases = job["corpus"], _cases(job)
     goldens = corpus.get("goldens") or {}
-    seconds = float(job.get("limits", {}).get("render_seconds", 5))
     facts = rec.facts.setdefault(
         "corpus",
         {
@@ -217,6 +332,7 @@ def check(job: dict, rec, special: dict) -> None:
             "templates": len(corpus["templates"]),
             "capabilities": {},
             "identical": {},
+            "classes": {},
         },
     )
     for renderer in job.get("renderers", ["jinja2"]):
@@ -224,57 +340,68 @@ def check(job: dict, rec, special: dict) -> None:
         if renderer not in st.RENDERERS:
             rec.add("*", "template", check_name, "skipped", f"unknown renderer {renderer!r}")
             continue
-        identical = 0
+        plans = []
         for name, text in sorted(corpus["templates"].items()):
             gold = goldens.get(name)
             if gold is None:
                 rec.add(f"{name}/*", "template", check_name, "skipped", f"no reference render of template {name}")
                 continue
-            caps = gold["capabilities"]
-            facts["capabilities"][name] = caps
-            todo, skips, same = [], [], True
-            for case in cases:
-                missing = [c for c in needs(case) if not caps.get(c)]
-                if missing:
-                    skips.append(
-                        (
-                            f"{name}/{case['id']}",
-                            f"template {name} cannot express this case: no "
-                            f"{', '.join(missing)} (detected from the reference's renders)",
-                        )
-                    )
-                else:
-                    todo.append(case)
-            try:
-                render = _renderer(renderer, text, special, dict(job, cases=todo))
-            except ImportError as exc:
-                rec.add(
-                    "*",
-                    "template",
-                    check_name,
-                    "skipped",
-                    f"{st.RENDERERS[renderer][0]} is not installed in this cell: {exc}",
-                )
-                break
-            except st.RendererInfra as exc:
-                rec.add(f"{name}/*", "template", check_name, "infra", str(exc), klass="renderer-start")
+            facts["capabilities"][name] = gold["capabilities"]
+            plans.append((name, text, _skips(name, gold["capabilities"], cases)))
+        result = _check_renderer(job, rec, special, renderer, plans, goldens)
+        if result is not None:
+            facts["identical"][renderer], facts["classes"][renderer] = result
+
+
+def _check_renderer(job: dict, rec, special: dict, renderer: str, plans: list, goldens: dict):
+    """Every template of ``plans`` through one renderer: (templates identical in every expressible
+    case, {failure class: templates}), or None when the renderer is not installed."""
+    check_name = f"{CHECK_PREFIX}/{renderer}"
+    seconds = float(job.get("limits", {}).get("render_seconds", 5))
+    identical, classes = 0, dict[str, int]()
+    with closing(_built(renderer, [(n, t, todo) for n, t, (todo, _) in plans], special, job)) as built:
+        for (name, _, (todo, skips)), (_, render) in zip(plans, built):
+            if isinstance(render, ImportError):
+                package = st.RENDERERS[renderer][0]
+                rec.add("*", "template", check_name, "skipped", f"{package} is not installed in this cell: {render}")
+                return None
+            if isinstance(render, st.RendererInfra):
+                rec.add(f"{name}/*", "template", check_name, "infra", str(render), klass="renderer-start")
                 continue
-            for case_id, reason in skips:
-                rec.add(case_id, "template", check_name, "skipped", reason)
-            for case in todo:
-                want = gold["renders"].get(case["id"])
-                if want is None:
+            try:
+                for case_id, reason in skips:
+                    rec.add(case_id, "template", check_name, "skipped", reason)
+                same, seen = True, set()
+                for case in todo:
+                    want = goldens[name]["renders"].get(case["id"])
+                    if want is None:
+                        rec.add(
+                            f"{name}/{case['id']}",
+                            "template",
+                            check_name,
+                            "skipped",
+                            "no reference render of this case",
+                        )
+                        continue
+                    got = _outcome(render, case, seconds)
+                    outcome, detail, klass = _compare(name, renderer, want, got, getattr(render, "strips", None))
+                    same &= outcome != "fail"
+                    if klass:
+                        seen.add(klass)
                     rec.add(
-                        f"{name}/{case['id']}", "template", check_name, "skipped", "no reference render of this case"
+                        f"{name}/{case['id']}",
+                        "template",
+                        check_name,
+                        outcome,
+                        detail,
+                        **({"klass": klass} if klass else {}),
                     )
-                    continue
-                outcome, detail, klass = _compare(name, renderer, want, _outcome(render, case, seconds))
-                same &= outcome != "fail"
-                extra = {"klass": klass} if klass else {}
-                rec.add(f"{name}/{case['id']}", "template", check_name, outcome, detail, **extra)
+            finally:
+                _close(render)
             identical += same
-        else:
-            facts["identical"][renderer] = identical
+            for klass in seen:
+                classes[klass] = classes.get(klass, 0) + 1
+    return identical, classes
 
 
 def run(job: dict, rec) -> None:

@@ -333,38 +333,130 @@ def _parent_death_cmd(cmd: list) -> list:
     return [sys.executable, "-I", "-c", wrapper, *cmd]
 
 
-def llama_server_renderer(template_src: str, special: dict, limits: dict, job: dict | None = None):
-    """llama.cpp's native C++ Jinja engine (minja) through ``llama-server --jinja``'s
-    ``/apply-template``: the server (``job["llama_server_bin"]``) runs on the model's GGUF with
-    this source's template (``--chat-template-file``); each case is POSTed as ``{"messages",
-    "tools", "add_generation_prompt"}`` (and ``chat_template_kwargs``), the answer's ``prompt``
-    is the render. The server parses the messages into its own structure first, as its chat
-    endpoint does. No binary, no GGUF, a server without ``--jinja`` or without
-    ``/apply-template``: ImportError (the checks are skipped with the reason)."""
-    import atexit
-    import tempfile
+_REFUSED = "the supplied chat template is not supported"
+_FALLBACK = "failed to parse chat template (defaulting to chatml)"
 
+
+def _read_log(path: str, limit: int = 1_000_000) -> str:
     try:
-        import servers
-    except ImportError:
-        from matrix.probe import servers
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
-    job = job or {}
-    binary = job.get("llama_server_bin")
-    if not binary:
-        raise ImportError("the job names no llama-server binary (job['llama_server_bin'])")
-    if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
-        raise ImportError(f"the llama-server binary {binary} does not exist or is not executable")
-    gguf = job.get("gguf_path") or os.path.join(job["model_dir"], "model.gguf")
-    if not os.path.isfile(gguf):
-        raise ImportError(f"llama-server needs the model's GGUF ({gguf} does not exist)")
-    _stop_llama_servers()  # one at a time: the previous source's server is done
-    workdir = tempfile.mkdtemp(prefix="llmcompat-llama-server-template-")
-    tmpl_path = os.path.join(workdir, "template.jinja")
-    with open(tmpl_path, "w", encoding="utf-8") as f:
-        f.write(template_src)
-    threads = str(job.get("threads", 2))
-    cmd = [
+
+def _template_refusal(log: str) -> str | None:
+    """Why llama-server did not take the template, from its log: it could not parse it (it then
+    renders its ChatML default instead, saying so only in the log) or its start-up check (one
+    user message ``test``) raised and it aborted. None when the log says neither."""
+    for line in log.splitlines():
+        if _FALLBACK in line:
+            why = line.split(_FALLBACK, 1)[1].strip(" :")
+            return f"llama-server could not parse the template and renders its ChatML default in its place: {why[:300]}"
+    if _REFUSED in log:
+        said = [s.strip()[:200] for s in log.splitlines() if s.lstrip().lower().startswith("failed to")][:2]
+        return (
+            "llama-server refuses the template at start and aborts (" + _REFUSED + ": its start-up check, "
+            "one user message 'test', raised)" + (f"; it logged: {' | '.join(said)}" if said else "")
+        )
+    return None
+
+
+def _post_json(url: str, body: dict, timeout: float) -> dict:
+    """POST JSON; an HTTP error raises ServerTemplateError with the server's message (404: LookupError)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode("utf-8"), method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        raw = exc.read().decode("utf-8", errors="replace")
+        if exc.code == 404:
+            raise LookupError(raw) from None
+        try:
+            msg = (json.loads(raw).get("error") or {}).get("message") or raw
+        except (ValueError, AttributeError):
+            msg = raw
+        raise ServerTemplateError(f"HTTP {exc.code}: {msg}") from None
+
+
+class ServerRender:
+    """One template's renderer on its own llama-server: ``render(case) -> str``; :meth:`close`
+    stops the server. ``refused``: why the server did not take the template (every case raises
+    it as a ``ServerTemplateError``). ``strips``: the server's BOS/EOS rule (llama.cpp's
+    ``common/chat.cpp`` removes a leading BOS and a trailing EOS text from every render, to avoid
+    doubling them at tokenization): ``{"bos", "eos", "adds_bos", "adds_eos"}``, the tokens as the
+    server names them and whether its tokenizer adds them back."""
+
+    def __init__(self, srv, limits: dict, refused: str | None = None, strips: dict | None = None):
+        self.srv, self.refused, self.strips = srv, refused, strips
+        self.timeout = float(limits.get("request_seconds", 60))
+        self.max_chars = int(limits.get("render_chars", 1_000_000))
+
+    def post(self, path: str, body: dict) -> dict:
+        srv = self.srv
+        try:
+            return _post_json(srv.base_url + path, body, self.timeout)
+        except OSError as exc:
+            if not srv.alive():
+                raise RuntimeError(f"llama-server died: {exc}\n{srv.log_tail(1500)}") from None
+            raise
+
+    def __call__(self, case: dict) -> str:
+        if self.refused:
+            raise ServerTemplateError(self.refused)
+        _no_continue(case, "llama-server")
+        body = {"messages": _plain(case["messages"]), "add_generation_prompt": default_generation_prompt(case)}
+        if case.get("tools") is not None:
+            body["tools"] = _plain(case["tools"])
+        if case.get("template_kwargs"):
+            body["chat_template_kwargs"] = _plain(case["template_kwargs"])
+        out = self.post("/apply-template", body)
+        text = out.get("prompt") if isinstance(out, dict) else None
+        if not isinstance(text, str):
+            raise ServerTemplateError(f"/apply-template answered without a prompt: {str(out)[:300]}")
+        if len(text) > self.max_chars:
+            raise OutputTooLarge(f"rendered output exceeds {self.max_chars} characters")
+        return text
+
+    def close(self) -> None:
+        if self.srv in _LLAMA_SERVERS:
+            _LLAMA_SERVERS.remove(self.srv)
+        self.srv.stop()
+
+    def learn_strips(self) -> None:
+        """The server's BOS/EOS text (``/props``) and whether its tokenizer adds them (``/tokenize``
+        with and without ``add_special``); left None on a server that answers neither."""
+        try:
+            props = _get_json(self.srv.base_url + "/props", self.timeout)
+            plain = self.post("/tokenize", {"content": "a", "add_special": False}).get("tokens") or []
+            special = self.post("/tokenize", {"content": "a", "add_special": True}).get("tokens") or []
+        except (LookupError, ServerTemplateError, OSError, ValueError, AttributeError):
+            return
+        at = next((k for k in range(len(special) - len(plain) + 1) if special[k : k + len(plain)] == plain), None)
+        if not plain or at is None:
+            return
+        self.strips = {
+            "bos": props.get("bos_token") or "",
+            "eos": props.get("eos_token") or "",
+            "adds_bos": at > 0,
+            "adds_eos": len(special) > at + len(plain),
+        }
+
+
+def _get_json(url: str, timeout: float) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read().decode("utf-8"))
+
+
+def _server_cmd(binary: str, gguf: str, tmpl_path: str, threads: str) -> list:
+    return [
         binary,
         "-m",
         gguf,
@@ -381,81 +473,95 @@ def llama_server_renderer(template_src: str, special: dict, limits: dict, job: d
         threads,
         "-tb",
         threads,
+        "--no-warmup",  # no decode is ever asked of it: a third of its start-up
     ]
-    srv = servers.Server(
-        _parent_death_cmd(cmd),
-        name="llama-server-template",
-        ready_path="/health",
-        start_timeout=float(limits.get("server_start_seconds", 120)),
-        log_dir=workdir,
-    )
+
+
+def _server_paths(job: dict) -> tuple[str, str]:
+    """(binary, GGUF) of the job, or ImportError saying which is missing (the checks are skipped)."""
+    binary = job.get("llama_server_bin")
+    if not binary:
+        raise ImportError("the job names no llama-server binary (job['llama_server_bin'])")
+    if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
+        raise ImportError(f"the llama-server binary {binary} does not exist or is not executable")
+    gguf = job.get("gguf_path") or os.path.join(job["model_dir"], "model.gguf")
+    if not os.path.isfile(gguf):
+        raise ImportError(f"llama-server needs the model's GGUF ({gguf} does not exist)")
+    return binary, gguf
+
+
+def llama_server_renderer(
+    template_src: str, special: dict, limits: dict, job: dict | None = None, *, alone: bool = True
+) -> ServerRender:
+    """llama.cpp's native C++ Jinja engine (minja) through ``llama-server --jinja``'s
+    ``/apply-template``: the server (``job["llama_server_bin"]``) runs on the model's GGUF with
+    this source's template (``--chat-template-file``; llama-server takes no template per request,
+    so it is one server per template); each case is POSTed as ``{"messages", "tools",
+    "add_generation_prompt"}`` (and ``chat_template_kwargs``), the answer's ``prompt`` is the
+    render. The server parses the messages into its own structure first, as its chat endpoint
+    does. No binary, no GGUF, a server without ``--jinja`` or without ``/apply-template``:
+    ImportError (the checks are skipped with the reason). A server that will not take this
+    template (it aborts at start, or falls back to ChatML) is no infra: the renderer raises the
+    reason on every case. ``alone``: stop the servers earlier renderers left first (one at a
+    time); False lets the caller run several, each closed with ``close()``."""
+    import atexit
+    import tempfile
+
     try:
-        srv.start()
-    except servers.ServerStartError as exc:
-        tail = exc.log_tail
-        if "invalid argument" in tail or "unknown argument" in tail or "error: unrecognized" in tail:
-            raise ImportError(
-                "this llama-server predates --jinja/--chat-template-file (llama.cpp's C++ "
-                "Jinja engine): " + tail.strip().splitlines()[-1][:300]
-            ) from None
-        raise RendererInfra(f"llama-server did not start: {exc}") from None
+        import servers
+    except ImportError:
+        from matrix.probe import servers
+
+    binary, gguf = _server_paths(job or {})
+    if alone:
+        _stop_llama_servers()  # one at a time: the previous source's server is done
+    workdir = tempfile.mkdtemp(prefix="llmcompat-llama-server-template-")
+    tmpl_path = os.path.join(workdir, "template.jinja")
+    with open(tmpl_path, "w", encoding="utf-8") as f:
+        f.write(template_src)
+    cmd = _server_cmd(binary, gguf, tmpl_path, str((job or {}).get("threads", 2)))
+    for attempt in (1, 2):  # a second start on a new port: concurrent starts may race for one
+        srv = servers.Server(
+            _parent_death_cmd(cmd),
+            name="llama-server-template",
+            ready_path="/health",
+            start_timeout=float(limits.get("server_start_seconds", 120)),
+            log_dir=workdir,
+        )
+        try:
+            srv.start()
+            break
+        except servers.ServerStartError as exc:
+            tail = exc.log_tail
+            if "invalid argument" in tail or "unknown argument" in tail or "error: unrecognized" in tail:
+                raise ImportError(
+                    "this llama-server predates --jinja/--chat-template-file (llama.cpp's C++ "
+                    "Jinja engine): " + tail.strip().splitlines()[-1][:300]
+                ) from None
+            refused = _template_refusal(_read_log(srv.log_path))
+            if refused:
+                return ServerRender(srv, limits, refused=refused)
+            if attempt == 2:
+                raise RendererInfra(f"llama-server did not start: {exc}") from None
     _LLAMA_SERVERS.append(srv)
     if len(_LLAMA_SERVERS) == 1:
         atexit.register(_stop_llama_servers)
-    timeout = float(limits.get("request_seconds", 60))
-    max_chars = int(limits.get("render_chars", 1_000_000))
-
-    def post(body: dict) -> dict:
-        import json as _json
-        import urllib.error
-        import urllib.request
-
-        req = urllib.request.Request(
-            srv.base_url + "/apply-template",
-            data=_json.dumps(body).encode("utf-8"),
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return _json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            raw = exc.read().decode("utf-8", errors="replace")
-            if exc.code == 404:
-                raise LookupError(raw) from None
-            try:
-                msg = (_json.loads(raw).get("error") or {}).get("message") or raw
-            except (ValueError, AttributeError):
-                msg = raw
-            raise ServerTemplateError(f"HTTP {exc.code}: {msg}") from None
-        except OSError as exc:
-            if not srv.alive():
-                raise RuntimeError(f"llama-server died: {exc}\n{srv.log_tail(1500)}") from None
-            raise
-
+    render = ServerRender(srv, limits)
     try:
-        post({"messages": [{"role": "user", "content": "ping"}], "add_generation_prompt": True})
+        render.post(
+            "/apply-template", {"messages": [{"role": "user", "content": "ping"}], "add_generation_prompt": True}
+        )
     except LookupError:
-        _stop_llama_servers()
+        render.close()
         raise ImportError("this llama-server has no /apply-template endpoint (older llama.cpp)") from None
     except ServerTemplateError:
         pass  # the endpoint exists; this template refuses the probe conversation: cases will say
-
-    def render(case: dict) -> str:
-        _no_continue(case, "llama-server")
-        body = {"messages": _plain(case["messages"]), "add_generation_prompt": default_generation_prompt(case)}
-        if case.get("tools") is not None:
-            body["tools"] = _plain(case["tools"])
-        if case.get("template_kwargs"):
-            body["chat_template_kwargs"] = _plain(case["template_kwargs"])
-        out = post(body)
-        text = out.get("prompt") if isinstance(out, dict) else None
-        if not isinstance(text, str):
-            raise ServerTemplateError(f"/apply-template answered without a prompt: {str(out)[:300]}")
-        if len(text) > max_chars:
-            raise OutputTooLarge(f"rendered output exceeds {max_chars} characters")
-        return text
-
+    refused = _template_refusal(_read_log(srv.log_path))
+    if refused:
+        render.close()
+        render.refused = refused
+        return render
+    render.learn_strips()
     return render
 
 
