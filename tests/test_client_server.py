@@ -351,3 +351,40 @@ def test_an_api_key_variable_that_is_not_set_is_infra_not_a_dummy_key(monkeypatc
     assert [(r["outcome"], r["detail"]) for r in rec.records] == [
         ("infra", "client_target.api_key_env names 'LLMCOMPAT_TEST_UNSET_KEY', which is not set")
     ]
+
+
+def test_a_cell_with_two_servers_gives_the_client_stage_both():
+    """llama-cpp-python brings its own server and native llama-server: the client stage talks to
+    the first and then to the other, whose checks carry its name (only it constrains decoding)."""
+    from matrix.app.job import Options, prepare
+    from matrix.cell.run import probe_job
+
+    prep = or_skip(prepare, Options(with_components=("engine/llama-cpp-python",), only=("engine/llama-cpp-python",)))
+    cell = prep.cells[0]
+    job = probe_job(prep.matrix, cell, prep.models[cell.model], prep.suites[cell.model])
+    assert job["client_target"] == "llama-cpp-server" and job["client_targets_more"] == ["llama-server"]
+
+
+def test_further_targets_run_after_the_first_under_their_own_names():
+    import probe
+    import stage_client
+
+    prep, _ = _runner()
+    model = prep.models["tiny-qwen2"]
+    rec = probe.Recorder("check")
+    with _llama_server("0.3.16", model) as srv:
+        job = {
+            "model_dir": str(model.path),
+            "client_target": {"base_url": srv.base_url, "name": "first"},
+            "client_targets_more": [{"base_url": srv.base_url, "name": "native"}],
+            "client_cases": [{"id": "client-text", "messages": [{"role": "user", "content": "Hello!"}]}],
+            "clients": ["raw-http"],
+            "cases": [],
+            "limits": {"request_seconds": 60},
+        }
+        stage_client.run(job, rec)
+    checks = {r["check"] for r in rec.records}
+    assert {"raw-http:once:response", "native/raw-http:once:response", "native/raw-http:stream:deltas"} <= checks
+    assert all(r["outcome"] == "pass" for r in rec.records), [r for r in rec.records if r["outcome"] != "pass"]
+    assert rec.facts["client"]["target"]["name"] == "first"
+    assert rec.facts["client"]["targets"]["native"]["client"]["target"]["name"] == "native"

@@ -176,7 +176,7 @@ def probe_job(
             roles[role] += [r for r in comp.probe_roles(role) if r not in roles[role]]
     # postprocess always runs: its detokenizer and parser checks need no engine
     stages = ["template", "tokenize"] + (["inference"] if roles["engines"] else []) + ["postprocess"]
-    target = next((e for e in roles["engines"] if e in SERVER_ENGINES), None)
+    targets = [e for e in roles["engines"] if e in SERVER_ENGINES]  # the client stage talks to each
     if roles["clients"]:
         stages.append("client")  # without a server in the cell the stage says so (skipped)
     sources = ["hf"] + [
@@ -191,7 +191,8 @@ def probe_job(
         "tokenizers": roles["tokenizers"] or ["tokenizers"],
         "engines": roles["engines"],
         "clients": roles["clients"],
-        **({"client_target": target} if target else {}),
+        **({"client_target": targets[0]} if targets else {}),
+        **({"client_targets_more": targets[1:]} if len(targets) > 1 else {}),
         "cases": list(suite.cases),
         "tricky": dict(suite.tricky),
         **({"corpus": suite.corpus} if suite.corpus else {}),

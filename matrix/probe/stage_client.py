@@ -10,6 +10,7 @@ Job fields:
   what the user path's checks call the server, default ``server``) or
   ``{"engine": NAME, **engine options}``. Absent: the stage is ``skipped``. A target that does not
   come up is ``infra``; an engine whose package is missing ``skipped``.
+- ``client_targets_more``: further servers of the cell, as ``client_target`` (:class:`TargetRecorder`).
 - ``clients``: the client SDKs to run: ``openai`` (openai-python, any major), ``litellm`` (its
   ``openai/`` provider with ``api_base``), ``ollama`` (ollama-python, Ollama's native
   ``/api/chat``: ``skipped`` where the target has no ``GET /api/version``), ``raw-http`` (urllib:
@@ -892,7 +893,36 @@ def client_cases(job: dict) -> list[dict]:
     return out
 
 
+class TargetRecorder:
+    """The records and facts of a further client target of the cell (``client_targets_more``):
+    its check names are ``<target>/<check>``, so a cell's two servers' checks stay apart, and its
+    facts go under ``facts.client.targets[<target>]``."""
+
+    def __init__(self, rec, name: str):
+        self._rec, self.name, self.mode = rec, name, rec.mode
+        self.facts: dict = {}
+        rec.facts.setdefault("client", {"clients": {}, "wire_notes": {}}).setdefault("targets", {})[name] = self.facts
+        self._start = len(rec.records)
+
+    @property
+    def records(self) -> list:
+        return [r for r in self._rec.records[self._start :] if r["check"].startswith(self.name + "/")]
+
+    def add(self, case, stage, check, outcome, detail="", **extra):
+        self._rec.add(case, stage, f"{self.name}/{check}", outcome, detail, **extra)
+
+
 def run(job: dict, rec) -> None:
+    """The stage against the cell's server (``client_target``), then against each further server
+    of the cell (``client_targets_more``: a cell with llama-cpp-python's server and native
+    llama-server talks to both; only the latter constrains decoding)."""
+    run_target(job, rec)
+    for spec in job.get("client_targets_more") or []:
+        name = spec if isinstance(spec, str) else str(spec.get("engine") or spec.get("name") or "server")
+        run_target(dict(job, client_target=spec), TargetRecorder(rec, name))
+
+
+def run_target(job: dict, rec) -> None:
     facts = rec.facts.setdefault("client", {"clients": {}, "wire_notes": {}})
     if not job.get("client_target"):
         rec.add("*", STAGE, "target", "skipped", "no client_target in the job")
