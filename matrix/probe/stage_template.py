@@ -407,9 +407,9 @@ class ServerRender:
             raise
 
     def __call__(self, case: dict) -> str:
+        _no_continue(case, "llama-server")  # first: no template makes this expressible
         if self.refused:
             raise ServerTemplateError(self.refused)
-        _no_continue(case, "llama-server")
         body = {"messages": _plain(case["messages"]), "add_generation_prompt": default_generation_prompt(case)}
         if case.get("tools") is not None:
             body["tools"] = _plain(case["tools"])
