@@ -29,8 +29,6 @@ import corpus_render  # noqa: E402
 import probe  # noqa: E402
 import stage_template  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 SERVER_VERSION = "0.3.8"
 SUBSET = (
     "Qwen-Qwen2.5-7B-Instruct",  # tools
@@ -114,6 +112,7 @@ def _run(job: dict, rec) -> None:
     corpus_render.run(job, rec)
 
 
+@pytest.mark.slow
 def test_the_subset_through_llama_server_against_the_reference(setting, server_tmp):
     job = setting
     rec = probe.Recorder("check")
@@ -192,6 +191,7 @@ class _StopsAfter(probe.Recorder):
         return super().add(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_run_broken_off_leaves_no_llama_server_behind(setting, server_tmp):
     """Servers started ahead of their turn are closed when the run stops early."""
     rec = _StopsAfter(70)  # into the second template, with the next ones already starting
@@ -199,3 +199,41 @@ def test_a_run_broken_off_leaves_no_llama_server_behind(setting, server_tmp):
         _run(setting, rec)
     assert _ours(server_tmp) == [], "a llama-server outlived the broken-off run"
     assert stage_template._LLAMA_SERVERS == []
+
+
+# --------------------------------------------------------------------------- the pure parts, without a server
+
+
+def test_the_servers_bos_and_eos_strip_is_compared_as_such():
+    strips = {"bos": "<s>", "eos": "</s>", "adds_bos": True, "adds_eos": False}
+    want = {"text": "<s>[INST]hi[/INST]"}
+    same = corpus_render._compare("t", "llama-server", want, {"text": "[INST]hi[/INST]"}, strips)
+    assert same[0] == "pass" and "adds back" in same[1]
+    lost = corpus_render._compare("t", "llama-server", want, {"text": "[INST]hi[/INST]"}, dict(strips, adds_bos=False))
+    assert lost[0] == "fail" and lost[2] == "missing-bos" and "'<s>'" in lost[1]
+    eos = corpus_render._compare("t", "llama-server", {"text": "a</s>"}, {"text": "a"}, strips)
+    assert eos[2] == "missing-eos"
+    other = corpus_render._compare("t", "llama-server", want, {"text": "[INST]ho[/INST]"}, strips)
+    assert other[2] == "mismatch" and other[1].startswith("after the leading BOS text '<s>'")
+    assert "first divergence at char 7" in other[1]  # counted in the stripped reference
+    exact = corpus_render._compare("t", "llama-server", want, {"text": want["text"]}, strips)
+    assert exact == ("pass", "", None)  # a server that keeps the BOS is simply identical
+    plain = corpus_render._compare("t", "jinja2", want, {"text": "[INST]hi[/INST]"})
+    assert plain[2] == "mismatch" and "first divergence at char 0" in plain[1]  # no rule, no strip
+
+
+def test_a_template_the_server_will_not_take_is_read_from_its_log():
+    fallback = (
+        "common_chat_templates_init: failed to parse chat template (defaulting to chatml): "
+        "Expected value expression at row 18, column 30:\n{%- for message in messages[::-1] %}\n"
+    )
+    why = stage_template._template_refusal(fallback)
+    assert why and "renders its ChatML default in its place: Expected value expression at row 18" in why
+    abort = (
+        "Failed to generate tool call example: Unknown type for 'is' operator\n{{ x }}\n"
+        "terminate called after throwing an instance of 'std::runtime_error'\n"
+        "  what():  error: the supplied chat template is not supported: {{ x }}\n"
+    )
+    why = stage_template._template_refusal(abort)
+    assert why and "refuses the template at start and aborts" in why and "Failed to generate tool call" in why
+    assert stage_template._template_refusal("main: server is listening on http://127.0.0.1:8080\n") is None

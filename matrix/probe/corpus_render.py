@@ -291,6 +291,9 @@ def _built(
                 yield name, exc
         return
     bound = max(1, int(job.get("limits", {}).get("server_concurrency", 4)))
+    # The pool's threads start the servers and outlive every one of them (the generator closes
+    # them inside this block): a server's parent-death signal fires when the thread that started
+    # it ends, so a server must never outlive its pool.
     ahead: deque = deque()
     rest = iter(plans)
     with ThreadPoolExecutor(max_workers=bound, thread_name_prefix="corpus-server") as pool:

@@ -520,7 +520,7 @@ def llama_server_renderer(
     with open(tmpl_path, "w", encoding="utf-8") as f:
         f.write(template_src)
     cmd = _server_cmd(binary, gguf, tmpl_path, str((job or {}).get("threads", 2)))
-    for attempt in (1, 2):  # a second start on a new port: concurrent starts may race for one
+    for attempt in (1, 2):  # a second start on a new port when the first lost a race for its port
         srv = servers.Server(
             _parent_death_cmd(cmd),
             name="llama-server-template",
@@ -538,10 +538,11 @@ def llama_server_renderer(
                     "this llama-server predates --jinja/--chat-template-file (llama.cpp's C++ "
                     "Jinja engine): " + tail.strip().splitlines()[-1][:300]
                 ) from None
-            refused = _template_refusal(_read_log(srv.log_path))
+            log = _read_log(srv.log_path)
+            refused = _template_refusal(log)
             if refused:
                 return ServerRender(srv, limits, refused=refused)
-            if attempt == 2:
+            if attempt == 2 or "couldn't bind HTTP server socket" not in log:
                 raise RendererInfra(f"llama-server did not start: {exc}") from None
     _LLAMA_SERVERS.append(srv)
     if len(_LLAMA_SERVERS) == 1:
