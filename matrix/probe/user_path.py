@@ -23,7 +23,7 @@ tokenize stage's ids), so what the server built can be compared with it:
   ``tokenize``): the server's ids of its own prompt against the reference ids, BOS and EOS counted.
 
 - ``server:<name>:defaults`` (stage ``inference``): :func:`defaults`, the configuration-default
-  class named by the parameter whose pin alone removes the difference.
+  class named by the parameter (or the few together) whose pin removes the difference.
 
 For a server that is not the cell's own (the shared client server) the checks are facts
 (``facts.user_path.checks``, :class:`FactsOnly`), not records: no component of the cell made them.
@@ -295,11 +295,30 @@ def _content(answer) -> tuple[str | None, str | None]:
         return None, None
 
 
+def responsible(pins: list, matches) -> list:
+    """A smallest set of ``pins`` that still gives the reference's text, given that all of them
+    do (``matches(subset) -> bool``): each pin is dropped in turn and kept only when the text needs
+    it. A bisection over parameters that asks ``len(pins)`` questions and finds the one parameter
+    responsible, or each of several that are needed together (1-minimal)."""
+    kept = list(pins)
+    for pin in pins:
+        rest = [p for p in kept if p != pin]
+        if matches(rest):
+            kept = rest
+    return kept
+
+
+def _is_reference(text: str | None, finish: str | None, want: str) -> bool:
+    """The reference's greedy text (or its beginning, where the server stopped at EOS)."""
+    return text is not None and (text == want or (finish == "stop" and want.startswith(text)))
+
+
 def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_key: str, timeout: float) -> None:
     """Defaults as users send them: only messages, ``temperature: 0`` and ``max_tokens``; the
-    server's greedy text against the reference's generation. A difference that pinning one
-    parameter alone removes is ``configuration-default`` naming that parameter (a bisection over
-    parameters); one that no pin removes is the server's own (``mismatch``, with what was tried)."""
+    server's greedy text against the reference's generation. A difference that pinning every
+    parameter the server takes removes is ``configuration-default`` naming the parameter (or the
+    few together) responsible, found by :func:`responsible`; one that the pins do not remove is
+    the server's own (``mismatch``: its numerics or sampler, with what was pinned and refused)."""
     for case in job.get("cases") or []:
         gen = (case.get("expect") or {}).get("gen")
         if not gen or not expressible(case):
@@ -312,51 +331,52 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
             "max_tokens": int(gen.get("max_new_tokens", 16)),
             **({"model": model} if model else {}),
         }
-        status, answer = _post(base_url + "/v1/chat/completions", body, timeout, api_key)
-        text, finish = _content(answer)
-        if not _ok(status) or text is None:
-            rec.add(cid, "inference", check, "skipped", f"{server} answered HTTP {status}: {str(answer)[:300]}")
+
+        def ask(pins: list, body=body) -> tuple[int, str | None, str | None]:
+            status, answer = _post(base_url + "/v1/chat/completions", {**body, **dict(pins)}, timeout, api_key)
+            return (status, *_content(answer)) if _ok(status) else (status, None, str(answer)[:300])
+
+        status, text, finish = ask([])
+        if text is None:
+            rec.add(cid, "inference", check, "skipped", f"{server} answered HTTP {status}: {finish}")
             continue
-        if text == want or (finish == "stop" and want.startswith(text)):
-            rec.add(
-                cid,
-                "inference",
-                check,
-                "pass",
-                "the reference's greedy text under defaults" + (" (stopped at EOS)" if text != want else ""),
-            )
+        if _is_reference(text, finish, want):
+            note = " (stopped at EOS)" if text != want else ""
+            rec.add(cid, "inference", check, "pass", "the reference's greedy text under defaults" + note)
             continue
-        tried, refused = [], []
-        for name, value in PINS:
-            st, ans = _post(base_url + "/v1/chat/completions", {**body, name: value}, timeout, api_key)
-            if not _ok(st):
-                refused.append(name)
-                continue
-            tried.append(name)
-            if _content(ans)[0] == want:
-                rec.add(
-                    cid,
-                    "inference",
-                    check,
-                    "fail",
-                    f"under defaults {server}'s greedy text differs from the "
-                    f"reference ({first_divergence(want, text)}); pinning {name}={value} alone gives the "
-                    "reference's text",
-                    klass="configuration-default",
-                    parameter=name,
-                )
-                break
-        else:
+        pins, refused = list(PINS), []
+        st, pinned, pfinish = ask(pins)
+        if not _ok(st):  # a server that refuses a parameter it does not know: pin only what it takes
+            refused = [p for p in PINS if not _ok(ask([p])[0])]
+            pins = [p for p in PINS if p not in refused]
+            st, pinned, pfinish = ask(pins)
+        diff = first_divergence(want, text)
+        names = ", ".join(n for n, _ in pins) or "none"
+        if not _is_reference(pinned, pfinish, want):
             rec.add(
                 cid,
                 "inference",
                 check,
                 "fail",
-                f"{server}'s greedy text differs from the reference under defaults "
-                f"and with each parameter pinned alone (tried {', '.join(tried) or 'none'}; refused "
-                f"{', '.join(refused) or 'none'}): {first_divergence(want, text)}",
+                f"{server}'s greedy text differs from the reference under defaults and with every "
+                f"parameter it takes pinned ({names}; refused {', '.join(n for n, _ in refused) or 'none'}), "
+                f"so no default is the cause: the engine's own numerics or sampler: {diff}",
                 klass="mismatch",
             )
+            continue
+        need = responsible(pins, lambda subset, want=want: _is_reference(*ask(subset)[1:], want))
+        which = ", ".join(f"{n}={v}" for n, v in need)
+        rec.add(
+            cid,
+            "inference",
+            check,
+            "fail",
+            f"under defaults {server}'s greedy text differs from the reference ({diff}); with every "
+            f"parameter pinned it is the reference's, and pinning {which}{' alone' if len(need) == 1 else ''} "
+            "is enough: a default of the server's",
+            klass="configuration-default",
+            parameter=", ".join(n for n, _ in need),
+        )
 
 
 def _own_render(rec, case: dict, ask: Endpoints, server: str, bos_id, eos_id=None) -> None:
