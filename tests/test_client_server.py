@@ -270,7 +270,8 @@ class _Documented:
     need a GPU or a binary this machine lacks; their live tests are in test_engines_gpu.py)."""
 
     def __init__(self, answers: dict):
-        self.answers, self.sent = answers, []
+        self.answers = answers
+        self.sent: list[tuple[str, dict]] = []
 
     def __call__(self, path: str, body: dict):
         self.sent.append((path, body))

@@ -410,14 +410,14 @@ def _own_render(rec, case: dict, ask: Endpoints, server: str, bos_id, eos_id=Non
             if status in (404, 405) or not isinstance(answer, dict) or not isinstance(answer.get("tokens"), list):
                 ask.present["tokenize"] = False
                 return
-            ids = [t if isinstance(t, int) else t.get("id") for t in answer["tokens"]]
-            _compare_ids(rec, cid, server, list(expect["ids"]), ids, bos_id, eos_id)
+            own = [t if isinstance(t, int) else t.get("id") for t in answer["tokens"]]
+            _compare_ids(rec, cid, server, list(expect["ids"]), own, bos_id, eos_id)
             return
-    ids, prompt = ask.messages_ids(case)
+    ids, text = ask.messages_ids(case)
     if ids is None:
         return
-    if prompt is not None:
-        _compare_render(rec, cid, f"server:{server}:detokenize", expect["render"], prompt)
+    if text is not None:
+        _compare_render(rec, cid, f"server:{server}:detokenize", expect["render"], text)
     _compare_ids(rec, cid, server, list(expect["ids"]), ids, bos_id, eos_id)
 
 
