@@ -121,6 +121,7 @@ KLASS_CLASS: dict[str, FailureClass] = {
     "sandbox-limit": FailureClass.CRASH,
     "double-bos": FailureClass.CONFIGURATION_DEFAULT,
     "missing-bos": FailureClass.CONFIGURATION_DEFAULT,
+    "missing-eos": FailureClass.CONFIGURATION_DEFAULT,
     "eos-added": FailureClass.CONFIGURATION_DEFAULT,
     "truncated": FailureClass.CONFIGURATION_DEFAULT,
     "config": FailureClass.CONFIGURATION_DEFAULT,

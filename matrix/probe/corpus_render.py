@@ -236,7 +236,7 @@ def _compare_stripped(renderer: str, want: str, got: str, strips: dict) -> tuple
             f"identical but for {what}: {renderer} strips it from every render and its tokenizer does not add "
             f"{'it' if len(removed) == 1 else 'them'} back (add_{lost[0]}_token false), so the prompt has no "
             f"{lost[0].upper()}",
-            f"missing-{lost[0]}",
+            "missing-bos" if lost[0] == "bos" else "missing-eos",
         )
     return "pass", f"identical once {what} is removed, which {renderer} strips and its tokenizer adds back", None
 
