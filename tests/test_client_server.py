@@ -192,6 +192,22 @@ def _llama_server(version: str, model):
     return servers.Server(cmd + ["-c", "2048"], name="llama-server", ready_path="/health", start_timeout=120)
 
 
+def _stage_on_llama_server(version: str, names: list[str], **job):
+    """The client stage against llama-server ``version`` on the tiny model, as the targets
+    ``names`` (the first ``client_target``, the rest ``client_targets_more``): its recorder."""
+    import probe
+    import stage_client
+
+    prep, _ = _runner()
+    model = prep.models["tiny-qwen2"]
+    rec = probe.Recorder("check")
+    with _llama_server(version, model) as srv:
+        first, *more = [{"base_url": srv.base_url, "name": n} for n in names]
+        base = {"model_dir": str(model.path), "cases": [], "limits": {"request_seconds": 120}}
+        stage_client.run({**base, "client_target": first, "client_targets_more": more, **job}, rec)
+    return rec
+
+
 def test_llama_server_grammar_forces_a_tool_call_and_schema_json_and_the_user_path_sees_its_prompt():
     """llama.cpp's native server (0.3.8's vendored sources, built once): tool_choice required and
     response_format json_schema come back as the agent needs them, in once and stream modes where
@@ -234,23 +250,9 @@ def test_forced_tool_call_streams_through_an_sdk_agree_with_the_wire():
     makes a required call, parallel calls and a loop's second call, and the openai SDK's chunks and
     accumulator must give back what the wire carried, byte for byte, as the non-streamed answer
     did. Its stop strings are applied inside the call: a "}" stop cuts the arguments."""
-    import probe
-    import stage_client
-
-    prep, _ = _runner()
-    model = prep.models["tiny-qwen2"]
-    rec = probe.Recorder("check")
-    with _llama_server("0.3.16", model) as srv:
-        job = {
-            "model_dir": str(model.path),
-            "client_target": {"base_url": srv.base_url, "name": "llama-server"},
-            "client_constrained": True,
-            "clients": ["raw-http", "openai"],
-            "cases": [],
-            "user_path": False,
-            "limits": {"request_seconds": 120},
-        }
-        stage_client.run(job, rec)
+    rec = _stage_on_llama_server(
+        "0.3.16", ["llama-server"], client_constrained=True, clients=["raw-http", "openai"], user_path=False
+    )
     got = {(r["case"], r["check"]): r for r in rec.records}
     forced = ("client-tool-required", "client-tool-parallel", "client-tool-loop", "client-json-schema")
     for case in forced:
@@ -370,23 +372,8 @@ def test_a_cell_with_two_servers_gives_the_client_stage_both():
 
 
 def test_further_targets_run_after_the_first_under_their_own_names():
-    import probe
-    import stage_client
-
-    prep, _ = _runner()
-    model = prep.models["tiny-qwen2"]
-    rec = probe.Recorder("check")
-    with _llama_server("0.3.16", model) as srv:
-        job = {
-            "model_dir": str(model.path),
-            "client_target": {"base_url": srv.base_url, "name": "first"},
-            "client_targets_more": [{"base_url": srv.base_url, "name": "native"}],
-            "client_cases": [{"id": "client-text", "messages": [{"role": "user", "content": "Hello!"}]}],
-            "clients": ["raw-http"],
-            "cases": [],
-            "limits": {"request_seconds": 60},
-        }
-        stage_client.run(job, rec)
+    text = [{"id": "client-text", "messages": [{"role": "user", "content": "Hello!"}]}]
+    rec = _stage_on_llama_server("0.3.16", ["first", "native"], client_cases=text, clients=["raw-http"])
     checks = {r["check"] for r in rec.records}
     assert {"raw-http:once:response", "native/raw-http:once:response", "native/raw-http:stream:deltas"} <= checks
     assert all(r["outcome"] == "pass" for r in rec.records), [r for r in rec.records if r["outcome"] != "pass"]
