@@ -623,17 +623,6 @@ def _generate_body(spec: Spec) -> str:
     )
 
 
-_MISTRALRS_ARCH = {
-    "qwen2": "Qwen2",
-    "qwen3": "Qwen3",
-    "llama": "Llama",
-    "mistral": "Mistral",
-    "gemma": "Gemma",
-    "gemma2": "Gemma2",
-    "phi3": "Phi3",
-}
-
-
 def _engine_text_body(spec: Spec) -> str:
     same = (
         "    if ids != gen['ids']:\n"
@@ -642,8 +631,9 @@ def _engine_text_body(spec: Spec) -> str:
     )
     if spec.front == "mistralrs":
         return (
-            "IDENTITY = \"{%- for message in messages %}{{ message['content'] }}{%- endfor %}\"\n"
-            f"ARCH = {_MISTRALRS_ARCH!r}\n\n\n"
+            # the probe's own identity template and architecture table (read, never imported)
+            f"IDENTITY = {_assign(PROBE / 'engines_extra.py', 'IDENTITY_TEMPLATE')!r}\n"
+            f"ARCH = {_assign(PROBE / 'engines_extra.py', '_MISTRALRS_ARCH')!r}\n\n\n"
             "def load():\n    os.environ.setdefault('MISTRALRS_CPU_KV_F32', '1')\n"
             "    os.environ.setdefault('RAYON_NUM_THREADS', '2')\n"
             "    import mistralrs\n    from mistralrs import ChatCompletionRequest, Runner, Which\n"
