@@ -64,10 +64,10 @@ def probe_result(python, job: dict, timeout: float = 600) -> dict:
     return result
 
 
-def fresh_goldens(model, reference_python, case_ids) -> list[dict]:
-    """The reference path in golden mode on ``case_ids``: template and tokenize make the prompt
-    (ids and text), transformers (float32, CPU, greedy) the 16 generated tokens with their top-5.
-    The cases come back with these goldens as their ``expect``."""
+def golden_job(model, case_ids) -> tuple[list[dict], dict]:
+    """(the core suite's ``case_ids`` cases, the reference path's golden-mode job for them):
+    template and tokenize make the prompt (ids and text), transformers (float32, CPU, greedy) the
+    16 generated tokens with their top-5."""
     from matrix import suites
 
     cases = [c for c in suites.load("core").cases if c["id"] in case_ids]
@@ -84,6 +84,13 @@ def fresh_goldens(model, reference_python, case_ids) -> list[dict]:
         "gen_cases": [{"id": i} for i in case_ids],
         "reference_engine": "transformers",
     }
+    return cases, job
+
+
+def fresh_goldens(model, reference_python, case_ids) -> list[dict]:
+    """The reference path in golden mode on ``case_ids`` (:func:`golden_job`); the cases come
+    back with these goldens as their ``expect``."""
+    cases, job = golden_job(model, case_ids)
     result = probe_result(reference_python, job, timeout=1500)
     assert result["stages"]["inference"]["outcome"] == "pass", result["records"]
     return [dict(c, expect=result["produced"][c["id"]]) for c in cases]

@@ -234,26 +234,10 @@ def run_probe(python: Path, job: dict, tmp_path: Path) -> dict:
 def goldens(model, reference_python, tmp_path_factory):
     """Golden mode as the reference path runs it: template and tokenize produce the prompt,
     inference (transformers) the generation from it."""
-    from matrix import suites
+    from tests.conftest import golden_job
 
-    cases = [c for c in suites.load("core").cases if c["id"] in CASE_IDS]
-    bare = [dict(c, expect={}) for c in cases]
-    job = {
-        "mode": "golden",
-        "model_dir": str(model.path),
-        "stages": ["template", "tokenize", "inference"],
-        "renderers": ["jinja2"],
-        "tokenizers": ["tokenizers"],
-        "golden_renderer": "jinja2",
-        "golden_tokenizer": "tokenizers",
-        "cases": bare,
-        "limits": {"render_seconds": 10},
-        "gen_cases": [{"id": i} for i in CASE_IDS],
-        "reference_engine": "transformers",
-    }
-    t = time.perf_counter()
+    cases, job = golden_job(model, CASE_IDS)
     result = run_probe(reference_python, job, tmp_path_factory.mktemp("golden"))
-    result["_seconds"] = time.perf_counter() - t
     cases = [dict(c, expect=result["produced"][c["id"]]) for c in cases]
     return result, cases
 
