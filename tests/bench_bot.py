@@ -19,7 +19,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -127,23 +126,10 @@ _RUNNING: dict[Path, subprocess.Popen] = {}
 
 
 def _cli(home: Path, gh) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
-    env.update(LLMCOMPAT_HOME=str(home), GITHUB_TOKEN=TOKEN, PYTHONDONTWRITEBYTECODE="1")
-    argv = [
-        sys.executable,
-        "-m",
-        "matrix.app.cli",
-        "bot",
-        "--repo",
-        REPO,
-        "--api-url",
-        gh.url,
-        "--no-throttle",
-        "--backoff",
-        "0.01",
-        "--secondary-wait",
-        "0.05",
-    ]
+    from tests import bot_scenario as sc
+
+    argv, env = sc.bot_command(home, gh.url, REPO, TOKEN, secondary_wait=0.05)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     p = _RUNNING[home] = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -1,4 +1,5 @@
-"""Store scenarios for the bot's tests and soak benchmark: real runs ingested into a real store.
+"""Store scenarios for the bot's tests and soak benchmark: real runs ingested into a real store,
+and the bot's command line that both run against the local GitHub.
 
 A scenario is a sequence of scheduled runs, each a few cells whose tokenizer (the ``tokenizers``
 component) is at some version and whose incremental-detokenization check passes or fails; the
@@ -9,6 +10,8 @@ findings, exactly as after a real run.
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 from pathlib import Path
 
 from matrix.app.job import record_differences
@@ -80,3 +83,12 @@ def broken_store(path: Path, checks=("tokenizers:incremental", "tokenizers"), ce
     store = Store(path)
     scheduled_run(store, [cell("0.23.3", {c: "fail" for c in checks}, n) for n in range(cells)], 1)
     return store
+
+
+def bot_command(home: Path, api_url: str, repo: str, token: str, secondary_wait: float) -> tuple[list[str], dict]:
+    """(argv, environment) of ``llmcompat bot`` as a scheduled job runs it, against the local
+    GitHub at ``api_url``, with fast retries: none of the caller's ``GITHUB_*`` variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
+    env.update(LLMCOMPAT_HOME=str(home), GITHUB_TOKEN=token)
+    argv = [sys.executable, "-m", "matrix.app.cli", "bot", "--repo", repo, "--api-url", api_url, "--no-throttle"]
+    return argv + ["--backoff", "0.01", "--secondary-wait", str(secondary_wait)], env

@@ -471,23 +471,7 @@ def test_token_never_in_output_or_store(gh, tmp_path):
     home = tmp_path / "home"
     store = sc.broken_store(home / "store.sqlite")
     store.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
-    env.update(LLMCOMPAT_HOME=str(home), GITHUB_TOKEN=TOKEN)
-    argv = [
-        sys.executable,
-        "-m",
-        "matrix.app.cli",
-        "bot",
-        "--repo",
-        REPO,
-        "--api-url",
-        gh.url,
-        "--no-throttle",
-        "--backoff",
-        "0.01",
-        "--secondary-wait",
-        "0.2",
-    ]
+    argv, env = sc.bot_command(home, gh.url, REPO, TOKEN, secondary_wait=0.2)
     gh.fault("POST", r"/issues$", "5xx", times=1)
     gh.fault("GET", r"/labels$", "secondary", times=1)
     outs = []
