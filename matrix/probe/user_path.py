@@ -271,7 +271,7 @@ def run(job: dict, rec, base_url: str, model: str | None, server: str, api_key: 
             facts["counts"][cid] = [got, len(want)] + ([raw] if raw is not None else [])
             rec.add(cid, "tokenize", check, outcome, detail, **({"klass": klass} if klass else {}))
         _own_render(rec, case, ask, server, bos_id, eos_id)
-    defaults(job, rec, base_url, model, server, api_key, timeout)
+    defaults(job, rec, ask, server)
 
 
 PINS = (
@@ -313,7 +313,7 @@ def _is_reference(text: str | None, finish: str | None, want: str) -> bool:
     return text is not None and (text == want or (finish == "stop" and want.startswith(text)))
 
 
-def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_key: str, timeout: float) -> None:
+def defaults(job: dict, rec, ask: Endpoints, server: str) -> None:
     """Defaults as users send them: only messages, ``temperature: 0`` and ``max_tokens``; the
     server's greedy text against the reference's generation. A difference that pinning every
     parameter the server takes removes is ``configuration-default`` naming the parameter (or the
@@ -325,18 +325,13 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
             continue
         cid, want = case["id"], gen.get("text")
         check = f"server:{server}:defaults"
-        body = {
-            "messages": case["messages"],
-            "temperature": 0,
-            "max_tokens": int(gen.get("max_new_tokens", 16)),
-            **({"model": model} if model else {}),
-        }
+        body = {"messages": case["messages"], "temperature": 0, "max_tokens": int(gen.get("max_new_tokens", 16))}
 
-        def ask(pins: list, body=body) -> tuple[int, str | None, str | None]:
-            status, answer = _post(base_url + "/v1/chat/completions", {**body, **dict(pins)}, timeout, api_key)
+        def pinned_answer(pins: list, body=body) -> tuple[int, str | None, str | None]:
+            status, answer = ask.post("/v1/chat/completions", {**body, **dict(pins)})
             return (status, *_content(answer)) if _ok(status) else (status, None, str(answer)[:300])
 
-        status, text, finish = ask([])
+        status, text, finish = pinned_answer([])
         if text is None:
             rec.add(cid, "inference", check, "skipped", f"{server} answered HTTP {status}: {finish}")
             continue
@@ -345,11 +340,11 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
             rec.add(cid, "inference", check, "pass", "the reference's greedy text under defaults" + note)
             continue
         pins, refused = list(PINS), []
-        st, pinned, pfinish = ask(pins)
+        st, pinned, pfinish = pinned_answer(pins)
         if not _ok(st):  # a server that refuses a parameter it does not know: pin only what it takes
-            refused = [p for p in PINS if not _ok(ask([p])[0])]
+            refused = [p for p in PINS if not _ok(pinned_answer([p])[0])]
             pins = [p for p in PINS if p not in refused]
-            st, pinned, pfinish = ask(pins)
+            st, pinned, pfinish = pinned_answer(pins)
         diff = first_divergence(want, text)
         names = ", ".join(n for n, _ in pins) or "none"
         if not _is_reference(pinned, pfinish, want):
@@ -364,7 +359,7 @@ def defaults(job: dict, rec, base_url: str, model: str | None, server: str, api_
                 klass="mismatch",
             )
             continue
-        need = responsible(pins, lambda subset, want=want: _is_reference(*ask(subset)[1:], want))
+        need = responsible(pins, lambda subset, want=want: _is_reference(*pinned_answer(subset)[1:], want))
         which = ", ".join(f"{n}={v}" for n, v in need)
         rec.add(
             cid,
