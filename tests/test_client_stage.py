@@ -463,6 +463,12 @@ def outcomes(result) -> dict:
     return {(r["case"], r["check"]): r for r in result["records"] if r["stage"] == "client"}
 
 
+def print_failures(recs: dict, width: int) -> None:
+    """The records that did not pass, for the log of a test against a live server."""
+    failing = {f"{c} {k}": [v["outcome"], v.get("klass"), v["detail"][:width]] for (c, k), v in recs.items()}
+    print(json.dumps({k: v for k, v in failing.items() if v[0] != "pass"}, indent=1))
+
+
 @pytest.fixture(scope="module")
 def scripted():
     with FakeServer() as srv:
@@ -481,16 +487,7 @@ def test_openai_python_against_the_scripted_parallel_tool_calls(major, scripted,
     }
     result = run_probe(python, job, tmp_path, monkeypatch)
     recs = outcomes(result)
-    print(
-        json.dumps(
-            {
-                k[0] + " " + k[1]: [v["outcome"], v.get("klass"), v["detail"][:300]]
-                for k, v in recs.items()
-                if v["outcome"] != "pass"
-            },
-            indent=1,
-        )
-    )
+    print_failures(recs, 300)
     facts = result["facts"]["client"]
     assert facts["clients"]["openai"]["version"].startswith(major + ".")
     # parsing is right in both majors: requests as the case set them, chunks one per event
@@ -552,16 +549,7 @@ def test_litellm_against_the_scripted_server(major, scripted, tmp_path, monkeypa
     result = run_probe(python, job, tmp_path, monkeypatch)
     recs = outcomes(result)
     print(f"litellm probe: {time.perf_counter() - t:.1f}s")
-    print(
-        json.dumps(
-            {
-                k[0] + " " + k[1]: [v["outcome"], v.get("klass"), v["detail"][:400]]
-                for k, v in recs.items()
-                if v["outcome"] != "pass"
-            },
-            indent=1,
-        )
-    )
+    print_failures(recs, 400)
     info = result["facts"]["client"]["clients"]["litellm"]
     assert info["version"] == LITELLM.split("==")[1] and "skipped" not in info
     assert not [r for r in recs.values() if r.get("klass") == "crash"], recs
@@ -590,16 +578,7 @@ def test_clients_against_llama_cpp_server_on_the_tiny_model(model, tmp_path, mon
     result = run_probe(python, job, tmp_path, monkeypatch)
     recs = outcomes(result)
     print(f"llama-cpp-server client probe: {time.perf_counter() - t:.1f}s")
-    print(
-        json.dumps(
-            {
-                k[0] + " " + k[1]: [v["outcome"], v.get("klass"), v["detail"][:400]]
-                for k, v in recs.items()
-                if v["outcome"] != "pass"
-            },
-            indent=1,
-        )
-    )
+    print_failures(recs, 400)
     facts = result["facts"]["client"]
     assert facts["target"]["kind"] == "engine" and facts["target"]["engine"] == "llama-cpp-server"
     assert "Ollama-compatible" in facts["clients"]["ollama"]["skipped"]
