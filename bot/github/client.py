@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
@@ -90,18 +91,11 @@ def connect(auth, conn: Connection | None = None) -> Github:
         status_forcelist=[429, *range(500, 600)],
         allowed_methods={"GET", "HEAD", "PATCH", "PUT", "DELETE", "POST"},
     )
+    # throttled: PyGithub's own pauses between requests and writes (its defaults)
+    pauses: dict[str, Any] = {} if conn.throttle else {"seconds_between_requests": None, "seconds_between_writes": None}
     base = conn.api_url.rstrip("/")
-    if conn.throttle:  # PyGithub's own pauses between requests and writes
-        return Github(auth=auth, base_url=base, per_page=conn.per_page, retry=retry, timeout=conn.timeout, lazy=True)
     return Github(
-        auth=auth,
-        base_url=base,
-        per_page=conn.per_page,
-        retry=retry,
-        timeout=conn.timeout,
-        lazy=True,
-        seconds_between_requests=None,
-        seconds_between_writes=None,
+        auth=auth, base_url=base, per_page=conn.per_page, retry=retry, timeout=conn.timeout, lazy=True, **pauses
     )
 
 
